@@ -1,0 +1,165 @@
+//! Command-line pieces both binaries share, so `worker` and `kubectl-dr` accept the same
+//! store and key options and map failures to the same exit codes:
+//! 0 ok, 1 a check failed (integrity or count mismatch), 2 usage or operational error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use age::x25519;
+use clap::Args;
+
+use crate::pipeline::keys::{self, Identities, KeyError};
+use crate::store::{self, DeleteStore, S3Options, StoreUrl};
+use crate::verify::VerifyError;
+
+/// Where backups live.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Backup store: s3://bucket/prefix or file:///absolute/dir. S3 credentials, region and
+    /// endpoint come from the standard AWS variables (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    #[arg(long, env = "DR_STORE", value_name = "URL", global = true)]
+    pub store: Option<String>,
+
+    /// Use path-style S3 addressing (bucket in the path). Default: on when AWS_ENDPOINT_URL
+    /// is set (MinIO, Ceph, R2…), off for AWS.
+    #[arg(long, env = "DR_S3_PATH_STYLE", value_name = "BOOL", global = true)]
+    pub s3_path_style: Option<bool>,
+}
+
+impl StoreArgs {
+    /// Opens the store with every capability; callers keep only the trait they need.
+    ///
+    /// # Errors
+    /// A missing or malformed URL, or an unusable local directory.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn DeleteStore>> {
+        let text = self.store.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no store given: pass --store s3://bucket/prefix (or file:///dir), or set DR_STORE"
+            )
+        })?;
+        let url: StoreUrl = text.parse()?;
+        Ok(store::open(
+            &url,
+            &S3Options {
+                path_style: self.s3_path_style,
+            },
+        )
+        .await?)
+    }
+}
+
+/// age recipients (public keys) for new backups.
+#[derive(Debug, Clone, Args)]
+pub struct RecipientArgs {
+    /// age public key to encrypt to (age1…, from `age-keygen -y key.txt`); repeatable,
+    /// or a comma-separated list. Keep the private keys outside the cluster.
+    #[arg(
+        long = "recipient",
+        short = 'r',
+        env = "DR_RECIPIENTS",
+        value_name = "AGE1…",
+        value_delimiter = ','
+    )]
+    pub recipients: Vec<String>,
+
+    /// File with one age public key per line (the `age -R` format).
+    #[arg(long, env = "DR_RECIPIENTS_FILE", value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+}
+
+impl RecipientArgs {
+    /// # Errors
+    /// No recipient at all, a private key given as a recipient, or a malformed key.
+    pub fn load(&self) -> Result<Vec<x25519::Recipient>, KeyError> {
+        let mut all =
+            keys::parse_recipients(&self.recipients.join("\n"), "--recipient/DR_RECIPIENTS")?;
+        if let Some(path) = &self.recipients_file {
+            all.extend(keys::read_recipients_file(path)?);
+        }
+        if all.is_empty() {
+            return Err(KeyError::NoRecipients);
+        }
+        Ok(all)
+    }
+}
+
+/// The age identity (private key) for decryption.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// age identity file (AGE-SECRET-KEY-1…, as written by age-keygen).
+    #[arg(long, short = 'i', env = "DR_IDENTITY_FILE", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+impl IdentityArgs {
+    /// `None` when no identity was given.
+    ///
+    /// # Errors
+    /// Unreadable or invalid identity file.
+    pub fn load(&self) -> Result<Option<Identities>, KeyError> {
+        self.identity
+            .as_deref()
+            .map(Identities::from_file)
+            .transpose()
+    }
+
+    /// # Errors
+    /// [`KeyError::NoIdentity`] when none was given, else as [`IdentityArgs::load`].
+    pub fn require(&self) -> Result<Identities, KeyError> {
+        self.load()?.ok_or(KeyError::NoIdentity)
+    }
+}
+
+/// A check that ran and failed (as opposed to an error that stopped it): exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// Maps an error chain to an exit code and prints it; a closed stdout (`| head`) is success.
+pub fn report(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    eprintln!("error: {err:#}");
+    ExitCode::from(exit_code(err))
+}
+
+/// 1 when the chain holds a failed check, else 2.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let check = err.chain().any(|c| {
+        c.downcast_ref::<CheckFailed>().is_some()
+            || c.downcast_ref::<VerifyError>()
+                .is_some_and(VerifyError::is_check_failure)
+    });
+    if check {
+        1
+    } else {
+        2
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

@@ -1,0 +1,224 @@
+//! Database client tools (pg_dump, pg_restore…) as stream stages. Their stderr is drained on
+//! its own thread while the data flows, because a tool that fills its stderr pipe blocks
+//! forever; the exit status is checked only after the data stream ended, and a tool that
+//! failed is an error even if it wrote plenty of output.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+/// Bytes of stderr kept for the error message (the tail, where the reason usually is).
+const STDERR_KEEP: usize = 16 * 1024;
+const BUF_SIZE: usize = 256 * 1024;
+
+/// A client tool that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("cannot start {program}: {source}; install it or point --pg-bin-dir at it")]
+    Spawn { program: String, source: io::Error },
+    #[error("{program} {status}: {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("streaming {program}'s output failed")]
+    Stream {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn program_name(cmd: &Command) -> String {
+    std::path::Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_string(),
+    }
+}
+
+fn drain_stderr(stderr: Option<ChildStderr>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let Some(mut stderr) = stderr else {
+            return String::new();
+        };
+        let mut kept: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > 2 * STDERR_KEEP {
+                kept.drain(..kept.len() - STDERR_KEEP);
+            }
+        }
+        let start = kept.len().saturating_sub(STDERR_KEEP);
+        String::from_utf8_lossy(&kept[start..]).trim().to_string()
+    })
+}
+
+fn finish(
+    program: String,
+    mut child: Child,
+    errs: JoinHandle<String>,
+) -> Result<String, ChildError> {
+    let status = child.wait().map_err(|source| ChildError::Stream {
+        program: program.clone(),
+        source,
+    })?;
+    let stderr = errs.join().unwrap_or_default();
+    if status.success() {
+        Ok(stderr)
+    } else {
+        Err(ChildError::Failed {
+            program,
+            status: describe(status),
+            stderr: if stderr.is_empty() {
+                "(no message)".into()
+            } else {
+                stderr
+            },
+        })
+    }
+}
+
+/// Runs `cmd` and copies its stdout into `out`. Returns the tool's stderr (warnings) on
+/// success.
+///
+/// # Errors
+/// [`ChildError::Failed`] when the tool exits non-zero or is killed (with its stderr), or
+/// [`ChildError::Stream`] when `out` fails (the tool is killed then).
+pub fn stream_stdout(mut cmd: Command, out: &mut dyn Write) -> Result<String, ChildError> {
+    let program = program_name(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ChildError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let errs = drain_stderr(child.stderr.take());
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut buf = vec![0u8; BUF_SIZE];
+    let copied: io::Result<()> = (|| loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+    })();
+    if let Err(source) = copied {
+        let _ = child.kill();
+        let _ = finish(program.clone(), child, errs);
+        return Err(ChildError::Stream { program, source });
+    }
+    drop(stdout);
+    finish(program, child, errs)
+}
+
+/// A tool reading its stdin from us (pg_restore). Dropping it without [`StdinChild::close`]
+/// kills the tool, so an aborted feed never looks like a complete input.
+pub struct StdinChild {
+    program: String,
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    errs: Option<JoinHandle<String>>,
+}
+
+impl StdinChild {
+    /// Starts `cmd` with piped stdin.
+    ///
+    /// # Errors
+    /// [`ChildError::Spawn`].
+    pub fn spawn(mut cmd: Command) -> Result<Self, ChildError> {
+        let program = program_name(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ChildError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        Ok(StdinChild {
+            program,
+            stdin: child.stdin.take(),
+            errs: Some(drain_stderr(child.stderr.take())),
+            child: Some(child),
+        })
+    }
+
+    /// Writes input; when the tool has died, returns its exit and stderr as the error.
+    ///
+    /// # Errors
+    /// [`ChildError::Failed`] when the tool stopped reading.
+    pub fn write_all(&mut self, data: &[u8]) -> Result<(), ChildError> {
+        let stdin = self.stdin.as_mut().expect("stdin open until close");
+        match stdin.write_all(data) {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                self.stdin = None;
+                let (child, errs) = (
+                    self.child.take().expect("child"),
+                    self.errs.take().expect("errs"),
+                );
+                match finish(self.program.clone(), child, errs) {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ChildError::Stream {
+                        program: self.program.clone(),
+                        source,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Closes stdin (the tool sees a complete input) and waits for it.
+    ///
+    /// # Errors
+    /// [`ChildError::Failed`] with the tool's stderr.
+    pub fn close(mut self) -> Result<String, ChildError> {
+        drop(self.stdin.take());
+        let (child, errs) = (
+            self.child.take().expect("child"),
+            self.errs.take().expect("errs"),
+        );
+        finish(self.program.clone(), child, errs)
+    }
+}
+
+impl Drop for StdinChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Kill before closing stdin: the tool must never see EOF on a partial input.
+            let _ = child.kill();
+            drop(self.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Builds a command for a client tool found in `bin_dir` (or on PATH).
+pub fn tool(bin_dir: Option<&std::path::Path>, name: &str) -> Command {
+    let program: OsString = match bin_dir {
+        Some(dir) => dir.join(name).into_os_string(),
+        None => name.into(),
+    };
+    Command::new(program)
+}

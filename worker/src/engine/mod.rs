@@ -1,0 +1,184 @@
+//! Database engines. Each engine module knows how to dump its database into parts, how to
+//! restore them and how to count what it holds; the pipeline and the store know nothing
+//! about databases.
+//!
+//! Every engine's backup goes through a [`BackupRun`], which owns the one rule that makes a
+//! backup trustworthy: parts first, manifest last. Until [`BackupRun::commit`] writes
+//! `manifest.json`, the backup does not exist for `list`, `verify` or `restore`.
+
+pub mod child;
+pub mod postgres;
+
+use std::io::Write;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, BackupId, BackupRef, CatalogError, Manifest, Part, FORMAT_VERSION};
+use crate::pipeline::encode::{self, EncodeError, EncodeSettings, SourceError};
+use crate::store::{StoreError, WriteStore};
+
+/// Describes a part before it is stored.
+#[derive(Debug, Clone)]
+pub struct PartSpec {
+    /// Stable name within the backup, e.g. `db-app`.
+    pub name: String,
+    /// Plaintext format, e.g. `pg_dump-custom`.
+    pub format: &'static str,
+    /// File extension of the plaintext, e.g. `pgdump` or `sql`.
+    pub extension: &'static str,
+    pub database: Option<String>,
+}
+
+/// One backup in progress.
+pub struct BackupRun<'a> {
+    store: &'a dyn WriteStore,
+    settings: EncodeSettings,
+    cancel: CancellationToken,
+    backup: BackupRef,
+    started_at: chrono::DateTime<Utc>,
+    parts: Vec<Part>,
+}
+
+impl<'a> BackupRun<'a> {
+    /// Starts a backup of `engine`/`target` with a fresh id.
+    ///
+    /// # Errors
+    /// [`CatalogError::BadName`] for a target that cannot be a key segment.
+    pub fn start(
+        store: &'a dyn WriteStore,
+        engine: &str,
+        target: &str,
+        settings: EncodeSettings,
+        cancel: CancellationToken,
+    ) -> Result<Self, CatalogError> {
+        catalog::validate_name("engine", engine)?;
+        catalog::validate_name("target", target)?;
+        let started_at = Utc::now();
+        Ok(BackupRun {
+            store,
+            settings,
+            cancel,
+            backup: BackupRef {
+                engine: engine.to_string(),
+                target: target.to_string(),
+                id: BackupId::new(started_at),
+            },
+            started_at,
+            parts: Vec::new(),
+        })
+    }
+
+    pub fn backup(&self) -> &BackupRef {
+        &self.backup
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Streams one part into the store; see [`encode::store_part`]. The part is recorded for
+    /// the manifest and returned so the engine can add facts (row counts) to it.
+    ///
+    /// # Errors
+    /// The producer's, encoder's or store's error; the backup must then not be committed.
+    pub async fn store_part<T, F>(
+        &mut self,
+        spec: PartSpec,
+        produce: F,
+    ) -> Result<(&mut Part, T), EncodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Write) -> Result<T, SourceError> + Send + 'static,
+    {
+        let compression = self.settings.compression;
+        let suffix = match compression {
+            catalog::Compression::Zstd => ".zst",
+            catalog::Compression::None => "",
+        };
+        let file = format!("{}.{}{suffix}.age", spec.name, spec.extension);
+        let key = self.backup.part_key(&file);
+        let started = std::time::Instant::now();
+        let (stats, facts) =
+            encode::store_part(self.store, &key, &self.settings, &self.cancel, produce).await?;
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            part = %spec.name,
+            plaintext_bytes = stats.plaintext_bytes,
+            stored_bytes = stats.ciphertext_bytes,
+            seconds = format!("{secs:.1}"),
+            mib_per_s = format!("{:.1}", stats.plaintext_bytes as f64 / 1048576.0 / secs.max(1e-9)),
+            "part stored"
+        );
+        self.parts.push(Part {
+            name: spec.name,
+            file,
+            format: spec.format.to_string(),
+            compression,
+            ciphertext_bytes: stats.ciphertext_bytes,
+            ciphertext_sha256: stats.ciphertext_sha256,
+            plaintext_bytes: stats.plaintext_bytes,
+            database: spec.database,
+            tables: Vec::new(),
+        });
+        Ok((self.parts.last_mut().expect("just pushed"), facts))
+    }
+
+    /// Writes the manifest: from this moment the backup exists.
+    ///
+    /// # Errors
+    /// The store's error; the backup then stays invisible (and prune removes its parts).
+    pub async fn commit(self, server_version: String) -> Result<Manifest, StoreError> {
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: self.backup.id.clone(),
+            engine: self.backup.engine.clone(),
+            target: self.backup.target.clone(),
+            started_at: self.started_at,
+            finished_at: Utc::now(),
+            tool: format!("worker {}", crate::TOOL_VERSION),
+            server_version,
+            recipients: self
+                .settings
+                .recipients
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            parts: self.parts,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        self.store
+            .put_bytes(&self.backup.manifest_key(), Bytes::from(json))
+            .await?;
+        Ok(manifest)
+    }
+}
+
+/// Makes any database name usable inside an object name: bytes outside `[A-Za-z0-9._-]`
+/// become `%XX`, so `my db/2` and `my_db_2` can never collide.
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_names_without_collisions() {
+        assert_eq!(encode_name("app"), "app");
+        assert_eq!(encode_name("my db/2"), "my%20db%2F2");
+        assert_ne!(encode_name("a b"), encode_name("a_b"));
+        assert_eq!(encode_name("..%"), "..%25");
+        assert_eq!(encode_name("데이터"), "%EB%8D%B0%EC%9D%B4%ED%84%B0");
+    }
+}

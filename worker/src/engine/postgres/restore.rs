@@ -1,0 +1,263 @@
+//! Restoring a `pg_dump -Fc` part into a database.
+//!
+//! Safety rules, in order: the part's integrity is checked by the caller before this runs
+//! ([`crate::verify::check_part`]); the key is checked here before the target is touched; a
+//! database that already holds tables is refused unless `--clean`; `pg_restore` runs as a
+//! single transaction, so a failure (or a stream that turns out damaged at its very end:
+//! pg_restore is killed before it sees EOF) leaves the target as it was; a database this
+//! restore created is dropped again when the restore fails.
+
+use std::path::PathBuf;
+
+use tokio_util::io::SyncIoBridge;
+
+use super::{count_tables, quote_ident, PgError, PgTarget, LIST_TABLES};
+use crate::catalog::{Manifest, Part, TableCount};
+use crate::engine::child::{self, ChildError, StdinChild};
+use crate::pipeline::decode::{DecodeError, HashingReader, PlainReader};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::{ReadStore, StoreError};
+use crate::verify::{compare_stats, VerifyError};
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Drop and recreate the objects the dump contains (pg_restore --clean --if-exists).
+    pub clean: bool,
+    /// Restore ownership and grants (needs the roles to exist, e.g. from the globals part).
+    pub keep_owners: bool,
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Errors of a restore. The target is unchanged whenever one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("database {database} on {server} already has {tables} table(s); restore into a new database (--to …/NEWDB) or pass --clean to drop and recreate what the backup contains")]
+    NotEmpty {
+        database: String,
+        server: String,
+        tables: usize,
+    },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(
+        "pg_restore failed; the target was left unchanged (the restore runs as one transaction)"
+    )]
+    Tool(#[source] ChildError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a restore will do, shown to the user before anything happens.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub target: PgTarget,
+    pub database: String,
+    pub exists: bool,
+    pub existing_tables: usize,
+    pub clean: bool,
+}
+
+impl RestorePlan {
+    /// True when objects that exist now will be dropped.
+    pub fn is_destructive(&self) -> bool {
+        self.exists && self.existing_tables > 0
+    }
+
+    pub fn describe(&self) -> String {
+        match (self.exists, self.existing_tables) {
+            (false, _) => format!("create database {} on {} (from template0) and restore into it", self.database, self.target),
+            (true, 0) => format!("restore into the existing, empty database {} on {}", self.database, self.target),
+            (true, n) => format!(
+                "DROP and recreate the objects of the backup in database {} on {} ({n} table(s) there now)",
+                self.database, self.target
+            ),
+        }
+    }
+}
+
+/// Inspects the target and decides what the restore will do.
+///
+/// # Errors
+/// [`RestoreError::NotEmpty`] for a database with tables and no `--clean`; connection errors.
+pub async fn plan(
+    to: &PgTarget,
+    part: &Part,
+    opts: &RestoreOptions,
+) -> Result<RestorePlan, RestoreError> {
+    let database = to
+        .dbname
+        .clone()
+        .or_else(|| part.database.clone())
+        .ok_or(PgError::NoDatabase)?;
+    let maintenance = to.connect("postgres").await?;
+    let exists = maintenance
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(|e| to.query_error("looking up the database", &e))?
+        .is_some();
+    let target = to.with_dbname(&database);
+    let existing_tables = if exists {
+        let client = to.connect(&database).await?;
+        client
+            .query(LIST_TABLES, &[])
+            .await
+            .map_err(|e| target.query_error("listing tables", &e))?
+            .len()
+    } else {
+        0
+    };
+    if existing_tables > 0 && !opts.clean {
+        return Err(RestoreError::NotEmpty {
+            database,
+            server: to
+                .with_dbname("")
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+            tables: existing_tables,
+        });
+    }
+    Ok(RestorePlan {
+        target,
+        database,
+        exists,
+        existing_tables,
+        clean: opts.clean,
+    })
+}
+
+/// Runs a planned restore of `part` and returns the restored database's exact counts.
+///
+/// # Errors
+/// Wrong key, damaged stream, pg_restore failure, connection errors; in each case the target
+/// is left as it was.
+pub async fn run(
+    plan: &RestorePlan,
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<TableCount>, RestoreError> {
+    let backup = manifest.backup_ref();
+    let reader = store.get(&backup.part_key(&part.file)).await?;
+    let bar = progress.start(
+        &format!("restore {}", part.name),
+        Some(part.ciphertext_bytes),
+    );
+    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
+    let (ids, compression) = (identities.clone(), part.compression);
+    // Open the age header first: a wrong key must fail before the target is touched.
+    let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
+        .await
+        .expect("decode thread panicked")
+        .map_err(|e| match e {
+            DecodeError::WrongKey { identity_file } => VerifyError::WrongKey {
+                backup: backup.to_string(),
+                identity_file,
+                recipients: manifest.recipients.join(", "),
+            },
+            source => VerifyError::Undecodable {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                source,
+            },
+        })?;
+
+    let maintenance = plan.target.connect("postgres").await?;
+    if !plan.exists {
+        maintenance
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(&plan.database)
+            ))
+            .await
+            .map_err(|e| plan.target.query_error("creating the database", &e))?;
+    }
+
+    let mut cmd = child::tool(opts.bin_dir.as_deref(), "pg_restore");
+    cmd.args(["--single-transaction", "--exit-on-error", "--no-password"]);
+    if !opts.keep_owners {
+        cmd.args(["--no-owner", "--no-acl"]);
+    }
+    if plan.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    cmd.arg(format!(
+        "--dbname=dbname='{}'",
+        plan.database.replace('\\', "\\\\").replace('\'', "\\'")
+    ))
+    .envs(plan.target.child_env(&plan.database));
+    let part_owned = part.clone();
+    let backup_name = manifest.backup_ref().to_string();
+    let fed = tokio::task::spawn_blocking(move || feed(plain, cmd, &backup_name, &part_owned))
+        .await
+        .expect("restore thread panicked");
+    bar.finish();
+    if let Err(e) = fed {
+        if !plan.exists {
+            // Ours, and empty (the transaction rolled back): leave the server as we found it.
+            let _ = maintenance
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    quote_ident(&plan.database)
+                ))
+                .await;
+        }
+        return Err(e);
+    }
+
+    let client = plan.target.connect(&plan.database).await?;
+    client
+        .batch_execute("ANALYZE")
+        .await
+        .map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
+    Ok(count_tables(&client, &plan.target).await?)
+}
+
+/// Decrypts into pg_restore's stdin; closes it (letting pg_restore commit) only after the
+/// whole object was read and its size and sha256 matched the manifest.
+fn feed(
+    mut plain: PlainReader,
+    cmd: std::process::Command,
+    backup: &str,
+    part: &Part,
+) -> Result<(), RestoreError> {
+    let undecodable = |source| {
+        RestoreError::Verify(VerifyError::Undecodable {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            source,
+        })
+    };
+    let mut restore = StdinChild::spawn(cmd).map_err(RestoreError::Tool)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
+        if n == 0 {
+            break;
+        }
+        restore.write_all(&buf[..n]).map_err(RestoreError::Tool)?;
+    }
+    let (stats, plaintext) = plain.finish().map_err(undecodable)?;
+    compare_stats(backup, part, &stats)?;
+    if plaintext != part.plaintext_bytes {
+        return Err(VerifyError::PlaintextSize {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            expected: part.plaintext_bytes,
+            found: plaintext,
+        }
+        .into());
+    }
+    let warnings = restore.close().map_err(RestoreError::Tool)?;
+    if !warnings.is_empty() {
+        tracing::warn!(pg_restore = %warnings, "pg_restore warnings");
+    }
+    Ok(())
+}

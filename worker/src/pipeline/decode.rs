@@ -1,0 +1,208 @@
+//! The read path: stored ciphertext ─► sha256 ─► age -d ─► zstd -d ─► plaintext.
+//!
+//! age authenticates every 64 KiB chunk, but a stream cut at a chunk boundary is only
+//! detected at EOF; [`PlainReader::finish`] therefore drains the stream to its end and hands
+//! back the ciphertext's size and sha256 for comparison with the manifest.
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use super::keys::Identities;
+use crate::catalog::Compression;
+use crate::progress::ProgressBar;
+
+/// Errors decrypting or decompressing a part.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("no identity in {identity_file} matches this object")]
+    WrongKey { identity_file: String },
+    #[error("the object is not an age file (damaged header)")]
+    NotAge,
+    #[error("the object is damaged or truncated: {0}")]
+    Corrupt(String),
+    #[error("reading the object from the store failed: {0}")]
+    Transport(String),
+}
+
+/// Size and hash of the ciphertext, known once it has been read to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CiphertextStats {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Default)]
+struct HashState {
+    hasher: Sha256,
+    bytes: u64,
+    transport_error: Option<String>,
+}
+
+/// Hashes (and reports progress on) the ciphertext as it is read.
+pub struct HashingReader<R> {
+    inner: R,
+    state: Arc<Mutex<HashState>>,
+    progress: Option<Arc<dyn ProgressBar>>,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R, progress: Option<Arc<dyn ProgressBar>>) -> Self {
+        HashingReader {
+            inner,
+            state: Arc::default(),
+            progress,
+        }
+    }
+
+    /// Reads to the end and returns the stats (the integrity-only check).
+    ///
+    /// # Errors
+    /// [`DecodeError::Transport`] when the store stops answering.
+    pub fn drain(mut self) -> Result<CiphertextStats, DecodeError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DecodeError::Transport(e.to_string())),
+            }
+        }
+        Ok(stats(&self.state))
+    }
+}
+
+fn stats(state: &Mutex<HashState>) -> CiphertextStats {
+    let s = state.lock().expect("hash state poisoned");
+    CiphertextStats {
+        bytes: s.bytes,
+        sha256: hex::encode(s.hasher.clone().finalize()),
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.state
+                    .lock()
+                    .expect("hash state poisoned")
+                    .transport_error = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let mut s = self.state.lock().expect("hash state poisoned");
+        s.hasher.update(&buf[..n]);
+        s.bytes += n as u64;
+        if let Some(p) = &self.progress {
+            p.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// Plaintext of one part, decrypted and decompressed as it is read.
+pub struct PlainReader {
+    inner: Box<dyn Read + Send>,
+    state: Arc<Mutex<HashState>>,
+    plaintext_bytes: u64,
+}
+
+impl PlainReader {
+    /// Reads the age header and prepares the stream.
+    ///
+    /// # Errors
+    /// [`DecodeError::WrongKey`] when none of the identities can open it,
+    /// [`DecodeError::NotAge`] for a damaged header, transport errors.
+    pub fn open(
+        ciphertext: HashingReader<impl Read + Send + 'static>,
+        identities: &Identities,
+        compression: Compression,
+    ) -> Result<Self, DecodeError> {
+        let state = ciphertext.state.clone();
+        let transport = |state: &Mutex<HashState>| {
+            state
+                .lock()
+                .expect("hash state poisoned")
+                .transport_error
+                .clone()
+        };
+        let decryptor = match age::Decryptor::new_buffered(io::BufReader::with_capacity(
+            256 * 1024,
+            ciphertext,
+        )) {
+            Ok(d) => d,
+            Err(_) if transport(&state).is_some() => {
+                return Err(DecodeError::Transport(
+                    transport(&state).unwrap_or_default(),
+                ))
+            }
+            Err(_) => return Err(DecodeError::NotAge),
+        };
+        let decrypted = decryptor.decrypt(identities.iter()).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => DecodeError::WrongKey {
+                identity_file: identities.path.display().to_string(),
+            },
+            age::DecryptError::Io(e) => DecodeError::Transport(e.to_string()),
+            other => DecodeError::Corrupt(other.to_string()),
+        })?;
+        let inner: Box<dyn Read + Send> = match compression {
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(decrypted)
+                    .map_err(|e| DecodeError::Corrupt(e.to_string()))?,
+            ),
+            Compression::None => Box::new(decrypted),
+        };
+        Ok(PlainReader {
+            inner,
+            state,
+            plaintext_bytes: 0,
+        })
+    }
+
+    /// Reads plaintext, classifying failures as damage or transport.
+    ///
+    /// # Errors
+    /// [`DecodeError::Corrupt`] (authentication, truncation, bad compression) or
+    /// [`DecodeError::Transport`].
+    pub fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, DecodeError> {
+        loop {
+            match self.inner.read(buf) {
+                Ok(n) => {
+                    self.plaintext_bytes += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let transport = self
+                        .state
+                        .lock()
+                        .expect("hash state poisoned")
+                        .transport_error
+                        .clone();
+                    return Err(match transport {
+                        Some(t) => DecodeError::Transport(t),
+                        None => DecodeError::Corrupt(e.to_string()),
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn plaintext_bytes(&self) -> u64 {
+        self.plaintext_bytes
+    }
+
+    /// Reads whatever is left (so truncation is detected) and returns the ciphertext stats.
+    ///
+    /// # Errors
+    /// As [`PlainReader::read_chunk`].
+    pub fn finish(mut self) -> Result<(CiphertextStats, u64), DecodeError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        while self.read_chunk(&mut buf)? > 0 {}
+        Ok((stats(&self.state), self.plaintext_bytes))
+    }
+}

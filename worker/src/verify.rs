@@ -1,0 +1,336 @@
+//! Checks shared by `verify` and `restore`: that stored parts are exactly what the manifest
+//! recorded (size, sha256), that a key opens them, and how row counts compare.
+//!
+//! A restore calls [`check_part`] before it touches its target: nothing is restored from a
+//! backup that has not been verified.
+
+use std::fmt;
+
+use tokio_util::io::SyncIoBridge;
+
+use crate::catalog::{Manifest, Part, TableCount};
+use crate::pipeline::decode::{CiphertextStats, DecodeError, HashingReader, PlainReader};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::{ReadStore, StoreError};
+
+/// A failed check of one backup part.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("part {part} of backup {backup} is missing from the store; the backup is damaged, use another one")]
+    Missing { backup: String, part: String },
+    #[error("part {part} of backup {backup} is {found} bytes but the manifest recorded {expected}; the object was truncated or replaced, use another backup")]
+    SizeMismatch {
+        backup: String,
+        part: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("part {part} of backup {backup} has sha256 {found}, the manifest recorded {expected}; the object is corrupt, use another backup")]
+    HashMismatch {
+        backup: String,
+        part: String,
+        expected: String,
+        found: String,
+    },
+    #[error("no identity in {identity_file} matches backup {backup} (encrypted to {recipients}); pass the key for one of those recipients with --identity")]
+    WrongKey {
+        backup: String,
+        identity_file: String,
+        recipients: String,
+    },
+    #[error("part {part} of backup {backup} does not decrypt: {source}; use another backup")]
+    Undecodable {
+        backup: String,
+        part: String,
+        source: DecodeError,
+    },
+    #[error("part {part} of backup {backup} holds {found} plaintext bytes, the manifest recorded {expected}; use another backup")]
+    PlaintextSize {
+        backup: String,
+        part: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl VerifyError {
+    /// True when the backup itself is bad (exit 1); false for operational trouble such as an
+    /// unreachable store or the wrong key (exit 2).
+    pub fn is_check_failure(&self) -> bool {
+        !matches!(
+            self,
+            VerifyError::Store(_)
+                | VerifyError::WrongKey { .. }
+                | VerifyError::Undecodable {
+                    source: DecodeError::Transport(_),
+                    ..
+                }
+        )
+    }
+}
+
+/// Checks one part: size and sha256 always; with `identities`, also decrypts and decompresses
+/// it fully (into nothing: no plaintext is kept) and checks the plaintext size.
+///
+/// # Errors
+/// A [`VerifyError`] naming the part and what to do.
+pub async fn check_part(
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    identities: Option<&Identities>,
+    progress: &dyn Progress,
+) -> Result<(), VerifyError> {
+    let backup = manifest.backup_ref();
+    let key = backup.part_key(&part.file);
+    let reader = store.get(&key).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => VerifyError::Missing {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+        },
+        e => VerifyError::Store(e),
+    })?;
+    let bar = progress.start(
+        &format!(
+            "{} {}",
+            if identities.is_some() {
+                "decrypt"
+            } else {
+                "check"
+            },
+            part.name
+        ),
+        Some(part.ciphertext_bytes),
+    );
+    let bridge = SyncIoBridge::new(reader);
+    let hashing = HashingReader::new(bridge, Some(bar.clone()));
+    let undecodable = |source| VerifyError::Undecodable {
+        backup: backup.to_string(),
+        part: part.name.clone(),
+        source,
+    };
+    let (stats, plaintext) = match identities {
+        None => {
+            let stats = tokio::task::spawn_blocking(move || hashing.drain())
+                .await
+                .expect("verify thread panicked")
+                .map_err(undecodable)?;
+            (stats, None)
+        }
+        Some(ids) => {
+            let (ids, compression) = (ids.clone(), part.compression);
+            let result = tokio::task::spawn_blocking(move || {
+                PlainReader::open(hashing, &ids, compression).and_then(PlainReader::finish)
+            })
+            .await
+            .expect("verify thread panicked");
+            match result {
+                Ok((stats, plain)) => (stats, Some(plain)),
+                Err(DecodeError::WrongKey { identity_file }) => {
+                    return Err(VerifyError::WrongKey {
+                        backup: backup.to_string(),
+                        identity_file,
+                        recipients: manifest.recipients.join(", "),
+                    })
+                }
+                Err(e) => {
+                    // A damaged object also fails the hash; report that, it is the clearer fact.
+                    return Err(undecodable(e));
+                }
+            }
+        }
+    };
+    bar.finish();
+    compare_stats(&backup.to_string(), part, &stats)?;
+    if let Some(found) = plaintext {
+        if found != part.plaintext_bytes {
+            return Err(VerifyError::PlaintextSize {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                expected: part.plaintext_bytes,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Compares what was read with what the manifest recorded.
+///
+/// # Errors
+/// [`VerifyError::SizeMismatch`] or [`VerifyError::HashMismatch`].
+pub fn compare_stats(
+    backup: &str,
+    part: &Part,
+    stats: &CiphertextStats,
+) -> Result<(), VerifyError> {
+    if stats.bytes != part.ciphertext_bytes {
+        return Err(VerifyError::SizeMismatch {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            expected: part.ciphertext_bytes,
+            found: stats.bytes,
+        });
+    }
+    if stats.sha256 != part.ciphertext_sha256 {
+        return Err(VerifyError::HashMismatch {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            expected: part.ciphertext_sha256.clone(),
+            found: stats.sha256.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// How far a live count may drift from the backup's before the check fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxDiff {
+    Rows(u64),
+    Percent(f64),
+}
+
+impl std::str::FromStr for MaxDiff {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a row count or a percentage (e.g. 0, 100, 10%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let v: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(bad());
+                }
+                Ok(MaxDiff::Percent(v))
+            }
+            None => s.trim().parse().map(MaxDiff::Rows).map_err(|_| bad()),
+        }
+    }
+}
+
+impl fmt::Display for MaxDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxDiff::Rows(n) => write!(f, "{n} rows"),
+            MaxDiff::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// One table in a count comparison.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CountRow {
+    pub table: String,
+    pub backup_rows: Option<u64>,
+    pub live_rows: Option<u64>,
+    pub ok: bool,
+}
+
+impl CountRow {
+    /// live − backup, when both are known.
+    pub fn difference(&self) -> Option<i128> {
+        Some(i128::from(self.live_rows?) - i128::from(self.backup_rows?))
+    }
+}
+
+/// Compares the manifest's counts with counts taken now. A table missing from the live
+/// database fails; a table that exists only live is listed but does not fail (the
+/// application may have added it since).
+pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) -> Vec<CountRow> {
+    let mut rows: Vec<CountRow> = backup
+        .iter()
+        .map(|b| {
+            let live_rows = live
+                .iter()
+                .find(|l| l.schema == b.schema && l.name == b.name)
+                .map(|l| l.rows);
+            let ok = live_rows.is_some_and(|l| within(b.rows, l, max));
+            CountRow {
+                table: b.qualified(),
+                backup_rows: Some(b.rows),
+                live_rows,
+                ok,
+            }
+        })
+        .collect();
+    rows.extend(
+        live.iter()
+            .filter(|l| {
+                !backup
+                    .iter()
+                    .any(|b| b.schema == l.schema && b.name == l.name)
+            })
+            .map(|l| CountRow {
+                table: l.qualified(),
+                backup_rows: None,
+                live_rows: Some(l.rows),
+                ok: true,
+            }),
+    );
+    rows
+}
+
+fn within(backup: u64, live: u64, max: MaxDiff) -> bool {
+    let diff = backup.abs_diff(live);
+    match max {
+        MaxDiff::Rows(n) => diff <= n,
+        MaxDiff::Percent(p) => (diff as f64) <= (backup.max(1) as f64) * p / 100.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, rows: u64) -> TableCount {
+        TableCount {
+            schema: "public".into(),
+            name: name.into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn parses_max_diff() {
+        assert_eq!("0".parse::<MaxDiff>().unwrap(), MaxDiff::Rows(0));
+        assert_eq!("10%".parse::<MaxDiff>().unwrap(), MaxDiff::Percent(10.0));
+        assert_eq!(" 2.5 %".parse::<MaxDiff>().unwrap(), MaxDiff::Percent(2.5));
+        for bad in ["", "-1", "ten", "120%", "%"] {
+            assert!(bad.parse::<MaxDiff>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exact_comparison_fails_on_any_difference() {
+        let rows = compare_counts(
+            &[t("a", 10), t("b", 5)],
+            &[t("a", 10), t("b", 6)],
+            MaxDiff::Rows(0),
+        );
+        assert!(rows[0].ok);
+        assert!(!rows[1].ok);
+        assert_eq!(rows[1].difference(), Some(1));
+    }
+
+    #[test]
+    fn percentage_tolerance() {
+        let rows = compare_counts(
+            &[t("a", 100), t("b", 100)],
+            &[t("a", 90), t("b", 89)],
+            MaxDiff::Percent(10.0),
+        );
+        assert!(rows[0].ok);
+        assert!(!rows[1].ok);
+    }
+
+    #[test]
+    fn missing_live_table_fails_and_extra_live_table_is_listed() {
+        let rows = compare_counts(&[t("gone", 0)], &[t("new", 3)], MaxDiff::Rows(1000));
+        assert_eq!(rows.len(), 2);
+        assert!(!rows[0].ok && rows[0].live_rows.is_none());
+        assert!(rows[1].ok && rows[1].backup_rows.is_none());
+    }
+}
