@@ -1,1 +1,64 @@
-fn main() {}
+//! `kubectl-dr` (`kubectl dr …`): the operator's side. Lists, verifies and restores the
+//! backups `worker` takes, from flags and environment alone, because after a rebuild the
+//! cluster's Secrets are gone. Thin: every command is a module in [`commands`] that calls
+//! the engine library.
+
+mod commands;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use drkit::cli::{self, LogFormat, StoreArgs};
+
+/// List, verify and restore encrypted database backups (PostgreSQL; Vault and ClickHouse next).
+///
+/// Works without the cluster: the store and keys come from flags or the environment
+/// (DR_STORE, AWS_*, DR_IDENTITY_FILE). Data goes to stdout, progress and logs to stderr.
+///
+/// Exit codes: 0 ok, 1 a check failed (integrity or row counts), 2 usage or operational error.
+///
+/// After a rebuild:
+///   kubectl dr list --engine postgres
+///   kubectl dr verify latest --target prod --identity key.txt
+///   kubectl dr restore latest --target prod --identity key.txt --to postgres://postgres@db:5432/app
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-dr",
+    bin_name = "kubectl dr",
+    version,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: commands::Command,
+
+    #[command(flatten)]
+    store: StoreArgs,
+
+    /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, global = true)]
+    no_progress: bool,
+
+    /// Log format on stderr.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "DR_LOG_FORMAT",
+        global = true
+    )]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format, "warn");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let progress = progress::Bars::new(!cli.no_progress);
+    match runtime.block_on(cli.command.run(&cli.store, &progress)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => cli::report(&e),
+    }
+}

@@ -1,0 +1,78 @@
+//! Row-count comparison output, shared by `verify --against` and `restore`: the runbook's
+//! `SELECT count(*)` before and after, compared by the tool instead of by eye.
+
+use drkit::verify::{CountRow, MaxDiff};
+use serde::Serialize;
+
+use crate::output;
+
+/// The comparison of one database.
+#[derive(Debug, Serialize)]
+pub struct DatabaseCounts {
+    pub database: String,
+    pub against: String,
+    pub max_diff: String,
+    pub ok: bool,
+    pub tables: Vec<CountRow>,
+}
+
+impl DatabaseCounts {
+    pub fn new(database: &str, against: String, max: MaxDiff, tables: Vec<CountRow>) -> Self {
+        DatabaseCounts {
+            database: database.to_string(),
+            against,
+            max_diff: max.to_string(),
+            ok: tables.iter().all(|r| r.ok),
+            tables,
+        }
+    }
+
+    /// Prints the table (stdout) and a one-line verdict (stderr).
+    pub fn print(&self) -> std::io::Result<()> {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+        let rows: Vec<Vec<String>> = self
+            .tables
+            .iter()
+            .map(|r| {
+                vec![
+                    r.table.clone(),
+                    opt(r.backup_rows),
+                    opt(r.live_rows),
+                    r.difference().map_or("-".into(), |d| {
+                        if d > 0 {
+                            format!("+{d}")
+                        } else {
+                            d.to_string()
+                        }
+                    }),
+                    match (r.ok, r.backup_rows, r.live_rows) {
+                        (_, Some(_), None) => "MISSING".into(),
+                        (_, None, Some(_)) => "not in backup".into(),
+                        (true, _, _) => "ok".into(),
+                        (false, _, _) => "MISMATCH".into(),
+                    },
+                ]
+            })
+            .collect();
+        println!("database {} vs {}", self.database, self.against);
+        output::print_table(
+            &["TABLE", "BACKUP ROWS", "LIVE ROWS", "DIFF", "STATUS"],
+            &rows,
+        )?;
+        let bad = self.tables.iter().filter(|r| !r.ok).count();
+        if bad == 0 {
+            eprintln!(
+                "counts: {} table(s) match (max diff {})",
+                self.tables.len(),
+                self.max_diff
+            );
+        } else {
+            eprintln!(
+                "counts: {bad} of {} table(s) differ beyond {}",
+                self.tables.len(),
+                self.max_diff
+            );
+        }
+        Ok(())
+    }
+}

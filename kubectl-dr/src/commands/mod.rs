@@ -1,0 +1,65 @@
+//! One module per subcommand, each with its clap arguments and its `run`.
+
+mod counts;
+mod list;
+mod restore;
+mod verify;
+
+use clap::{Args, Subcommand};
+use drkit::catalog::{self, Filter, Manifest};
+use drkit::cli::StoreArgs;
+use drkit::progress::Progress;
+use drkit::store::ReadStore;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    List(list::ListCmd),
+    Verify(verify::VerifyCmd),
+    Restore(restore::RestoreCmd),
+}
+
+impl Command {
+    pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+        match self {
+            Command::List(cmd) => cmd.run(store).await,
+            Command::Verify(cmd) => cmd.run(store, progress).await,
+            Command::Restore(cmd) => cmd.run(store, progress).await,
+        }
+    }
+}
+
+/// Which backups a command looks at.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Only backups of this engine (postgres, vault, clickhouse).
+    #[arg(long, short = 'e')]
+    pub engine: Option<String>,
+
+    /// Only backups of this target (the --target the worker was given).
+    #[arg(long, short = 't')]
+    pub target: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        if let Some(e) = &self.engine {
+            catalog::validate_name("engine", e)?;
+        }
+        if let Some(t) = &self.target {
+            catalog::validate_name("target", t)?;
+        }
+        Ok(Filter {
+            engine: self.engine.clone(),
+            target: self.target.clone(),
+        })
+    }
+}
+
+/// Resolves `ID|latest` to a manifest.
+async fn resolve(
+    store: &dyn ReadStore,
+    selector: &str,
+    filter: &FilterArgs,
+) -> anyhow::Result<Manifest> {
+    Ok(catalog::resolve(store, selector, &filter.filter()?).await?)
+}

@@ -1,0 +1,103 @@
+//! Output formats: aligned tables for people, JSON and YAML for scripts. Data goes to
+//! stdout; everything else to stderr.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// `-o/--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML.
+///
+/// # Errors
+/// Write errors (a closed pipe is handled by the caller).
+pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, value)?;
+            writeln!(out)?;
+        }
+        Format::Yaml => serde_yaml::to_writer(&mut out, value)?,
+        Format::Table => unreachable!("tables are printed by their command"),
+    }
+    Ok(())
+}
+
+/// Prints rows as columns separated by two spaces; numbers are right-aligned.
+///
+/// # Errors
+/// Write errors.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let numeric: Vec<bool> = (0..headers.len())
+        .map(|i| !rows.is_empty() && rows.iter().all(|r| is_number(&r[i])))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let mut line = |cells: Vec<&str>| -> std::io::Result<()> {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pad = widths[i] - c.chars().count();
+                if numeric[i] {
+                    format!("{}{c}", " ".repeat(pad))
+                } else {
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        writeln!(out, "{}", text.join("  ").trim_end())
+    };
+    line(headers.to_vec())?;
+    for row in rows {
+        line(row.iter().map(String::as_str).collect())?;
+    }
+    Ok(())
+}
+
+fn is_number(s: &str) -> bool {
+    let s = s.trim_start_matches(['+', '-']);
+    s == "-" || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ','))
+}
+
+/// Bytes in binary units, e.g. `2.1 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Installs (where missing) and starts the real services the demo and the tests use, on
+# loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
+# s3s-fs S3 server. Idempotent: running servers are reused.
+#
+#   scripts/services.sh start   # install, start, write .dr-services/env
+#   scripts/services.sh stop
+#   scripts/services.sh env     # print the environment (source it: . .dr-services/env)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${DR_SERVICES_DIR:-$root/.dr-services}
+S3S_VERSION=0.14.1
+log() { echo "services: $*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  log "installing Debian packages: $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 || {
+    as_root apt-get update -q >/dev/null 2>&1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  }
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+pg_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1
+}
+
+install_tools() {
+  local missing=()
+  [ -n "$(pg_bin)" ] || missing+=(postgresql)
+  command -v age >/dev/null || missing+=(age)
+  command -v zstd >/dev/null || missing+=(zstd)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  if ! command -v s3s-fs >/dev/null; then
+    log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
+    cargo install --quiet --locked "s3s-fs@$S3S_VERSION" --features binary
+  fi
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_postgres() {
+  local bin pgdata port
+  bin=$(pg_bin)
+  pgdata=$dir/pg/data
+  if [ -f "$dir/pg/port" ] && PGPASSWORD=dr-test "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$dir/pg/port")"; then
+    log "postgres already running on port $(cat "$dir/pg/port")"
+    return
+  fi
+  # initdb and postgres refuse to run as root: run them as the postgres user then.
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home "$dir/pg" postgres
+    run=(runuser -u postgres --)
+  fi
+  mkdir -p "$dir/pg"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    printf 'dr-test\n' > "$dir/pg/pwfile"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
+    "${run[@]}" "$bin/initdb" -D "$pgdata" -U postgres --pwfile="$dir/pg/pwfile" \
+      --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  port=$(free_port)
+  echo "$port" > "$dir/pg/port"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
+  "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -l "$dir/pg/log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/pg -c max_connections=200 -c fsync=off -c shared_buffers=256MB -c max_wal_size=4GB" >/dev/null
+  log "postgres $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+}
+
+start_s3() {
+  local port
+  mkdir -p "$dir/s3/data/dr-test"
+  if alive "$dir/s3/pid"; then
+    log "s3s-fs already running on port $(cat "$dir/s3/port")"
+    return
+  fi
+  port=$(free_port)
+  echo "$port" > "$dir/s3/port"
+  nohup s3s-fs --host 127.0.0.1 --port "$port" --access-key dr-test-key --secret-key dr-test-secret \
+    "$dir/s3/data" > "$dir/s3/log" 2>&1 &
+  echo $! > "$dir/s3/pid"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      log "s3s-fs on 127.0.0.1:$port (bucket dr-test)"
+      return
+    fi
+    sleep 0.1
+  done
+  log "s3s-fs did not start; see $dir/s3/log"
+  exit 1
+}
+
+write_env() {
+  cat > "$dir/env" <<ENV
+# Written by scripts/services.sh: the local test services. Source it: . $dir/env
+export PGHOST=127.0.0.1
+export PGPORT=$(cat "$dir/pg/port")
+export PGUSER=postgres
+export PGPASSWORD=dr-test
+export DR_PG_BIN_DIR=$(pg_bin)
+export AWS_ACCESS_KEY_ID=dr-test-key
+export AWS_SECRET_ACCESS_KEY=dr-test-secret
+export AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/s3/port")
+export DR_TEST_BUCKET=dr-test
+export DR_SERVICES_DIR=$dir
+ENV
+}
+
+stop() {
+  local bin
+  bin=$(pg_bin)
+  if [ -f "$dir/pg/data/postmaster.pid" ]; then
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null || true
+    else "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null || true; fi
+  fi
+  if alive "$dir/s3/pid"; then kill "$(cat "$dir/s3/pid")"; rm -f "$dir/s3/pid"; fi
+  log "stopped"
+}
+
+case "${1:-start}" in
+  start)
+    install_tools
+    mkdir -p "$dir"
+    start_postgres
+    start_s3
+    write_env
+    log "environment: . $dir/env"
+    ;;
+  stop) stop ;;
+  env) cat "$dir/env" ;;
+  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+esac
