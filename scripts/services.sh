@@ -11,6 +11,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${DR_SERVICES_DIR:-$root/.dr-services}
 S3S_VERSION=0.14.1
+# Test-only credentials, distinctive so tests can assert they never leak into output.
+PG_PASSWORD=pg-Test-Secret-4711
 log() { echo "services: $*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -49,7 +51,7 @@ start_postgres() {
   local bin pgdata port
   bin=$(pg_bin)
   pgdata=$dir/pg/data
-  if [ -f "$dir/pg/port" ] && PGPASSWORD=dr-test "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$dir/pg/port")"; then
+  if [ -f "$dir/pg/port" ] && "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$dir/pg/port")"; then
     log "postgres already running on port $(cat "$dir/pg/port")"
     return
   fi
@@ -61,7 +63,7 @@ start_postgres() {
   fi
   mkdir -p "$dir/pg"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
-    printf 'dr-test\n' > "$dir/pg/pwfile"
+    printf '%s\n' "$PG_PASSWORD" > "$dir/pg/pwfile"
     [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
     "${run[@]}" "$bin/initdb" -D "$pgdata" -U postgres --pwfile="$dir/pg/pwfile" \
       --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
@@ -83,7 +85,7 @@ start_s3() {
   fi
   port=$(free_port)
   echo "$port" > "$dir/s3/port"
-  nohup s3s-fs --host 127.0.0.1 --port "$port" --access-key dr-test-key --secret-key dr-test-secret \
+  nohup s3s-fs --host 127.0.0.1 --port "$port" --access-key dr-test-key --secret-key s3-Test-Secret-0815 \
     "$dir/s3/data" > "$dir/s3/log" 2>&1 &
   echo $! > "$dir/s3/pid"
   for _ in $(seq 1 100); do
@@ -103,10 +105,10 @@ write_env() {
 export PGHOST=127.0.0.1
 export PGPORT=$(cat "$dir/pg/port")
 export PGUSER=postgres
-export PGPASSWORD=dr-test
+export PGPASSWORD=$PG_PASSWORD
 export DR_PG_BIN_DIR=$(pg_bin)
 export AWS_ACCESS_KEY_ID=dr-test-key
-export AWS_SECRET_ACCESS_KEY=dr-test-secret
+export AWS_SECRET_ACCESS_KEY=s3-Test-Secret-0815
 export AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/s3/port")
 export DR_TEST_BUCKET=dr-test

@@ -1,1 +1,347 @@
-//! placeholder
+//! Support for the integration tests: the real services started by `scripts/services.sh`
+//! (their settings come from `.dr-services/env`), the built binaries, age keys, and
+//! uniquely named fixtures so tests run in parallel without stepping on each other.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use rand::Rng;
+use tokio_postgres::{Client, NoTls};
+
+/// The services' environment, read once from `.dr-services/env`.
+pub fn services() -> &'static HashMap<String, String> {
+    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = repo_root();
+        let dir = std::env::var("DR_SERVICES_DIR").map_or_else(|_| root.join(".dr-services"), PathBuf::from);
+        let text = std::fs::read_to_string(dir.join("env")).unwrap_or_else(|_| {
+            panic!(
+                "no {}/env: start the test services first with scripts/services.sh start (scripts/test.sh does it)",
+                dir.display()
+            )
+        });
+        text.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+pub fn svc(name: &str) -> String {
+    services()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing from the services env"))
+        .clone()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace (scripts/test.sh builds them before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --bins` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, unique lowercase name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:08x}", rand::rng().random::<u32>())
+}
+
+/// An age key pair in a temporary directory.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub identity: PathBuf,
+    pub recipient: String,
+}
+
+impl Keys {
+    pub fn generate() -> Keys {
+        use age::secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = age::x25519::Identity::generate();
+        let identity = dir.path().join("key.txt");
+        std::fs::write(
+            &identity,
+            format!("# test key\n{}\n", id.to_string().expose_secret()),
+        )
+        .expect("write key");
+        Keys {
+            recipient: id.to_public().to_string(),
+            identity,
+            dir,
+        }
+    }
+}
+
+/// A store for one test: a unique prefix in the S3 bucket, or a temporary directory.
+pub enum TestStore {
+    S3 { url: String, prefix: String },
+    Local { url: String, dir: tempfile::TempDir },
+}
+
+impl TestStore {
+    pub fn s3() -> TestStore {
+        let prefix = unique("t");
+        TestStore::S3 {
+            url: format!("s3://{}/{prefix}", svc("DR_TEST_BUCKET")),
+            prefix,
+        }
+    }
+
+    pub fn local() -> TestStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestStore::Local {
+            url: format!("file://{}", dir.path().display()),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestStore::S3 { url, .. } | TestStore::Local { url, .. } => url,
+        }
+    }
+
+    /// Filesystem path of an object, for tests that damage objects on purpose: s3s-fs keeps
+    /// each object as a plain file under its data directory.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        match self {
+            TestStore::S3 { prefix, .. } => PathBuf::from(svc("DR_SERVICES_DIR"))
+                .join("s3/data")
+                .join(svc("DR_TEST_BUCKET"))
+                .join(prefix)
+                .join(key),
+            TestStore::Local { dir, .. } => dir.path().join(key),
+        }
+    }
+
+    /// Every file under the store's root, relative, for "nothing left behind" checks.
+    pub fn files(&self) -> Vec<String> {
+        let root = self.object_path("");
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Opens the store in-process. The S3 client gets explicit region and static
+    /// credentials (nothing waits on instance metadata, no process environment is touched).
+    pub async fn open(&self) -> std::sync::Arc<dyn drkit::store::DeleteStore> {
+        match self {
+            TestStore::S3 { prefix, .. } => std::sync::Arc::new(drkit::store::s3::S3Store::new(
+                s3_client(&svc("AWS_ENDPOINT_URL")),
+                &svc("DR_TEST_BUCKET"),
+                prefix,
+            )),
+            TestStore::Local { dir, .. } => std::sync::Arc::new(
+                drkit::store::local::LocalStore::open(dir.path())
+                    .await
+                    .expect("open local store"),
+            ),
+        }
+    }
+}
+
+/// An S3 client for the test server (or any endpoint, e.g. a closed port).
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{
+        Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    };
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .endpoint_url(endpoint)
+        .region(Region::new(svc("AWS_REGION")))
+        .credentials_provider(Credentials::new(
+            svc("AWS_ACCESS_KEY_ID"),
+            svc("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "test",
+        ))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Multipart uploads in progress on the test S3 server: s3s-fs keeps one
+/// `.upload-<id>.json` per upload in its data root until it is completed or aborted.
+pub fn s3_uploads() -> std::collections::HashSet<String> {
+    let root = PathBuf::from(svc("DR_SERVICES_DIR")).join("s3/data");
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".upload-") && n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails unless every multipart upload that appeared after `before` was taken is completed
+/// or aborted within 30 s. Uploads of tests running in parallel finish quickly; a leaked one
+/// never does.
+pub async fn assert_no_upload_leaked(before: &std::collections::HashSet<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let leaked: Vec<String> = s3_uploads().difference(before).cloned().collect();
+        if leaked.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "multipart uploads left behind: {leaked:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, root, out);
+        } else {
+            out.push(
+                p.strip_prefix(root)
+                    .expect("under root")
+                    .display()
+                    .to_string(),
+            );
+        }
+    }
+}
+
+/// Runs a workspace binary with the services' environment plus `env`.
+pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary(bin));
+    cmd.args(args).env_remove("DR_STORE").env_remove("RUST_LOG");
+    for (k, v) in services() {
+        cmd.env(k, v);
+    }
+    cmd.env("DR_LOG_FORMAT", "text");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run binary");
+    eprintln!(
+        "$ {bin} {}\n-- exit {:?}\n-- stdout\n{}\n-- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// URL of a database on the test server (no password: it travels in PGPASSWORD).
+pub fn pg_url(db: &str) -> String {
+    format!(
+        "postgres://{}@{}:{}/{db}",
+        svc("PGUSER"),
+        svc("PGHOST"),
+        svc("PGPORT")
+    )
+}
+
+pub async fn pg_connect(db: &str) -> Client {
+    let conn = format!(
+        "host={} port={} user={} password={} dbname='{db}'",
+        svc("PGHOST"),
+        svc("PGPORT"),
+        svc("PGUSER"),
+        svc("PGPASSWORD")
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("connect to test postgres");
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates an empty database (dropped by [`drop_database`]).
+pub async fn create_database(name: &str) {
+    pg_connect("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create database");
+}
+
+pub async fn drop_database(name: &str) {
+    let _ = pg_connect("postgres")
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await;
+}
+
+pub async fn database_exists(name: &str) -> bool {
+    pg_connect("postgres")
+        .await
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("query")
+        .is_some()
+}
+
+/// Runs `worker backup postgres` for `db` into `store` and returns the new backup id.
+pub fn backup_postgres(
+    store: &TestStore,
+    keys: &Keys,
+    target: &str,
+    db: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "backup",
+        "postgres",
+        "--target",
+        target,
+        "--database",
+        db,
+        "--store",
+        store.url(),
+        "--recipient",
+        &keys.recipient,
+    ];
+    args.extend_from_slice(extra);
+    let out = run("worker", &args, &[]);
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert!(
+        id.parse::<drkit::catalog::BackupId>().is_ok(),
+        "not an id: {id:?}"
+    );
+    id
+}

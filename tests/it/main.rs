@@ -1,1 +1,12 @@
+//! Integration tests against the real services of `scripts/services.sh` (PostgreSQL and an
+//! s3s-fs S3 server on loopback) and the built binaries. One test binary, a module per area:
+//!
+//! - `store`: the conformance suite every store implementation passes.
+//! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
+//! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
+//! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 
+mod bad_input;
+mod pipeline;
+mod postgres;
+mod store;

@@ -6,7 +6,10 @@
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use tokio_util::sync::CancellationToken;
 
 /// Bytes of stderr kept for the error message (the tail, where the reason usually is).
 const STDERR_KEEP: usize = 16 * 1024;
@@ -70,7 +73,7 @@ fn drain_stderr(stderr: Option<ChildStderr>) -> JoinHandle<String> {
 
 fn finish(
     program: String,
-    mut child: Child,
+    child: &mut Child,
     errs: JoinHandle<String>,
 ) -> Result<String, ChildError> {
     let status = child.wait().map_err(|source| ChildError::Stream {
@@ -94,12 +97,17 @@ fn finish(
 }
 
 /// Runs `cmd` and copies its stdout into `out`. Returns the tool's stderr (warnings) on
-/// success.
+/// success. When `cancel` fires (SIGTERM), the tool is killed at once, even while it is
+/// silent, so shutdown never waits for a dump to finish.
 ///
 /// # Errors
 /// [`ChildError::Failed`] when the tool exits non-zero or is killed (with its stderr), or
 /// [`ChildError::Stream`] when `out` fails (the tool is killed then).
-pub fn stream_stdout(mut cmd: Command, out: &mut dyn Write) -> Result<String, ChildError> {
+pub fn stream_stdout(
+    mut cmd: Command,
+    out: &mut dyn Write,
+    cancel: &CancellationToken,
+) -> Result<String, ChildError> {
     let program = program_name(&cmd);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -112,6 +120,8 @@ pub fn stream_stdout(mut cmd: Command, out: &mut dyn Write) -> Result<String, Ch
         })?;
     let errs = drain_stderr(child.stderr.take());
     let mut stdout = child.stdout.take().expect("stdout piped");
+    let child = Arc::new(Mutex::new(child));
+    let _killer = KillOnCancel::watch(&child, cancel);
     let mut buf = vec![0u8; BUF_SIZE];
     let copied: io::Result<()> = (|| loop {
         let n = match stdout.read(&mut buf) {
@@ -122,13 +132,48 @@ pub fn stream_stdout(mut cmd: Command, out: &mut dyn Write) -> Result<String, Ch
         };
         out.write_all(&buf[..n])?;
     })();
+    drop(stdout);
+    let mut child = child.lock().expect("child lock poisoned");
     if let Err(source) = copied {
         let _ = child.kill();
-        let _ = finish(program.clone(), child, errs);
+        let _ = finish(program.clone(), &mut child, errs);
         return Err(ChildError::Stream { program, source });
     }
-    drop(stdout);
-    finish(program, child, errs)
+    finish(program, &mut child, errs)
+}
+
+/// Kills a child when a cancellation token fires; stops watching when dropped.
+struct KillOnCancel {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl KillOnCancel {
+    fn watch(child: &Arc<Mutex<Child>>, cancel: &CancellationToken) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return KillOnCancel { stop: None };
+        };
+        let (child, cancel) = (Arc::downgrade(child), cancel.clone());
+        runtime.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    if let Some(child) = child.upgrade() {
+                        let _ = child.lock().expect("child lock poisoned").kill();
+                    }
+                }
+                _ = stopped => {}
+            }
+        });
+        KillOnCancel { stop: Some(stop) }
+    }
+}
+
+impl Drop for KillOnCancel {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// A tool reading its stdin from us (pg_restore). Dropping it without [`StdinChild::close`]
@@ -174,11 +219,11 @@ impl StdinChild {
             Ok(()) => Ok(()),
             Err(source) => {
                 self.stdin = None;
-                let (child, errs) = (
+                let (mut child, errs) = (
                     self.child.take().expect("child"),
                     self.errs.take().expect("errs"),
                 );
-                match finish(self.program.clone(), child, errs) {
+                match finish(self.program.clone(), &mut child, errs) {
                     Err(e) => Err(e),
                     Ok(_) => Err(ChildError::Stream {
                         program: self.program.clone(),
@@ -195,11 +240,11 @@ impl StdinChild {
     /// [`ChildError::Failed`] with the tool's stderr.
     pub fn close(mut self) -> Result<String, ChildError> {
         drop(self.stdin.take());
-        let (child, errs) = (
+        let (mut child, errs) = (
             self.child.take().expect("child"),
             self.errs.take().expect("errs"),
         );
-        finish(self.program.clone(), child, errs)
+        finish(self.program.clone(), &mut child, errs)
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use super::{count_tables, PgError, PgTarget};
 use crate::engine::child;
 use crate::engine::{encode_name, BackupRun, PartSpec};
-use crate::pipeline::encode::EncodeError;
+use crate::pipeline::encode::{EncodeError, SourceError};
 
 /// Part format names recorded in manifests.
 pub const FORMAT_CUSTOM: &str = "pg_dump-custom";
@@ -74,8 +74,9 @@ pub async fn dump(
             extension: "sql",
             database: None,
         };
+        let cancel = run.cancel_token().clone();
         run.store_part(spec, move |out| {
-            Ok(child::stream_stdout(cmd, out).map(|_| ())?)
+            Ok(child::stream_stdout(cmd, out, &cancel).map(|_| ())?)
         })
         .await
         .map_err(DumpError::Globals)?;
@@ -115,9 +116,9 @@ async fn dump_database(
         database: Some(db.to_string()),
     };
     tracing::info!(database = db, snapshot = %snapshot, "dumping");
-    let produce = move |out: &mut dyn std::io::Write| -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-        let warnings = child::stream_stdout(cmd, out)?;
-        Ok(warnings)
+    let cancel = run.cancel_token().clone();
+    let produce = move |out: &mut dyn std::io::Write| -> Result<String, SourceError> {
+        Ok(child::stream_stdout(cmd, out, &cancel)?)
     };
     // Count while pg_dump reads: both see the exported snapshot, and the server does the
     // two scans in parallel.

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs and starts the real services
+# (PostgreSQL, s3s-fs) on loopback, builds the binaries the end-to-end tests run, then runs
+# formatting, lint, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh start
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
