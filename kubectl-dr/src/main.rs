@@ -28,6 +28,7 @@ use drkit::cli::{self, LogFormat, StoreArgs};
     name = "kubectl-dr",
     bin_name = "kubectl dr",
     version,
+    verbatim_doc_comment,
     propagate_version = true
 )]
 struct Cli {
@@ -59,6 +60,6 @@ fn main() -> ExitCode {
     let progress = progress::Bars::new(!cli.no_progress);
     match runtime.block_on(cli.command.run(&cli.store, &progress)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => cli::report(&e),
+        Err(e) => cli::report(&e, false),
     }
 }

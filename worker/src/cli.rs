@@ -117,8 +117,9 @@ impl IdentityArgs {
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
-/// Maps an error chain to an exit code and prints it; a closed stdout (`| head`) is success.
-pub fn report(err: &anyhow::Error) -> ExitCode {
+/// Maps an error chain to an exit code and prints it (unless `quiet`: the caller logged it
+/// already, e.g. as a JSON line); a closed stdout (`| head`) is success.
+pub fn report(err: &anyhow::Error, quiet: bool) -> ExitCode {
     for cause in err.chain() {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::BrokenPipe {
@@ -126,7 +127,9 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
             }
         }
     }
-    eprintln!("error: {err:#}");
+    if !quiet {
+        eprintln!("error: {err:#}");
+    }
     ExitCode::from(exit_code(err))
 }
 
@@ -157,7 +160,8 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_target(false).init(),

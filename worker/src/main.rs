@@ -22,7 +22,12 @@ use drkit::store::WriteStore;
 ///
 /// Exit codes: 0 ok, 2 the backup failed (nothing committed).
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, propagate_version = true)]
+#[command(
+    verbatim_doc_comment,
+    name = "worker",
+    version,
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,6 +64,7 @@ enum Backup {
     /// Example:
     ///   worker backup postgres --target prod --database app --database auth --globals \
     ///     --store s3://backups/cluster-a --recipient age1...
+    #[command(verbatim_doc_comment)]
     Postgres(PostgresBackup),
 }
 
@@ -130,13 +136,20 @@ impl EncodingArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.log_format == LogFormat::Json;
     cli::init_logging(cli.log_format, "info");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "failed");
-            cli::report(&e)
+            if json {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    exit_code = cli::exit_code(&e),
+                    "failed"
+                );
+            }
+            cli::report(&e, json)
         }
     }
 }

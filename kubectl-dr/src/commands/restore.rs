@@ -34,6 +34,7 @@ use crate::output::{self, Format};
 ///   kubectl dr restore 20261122T020000Z-7f3a9c --identity key.txt --database app \
 ///     --to postgres://postgres@db:5432/app --clean --yes
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
     /// Backup id, or `latest`.
     backup: String,

@@ -28,6 +28,7 @@ use crate::output::{self, Format};
 ///   kubectl dr verify 20261122T020000Z-7f3a9c --identity key.txt \
 ///     --against postgres://postgres@127.0.0.1:5432/app --max-diff 1%
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct VerifyCmd {
     /// Backup id, or `latest`.
     backup: String,
