@@ -5,8 +5,10 @@
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
+//! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
 
 mod bad_input;
 mod pipeline;
 mod postgres;
+mod prune;
 mod store;

@@ -167,3 +167,56 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.with_target(false).init(),
     }
 }
+
+/// Retention rules, shared by `worker prune`, `kubectl dr prune` and `kubectl dr list`.
+/// Calendar periods are UTC and count back from the newest complete backup of each target.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours that have backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days that have backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks that have backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months that have backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest backup of each of the last N years that have backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every backup this close to the newest one (e.g. 7d, 36h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Incomplete backups (no manifest) younger than this may still be running and are kept.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+impl RetentionArgs {
+    /// True when any keep rule was given.
+    pub fn any(&self) -> bool {
+        self.policy().validate().is_ok()
+    }
+
+    /// The policy these flags describe (not yet validated).
+    pub fn policy(&self) -> crate::retention::RetentionPolicy {
+        let dur =
+            |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        crate::retention::RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.map(dur),
+            incomplete_grace: dur(self.grace),
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod engine;
 pub mod pipeline;
 pub mod progress;
+pub mod retention;
 pub mod shutdown;
 pub mod store;
 pub mod verify;

@@ -12,6 +12,7 @@ use drkit::cli::{self, LogFormat, RecipientArgs, StoreArgs};
 use drkit::engine::postgres::{dump, PgTarget};
 use drkit::engine::BackupRun;
 use drkit::pipeline::encode::EncodeSettings;
+use drkit::retention::prune;
 use drkit::store::WriteStore;
 
 /// Take encrypted, verified database backups into S3 (or a directory).
@@ -51,6 +52,31 @@ enum Command {
     /// Back up one database engine.
     #[command(subcommand)]
     Backup(Backup),
+    /// Delete backups a retention policy no longer keeps (and failed backups past --grace).
+    ///
+    /// Rules apply per engine and target; periods count back from the newest complete
+    /// backup, so failing jobs never age out the last good copies, and the newest complete
+    /// backup is always kept. Each decision is logged with its reasons.
+    ///
+    /// Example (a nightly prune CronJob):
+    ///   worker prune --keep-daily 7 --keep-weekly 4 --keep-monthly 6
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PruneArgs {
+    /// Only backups of this engine.
+    #[arg(long)]
+    engine: Option<String>,
+    /// Only backups of this target.
+    #[arg(long)]
+    target: Option<String>,
+    #[command(flatten)]
+    retention: cli::RetentionArgs,
+    /// Log the decisions, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,13 +131,11 @@ struct EncodingArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19), env = "DR_ZSTD_LEVEL")]
     zstd_level: i32,
 
-    /// zstd worker threads (0 = compress on the encoding thread).
-    #[arg(long, default_value_t = default_threads(), env = "DR_ZSTD_THREADS")]
+    /// zstd worker threads; 0 compresses on the encoding thread, which keeps pace with
+    /// pg_dump on small machines. Each worker adds ~20 MiB of buffers: raise it only when
+    /// spare cores exist and compression is the bottleneck.
+    #[arg(long, default_value_t = 0, env = "DR_ZSTD_THREADS")]
     zstd_threads: u32,
-}
-
-fn default_threads() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -157,6 +181,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cancel = drkit::shutdown::on_signals();
     match cli.command {
+        Command::Prune(args) => prune(&cli.store, args).await,
         Command::Backup(Backup::Postgres(args)) => {
             let settings = args.encoding.settings(&args.recipients)?;
             let source = PgTarget::from_env()?;
@@ -187,4 +212,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
+    let policy = args.retention.policy();
+    policy.validate()?;
+    for (kind, name) in [("engine", &args.engine), ("target", &args.target)] {
+        if let Some(n) = name {
+            drkit::catalog::validate_name(kind, n)?;
+        }
+    }
+    let filter = drkit::catalog::Filter {
+        engine: args.engine,
+        target: args.target,
+    };
+    let store = store.open().await?;
+    let items = prune::plan(store.as_ref(), &filter, &policy, chrono::Utc::now()).await?;
+    for item in &items {
+        tracing::info!(
+            backup = %format!("{}/{}/{}", item.engine, item.target, item.decision.id),
+            action = if item.decision.keep { "keep" } else { "delete" },
+            reasons = %item.decision.reasons.join("; "),
+            dry_run = args.dry_run,
+            "decision"
+        );
+    }
+    let doomed = items.iter().filter(|i| !i.decision.keep).count();
+    if args.dry_run {
+        tracing::info!(
+            backups = items.len(),
+            would_delete = doomed,
+            "dry run: nothing deleted"
+        );
+        return Ok(());
+    }
+    let outcome = prune::execute(store.as_ref(), &items)
+        .await
+        .context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")?;
+    tracing::info!(
+        backups = items.len(),
+        deleted = outcome.deleted_backups,
+        objects = outcome.deleted_objects,
+        freed_bytes = outcome.freed_bytes,
+        "prune finished"
+    );
+    Ok(())
 }

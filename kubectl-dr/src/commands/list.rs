@@ -1,10 +1,13 @@
 //! `kubectl dr list`: complete backups, newest last, with size and databases. Manifests are
 //! read concurrently; an unreadable one is shown as damaged rather than hiding the backup.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
 use drkit::catalog::{self, ScannedBackup};
-use drkit::cli::StoreArgs;
+use drkit::cli::{RetentionArgs, StoreArgs};
+use drkit::retention::prune;
 use drkit::store::ReadStore;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -28,6 +31,10 @@ pub struct ListCmd {
     #[arg(long)]
     all: bool,
 
+    /// Keep rules (as for prune): adds each backup's keep/delete decision and its reasons.
+    #[command(flatten)]
+    retention: RetentionArgs,
+
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Format,
@@ -49,6 +56,14 @@ struct Row {
     rows: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<Decision>,
+}
+
+#[derive(Debug, Serialize)]
+struct Decision {
+    keep: bool,
+    reasons: Vec<String>,
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -70,6 +85,7 @@ async fn describe(store: &dyn ReadStore, scanned: ScannedBackup) -> Row {
         tables: 0,
         rows: 0,
         error: None,
+        retention: None,
     };
     if !scanned.complete {
         return row;
@@ -97,6 +113,20 @@ impl ListCmd {
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let scanned = catalog::scan(store, &self.filter.filter()?).await?;
+        let decisions: HashMap<(String, String, String), (bool, Vec<String>)> =
+            if self.retention.any() {
+                prune::plan_scanned(scanned.clone(), &self.retention.policy(), Utc::now())
+                    .into_iter()
+                    .map(|i| {
+                        (
+                            (i.engine, i.target, i.decision.id.to_string()),
+                            (i.decision.keep, i.decision.reasons),
+                        )
+                    })
+                    .collect()
+            } else {
+                HashMap::new()
+            };
         let wanted: Vec<ScannedBackup> = scanned
             .into_iter()
             .filter(|b| self.all || b.complete)
@@ -107,6 +137,16 @@ impl ListCmd {
             .collect()
             .await;
         rows.sort_by(|a, b| (&a.engine, &a.target, &a.id).cmp(&(&b.engine, &b.target, &b.id)));
+        for row in &mut rows {
+            if let Some((keep, reasons)) =
+                decisions.get(&(row.engine.clone(), row.target.clone(), row.id.clone()))
+            {
+                row.retention = Some(Decision {
+                    keep: *keep,
+                    reasons: reasons.clone(),
+                });
+            }
+        }
         if self.output != Format::Table {
             return output::print_structured(self.output, &rows);
         }
@@ -130,6 +170,9 @@ impl ListCmd {
         if self.all {
             headers.push("STATUS");
         }
+        if self.retention.any() {
+            headers.extend(["RETENTION", "REASONS"]);
+        }
         let table: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
@@ -148,6 +191,14 @@ impl ListCmd {
                 ];
                 if self.all {
                     cells.push(r.status.to_string());
+                }
+                if let Some(d) = &r.retention {
+                    cells.push(if d.keep {
+                        "keep".into()
+                    } else {
+                        "DELETE".into()
+                    });
+                    cells.push(d.reasons.join("; "));
                 }
                 cells
             })

@@ -2,6 +2,7 @@
 
 mod counts;
 mod list;
+mod prune;
 mod restore;
 mod verify;
 
@@ -16,6 +17,7 @@ pub enum Command {
     List(list::ListCmd),
     Verify(verify::VerifyCmd),
     Restore(restore::RestoreCmd),
+    Prune(prune::PruneCmd),
 }
 
 impl Command {
@@ -24,6 +26,7 @@ impl Command {
             Command::List(cmd) => cmd.run(store).await,
             Command::Verify(cmd) => cmd.run(store, progress).await,
             Command::Restore(cmd) => cmd.run(store, progress).await,
+            Command::Prune(cmd) => cmd.run(store).await,
         }
     }
 }

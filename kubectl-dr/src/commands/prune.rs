@@ -1,0 +1,161 @@
+//! `kubectl dr prune`: the same retention as the nightly `worker prune`, by hand: shows
+//! every backup with keep/delete and the reasons, and asks before deleting.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::Args;
+use drkit::cli::{RetentionArgs, StoreArgs};
+use drkit::retention::prune::{self, PlanItem};
+use serde::Serialize;
+
+use super::FilterArgs;
+use crate::output::{self, Format};
+
+/// Delete backups a retention policy no longer keeps.
+///
+/// Rules apply per engine and target. Periods count back from the newest complete backup
+/// (not from now), and the newest complete backup is always kept. Incomplete backups are
+/// kept while younger than --grace (they may still be running), deleted after. The manifest
+/// of each backup is deleted first, so a backup vanishes at once; its parts follow.
+///
+/// Examples:
+///   kubectl dr prune --target prod --keep-daily 7 --keep-weekly 4 --dry-run
+///   kubectl dr prune --keep-within 14d --keep-monthly 12 --yes
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct PruneCmd {
+    #[command(flatten)]
+    filter: FilterArgs,
+
+    #[command(flatten)]
+    retention: RetentionArgs,
+
+    /// Show the decisions, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Do not ask before deleting.
+    #[arg(long, short = 'y')]
+    yes: bool,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Format,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    dry_run: bool,
+    backups: &'a [PlanItem],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<prune::PruneOutcome>,
+}
+
+impl PruneCmd {
+    pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
+        let policy = self.retention.policy();
+        policy.validate()?;
+        let filter = self.filter.filter()?;
+        let store = store.open().await?;
+        let items = prune::plan(store.as_ref(), &filter, &policy, chrono::Utc::now()).await?;
+        let doomed = items.iter().filter(|i| !i.decision.keep).count();
+        if self.output == Format::Table {
+            print_plan(&items)?;
+            eprintln!("{} backup(s), {doomed} to delete", items.len());
+        }
+        if self.dry_run || doomed == 0 {
+            if self.output != Format::Table {
+                output::print_structured(
+                    self.output,
+                    &Report {
+                        dry_run: self.dry_run,
+                        backups: &items,
+                        outcome: None,
+                    },
+                )?;
+            } else if self.dry_run {
+                eprintln!("dry run: nothing deleted");
+            }
+            return Ok(());
+        }
+        if !self.yes {
+            confirm(doomed)?;
+        }
+        let outcome = prune::execute(store.as_ref(), &items).await.map_err(|e| {
+            anyhow::Error::new(e).context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")
+        })?;
+        match self.output {
+            Format::Table => eprintln!(
+                "deleted {} backup(s), {} object(s), {}",
+                outcome.deleted_backups,
+                outcome.deleted_objects,
+                output::human_bytes(outcome.freed_bytes)
+            ),
+            f => output::print_structured(
+                f,
+                &Report {
+                    dry_run: false,
+                    backups: &items,
+                    outcome: Some(outcome),
+                },
+            )?,
+        }
+        Ok(())
+    }
+}
+
+fn decision_cells(item: &PlanItem) -> [String; 2] {
+    [
+        if item.decision.keep {
+            "keep".into()
+        } else {
+            "DELETE".into()
+        },
+        item.decision.reasons.join("; "),
+    ]
+}
+
+fn print_plan(items: &[PlanItem]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let [action, reasons] = decision_cells(i);
+            vec![
+                i.decision.id.to_string(),
+                i.engine.clone(),
+                i.target.clone(),
+                if i.complete {
+                    "complete".into()
+                } else {
+                    "incomplete".into()
+                },
+                output::human_bytes(i.size_bytes),
+                action,
+                reasons,
+            ]
+        })
+        .collect();
+    output::print_table(
+        &[
+            "ID", "ENGINE", "TARGET", "STATUS", "SIZE", "ACTION", "REASONS",
+        ],
+        &rows,
+    )
+}
+
+fn confirm(doomed: usize) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    anyhow::ensure!(
+        stdin.is_terminal(),
+        "this prune deletes {doomed} backup(s); pass --yes to confirm (no terminal to ask), or --dry-run to look first"
+    );
+    eprint!("Delete {doomed} backup(s)? Type 'delete' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    anyhow::ensure!(
+        answer.trim() == "delete",
+        "not confirmed; nothing was deleted"
+    );
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The retention policy: keep-last / hourly / daily / weekly / monthly / yearly / within,
+//! in the manner of restic's `forget`, with the safety rules peers got wrong:
+//!
+//! - Periods and `keep-within` are counted back from the newest *complete* backup, not from
+//!   `now`: a month of failing jobs (or a wrong clock) never ages out the last good copies.
+//! - The newest complete backup is always kept, whatever the rules say.
+//! - A backup dated in the future (clock skew) is kept.
+//! - Incomplete backups (no manifest) are kept while they may still be running (younger
+//!   than the grace period, measured from `now`), deleted after.
+//!
+//! Calendar buckets are in UTC, so daylight-saving changes never merge or split days.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
+use serde::Serialize;
+
+use crate::catalog::BackupId;
+
+/// How many backups to keep, per engine and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    /// Keep everything this close to the newest complete backup.
+    pub keep_within: Option<Duration>,
+    /// How long an incomplete backup may be running before it counts as failed.
+    pub incomplete_grace: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+            keep_within: None,
+            incomplete_grace: Duration::hours(24),
+        }
+    }
+}
+
+/// A policy that cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("no keep rule given: pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-within (e.g. --keep-daily 7 --keep-weekly 4)")]
+    NoRule,
+}
+
+/// A backup as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: BackupId,
+    /// Has a manifest.
+    pub complete: bool,
+}
+
+/// What happens to one backup, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub id: BackupId,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+/// A calendar bucket rule: how many, and how a time maps to its bucket label.
+struct Bucket {
+    name: &'static str,
+    count: u32,
+    label: fn(DateTime<Utc>) -> String,
+}
+
+fn hour(t: DateTime<Utc>) -> String {
+    format!("{}T{:02}", t.format("%Y-%m-%d"), t.hour())
+}
+fn day(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+fn week(t: DateTime<Utc>) -> String {
+    let w = t.iso_week();
+    format!("{}-W{:02}", w.year(), w.week())
+}
+fn month(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m").to_string()
+}
+fn year(t: DateTime<Utc>) -> String {
+    t.year().to_string()
+}
+
+/// `3d 4h`, `25m`: short, for reasons.
+pub fn short_duration(d: Duration) -> String {
+    let mins = d.num_minutes().max(0);
+    let (days, hours, minutes) = (mins / 1440, mins / 60 % 24, mins % 60);
+    let mut s = String::new();
+    for (n, unit) in [(days, "d"), (hours, "h"), (minutes, "m")] {
+        if n > 0 {
+            let _ = write!(s, "{}{n}{unit}", if s.is_empty() { "" } else { " " });
+        }
+    }
+    if s.is_empty() {
+        "0m".into()
+    } else {
+        s
+    }
+}
+
+impl RetentionPolicy {
+    /// # Errors
+    /// [`PolicyError::NoRule`] when no rule would keep anything but the newest backup: an
+    /// empty policy is far more likely a typo than a wish to delete history.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let any = self.keep_last
+            + self.keep_hourly
+            + self.keep_daily
+            + self.keep_weekly
+            + self.keep_monthly
+            + self.keep_yearly
+            > 0
+            || self.keep_within.is_some_and(|d| d > Duration::zero());
+        if any {
+            Ok(())
+        } else {
+            Err(PolicyError::NoRule)
+        }
+    }
+
+    fn buckets(&self) -> [Bucket; 5] {
+        [
+            Bucket {
+                name: "hourly",
+                count: self.keep_hourly,
+                label: hour,
+            },
+            Bucket {
+                name: "daily",
+                count: self.keep_daily,
+                label: day,
+            },
+            Bucket {
+                name: "weekly",
+                count: self.keep_weekly,
+                label: week,
+            },
+            Bucket {
+                name: "monthly",
+                count: self.keep_monthly,
+                label: month,
+            },
+            Bucket {
+                name: "yearly",
+                count: self.keep_yearly,
+                label: year,
+            },
+        ]
+    }
+
+    /// Decides for every backup of *one* engine and target, in input order.
+    pub fn apply(&self, backups: &[Candidate], now: DateTime<Utc>) -> Vec<Decision> {
+        let mut reasons: HashMap<&BackupId, Vec<String>> = HashMap::new();
+        let mut complete: Vec<&Candidate> = backups.iter().filter(|b| b.complete).collect();
+        // Newest first; ids sort by time, then by their random suffix (a stable tie-break).
+        complete.sort_by(|a, b| b.id.cmp(&a.id));
+        complete.dedup_by(|a, b| a.id == b.id);
+
+        if let Some(newest) = complete.first() {
+            reasons
+                .entry(&newest.id)
+                .or_default()
+                .push("newest complete backup".into());
+        }
+        for b in complete.iter().take(self.keep_last as usize) {
+            reasons
+                .entry(&b.id)
+                .or_default()
+                .push(format!("last {}", self.keep_last));
+        }
+        for bucket in self.buckets() {
+            let mut kept = 0;
+            let mut previous: Option<String> = None;
+            for b in &complete {
+                if kept >= bucket.count {
+                    break;
+                }
+                let label = (bucket.label)(b.id.created_at());
+                if previous.as_ref() != Some(&label) {
+                    reasons
+                        .entry(&b.id)
+                        .or_default()
+                        .push(format!("{} {label}", bucket.name));
+                    kept += 1;
+                    previous = Some(label);
+                }
+            }
+        }
+        if let (Some(within), Some(newest)) = (self.keep_within, complete.first()) {
+            let cutoff = newest.id.created_at() - within;
+            for b in complete.iter().filter(|b| b.id.created_at() >= cutoff) {
+                reasons
+                    .entry(&b.id)
+                    .or_default()
+                    .push(format!("within {} of the newest", short_duration(within)));
+            }
+        }
+        for b in complete.iter().filter(|b| b.id.created_at() > now) {
+            reasons
+                .entry(&b.id)
+                .or_default()
+                .push("dated in the future (clock skew?)".into());
+        }
+
+        backups
+            .iter()
+            .map(|b| {
+                let age = now - b.id.created_at();
+                let (keep, why) = if !b.complete {
+                    if age < self.incomplete_grace {
+                        (
+                            true,
+                            vec![format!(
+                                "incomplete, started {} ago: may still be running",
+                                short_duration(age)
+                            )],
+                        )
+                    } else {
+                        (
+                            false,
+                            vec![format!(
+                                "incomplete for {} (grace {})",
+                                short_duration(age),
+                                short_duration(self.incomplete_grace)
+                            )],
+                        )
+                    }
+                } else {
+                    match reasons.get(&b.id) {
+                        Some(r) => (true, r.clone()),
+                        None => (false, vec!["matches no keep rule".into()]),
+                    }
+                };
+                Decision {
+                    id: b.id.clone(),
+                    keep,
+                    reasons: why,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
