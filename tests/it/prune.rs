@@ -377,3 +377,64 @@ async fn dry_run_and_list_show_the_decisions() {
     let left: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&left), vec![newest.id.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_unfinished_uploads_are_aborted() {
+    // The local store's unfinished uploads are its `.partial-` files.
+    let t = TestStore::local();
+    let store = t.open().await;
+    synthetic(store.as_ref(), "f", Duration::hours(1), true).await;
+    let old =
+        t.object_path("postgres/f/20261101T000000Z-aaaaaa/db-app.pgdump.zst.age.partial-deadbeef");
+    let fresh =
+        t.object_path("postgres/f/20261122T000000Z-bbbbbb/db-app.pgdump.zst.age.partial-cafef00d");
+    for path in [&old, &fresh] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"half a part").unwrap();
+    }
+    let three_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(three_days_ago)
+        .unwrap();
+
+    let out = run(
+        "kubectl-dr",
+        &["prune", "--store", t.url(), "--keep-last", "1", "--dry-run"],
+        &[],
+    );
+    assert!(
+        stderr(&out).contains("1 unfinished upload(s) past --grace"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(old.exists(), "dry run aborted an upload");
+    let out = run(
+        "worker",
+        &["prune", "--store", t.url(), "--keep-last", "1"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(!old.exists(), "a stale upload survived");
+    assert!(
+        fresh.exists(),
+        "an upload younger than --grace (maybe running) was aborted"
+    );
+
+    // s3s-fs cannot list multipart uploads: prune still works and says what to do instead.
+    let t = TestStore::s3();
+    synthetic(t.open().await.as_ref(), "f", Duration::hours(1), true).await;
+    let out = run(
+        "worker",
+        &["prune", "--store", t.url(), "--keep-last", "1"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("AbortIncompleteMultipartUpload"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -227,7 +227,8 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
         target: args.target,
     };
     let store = store.open().await?;
-    let items = prune::plan(store.as_ref(), &filter, &policy, chrono::Utc::now()).await?;
+    let now = chrono::Utc::now();
+    let items = prune::plan(store.as_ref(), &filter, &policy, now).await?;
     for item in &items {
         tracing::info!(
             backup = %format!("{}/{}/{}", item.engine, item.target, item.decision.id),
@@ -237,23 +238,36 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
             "decision"
         );
     }
-    let doomed = items.iter().filter(|i| !i.decision.keep).count();
-    if args.dry_run {
-        tracing::info!(
-            backups = items.len(),
-            would_delete = doomed,
-            "dry run: nothing deleted"
-        );
-        return Ok(());
+    let mut outcome = prune::PruneOutcome::default();
+    if !args.dry_run {
+        prune::execute(store.as_ref(), &items, &mut outcome)
+            .await
+            .context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")?;
     }
-    let outcome = prune::execute(store.as_ref(), &items)
-        .await
-        .context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")?;
+    let stale = prune::abort_stale_uploads(
+        store.as_ref(),
+        &filter,
+        now - policy.incomplete_grace,
+        args.dry_run,
+        &mut outcome,
+    )
+    .await?;
+    for upload in &stale {
+        tracing::info!(key = %upload.key, started = %upload.started, dry_run = args.dry_run, "unfinished upload past the grace period");
+    }
+    if let Some(note) = &outcome.uploads_note {
+        tracing::warn!(note = %note, "unfinished uploads not checked");
+    }
+    let doomed = items.iter().filter(|i| !i.decision.keep).count();
     tracing::info!(
         backups = items.len(),
+        delete = doomed,
         deleted = outcome.deleted_backups,
         objects = outcome.deleted_objects,
         freed_bytes = outcome.freed_bytes,
+        stale_uploads = stale.len(),
+        aborted_uploads = outcome.aborted_uploads,
+        dry_run = args.dry_run,
         "prune finished"
     );
     Ok(())

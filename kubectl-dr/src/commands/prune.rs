@@ -57,13 +57,26 @@ impl PruneCmd {
         policy.validate()?;
         let filter = self.filter.filter()?;
         let store = store.open().await?;
-        let items = prune::plan(store.as_ref(), &filter, &policy, chrono::Utc::now()).await?;
+        let now = chrono::Utc::now();
+        let items = prune::plan(store.as_ref(), &filter, &policy, now).await?;
         let doomed = items.iter().filter(|i| !i.decision.keep).count();
+        let cutoff = now - policy.incomplete_grace;
+        // Listed (never aborted) here: aborting waits for the confirmation below.
+        let mut outcome = prune::PruneOutcome::default();
+        let stale =
+            prune::abort_stale_uploads(store.as_ref(), &filter, cutoff, true, &mut outcome).await?;
         if self.output == Format::Table {
             print_plan(&items)?;
-            eprintln!("{} backup(s), {doomed} to delete", items.len());
+            eprintln!(
+                "{} backup(s), {doomed} to delete, {} unfinished upload(s) past --grace",
+                items.len(),
+                stale.len()
+            );
+            if let Some(note) = &outcome.uploads_note {
+                eprintln!("note: {note}");
+            }
         }
-        if self.dry_run || doomed == 0 {
+        if self.dry_run || doomed + stale.len() == 0 {
             if self.output != Format::Table {
                 output::print_structured(
                     self.output,
@@ -79,17 +92,20 @@ impl PruneCmd {
             return Ok(());
         }
         if !self.yes {
-            confirm(doomed)?;
+            confirm(doomed + stale.len())?;
         }
-        let outcome = prune::execute(store.as_ref(), &items).await.map_err(|e| {
+        let mut outcome = prune::PruneOutcome::default();
+        prune::execute(store.as_ref(), &items, &mut outcome).await.map_err(|e| {
             anyhow::Error::new(e).context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")
         })?;
+        prune::abort_stale_uploads(store.as_ref(), &filter, cutoff, false, &mut outcome).await?;
         match self.output {
             Format::Table => eprintln!(
-                "deleted {} backup(s), {} object(s), {}",
+                "deleted {} backup(s), {} object(s), {}; aborted {} unfinished upload(s)",
                 outcome.deleted_backups,
                 outcome.deleted_objects,
-                output::human_bytes(outcome.freed_bytes)
+                output::human_bytes(outcome.freed_bytes),
+                outcome.aborted_uploads
             ),
             f => output::print_structured(
                 f,
@@ -147,9 +163,9 @@ fn confirm(doomed: usize) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     anyhow::ensure!(
         stdin.is_terminal(),
-        "this prune deletes {doomed} backup(s); pass --yes to confirm (no terminal to ask), or --dry-run to look first"
+        "this prune deletes {doomed} backup(s) or unfinished upload(s); pass --yes to confirm (no terminal to ask), or --dry-run to look first"
     );
-    eprint!("Delete {doomed} backup(s)? Type 'delete' to continue: ");
+    eprint!("Delete {doomed} backup(s) or unfinished upload(s)? Type 'delete' to continue: ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;

@@ -99,7 +99,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn list_prefix(&self) -> String {
+    /// The key prefix holding exactly the selected series.
+    pub fn list_prefix(&self) -> String {
         match (&self.engine, &self.target) {
             (Some(e), Some(t)) => format!("{e}/{t}/"),
             (Some(e), None) => format!("{e}/"),

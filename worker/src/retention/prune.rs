@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Candidate, Decision, RetentionPolicy};
 use crate::catalog::{self, CatalogError, Filter, ScannedBackup, MANIFEST_FILE};
-use crate::store::{DeleteStore, ReadStore, StoreError};
+use crate::store::{DeleteStore, PendingUpload, ReadStore, StoreError};
 
 /// Deletions in flight at once.
 const CONCURRENT_DELETES: usize = 16;
@@ -83,6 +83,43 @@ pub struct PruneOutcome {
     pub deleted_backups: usize,
     pub deleted_objects: usize,
     pub freed_bytes: u64,
+    /// Unfinished uploads older than the grace period that were aborted.
+    pub aborted_uploads: usize,
+    /// Set when the store could not list unfinished uploads (not an error: said once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads_note: Option<String>,
+}
+
+/// Aborts unfinished uploads under the filter's directories that started before `cutoff`
+/// (a writer that crashed or was killed without cleaning up). Younger ones may belong to a
+/// backup that is running now and are left alone.
+///
+/// # Errors
+/// Transport or permission errors; a store that cannot list uploads is noted in the outcome.
+pub async fn abort_stale_uploads(
+    store: &dyn DeleteStore,
+    filter: &Filter,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+    outcome: &mut PruneOutcome,
+) -> Result<Vec<PendingUpload>, StoreError> {
+    let prefix = filter.list_prefix();
+    let stale: Vec<PendingUpload> = match store.pending_uploads(&prefix).await {
+        Ok(all) => all.into_iter().filter(|u| u.started < cutoff).collect(),
+        Err(e @ StoreError::Unsupported { .. }) => {
+            outcome.uploads_note = Some(e.to_string());
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    if !dry_run {
+        for upload in &stale {
+            store.abort_upload(upload).await?;
+            tracing::info!(key = %upload.key, started = %upload.started, "aborted unfinished upload");
+            outcome.aborted_uploads += 1;
+        }
+    }
+    Ok(stale)
 }
 
 /// Deletes the backups the plan marks for deletion: each manifest first, then its parts.
@@ -93,8 +130,8 @@ pub struct PruneOutcome {
 pub async fn execute(
     store: &dyn DeleteStore,
     items: &[PlanItem],
-) -> Result<PruneOutcome, StoreError> {
-    let mut outcome = PruneOutcome::default();
+    outcome: &mut PruneOutcome,
+) -> Result<(), StoreError> {
     for item in items.iter().filter(|i| !i.decision.keep) {
         let dir = format!("{}/{}/{}/", item.engine, item.target, item.decision.id);
         debug_assert!(item.objects.iter().all(|k| k.starts_with(&dir)));
@@ -119,5 +156,5 @@ pub async fn execute(
         outcome.deleted_objects += item.objects.len();
         outcome.freed_bytes += item.size_bytes;
     }
-    Ok(outcome)
+    Ok(())
 }

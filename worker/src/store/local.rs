@@ -12,7 +12,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BodyChunk, DeleteStore, ObjectMeta, ObjectReader, ReadStore, StoreError, WriteStore};
+use super::{
+    BodyChunk, DeleteStore, ObjectMeta, ObjectReader, PendingUpload, ReadStore, StoreError,
+    WriteStore,
+};
 
 /// Marks in-flight files; listing skips them (they are the local twin of a multipart upload).
 const PARTIAL_MARK: &str = ".partial-";
@@ -24,6 +27,27 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    async fn walk(
+        &self,
+        prefix: &str,
+        what: Walk,
+    ) -> Result<Vec<(ObjectMeta, std::fs::Metadata)>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        // Start the walk at the deepest directory the prefix names.
+        let start = match prefix.rfind('/') {
+            Some(i) => root.join(&prefix[..i]),
+            None => root.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&start, &root, &prefix, what, &mut out).map(|()| out)
+        })
+        .await
+        .expect("listing task panicked")
+        .map_err(Self::io("list", &self.root))
+    }
+
     /// Opens (and creates if needed) the directory.
     ///
     /// # Errors
@@ -68,7 +92,20 @@ impl LocalStore {
     }
 }
 
-fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+/// What [`walk`] collects: finished objects, or the temporary files of unfinished uploads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Objects,
+    Partials,
+}
+
+fn walk(
+    dir: &Path,
+    root: &Path,
+    prefix: &str,
+    what: Walk,
+    out: &mut Vec<(ObjectMeta, std::fs::Metadata)>,
+) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -79,15 +116,20 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> std
         let path = entry.path();
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            walk(&path, root, prefix, out)?;
+            walk(&path, root, prefix, what, out)?;
         } else if ft.is_file() {
             let rel = path.strip_prefix(root).expect("walk stays under root");
             let key = rel.to_string_lossy().replace('\\', "/");
-            if key.starts_with(prefix) && !key.contains(PARTIAL_MARK) {
-                out.push(ObjectMeta {
-                    key,
-                    size: entry.metadata()?.len(),
-                });
+            let partial = key.contains(PARTIAL_MARK);
+            if key.starts_with(prefix) && partial == (what == Walk::Partials) {
+                let meta = entry.metadata()?;
+                out.push((
+                    ObjectMeta {
+                        key,
+                        size: meta.len(),
+                    },
+                    meta,
+                ));
             }
         }
     }
@@ -101,20 +143,12 @@ impl ReadStore for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        // Start the walk at the deepest directory the prefix names.
-        let start = match prefix.rfind('/') {
-            Some(i) => root.join(&prefix[..i]),
-            None => root.clone(),
-        };
-        let mut out = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&start, &root, &prefix, &mut out).map(|()| out)
-        })
-        .await
-        .expect("listing task panicked")
-        .map_err(Self::io("list", &self.root))?;
+        let mut out: Vec<ObjectMeta> = self
+            .walk(prefix, Walk::Objects)
+            .await?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -208,7 +242,41 @@ impl DeleteStore for LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Self::io("delete", &path)(e)),
         }
-        // Remove directories left empty, up to the root, so listings stay tidy.
+        self.remove_empty_dirs(&path).await;
+        Ok(())
+    }
+
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
+        Ok(self
+            .walk(prefix, Walk::Partials)
+            .await?
+            .into_iter()
+            .filter_map(|(o, meta)| {
+                let (key, _) = o.key.split_once(PARTIAL_MARK)?;
+                Some(PendingUpload {
+                    key: key.to_string(),
+                    started: meta.modified().ok()?.into(),
+                    handle: o.key,
+                })
+            })
+            .collect())
+    }
+
+    async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        let path = self.path(&upload.handle);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Self::io("delete", &path)(e)),
+        }
+        self.remove_empty_dirs(&path).await;
+        Ok(())
+    }
+}
+
+impl LocalStore {
+    /// Removes directories left empty, up to the root, so listings stay tidy.
+    async fn remove_empty_dirs(&self, path: &Path) {
         let mut dir = path.parent();
         while let Some(d) = dir {
             if d == self.root || tokio::fs::remove_dir(d).await.is_err() {
@@ -216,6 +284,5 @@ impl DeleteStore for LocalStore {
             }
             dir = d.parent();
         }
-        Ok(())
     }
 }

@@ -73,6 +73,12 @@ pub enum StoreError {
         "upload of {key} to {location} stopped before its producer finished; nothing was committed"
     )]
     Incomplete { location: String, key: String },
+    #[error("{location} cannot {op}: {detail}")]
+    Unsupported {
+        location: String,
+        op: &'static str,
+        detail: String,
+    },
     #[error("invalid store {url:?}: {reason}; use s3://bucket/prefix or file:///absolute/dir")]
     BadUrl { url: String, reason: String },
 }
@@ -139,6 +145,15 @@ pub trait WriteStore: ReadStore {
     ) -> Result<u64, StoreError>;
 }
 
+/// An upload that was started and never completed nor aborted (a crashed writer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    /// Store-specific handle (S3 upload id, local temporary file name).
+    pub handle: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+}
+
 /// Deleting objects: only prune holds this.
 #[async_trait]
 pub trait DeleteStore: WriteStore {
@@ -147,6 +162,18 @@ pub trait DeleteStore: WriteStore {
     /// # Errors
     /// Transport or permission errors.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Unfinished uploads under `prefix`. They cost storage and are invisible to listing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] when the server cannot list them, transport errors.
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError>;
+
+    /// Aborts one unfinished upload, freeing what it stored.
+    ///
+    /// # Errors
+    /// Transport or permission errors.
+    async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError>;
 }
 
 /// Settings for opening an S3 store, beyond what the standard AWS variables carry.

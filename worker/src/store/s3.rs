@@ -25,7 +25,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BodyChunk, DeleteStore, ObjectMeta, ObjectReader, ReadStore, S3Options, StoreError, WriteStore,
+    BodyChunk, DeleteStore, ObjectMeta, ObjectReader, PendingUpload, ReadStore, S3Options,
+    StoreError, WriteStore,
 };
 
 /// Size of the first 1,000 parts; doubles for each following thousand.
@@ -442,6 +443,71 @@ impl DeleteStore for S3Store {
             .send()
             .await
             .map_err(|e| self.map_err("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    let unsupported = e.raw_response().is_some_and(|r| r.status().as_u16() == 501)
+                        || e.code() == Some("NotImplemented");
+                    if unsupported {
+                        StoreError::Unsupported {
+                            location: self.location.clone(),
+                            op: "list unfinished multipart uploads",
+                            detail: "the server does not implement ListMultipartUploads; add a bucket lifecycle rule AbortIncompleteMultipartUpload instead".into(),
+                        }
+                    } else {
+                        self.map_err("list uploads under", prefix, e)
+                    }
+                })?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let started = u
+                    .initiated()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_else(chrono::Utc::now);
+                out.push(PendingUpload {
+                    key: key.get(strip..).unwrap_or(key).to_string(),
+                    handle: id.to_string(),
+                    started,
+                });
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+        }
+    }
+
+    async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(&upload.key))
+            .upload_id(&upload.handle)
+            .send()
+            .await
+            .map_err(|e| self.map_err("abort upload of", &upload.key, e))?;
         Ok(())
     }
 }
