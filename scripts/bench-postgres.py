@@ -165,7 +165,7 @@ def main():
                                   capture_output=True, text=True, check=True).stdout
         import json
         stored = json.loads(manifest)[-1]["size_bytes"]
-        results.append(("worker backup postgres (zstd -3, age, S3)", s, stored))
+        results.append(("worker backup postgres (zstd -1, age, S3)", s, stored))
 
         base = results[0][1][0]
         print(f"\nbackup of {db}: pg_database_size {int(dbsize) / 2**20:.0f} MiB, {os.cpu_count()} cores\n")

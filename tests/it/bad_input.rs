@@ -39,6 +39,23 @@ impl Fixture {
         run("kubectl-dr", &all, &[])
     }
 
+    /// Runs another `worker backup postgres` of the fixture's database with extra env.
+    fn backup(&self, env: &[(&str, &str)]) -> std::process::Output {
+        let args = [
+            "backup",
+            "postgres",
+            "--target",
+            "bad",
+            "-d",
+            &self.db,
+            "--store",
+            self.store.url(),
+            "-r",
+            &self.keys.recipient,
+        ];
+        run("worker", &args, env)
+    }
+
     fn identity(&self) -> &str {
         self.keys.identity.to_str().unwrap()
     }
@@ -220,22 +237,7 @@ async fn unknown_ids_and_empty_stores_are_explained() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_postgres_and_s3_fail_cleanly() {
     let f = Fixture::new("unreach").await;
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "postgres",
-            "--target",
-            "bad",
-            "-d",
-            &f.db,
-            "--store",
-            f.store.url(),
-            "-r",
-            &f.keys.recipient,
-        ],
-        &[("PGPORT", "1")],
-    );
+    let out = f.backup(&[("PGPORT", "1")]);
     assert_eq!(code(&out), 2);
     assert!(
         stderr(&out).contains("cannot connect to postgres://"),
@@ -247,22 +249,7 @@ async fn unreachable_postgres_and_s3_fail_cleanly() {
         "password leaked"
     );
 
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "postgres",
-            "--target",
-            "bad",
-            "-d",
-            &f.db,
-            "--store",
-            f.store.url(),
-            "-r",
-            &f.keys.recipient,
-        ],
-        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")],
-    );
+    let out = f.backup(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
     assert!(
@@ -289,22 +276,7 @@ async fn unreachable_postgres_and_s3_fail_cleanly() {
 async fn pg_dump_killed_mid_stream_commits_nothing() {
     let f = Fixture::new("killed").await;
     let bin = fake_pg_bin("\"$REAL\" \"$@\" | head -c 100000\nkill -9 $$");
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "postgres",
-            "--target",
-            "bad",
-            "-d",
-            &f.db,
-            "--store",
-            f.store.url(),
-            "-r",
-            &f.keys.recipient,
-        ],
-        &[("DR_PG_BIN_DIR", bin.path().to_str().unwrap())],
-    );
+    let out = f.backup(&[("DR_PG_BIN_DIR", bin.path().to_str().unwrap())]);
     assert_eq!(code(&out), 2);
     let err = stderr(&out);
     assert!(
@@ -316,22 +288,7 @@ async fn pg_dump_killed_mid_stream_commits_nothing() {
     assert!(out.status.success(), "the earlier backup was damaged");
 
     let bin = fake_pg_bin("echo 'pg_dump: error: connection to server failed: FATAL: role \"x\" does not exist' >&2\nexit 1");
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "postgres",
-            "--target",
-            "bad",
-            "-d",
-            &f.db,
-            "--store",
-            f.store.url(),
-            "-r",
-            &f.keys.recipient,
-        ],
-        &[("DR_PG_BIN_DIR", bin.path().to_str().unwrap())],
-    );
+    let out = f.backup(&[("DR_PG_BIN_DIR", bin.path().to_str().unwrap())]);
     assert_eq!(code(&out), 2);
     assert!(
         stderr(&out).contains("role \"x\" does not exist"),

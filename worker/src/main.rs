@@ -127,8 +127,9 @@ struct EncodingArgs {
     #[arg(long, value_enum, default_value = "zstd", env = "DR_COMPRESSION")]
     compression: CompressionArg,
 
-    /// zstd level (1 fastest … 19 smallest).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19), env = "DR_ZSTD_LEVEL")]
+    /// zstd level (1 fastest … 19 smallest). Level 1 beat level 3 on both speed and size on
+    /// our 1 GB benchmark (docs/PERFORMANCE.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19), env = "DR_ZSTD_LEVEL")]
     zstd_level: i32,
 
     /// zstd worker threads; 0 compresses on the encoding thread, which keeps pace with

@@ -41,6 +41,20 @@ fn program_name(cmd: &Command) -> String {
         .unwrap_or_default()
 }
 
+/// Starts a tool with piped stderr; returns its name for messages.
+fn spawn(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> Result<(String, Child), ChildError> {
+    let program = program_name(cmd);
+    match cmd
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => Ok((program, child)),
+        Err(source) => Err(ChildError::Spawn { program, source }),
+    }
+}
+
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -108,16 +122,7 @@ pub fn stream_stdout(
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> Result<String, ChildError> {
-    let program = program_name(&cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ChildError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+    let (program, mut child) = spawn(&mut cmd, Stdio::null(), Stdio::piped())?;
     let errs = drain_stderr(child.stderr.take());
     let mut stdout = child.stdout.take().expect("stdout piped");
     let child = Arc::new(Mutex::new(child));
@@ -191,16 +196,7 @@ impl StdinChild {
     /// # Errors
     /// [`ChildError::Spawn`].
     pub fn spawn(mut cmd: Command) -> Result<Self, ChildError> {
-        let program = program_name(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ChildError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
+        let (program, mut child) = spawn(&mut cmd, Stdio::piped(), Stdio::null())?;
         Ok(StdinChild {
             program,
             stdin: child.stdin.take(),

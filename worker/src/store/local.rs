@@ -236,14 +236,7 @@ impl WriteStore for LocalStore {
 #[async_trait]
 impl DeleteStore for LocalStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let path = self.path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Self::io("delete", &path)(e)),
-        }
-        self.remove_empty_dirs(&path).await;
-        Ok(())
+        self.remove(key).await
     }
 
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
@@ -263,7 +256,16 @@ impl DeleteStore for LocalStore {
     }
 
     async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError> {
-        let path = self.path(&upload.handle);
+        // The handle is the temporary file's key.
+        self.remove(&upload.handle).await
+    }
+}
+
+impl LocalStore {
+    /// Removes a file (a missing one is fine), then the directories it leaves empty up to
+    /// the root, so listings stay tidy.
+    async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -272,10 +274,7 @@ impl DeleteStore for LocalStore {
         self.remove_empty_dirs(&path).await;
         Ok(())
     }
-}
 
-impl LocalStore {
-    /// Removes directories left empty, up to the root, so listings stay tidy.
     async fn remove_empty_dirs(&self, path: &Path) {
         let mut dir = path.parent();
         while let Some(d) = dir {

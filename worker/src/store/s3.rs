@@ -34,6 +34,9 @@ pub const BASE_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploaded concurrently while the next one fills.
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
 const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
+/// Room for the chunk that crosses a part boundary: without it, `BytesMut` doubles its
+/// allocation on that chunk and every part costs twice its size in memory.
+const HEADROOM: usize = 2 * crate::pipeline::CHUNK_SIZE;
 
 /// Part size for a 1-based part number.
 pub fn part_size(part_number: i32) -> usize {
@@ -214,6 +217,7 @@ impl S3Store {
                     let size = part_size(parts.next_part);
                     if buf.len() >= size {
                         parts.push(buf.split_to(size).freeze()).await?;
+                        buf.reserve(part_size(parts.next_part) + HEADROOM);
                     }
                 }
                 Some(BodyChunk::End) => {
@@ -402,7 +406,7 @@ impl WriteStore for S3Store {
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
         // Objects smaller than one part go up in a single PUT: no multipart state to abort.
-        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE);
+        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE + HEADROOM);
         loop {
             let chunk = tokio::select! {
                 () = cancel.cancelled() => return Err(StoreError::Cancelled {
