@@ -10,7 +10,11 @@ scripts/services.sh start
 . .dr-services/env
 cargo build --release --quiet --bins -p worker -p kubectl-dr
 cargo build --release --quiet -p dr-tests --example seed-backups
-store="s3://$DR_TEST_BUCKET/bench-prune-$count"
+# Its own bucket: s3s-fs walks a whole bucket on every listing, and 20,000 seeded objects
+# in the tests' bucket would slow every test.
+bucket=dr-bench
+aws --endpoint-url "$AWS_ENDPOINT_URL" s3 mb "s3://$bucket" >/dev/null 2>&1 || true
+store="s3://$bucket/bench-prune-$count"
 local_store="file://$DR_SERVICES_DIR/bench-prune-$count"
 for s in "$store" "$local_store"; do
   if [ -z "$(target/release/kubectl-dr list --store "$s" -o json | head -c 3 | tr -d '[]\n ')" ]; then
@@ -21,7 +25,7 @@ t() { local s=$EPOCHREALTIME; "$@" > /dev/null 2>&1; awk -v s="$s" -v e="$EPOCHR
 for s in "$local_store" "$store"; do
   printf '\n%s backups (%s objects), two targets, store %s\n' "$count" "$((2 * count))" "$s"
   if [[ $s == s3://* ]]; then
-    t aws --endpoint-url "$AWS_ENDPOINT_URL" s3api list-objects-v2 --bucket "$DR_TEST_BUCKET" --prefix "bench-prune-$count/" --query 'length(Contents)'
+    t aws --endpoint-url "$AWS_ENDPOINT_URL" s3api list-objects-v2 --bucket "$bucket" --prefix "bench-prune-$count/" --query 'length(Contents)'
   fi
   t target/release/kubectl-dr list --store "$s" -o json
   t target/release/kubectl-dr list --store "$s" --keep-daily 7 --keep-weekly 4 -o json

@@ -345,3 +345,63 @@ pub fn backup_postgres(
     );
     id
 }
+
+/// Writes a backup as the worker lays it out (one small part, then the manifest unless
+/// `complete` is false), started at `started`: for retention tests and benchmarks that need
+/// many backups quickly.
+pub async fn write_synthetic_backup(
+    store: &dyn drkit::store::DeleteStore,
+    target: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    complete: bool,
+) -> drkit::catalog::BackupRef {
+    use drkit::catalog::{
+        BackupId, BackupRef, Compression, Manifest, Part, TableCount, FORMAT_VERSION,
+    };
+    let b = BackupRef {
+        engine: "postgres".into(),
+        target: target.into(),
+        id: BackupId::new(started),
+    };
+    let file = "db-app.pgdump.zst.age";
+    store
+        .put_bytes(&b.part_key(file), bytes::Bytes::from(vec![0u8; 64]))
+        .await
+        .expect("put part");
+    if complete {
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            id: b.id.clone(),
+            engine: b.engine.clone(),
+            target: b.target.clone(),
+            started_at: started,
+            finished_at: started,
+            tool: "synthetic".into(),
+            server_version: "15".into(),
+            recipients: vec![],
+            parts: vec![Part {
+                name: "db-app".into(),
+                file: file.into(),
+                format: "pg_dump-custom".into(),
+                compression: Compression::Zstd,
+                ciphertext_bytes: 64,
+                ciphertext_sha256: "0".repeat(64),
+                plaintext_bytes: 128,
+                database: Some("app".into()),
+                tables: vec![TableCount {
+                    schema: "public".into(),
+                    name: "users".into(),
+                    rows: 42,
+                }],
+            }],
+        };
+        store
+            .put_bytes(
+                &b.manifest_key(),
+                bytes::Bytes::from(serde_json::to_vec(&m).expect("json")),
+            )
+            .await
+            .expect("put manifest");
+    }
+    b
+}

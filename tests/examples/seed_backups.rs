@@ -3,61 +3,13 @@
 //!
 //!   cargo run --release -p dr-tests --example seed-backups -- s3://dr-test/bench-prune 10000
 
-use bytes::Bytes;
 use chrono::{Duration, Utc};
-use drkit::catalog::{
-    BackupId, BackupRef, Compression, Manifest, Part, TableCount, FORMAT_VERSION,
-};
-use drkit::store::{self, DeleteStore, WriteStore};
+use drkit::store::{self, DeleteStore};
 use futures::stream::{self, StreamExt};
 
 async fn seed(store: &dyn DeleteStore, target: &str, hours_ago: i64) {
-    let started = Utc::now() - Duration::hours(hours_ago);
-    let b = BackupRef {
-        engine: "postgres".into(),
-        target: target.into(),
-        id: BackupId::new(started),
-    };
-    let part = Part {
-        name: "db-app".into(),
-        file: "db-app.pgdump.zst.age".into(),
-        format: "pg_dump-custom".into(),
-        compression: Compression::Zstd,
-        ciphertext_bytes: 64,
-        ciphertext_sha256: "0".repeat(64),
-        plaintext_bytes: 128,
-        database: Some("app".into()),
-        tables: vec![TableCount {
-            schema: "public".into(),
-            name: "users".into(),
-            rows: 42,
-        }],
-    };
-    let m = Manifest {
-        format_version: FORMAT_VERSION,
-        id: b.id.clone(),
-        engine: b.engine.clone(),
-        target: b.target.clone(),
-        started_at: started,
-        finished_at: started,
-        tool: "seed-backups".into(),
-        server_version: "15".into(),
-        recipients: vec![],
-        parts: vec![part],
-    };
-    let w: &dyn WriteStore = store;
-    w.put_bytes(
-        &b.part_key("db-app.pgdump.zst.age"),
-        Bytes::from(vec![0u8; 64]),
-    )
-    .await
-    .expect("put part");
-    w.put_bytes(
-        &b.manifest_key(),
-        Bytes::from(serde_json::to_vec(&m).unwrap()),
-    )
-    .await
-    .expect("put manifest");
+    dr_tests::write_synthetic_backup(store, target, Utc::now() - Duration::hours(hours_ago), true)
+        .await;
 }
 
 #[tokio::main]

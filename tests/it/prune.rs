@@ -5,62 +5,16 @@
 use bytes::Bytes;
 use chrono::{Duration, Utc};
 use dr_tests::*;
-use drkit::catalog::{BackupId, BackupRef, Compression, Manifest, Part, FORMAT_VERSION};
 use drkit::store::DeleteStore;
 
-/// Writes a backup as the worker would (a part, then the manifest unless `complete` is
-/// false), dated `age` ago.
+/// A synthetic backup dated `age` ago.
 async fn synthetic(
     store: &dyn DeleteStore,
     target: &str,
     age: Duration,
     complete: bool,
-) -> BackupRef {
-    let started = Utc::now() - age;
-    let b = BackupRef {
-        engine: "postgres".into(),
-        target: target.into(),
-        id: BackupId::new(started),
-    };
-    store
-        .put_bytes(
-            &b.part_key("db-app.pgdump.zst.age"),
-            Bytes::from_static(b"ciphertext"),
-        )
-        .await
-        .unwrap();
-    if complete {
-        let m = Manifest {
-            format_version: FORMAT_VERSION,
-            id: b.id.clone(),
-            engine: b.engine.clone(),
-            target: b.target.clone(),
-            started_at: started,
-            finished_at: started,
-            tool: "test".into(),
-            server_version: "15".into(),
-            recipients: vec![],
-            parts: vec![Part {
-                name: "db-app".into(),
-                file: "db-app.pgdump.zst.age".into(),
-                format: "pg_dump-custom".into(),
-                compression: Compression::Zstd,
-                ciphertext_bytes: 10,
-                ciphertext_sha256: String::new(),
-                plaintext_bytes: 0,
-                database: Some("app".into()),
-                tables: vec![],
-            }],
-        };
-        store
-            .put_bytes(
-                &b.manifest_key(),
-                Bytes::from(serde_json::to_vec(&m).unwrap()),
-            )
-            .await
-            .unwrap();
-    }
-    b
+) -> drkit::catalog::BackupRef {
+    write_synthetic_backup(store, target, Utc::now() - age, complete).await
 }
 
 async fn keys_of(store: &dyn DeleteStore, prefix: &str) -> Vec<String> {

@@ -6,6 +6,8 @@ mod prune;
 mod restore;
 mod verify;
 
+use std::io::{BufRead, IsTerminal, Write};
+
 use clap::{Args, Subcommand};
 use drkit::catalog::{self, Filter, Manifest};
 use drkit::cli::StoreArgs;
@@ -65,4 +67,23 @@ async fn resolve(
     filter: &FilterArgs,
 ) -> anyhow::Result<Manifest> {
     Ok(catalog::resolve(store, selector, &filter.filter()?).await?)
+}
+
+/// Asks the person at the terminal to type `expected` before something destructive; refuses
+/// (pointing at `--yes`) when there is no terminal to ask.
+fn confirm(what: &str, prompt: &str, expected: &str) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    anyhow::ensure!(
+        stdin.is_terminal(),
+        "{what}; pass --yes to confirm (no terminal to ask)"
+    );
+    eprint!("{prompt} Type '{expected}' to continue: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    anyhow::ensure!(
+        answer.trim() == expected,
+        "not confirmed; nothing was changed"
+    );
+    Ok(())
 }

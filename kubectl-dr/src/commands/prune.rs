@@ -1,8 +1,6 @@
 //! `kubectl dr prune`: the same retention as the nightly `worker prune`, by hand: shows
 //! every backup with keep/delete and the reasons, and asks before deleting.
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use clap::Args;
 use drkit::cli::{RetentionArgs, StoreArgs};
 use drkit::retention::prune::{self, PlanItem};
@@ -92,7 +90,14 @@ impl PruneCmd {
             return Ok(());
         }
         if !self.yes {
-            confirm(doomed + stale.len())?;
+            let n = doomed + stale.len();
+            super::confirm(
+                &format!(
+                    "this prune deletes {n} backup(s) or unfinished upload(s) (see --dry-run)"
+                ),
+                &format!("Delete {n} backup(s) or unfinished upload(s)?"),
+                "delete",
+            )?;
         }
         let mut outcome = prune::PruneOutcome::default();
         prune::execute(store.as_ref(), &items, &mut outcome).await.map_err(|e| {
@@ -157,21 +162,4 @@ fn print_plan(items: &[PlanItem]) -> std::io::Result<()> {
         ],
         &rows,
     )
-}
-
-fn confirm(doomed: usize) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    anyhow::ensure!(
-        stdin.is_terminal(),
-        "this prune deletes {doomed} backup(s) or unfinished upload(s); pass --yes to confirm (no terminal to ask), or --dry-run to look first"
-    );
-    eprint!("Delete {doomed} backup(s) or unfinished upload(s)? Type 'delete' to continue: ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    anyhow::ensure!(
-        answer.trim() == "delete",
-        "not confirmed; nothing was deleted"
-    );
-    Ok(())
 }

@@ -1,7 +1,6 @@
 //! `kubectl dr restore`: brings a database back from a backup, after proving the backup
 //! intact, and ends with the same row-count comparison as `verify`.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -117,7 +116,14 @@ impl RestoreCmd {
             return Ok(());
         }
         if plan.is_destructive() && !self.yes {
-            confirm(&plan.database)?;
+            super::confirm(
+                &format!("this restore drops objects in database {}", plan.database),
+                &format!(
+                    "This drops and recreates objects in database {}.",
+                    plan.database
+                ),
+                &plan.database,
+            )?;
         }
 
         let counts =
@@ -169,22 +175,4 @@ fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> anyhow::Resu
             manifest.databases().join(", ")
         ),
     }
-}
-
-/// Asks the person at the terminal to type the database name; refuses without a terminal.
-fn confirm(database: &str) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    anyhow::ensure!(
-        stdin.is_terminal(),
-        "this restore drops objects in database {database}; pass --yes to confirm (no terminal to ask)"
-    );
-    eprint!("This drops and recreates objects in database {database}. Type the database name to continue: ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    anyhow::ensure!(
-        answer.trim() == database,
-        "not confirmed; nothing was changed"
-    );
-    Ok(())
 }
