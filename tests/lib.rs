@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use rand::Rng;
+
+pub mod bao;
 use tokio_postgres::{Client, NoTls};
 
 /// The services' environment, read once from `.dr-services/env`.
@@ -235,8 +237,8 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// Runs a workspace binary with the services' environment plus `env`.
-pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// A command for a workspace binary with the services' environment plus `env`.
+pub fn command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(binary(bin));
     cmd.args(args).env_remove("DR_STORE").env_remove("RUST_LOG");
     for (k, v) in services() {
@@ -246,7 +248,12 @@ pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run binary");
+    cmd
+}
+
+/// Runs a workspace binary with the services' environment plus `env`.
+pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = command(bin, args, env).output().expect("run binary");
     eprintln!(
         "$ {bin} {}\n-- exit {:?}\n-- stdout\n{}\n-- stderr\n{}",
         args.join(" "),
@@ -394,6 +401,7 @@ pub async fn write_synthetic_backup(
                     rows: 42,
                 }],
             }],
+            facts: Default::default(),
         };
         store
             .put_bytes(

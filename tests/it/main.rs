@@ -1,14 +1,17 @@
-//! Integration tests against the real services of `scripts/services.sh` (PostgreSQL and an
-//! s3s-fs S3 server on loopback) and the built binaries. One test binary, a module per area:
+//! Integration tests against the real services of `scripts/services.sh` (PostgreSQL, an
+//! s3s-fs S3 server on loopback, OpenBao servers started per test) and the built binaries. One test binary, a module per area:
 //!
 //! - `store`: the conformance suite every store implementation passes.
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
+//! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
+//!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
 mod bad_input;
 mod pipeline;
 mod postgres;
 mod prune;
 mod store;
+mod vault;

@@ -50,7 +50,10 @@ async fn backup(
     run.store_part(spec, move |out: &mut dyn Write| Ok(out.write_all(&body)?))
         .await
         .unwrap();
-    (run.commit("test".into()).await.unwrap(), plain)
+    (
+        run.commit("test".into(), Default::default()).await.unwrap(),
+        plain,
+    )
 }
 
 fn part_key(m: &Manifest) -> String {

@@ -52,6 +52,12 @@ pub enum VerifyError {
         expected: u64,
         found: u64,
     },
+    #[error("part {part} of backup {backup} decrypts, but its content is not usable: {reason}; use another backup")]
+    BadContent {
+        backup: String,
+        part: String,
+        reason: String,
+    },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -73,7 +79,8 @@ impl VerifyError {
 }
 
 /// Checks one part: size and sha256 always; with `identities`, also decrypts and decompresses
-/// it fully (into nothing: no plaintext is kept) and checks the plaintext size.
+/// it fully (into nothing: no plaintext is kept), checks the plaintext size, and runs the
+/// engine's own content check where it has one (e.g. a raft snapshot's internal sums).
 ///
 /// # Errors
 /// A [`VerifyError`] naming the part and what to do.
@@ -122,13 +129,32 @@ pub async fn check_part(
         }
         Some(ids) => {
             let (ids, compression) = (ids.clone(), part.compression);
+            let content_check = crate::engine::content_check(&part.format);
             let result = tokio::task::spawn_blocking(move || {
-                PlainReader::open(hashing, &ids, compression).and_then(PlainReader::finish)
+                let mut plain = PlainReader::open(hashing, &ids, compression)?;
+                let mut verdict = Ok(());
+                if let Some(check) = content_check {
+                    let mut read = plain.as_read();
+                    verdict = check(&mut read);
+                    if let Some(e) = read.take_error() {
+                        return Err(e);
+                    }
+                }
+                plain.finish().map(|(stats, plain)| (stats, plain, verdict))
             })
             .await
             .expect("verify thread panicked");
             match result {
-                Ok((stats, plain)) => (stats, Some(plain)),
+                Ok((stats, plain, verdict)) => {
+                    // Damage first: a hash mismatch is the clearer fact.
+                    compare_stats(&backup.to_string(), part, &stats)?;
+                    verdict.map_err(|reason| VerifyError::BadContent {
+                        backup: backup.to_string(),
+                        part: part.name.clone(),
+                        reason,
+                    })?;
+                    (stats, Some(plain))
+                }
                 Err(DecodeError::WrongKey { identity_file }) => {
                     return Err(VerifyError::WrongKey {
                         backup: backup.to_string(),

@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{Manifest, Part};
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::postgres::restore::{self as pg_restore, RestoreOptions};
 use drkit::engine::postgres::PgTarget;
+use drkit::engine::vault::{self, restore as vault_restore};
+use drkit::pipeline::keys::Identities;
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff};
@@ -16,22 +19,31 @@ use super::counts::DatabaseCounts;
 use super::FilterArgs;
 use crate::output::{self, Format};
 
-/// Restore a backup into a database.
+/// Restore a backup into a database or a Vault server.
 ///
 /// Order of work: check every byte of the part against the manifest (size, sha256); check
-/// the key opens it; inspect the target; then stream decrypt → decompress → pg_restore as
-/// one transaction (a failure leaves the target unchanged); ANALYZE; compare row counts
-/// with the backup's (exit 1 on a mismatch).
+/// the key opens it; inspect the target; then stream decrypt → decompress → restore; compare
+/// counts with the backup's (exit 1 on a mismatch).
 ///
-/// A missing database is created from template0. A database that already has tables is
-/// refused unless --clean, which drops and recreates the objects the backup contains
-/// (asks for confirmation unless --yes).
+/// PostgreSQL (--to postgres://…): pg_restore runs as one transaction (a failure leaves the
+/// target unchanged), then ANALYZE. A missing database is created from template0. A
+/// database that already has tables is refused unless --clean, which drops and recreates
+/// the objects the backup contains (asks for confirmation unless --yes).
+///
+/// Vault/OpenBao (--to http(s)://…, token from VAULT_TOKEN or VAULT_TOKEN_FILE): the raft
+/// snapshot REPLACES all of the server's data (asks unless --yes). The server must be
+/// initialised and unsealed. A snapshot of another cluster (a rebuilt Vault) needs --force;
+/// afterwards the server is sealed and needs the *backed-up* cluster's unseal keys: the
+/// command says so and waits (--wait) while you unseal, then compares counts using
+/// --restored-token-file (a token of the backed-up cluster).
 ///
 /// Examples:
 ///   kubectl dr restore latest --target prod --identity key.txt \
 ///     --to postgres://postgres@127.0.0.1:5432/app_restored
 ///   kubectl dr restore 20261122T020000Z-7f3a9c --identity key.txt --database app \
 ///     --to postgres://postgres@db:5432/app --clean --yes
+///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore latest --engine vault --identity key.txt \
+///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
@@ -44,8 +56,9 @@ pub struct RestoreCmd {
     #[command(flatten)]
     identity: IdentityArgs,
 
-    /// Where to restore: postgres://user@host:port[/db]. Default database: the backed-up
-    /// one's name. The password comes from PGPASSWORD or PGPASSWORD_FILE.
+    /// Where to restore: postgres://user@host:port[/db] (default database: the backed-up
+    /// one's name; password from PGPASSWORD or PGPASSWORD_FILE), or http(s)://vault:8200
+    /// (token from VAULT_TOKEN or VAULT_TOKEN_FILE).
     #[arg(long, value_name = "URL")]
     to: String,
 
@@ -77,6 +90,19 @@ pub struct RestoreCmd {
     #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
     pg_bin_dir: Option<PathBuf>,
 
+    /// Vault: restore a snapshot taken by a cluster with other unseal keys (snapshot-force).
+    #[arg(long)]
+    force: bool,
+
+    /// Vault: how long to wait for the server to be active (and unsealed) after the restore.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    wait: humantime::Duration,
+
+    /// Vault: a token of the backed-up cluster, used for the count comparison after the
+    /// restore (the snapshot replaces the server's own tokens). Default: the --to token.
+    #[arg(long, env = "DR_VAULT_RESTORED_TOKEN_FILE", value_name = "FILE")]
+    restored_token_file: Option<PathBuf>,
+
     /// Output format of the final count comparison.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Format,
@@ -85,16 +111,25 @@ pub struct RestoreCmd {
 impl RestoreCmd {
     pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         let identities = self.identity.require()?;
-        let to = PgTarget::from_url(&self.to)?;
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let manifest = super::resolve(store, &self.backup, &self.filter).await?;
-        anyhow::ensure!(
-            manifest.engine == "postgres",
-            "restoring {} backups is not supported yet",
-            manifest.engine
-        );
-        let part = pick_part(&manifest, self.database.as_deref())?;
+        match manifest.engine.as_str() {
+            "postgres" => self.postgres(store, &manifest, &identities, progress).await,
+            vault::ENGINE => self.vault(store, &manifest, &identities, progress).await,
+            other => anyhow::bail!("restoring {other} backups is not supported yet"),
+        }
+    }
+
+    async fn postgres(
+        &self,
+        store: &dyn ReadStore,
+        manifest: &Manifest,
+        identities: &Identities,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
+        let to = PgTarget::from_url(&self.to)?;
+        let part = pick_part(manifest, self.database.as_deref())?;
 
         eprintln!(
             "checking {} part {} ({})",
@@ -102,7 +137,7 @@ impl RestoreCmd {
             part.name,
             output::human_bytes(part.ciphertext_bytes)
         );
-        verify::check_part(store, &manifest, part, None, progress).await?;
+        verify::check_part(store, manifest, part, None, progress).await?;
 
         let opts = RestoreOptions {
             clean: self.clean,
@@ -127,7 +162,7 @@ impl RestoreCmd {
         }
 
         let counts =
-            pg_restore::run(&plan, store, &manifest, part, &identities, &opts, progress).await?;
+            pg_restore::run(&plan, store, manifest, part, identities, &opts, progress).await?;
         eprintln!("restored {} into {}", manifest.backup_ref(), plan.target);
         let report = DatabaseCounts::new(
             part.database.as_deref().unwrap_or(&plan.database),
@@ -135,13 +170,104 @@ impl RestoreCmd {
             self.max_diff,
             verify::compare_counts(&part.tables, &counts, self.max_diff),
         );
+        self.report(manifest, &report)
+    }
+
+    async fn vault(
+        &self,
+        store: &dyn ReadStore,
+        manifest: &Manifest,
+        identities: &Identities,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.database.is_none() && !self.clean && !self.keep_owners,
+            "--database, --clean and --keep-owners are for PostgreSQL; a Vault restore always replaces all of the server's data"
+        );
+        let target = vault::VaultTarget::from_url(&self.to)?;
+        let token = vault::Token::from_env()?.ok_or(vault::VaultError::NoToken)?;
+        let restored_token = match &self.restored_token_file {
+            Some(path) => vault::Token::from_file(path)?,
+            None => token.clone(),
+        };
+        let part = vault::snapshot_part(manifest)?;
+        eprintln!(
+            "checking {} part {} ({})",
+            manifest.backup_ref(),
+            part.name,
+            output::human_bytes(part.ciphertext_bytes)
+        );
+        verify::check_part(store, manifest, part, None, progress).await?;
+
+        let plan = vault_restore::plan(&target, token, manifest).await?;
+        eprintln!("plan: {}", plan.describe());
+        if plan.other_cluster() {
+            eprintln!(
+                "note: the server is another cluster than the backup's; {}",
+                if self.force {
+                    "after the restore it needs the backed-up cluster's unseal keys"
+                } else {
+                    "if its unseal keys differ the server refuses the snapshot: rerun with --force"
+                }
+            );
+        }
+        if self.dry_run {
+            eprintln!("dry run: backup verified, server inspected, nothing changed");
+            return Ok(());
+        }
+        if !self.yes {
+            let host = target.addr.host_str().unwrap_or("vault").to_string();
+            super::confirm(
+                &format!("this restore replaces all data of Vault at {target}"),
+                &format!("This replaces ALL data of Vault at {target} with the backup."),
+                &host,
+            )?;
+        }
+        let opts = vault_restore::RestoreOptions {
+            force: self.force,
+            wait: self.wait.into(),
+        };
+        let notify = |message: &str| eprintln!("{message}");
+        vault_restore::run(
+            &plan, store, manifest, part, identities, &opts, progress, &notify,
+        )
+        .await?;
+        eprintln!(
+            "restored {} into {}",
+            manifest.backup_ref(),
+            plan.client.addr()
+        );
+
+        let client = plan.client.clone().with_token(restored_token);
+        let live = async {
+            client.check_token().await?;
+            client.counts().await
+        }
+        .await
+        .with_context(|| {
+            format!(
+                "the snapshot is restored and Vault is active, but counting failed; with a token of the backed-up cluster run: kubectl dr verify {} --against {}",
+                manifest.id,
+                plan.client.addr()
+            )
+        })?;
+        let report = DatabaseCounts::new(
+            &manifest.target,
+            plan.client.addr().to_string(),
+            self.max_diff,
+            verify::compare_counts(&part.tables, &live, self.max_diff),
+        );
+        self.report(manifest, &report)
+    }
+
+    fn report(&self, manifest: &Manifest, report: &DatabaseCounts) -> anyhow::Result<()> {
         match self.output {
             Format::Table => report.print()?,
-            f => output::print_structured(f, &report)?,
+            f => output::print_structured(f, report)?,
         }
         if !report.ok {
             return Err(CheckFailed(format!(
-                "restored row counts differ from backup {}; inspect the tables above",
+                "restored counts differ from backup {}; inspect the table above",
                 manifest.backup_ref()
             ))
             .into());

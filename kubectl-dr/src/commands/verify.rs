@@ -7,6 +7,7 @@ use clap::Args;
 use drkit::catalog::Manifest;
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::postgres::{self, PgTarget};
+use drkit::engine::vault;
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff};
@@ -21,10 +22,13 @@ use crate::output::{self, Format};
 /// Without --identity: checks every part's size and sha256 against the manifest (no key
 /// needed). With --identity: also decrypts and decompresses every part fully, in memory.
 /// With --against: compares the manifest's exact per-table row counts with the database
-/// (a restored copy, or the live one), and fails past --max-diff.
+/// (a restored copy, or the live one), and fails past --max-diff. For Vault backups,
+/// --identity also checks the raft snapshot's own SHA256SUMS, and --against compares the
+/// counts of secrets engines, auth methods, policies and kv secrets.
 ///
 /// Examples:
 ///   kubectl dr verify latest --target prod
+///   kubectl dr verify latest --engine vault --identity key.txt --against https://vault:8200
 ///   kubectl dr verify 20261122T020000Z-7f3a9c --identity key.txt \
 ///     --against postgres://postgres@127.0.0.1:5432/app --max-diff 1%
 #[derive(Debug, Args)]
@@ -39,9 +43,11 @@ pub struct VerifyCmd {
     #[command(flatten)]
     identity: IdentityArgs,
 
-    /// Database to compare counts with: postgres://user@host:port[/db]. The password comes
-    /// from PGPASSWORD or PGPASSWORD_FILE. Without a database in the URL, each backed-up
-    /// database is compared with the database of the same name.
+    /// Server to compare counts with. PostgreSQL: postgres://user@host:port[/db], password
+    /// from PGPASSWORD or PGPASSWORD_FILE; without a database in the URL, each backed-up
+    /// database is compared with the database of the same name. Vault/OpenBao:
+    /// http(s)://vault:8200, token from VAULT_TOKEN or VAULT_TOKEN_FILE; compares secrets
+    /// engines, auth methods, policies and kv secrets.
     #[arg(long, value_name = "URL")]
     against: Option<String>,
 
@@ -171,11 +177,11 @@ async fn compare(
     only: Option<&str>,
     max: MaxDiff,
 ) -> anyhow::Result<Vec<DatabaseCounts>> {
-    anyhow::ensure!(
-        manifest.engine == "postgres",
-        "--against is not supported for {} backups yet",
-        manifest.engine
-    );
+    match manifest.engine.as_str() {
+        "postgres" => {}
+        vault::ENGINE => return compare_vault(manifest, url, max).await.map(|c| vec![c]),
+        other => anyhow::bail!("--against is not supported for {other} backups yet"),
+    }
     let server = PgTarget::from_url(url)?;
     let parts: Vec<_> = manifest
         .parts
@@ -215,4 +221,25 @@ async fn compare(
         ));
     }
     Ok(out)
+}
+
+/// Compares a Vault backup's counts with the server at `url`.
+async fn compare_vault(
+    manifest: &Manifest,
+    url: &str,
+    max: MaxDiff,
+) -> anyhow::Result<DatabaseCounts> {
+    let target = vault::VaultTarget::from_url(url)?;
+    let token = vault::Token::from_env()?.ok_or(vault::VaultError::NoToken)?;
+    let client = vault::VaultClient::new(&target)?.with_token(token);
+    let (active, _) = client.active().await?;
+    active.check_token().await?;
+    let live = active.counts().await?;
+    let part = vault::snapshot_part(manifest)?;
+    Ok(DatabaseCounts::new(
+        &manifest.target,
+        active.addr().to_string(),
+        max,
+        verify::compare_counts(&part.tables, &live, max),
+    ))
 }

@@ -2,6 +2,8 @@
 //! presence is the commit: a backup directory without `manifest.json` is incomplete and
 //! invisible. The format is documented for humans in `docs/FORMAT.md`; keep the two in step.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,9 @@ pub struct Manifest {
     /// age public keys the parts are encrypted to; one of their identities restores.
     pub recipients: Vec<String>,
     pub parts: Vec<Part>,
+    /// Engine-specific facts about the source, e.g. a Vault cluster's id and raft index.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
 }
 
 /// One stored object of a backup: an age-encrypted, usually zstd-compressed stream.
@@ -127,6 +132,7 @@ mod tests {
                     rows: 42,
                 }],
             }],
+            facts: BTreeMap::from([("cluster_id".into(), "c-1".into())]),
         }
     }
 

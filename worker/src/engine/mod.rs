@@ -8,6 +8,7 @@
 
 pub mod child;
 pub mod postgres;
+pub mod vault;
 
 use std::io::Write;
 
@@ -129,7 +130,11 @@ impl<'a> BackupRun<'a> {
     ///
     /// # Errors
     /// The store's error; the backup then stays invisible (and prune removes its parts).
-    pub async fn commit(self, server_version: String) -> Result<Manifest, StoreError> {
+    pub async fn commit(
+        self,
+        server_version: String,
+        facts: std::collections::BTreeMap<String, String>,
+    ) -> Result<Manifest, StoreError> {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id: self.backup.id.clone(),
@@ -146,12 +151,29 @@ impl<'a> BackupRun<'a> {
                 .map(ToString::to_string)
                 .collect(),
             parts: self.parts,
+            facts,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         self.store
             .put_bytes(&self.backup.manifest_key(), Bytes::from(json))
             .await?;
         Ok(manifest)
+    }
+}
+
+/// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
+/// formats that can prove their own consistency; `Err` says what is wrong.
+pub type ContentCheck = fn(&mut dyn std::io::Read) -> Result<(), String>;
+
+/// The content check for a part format, if the engine has one.
+pub fn content_check(format: &str) -> Option<ContentCheck> {
+    match format {
+        vault::FORMAT_SNAPSHOT => Some(|r| {
+            vault::snapshot::inspect(r, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
+        _ => None,
     }
 }
 

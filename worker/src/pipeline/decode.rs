@@ -192,6 +192,15 @@ impl PlainReader {
         }
     }
 
+    /// A [`Read`] view for checks that parse the plaintext; the first decode error is kept
+    /// so the caller can tell damage from content it does not like.
+    pub fn as_read(&mut self) -> PlainRead<'_> {
+        PlainRead {
+            reader: self,
+            error: None,
+        }
+    }
+
     pub fn plaintext_bytes(&self) -> u64 {
         self.plaintext_bytes
     }
@@ -204,5 +213,28 @@ impl PlainReader {
         let mut buf = vec![0u8; 256 * 1024];
         while self.read_chunk(&mut buf)? > 0 {}
         Ok((stats(&self.state), self.plaintext_bytes))
+    }
+}
+
+/// See [`PlainReader::as_read`].
+pub struct PlainRead<'a> {
+    reader: &'a mut PlainReader,
+    error: Option<DecodeError>,
+}
+
+impl PlainRead<'_> {
+    /// The decode error hit while reading, if any.
+    pub fn take_error(&mut self) -> Option<DecodeError> {
+        self.error.take()
+    }
+}
+
+impl Read for PlainRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read_chunk(buf).map_err(|e| {
+            let io = io::Error::other(e.to_string());
+            self.error.get_or_insert(e);
+            io
+        })
     }
 }

@@ -1,0 +1,329 @@
+//! Restoring a raft snapshot into a Vault/OpenBao server.
+//!
+//! Safety rules, in order: the caller checks the part's integrity
+//! ([`crate::verify::check_part`]) before this runs; the key is tried before the server is
+//! touched; the server must be initialised, unsealed and active, and must accept the token;
+//! the snapshot is streamed with its exact length and its last chunk is held back until the
+//! whole object has matched the manifest, so the server never receives a complete snapshot
+//! that differs from the backup.
+//!
+//! The server applies a snapshot after it has answered, sealing and unsealing itself on the
+//! way; [`run`] therefore waits until the node is active again with a new activation time
+//! (or another cluster id). A snapshot from a cluster with other unseal keys (`--force`)
+//! leaves the node sealed: it needs the *backed-up* cluster's unseal keys, and [`run`] says
+//! so and keeps waiting for someone to unseal it.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use tokio::sync::mpsc;
+use tokio_util::io::SyncIoBridge;
+
+use super::dump::FACT_CLUSTER_ID;
+use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
+use crate::catalog::{Manifest, Part};
+use crate::pipeline::decode::{DecodeError, HashingReader, PlainReader};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::{ReadStore, StoreError};
+use crate::verify::{compare_stats, VerifyError};
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Use `snapshot-force`: accept a snapshot whose unseal keys differ from the server's.
+    pub force: bool,
+    /// How long to wait for the node to be active (and unsealed) after the restore.
+    pub wait: Duration,
+}
+
+/// Errors of a Vault restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Vault at {addr} refused the snapshot ({message}); nothing was changed. The backup comes from a cluster with other unseal keys (a rebuilt cluster): pass --force to restore it anyway, then unseal with the backed-up cluster's keys")]
+    ForceNeeded { addr: String, message: String },
+    #[error("sending the snapshot to {addr} failed: {reason}")]
+    Send { addr: String, reason: String },
+    #[error("the snapshot was restored, but Vault at {addr} is still sealed after {waited}: unseal it with the unseal keys of the backed-up cluster{cluster} (not this server's old keys), then compare counts with `kubectl dr verify {backup} --against {addr}`")]
+    StillSealed {
+        addr: String,
+        waited: String,
+        cluster: String,
+        backup: String,
+    },
+    #[error("the snapshot was sent, but Vault at {addr} did not become active again within {waited}; check the server's log (a failed restore seals the node)")]
+    NotActive { addr: String, waited: String },
+}
+
+/// What a restore will do, shown before anything happens.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub client: VaultClient,
+    pub health: Health,
+    active_time: Option<String>,
+    pub backup_cluster: Option<String>,
+    pub raft_index: Option<String>,
+}
+
+impl RestorePlan {
+    pub fn describe(&self) -> String {
+        format!(
+            "REPLACE all data of Vault at {} (cluster {}, version {}) with the raft snapshot of cluster {} at raft index {}",
+            self.client.addr(),
+            self.health.cluster_id.as_deref().unwrap_or("?"),
+            self.health.version,
+            self.backup_cluster.as_deref().unwrap_or("?"),
+            self.raft_index.as_deref().unwrap_or("?"),
+        )
+    }
+
+    /// True when the server is another cluster than the one backed up: its unseal keys
+    /// most likely differ, so a restore needs `--force` and then the old keys.
+    pub fn other_cluster(&self) -> bool {
+        self.backup_cluster.is_some() && self.backup_cluster != self.health.cluster_id
+    }
+}
+
+/// Inspects the server: reachable, initialised, unsealed, active, token accepted.
+///
+/// # Errors
+/// A [`VaultError`] naming what to fix.
+pub async fn plan(
+    target: &VaultTarget,
+    token: Token,
+    manifest: &Manifest,
+) -> Result<RestorePlan, VaultError> {
+    let client = VaultClient::new(target)?.with_token(token);
+    let (active, health) = client.active().await?;
+    active.check_token().await?;
+    let leader = active.leader().await?;
+    Ok(RestorePlan {
+        client: active,
+        health,
+        active_time: leader.active_time,
+        backup_cluster: manifest.facts.get(FACT_CLUSTER_ID).cloned(),
+        raft_index: manifest.facts.get(super::dump::FACT_RAFT_INDEX).cloned(),
+    })
+}
+
+/// Sends the snapshot and waits for the node to be active again. `notify` hears about
+/// states a person must act on (a sealed node) while this keeps waiting.
+///
+/// # Errors
+/// Wrong key, damaged stream, refusal by the server, a node that stays sealed or inactive.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    plan: &RestorePlan,
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    notify: &(dyn Fn(&str) + Sync),
+) -> Result<(), RestoreError> {
+    let backup = manifest.backup_ref();
+    let reader = store.get(&backup.part_key(&part.file)).await?;
+    let bar = progress.start(
+        &format!("restore {}", part.name),
+        Some(part.ciphertext_bytes),
+    );
+    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
+    let (ids, compression) = (identities.clone(), part.compression);
+    // Open the age header first: a wrong key must fail before the server is touched.
+    let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
+        .await
+        .expect("decode thread panicked")
+        .map_err(|e| match e {
+            DecodeError::WrongKey { identity_file } => VerifyError::WrongKey {
+                backup: backup.to_string(),
+                identity_file,
+                recipients: manifest.recipients.join(", "),
+            },
+            source => VerifyError::Undecodable {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                source,
+            },
+        })?;
+
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let (backup_name, part_owned) = (backup.to_string(), part.clone());
+    let feeding = tokio::task::spawn_blocking(move || feed(plain, &tx, &backup_name, &part_owned));
+    let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let path = if opts.force {
+        format!("{SNAPSHOT_PATH}-force")
+    } else {
+        SNAPSHOT_PATH.to_string()
+    };
+    let client = &plan.client;
+    let sent = client
+        .send(Method::POST, &path, |r| {
+            r.header(reqwest::header::CONTENT_LENGTH, part.plaintext_bytes)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+        })
+        .await;
+    let fed = feeding.await.expect("restore thread panicked");
+    bar.finish();
+    // A damaged stream explains a failed request better than the request does.
+    fed?;
+    let response = sent.map_err(|e| RestoreError::Send {
+        addr: client.addr().to_string(),
+        reason: e.to_string(),
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        if status == StatusCode::BAD_REQUEST && !opts.force {
+            let message = super::errors_of(response).await;
+            if message.contains("unseal keys") || message.contains("hash file") {
+                return Err(RestoreError::ForceNeeded {
+                    addr: client.addr().to_string(),
+                    message,
+                });
+            }
+            return Err(VaultError::Api {
+                addr: client.addr().to_string(),
+                method: "POST".into(),
+                path,
+                status: status.as_u16(),
+                message,
+            }
+            .into());
+        }
+        return Err(client
+            .failure(response, &Method::POST, &path, "update")
+            .await
+            .into());
+    }
+    wait_active(plan, manifest, opts.wait, notify).await
+}
+
+/// Streams plaintext into the request body, holding the last chunk back until the whole
+/// object matched the manifest; on a mismatch the body ends in an error instead.
+fn feed(
+    mut plain: PlainReader,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    backup: &str,
+    part: &Part,
+) -> Result<(), RestoreError> {
+    let undecodable = |source| {
+        RestoreError::Verify(VerifyError::Undecodable {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            source,
+        })
+    };
+    let result = (|| -> Result<Option<Bytes>, RestoreError> {
+        let mut held: Option<Bytes> = None;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if let Some(previous) = held.replace(Bytes::from(buf)) {
+                if tx.blocking_send(Ok(previous)).is_err() {
+                    // The request ended early; its own error tells why.
+                    return Ok(None);
+                }
+            }
+        }
+        let (stats, plaintext) = plain.finish().map_err(undecodable)?;
+        compare_stats(backup, part, &stats)?;
+        if plaintext != part.plaintext_bytes {
+            return Err(VerifyError::PlaintextSize {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                expected: part.plaintext_bytes,
+                found: plaintext,
+            }
+            .into());
+        }
+        Ok(held)
+    })();
+    match result {
+        Ok(last) => {
+            if let Some(last) = last {
+                let _ = tx.blocking_send(Ok(last));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            Err(e)
+        }
+    }
+}
+
+async fn wait_active(
+    plan: &RestorePlan,
+    manifest: &Manifest,
+    wait: Duration,
+    notify: &(dyn Fn(&str) + Sync),
+) -> Result<(), RestoreError> {
+    let client = &plan.client;
+    let started = Instant::now();
+    let mut sealed_seen = false;
+    loop {
+        let sealed = match client.seal_status().await {
+            Ok(s) => s.get("sealed").and_then(serde_json::Value::as_bool),
+            Err(_) => None,
+        };
+        if sealed == Some(true) {
+            if !sealed_seen {
+                notify(&format!(
+                    "Vault at {} is sealed after the restore: unseal it with the unseal keys of the backed-up cluster{} (bao operator unseal); waiting up to {} for that",
+                    client.addr(),
+                    cluster_note(plan),
+                    humantime::format_duration(wait)
+                ));
+            }
+            sealed_seen = true;
+        } else if let Ok(h) = client.health().await {
+            if check_usable(client.addr(), &h).is_ok() && !h.standby {
+                let leader = client.leader().await.ok();
+                let reactivated = leader.is_some_and(|l| l.active_time != plan.active_time);
+                if reactivated || h.cluster_id != plan.health.cluster_id {
+                    return Ok(());
+                }
+            }
+        }
+        if started.elapsed() >= wait {
+            let waited =
+                humantime::format_duration(Duration::from_secs(wait.as_secs())).to_string();
+            return Err(if sealed_seen {
+                RestoreError::StillSealed {
+                    addr: client.addr().to_string(),
+                    waited,
+                    cluster: cluster_note(plan),
+                    backup: manifest.id.to_string(),
+                }
+            } else {
+                RestoreError::NotActive {
+                    addr: client.addr().to_string(),
+                    waited,
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn cluster_note(plan: &RestorePlan) -> String {
+    plan.backup_cluster
+        .as_deref()
+        .map(|c| format!(" (cluster id {c})"))
+        .unwrap_or_default()
+}
