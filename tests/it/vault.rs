@@ -580,3 +580,167 @@ async fn by_hand_age_zstd_and_bao_snapshot_restore() {
     fresh.unseal(&f.bao.unseal_key).await;
     assert_secrets(&fresh, &f.bao.root_token).await;
 }
+
+/// A stand-in for the Kubernetes API's TokenReview endpoint (no API server can run here):
+/// it authenticates exactly one JWT as `system:serviceaccount:dr:dr-worker`.
+async fn fake_token_review(jwt: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let jwt = jwt.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_string();
+                        }
+                    }
+                };
+                let review: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let ok = review["spec"]["token"] == jwt.as_str();
+                let status = if ok {
+                    json!({"authenticated": true, "user": {
+                        "username": "system:serviceaccount:dr:dr-worker",
+                        "uid": "uid-1",
+                        "groups": ["system:serviceaccounts", "system:serviceaccounts:dr"]}})
+                } else {
+                    json!({"authenticated": false, "error": "invalid bearer token"})
+                };
+                let reply = json!({
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "status": status,
+                })
+                .to_string();
+                let response = format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Required by the auth method's config; unused, the fake API speaks plain HTTP.
+const FAKE_KUBE_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhjCCASugAwIBAgIUIK+5+pA3Ppf++WgMCWvFEkjkckQwCgYIKoZIzj0EAwIw\nFzEVMBMGA1UEAwwMZmFrZS1rdWJlLWNhMCAXDTI2MTEyMjA3MjcxMVoYDzIxMjYx\nMDI5MDcyNzExWjAXMRUwEwYDVQQDDAxmYWtlLWt1YmUtY2EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAQD/wryEyWXiKbnrbS5PNKEFfc4GuDMfMDGoiUlbs1+Q2Uj\nmJnSVFPVVtwquRbSRAbopOUOk10SjEqYraQtFQYpo1MwUTAdBgNVHQ4EFgQUP89A\ncNrGCCOrdchh04lVfGqoLmMwHwYDVR0jBBgwFoAUP89AcNrGCCOrdchh04lVfGqo\nLmMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA4mhGqV7Ysoaa\nL7XW1FXjNHNYWoh9ZPGyE8zSEHtdht8CIQCYlpKxX+qXCKwkwTqanQUCWahUubDY\nTzQUH3Qtjh8CDw==\n-----END CERTIFICATE-----\n";
+
+/// An unsigned service-account JWT with the claims Kubernetes puts in one.
+fn service_account_jwt() -> String {
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(json!({"alg": "RS256", "kid": "test"})),
+        b64(json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": "system:serviceaccount:dr:dr-worker",
+            "kubernetes.io/serviceaccount/namespace": "dr",
+            "kubernetes.io/serviceaccount/service-account.name": "dr-worker",
+            "kubernetes.io/serviceaccount/service-account.uid": "uid-1"
+        }))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_auth_logs_in_and_a_wrong_role_is_explained() {
+    let bao = Bao::start().await;
+    bao.seed().await;
+    let jwt = service_account_jwt();
+    let kube = fake_token_review(jwt.clone()).await;
+    for (path, body) in [
+        ("sys/auth/kubernetes", json!({"type": "kubernetes"})),
+        (
+            "auth/kubernetes/config",
+            json!({"kubernetes_host": kube, "kubernetes_ca_cert": FAKE_KUBE_CA, "disable_local_ca_jwt": true, "token_reviewer_jwt": "reviewer"}),
+        ),
+        (
+            "sys/policies/acl/dr-backup",
+            json!({"policy": "path \"sys/storage/raft/snapshot\" { capabilities = [\"read\"] }\npath \"sys/mounts\" { capabilities = [\"read\"] }\npath \"sys/auth\" { capabilities = [\"read\"] }\npath \"sys/policies/acl\" { capabilities = [\"list\"] }\npath \"secret/metadata/*\" { capabilities = [\"list\"] }\npath \"legacy/*\" { capabilities = [\"list\"] }"}),
+        ),
+        (
+            "auth/kubernetes/role/dr-backup",
+            json!({"bound_service_account_names": ["dr-worker"], "bound_service_account_namespaces": ["dr"], "token_policies": ["dr-backup"]}),
+        ),
+        (
+            "auth/kubernetes/role/other",
+            json!({"bound_service_account_names": ["someone-else"], "bound_service_account_namespaces": ["dr"], "token_policies": ["dr-backup"]}),
+        ),
+    ] {
+        let (status, resp) = bao.api("POST", path, body).await;
+        assert!(status < 300, "{path}: {status} {resp}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, &jwt).unwrap();
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let backup_as = |role: &str| {
+        run(
+            "worker",
+            &[
+                "backup",
+                "vault",
+                "--target",
+                TARGET,
+                "--store",
+                store.url(),
+                "-r",
+                &keys.recipient,
+                "--k8s-role",
+                role,
+                "--k8s-token-path",
+                token_path.to_str().unwrap(),
+            ],
+            &[("VAULT_ADDR", &bao.addr)],
+        )
+    };
+
+    // The least-privilege policy of the docs is enough, kv listing included.
+    let out = backup_as("dr-backup");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("logged in with Kubernetes auth"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not counted"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(&jwt));
+
+    let out = backup_as("other");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("rejected role \"other\""), "{err}");
+    assert!(err.contains("bao read auth/kubernetes/role/other"), "{err}");
+    assert!(!err.contains(&jwt));
+    assert_eq!(
+        store
+            .files()
+            .iter()
+            .filter(|f| f.ends_with("manifest.json"))
+            .count(),
+        1
+    );
+}
