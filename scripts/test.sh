@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs and starts the real services
-# (PostgreSQL, s3s-fs) on loopback, builds the binaries the end-to-end tests run, then runs
-# formatting, lint, unit and integration tests.
+# (PostgreSQL, s3s-fs, OpenBao) on loopback, builds the binaries the end-to-end tests run, then runs
+# Kubernetes schema validation of the rendered manifests, formatting, lint, unit and
+# integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh start
+scripts/validate-manifests.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Renders every kustomize overlay with `kubectl kustomize` and validates the result, and the
+# Secret templates, offline against the Kubernetes JSON schemas (PyPI kubernetes-validate,
+# strict: unknown fields are errors). Our own rules (non-root, read-only root, Forbid…) are
+# checked by the `manifests` integration test on the same rendered output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KV_VERSION=1.37.0
+# Oldest and newest Kubernetes minor we claim to support.
+K8S_VERSIONS=(1.30.0 1.37.0)
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
+venv=$cache/kubernetes-validate-$KV_VERSION
+
+command -v kubectl >/dev/null || { echo "validate-manifests: kubectl is required (kubectl kustomize)" >&2; exit 2; }
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "validate-manifests: installing kubernetes-validate $KV_VERSION from PyPI (once)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "kubernetes-validate==$KV_VERSION"
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+status=0
+for overlay in kustomize/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" > "$out/$name.yaml"
+  for v in "${K8S_VERSIONS[@]}"; do
+    if "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "$out/$name.yaml"; then
+      echo "validate-manifests: $name: $(grep -c '^kind:' "$out/$name.yaml") objects valid against Kubernetes $v" >&2
+    else
+      status=1
+    fi
+  done
+done
+for v in "${K8S_VERSIONS[@]}"; do
+  "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" manifests/secret-templates/*.yaml || status=1
+done
+exit $status

@@ -1,0 +1,337 @@
+//! Our own rules on the rendered Kubernetes objects of every kustomize overlay (the schemas
+//! are checked by `scripts/validate-manifests.sh`): pods run non-root with a read-only root,
+//! no privilege escalation and no capabilities, resources set; CronJobs never overlap and
+//! are bounded in time; no Secret and no backup pod ever holds an age identity.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// Renders an overlay with `kubectl kustomize`.
+fn render(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl is needed to render the overlays (kubectl kustomize)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("yaml"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn overlays() -> Vec<std::path::PathBuf> {
+    let dir = dr_tests::repo_root().join("kustomize/overlays");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .expect("kustomize/overlays")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").exists())
+        .collect();
+    out.sort();
+    assert!(
+        out.len() >= 2,
+        "expected at least two overlays in {}",
+        dir.display()
+    );
+    out
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, key| v.get(key))
+}
+
+fn name_of(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        get(obj, "kind").and_then(Value::as_str).unwrap_or("?"),
+        get(obj, "metadata.name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    )
+}
+
+/// Every rule broken by `obj`, as readable lines.
+fn violations(obj: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    let name = name_of(obj);
+    let kind = get(obj, "kind").and_then(Value::as_str).unwrap_or("");
+    let mut fail = |what: &str| bad.push(format!("{name}: {what}"));
+    let pod = match kind {
+        "CronJob" => {
+            if get(obj, "spec.concurrencyPolicy").and_then(Value::as_str) != Some("Forbid") {
+                fail("concurrencyPolicy must be Forbid (two backups of one target must never overlap)");
+            }
+            for field in [
+                "spec.startingDeadlineSeconds",
+                "spec.successfulJobsHistoryLimit",
+                "spec.failedJobsHistoryLimit",
+                "spec.jobTemplate.spec.activeDeadlineSeconds",
+                "spec.jobTemplate.spec.backoffLimit",
+            ] {
+                if get(obj, field).and_then(Value::as_u64).is_none() {
+                    fail(&format!("{field} must be set"));
+                }
+            }
+            get(obj, "spec.jobTemplate.spec.template.spec")
+        }
+        "Job" | "Deployment" | "StatefulSet" | "DaemonSet" => get(obj, "spec.template.spec"),
+        "Pod" => get(obj, "spec"),
+        "Secret" => {
+            let text = serde_yaml::to_string(obj).unwrap_or_default();
+            let decoded: String = get(obj, "data")
+                .and_then(Value::as_mapping)
+                .map(|m| {
+                    m.values()
+                        .filter_map(Value::as_str)
+                        .filter_map(|b| {
+                            use base64::Engine;
+                            base64::engine::general_purpose::STANDARD.decode(b).ok()
+                        })
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if text.contains("AGE-SECRET-KEY-") || decoded.contains("AGE-SECRET-KEY-") {
+                fail("a Secret holds an age identity; identities never enter the cluster");
+            }
+            None
+        }
+        _ => None,
+    };
+    let Some(pod) = pod else {
+        return bad;
+    };
+    if get(pod, "automountServiceAccountToken").and_then(Value::as_bool) != Some(false) {
+        fail("automountServiceAccountToken must be false (the worker calls no Kubernetes API)");
+    }
+    if get(pod, "securityContext.runAsNonRoot").and_then(Value::as_bool) != Some(true) {
+        fail("pod securityContext.runAsNonRoot must be true");
+    }
+    if get(pod, "securityContext.seccompProfile.type").and_then(Value::as_str)
+        != Some("RuntimeDefault")
+    {
+        fail("pod seccompProfile must be RuntimeDefault");
+    }
+    if get(pod, "hostNetwork").and_then(Value::as_bool) == Some(true) {
+        fail("hostNetwork is not allowed");
+    }
+    let containers = get(pod, "containers")
+        .and_then(Value::as_sequence)
+        .cloned()
+        .unwrap_or_default();
+    if containers.is_empty() {
+        fail("no containers");
+    }
+    for c in &containers {
+        let cname = get(c, "name").and_then(Value::as_str).unwrap_or("?");
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                fail(&format!("container {cname}: {what}"));
+            }
+        };
+        let sc = |path: &str| get(c, &format!("securityContext.{path}"));
+        check(
+            sc("readOnlyRootFilesystem").and_then(Value::as_bool) == Some(true),
+            "readOnlyRootFilesystem must be true",
+        );
+        check(
+            sc("allowPrivilegeEscalation").and_then(Value::as_bool) == Some(false),
+            "allowPrivilegeEscalation must be false",
+        );
+        check(
+            sc("privileged").and_then(Value::as_bool) != Some(true),
+            "privileged is not allowed",
+        );
+        check(
+            sc("capabilities.drop")
+                .and_then(Value::as_sequence)
+                .is_some_and(|d| d.iter().any(|x| x.as_str() == Some("ALL"))),
+            "capabilities must drop ALL",
+        );
+        check(
+            sc("capabilities.add")
+                .and_then(Value::as_sequence)
+                .is_none_or(|a| a.is_empty()),
+            "no capabilities may be added",
+        );
+        check(
+            sc("runAsUser").and_then(Value::as_u64) != Some(0),
+            "must not run as UID 0",
+        );
+        for field in ["requests.cpu", "requests.memory", "limits.memory"] {
+            check(
+                get(c, &format!("resources.{field}")).is_some(),
+                &format!("resources.{field} must be set"),
+            );
+        }
+        let env = serde_yaml::to_string(get(c, "env").unwrap_or(&Value::Null)).unwrap_or_default();
+        check(
+            !env.contains("AGE-SECRET-KEY-") && !env.contains("DR_IDENTITY_FILE"),
+            "a backup container must not hold an age identity",
+        );
+    }
+    bad
+}
+
+#[test]
+fn every_overlay_renders_and_keeps_the_rules() {
+    for overlay in overlays() {
+        let objects = render(&overlay);
+        let bad: Vec<String> = objects.iter().flat_map(violations).collect();
+        assert!(bad.is_empty(), "{}:\n{}", overlay.display(), bad.join("\n"));
+        let cronjobs: Vec<String> = objects
+            .iter()
+            .filter(|o| get(o, "kind").and_then(Value::as_str) == Some("CronJob"))
+            .map(name_of)
+            .collect();
+        assert!(
+            cronjobs.contains(&"CronJob/kube-dr-postgres".to_string())
+                && cronjobs.contains(&"CronJob/kube-dr-prune".to_string()),
+            "{}: {cronjobs:?}",
+            overlay.display()
+        );
+        for o in &objects {
+            assert_eq!(
+                get(o, "metadata.namespace").and_then(Value::as_str),
+                (get(o, "kind").and_then(Value::as_str) != Some("Namespace")).then_some("kube-dr"),
+                "{}: {}",
+                overlay.display(),
+                name_of(o)
+            );
+        }
+    }
+    let full = render(&dr_tests::repo_root().join("kustomize/overlays/full-stack"));
+    assert!(full.iter().any(|o| name_of(o) == "CronJob/kube-dr-vault"));
+}
+
+#[test]
+fn secret_templates_hold_no_identity_and_keep_the_rules() {
+    let dir = dr_tests::repo_root().join("manifests/secret-templates");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        for obj in parse(&std::fs::read_to_string(&path).unwrap()) {
+            assert!(
+                violations(&obj).is_empty(),
+                "{}: {:?}",
+                path.display(),
+                violations(&obj)
+            );
+        }
+    }
+}
+
+/// The rules can fail: remove what they guard from a rendered CronJob, one at a time.
+#[test]
+fn the_rules_catch_a_weakened_cronjob() {
+    let objects = render(&dr_tests::repo_root().join("kustomize/overlays/postgres-only"));
+    let cronjob = objects
+        .iter()
+        .find(|o| name_of(o) == "CronJob/kube-dr-postgres")
+        .expect("postgres CronJob")
+        .clone();
+    assert!(violations(&cronjob).is_empty());
+    let container = "spec.jobTemplate.spec.template.spec.containers";
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "readOnlyRootFilesystem",
+            Box::new(move |v| {
+                remove(
+                    first_container(v, container),
+                    "securityContext",
+                    "readOnlyRootFilesystem",
+                )
+            }),
+        ),
+        (
+            "concurrencyPolicy",
+            Box::new(|v| remove(v, "spec", "concurrencyPolicy")),
+        ),
+        (
+            "allowPrivilegeEscalation",
+            Box::new(move |v| {
+                remove(
+                    first_container(v, container),
+                    "securityContext",
+                    "allowPrivilegeEscalation",
+                )
+            }),
+        ),
+        (
+            "capabilities must drop ALL",
+            Box::new(move |v| {
+                remove(
+                    first_container(v, container),
+                    "securityContext",
+                    "capabilities",
+                )
+            }),
+        ),
+        (
+            "runAsNonRoot",
+            Box::new(|v| {
+                let pod = v["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+                    .as_mapping_mut()
+                    .unwrap();
+                pod.remove("securityContext");
+            }),
+        ),
+        (
+            "resources.limits.memory",
+            Box::new(move |v| remove(first_container(v, container), "resources", "limits")),
+        ),
+        (
+            "age identity",
+            Box::new(move |v| {
+                let c = first_container(v, container);
+                let env = c["env"].as_sequence_mut().unwrap();
+                env.push(
+                    serde_yaml::from_str("{name: DR_IDENTITY_FILE, value: /key.txt}").unwrap(),
+                );
+            }),
+        ),
+    ];
+    for (rule, weaken) in cases {
+        let mut weak = cronjob.clone();
+        weaken(&mut weak);
+        let bad = violations(&weak);
+        assert!(
+            bad.iter().any(|b| b.contains(rule)),
+            "removing {rule} went unnoticed: {bad:?}"
+        );
+    }
+    let secret: Value = serde_yaml::from_str(
+        "{apiVersion: v1, kind: Secret, metadata: {name: x}, stringData: {key.txt: 'AGE-SECRET-KEY-1QQQ'}}",
+    )
+    .unwrap();
+    assert!(!violations(&secret).is_empty());
+}
+
+fn first_container<'a>(v: &'a mut Value, path: &str) -> &'a mut Value {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &mut cur[key];
+    }
+    &mut cur[0]
+}
+
+fn remove(v: &mut Value, parent: &str, key: &str) {
+    v[parent]
+        .as_mapping_mut()
+        .unwrap_or_else(|| panic!("{parent} is not a mapping"))
+        .remove(key);
+}
