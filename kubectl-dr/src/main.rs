@@ -3,6 +3,7 @@
 //! cluster's Secrets are gone. Thin: every command is a module in [`commands`] that calls
 //! the engine library.
 
+mod cluster;
 mod commands;
 mod output;
 mod progress;
