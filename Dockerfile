@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The worker image: the `worker` binary, pg_dump / pg_restore / pg_dumpall of the newest
+# The worker image: the `worker` binary (and `kubectl-dr`, which `restore --in-cluster` runs
+# as a Job), pg_dump / pg_restore / pg_dumpall of the newest
 # PostgreSQL major (pg_dump refuses servers newer than itself) and CA certificates, on
 # distroless: no shell, no package manager, UID 65532, fine with a read-only root.
 #
@@ -15,8 +16,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p worker --bin worker \
- && install -D -m 0755 target/release/worker /out/worker
+    cargo build --release --locked -p worker -p kubectl-dr \
+ && install -D -m 0755 target/release/worker /out/worker \
+ && install -D -m 0755 target/release/kubectl-dr /out/kubectl-dr
 
 # The PostgreSQL client tools from the PostgreSQL project's own Debian repository, with the
 # shared libraries they need (except glibc, which the distroless base provides).
@@ -44,7 +46,7 @@ RUN apt-get update \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=pgtools /out/root/ /
 COPY --from=pgtools /out/bin/ /usr/local/bin/
-COPY --from=build /out/worker /usr/local/bin/worker
+COPY --from=build /out/worker /out/kubectl-dr /usr/local/bin/
 ENV DR_PG_BIN_DIR=/usr/local/bin \
     DR_LOG_FORMAT=json
 USER 65532:65532

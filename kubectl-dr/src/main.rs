@@ -13,10 +13,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use drkit::cli::{self, LogFormat, StoreArgs};
 
-/// List, verify and restore encrypted database backups (PostgreSQL; Vault and ClickHouse next).
+/// List, verify and restore encrypted backups (PostgreSQL, Vault/OpenBao); check and run
+/// the backup CronJobs.
 ///
-/// Works without the cluster: the store and keys come from flags or the environment
-/// (DR_STORE, AWS_*, DR_IDENTITY_FILE). Data goes to stdout, progress and logs to stderr.
+/// list, verify, restore and prune work without the cluster: the store and keys come from
+/// flags or the environment (DR_STORE, AWS_*, DR_IDENTITY_FILE). status, backup and
+/// restore --in-cluster talk to the cluster (--kubeconfig, --context, -n). Data goes to
+/// stdout, progress and logs to stderr.
 ///
 /// Exit codes: 0 ok, 1 a check failed (integrity or row counts), 2 usage or operational error.
 ///
@@ -24,6 +27,7 @@ use drkit::cli::{self, LogFormat, StoreArgs};
 ///   kubectl dr list --engine postgres
 ///   kubectl dr verify latest --target prod --identity key.txt
 ///   kubectl dr restore latest --target prod --identity key.txt --to postgres://postgres@db:5432/app
+///   kubectl dr status                         # are the nightly backups happening?
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl-dr",

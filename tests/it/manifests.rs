@@ -246,7 +246,8 @@ fn the_rules_catch_a_weakened_cronjob() {
         .clone();
     assert!(violations(&cronjob).is_empty());
     let container = "spec.jobTemplate.spec.template.spec.containers";
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Weaken = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Weaken)> = vec![
         (
             "readOnlyRootFilesystem",
             Box::new(move |v| {

@@ -22,7 +22,11 @@ pub fn job_from_cronjob(cronjob: &CronJob, now: DateTime<Utc>) -> anyhow::Result
         .as_ref()
         .map(|s| s.job_template.clone())
         .ok_or_else(|| anyhow::anyhow!("CronJob {name} has no spec"))?;
-    let mut annotations = template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    let mut annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
     // Job names become label values (≤ 63 characters).
     let suffix = now.format("-manual-%m%d%H%M%S").to_string();
@@ -52,7 +56,11 @@ pub fn job_from_cronjob(cronjob: &CronJob, now: DateTime<Utc>) -> anyhow::Result
 /// by its own name.
 pub async fn find_cronjob(client: &Client, ns: &str, which: &str) -> anyhow::Result<CronJob> {
     let api: Api<CronJob> = Api::namespaced(client.clone(), ns);
-    if let Some(cj) = api.get_opt(which).await.map_err(|e| explain(e, "reading CronJobs", ns))? {
+    if let Some(cj) = api
+        .get_opt(which)
+        .await
+        .map_err(|e| explain(e, "reading CronJobs", ns))?
+    {
         return Ok(cj);
     }
     let by_engine = api
@@ -116,7 +124,10 @@ pub async fn wait(
     let api: Api<Job> = Api::namespaced(client.clone(), ns);
     let started = std::time::Instant::now();
     loop {
-        let job = api.get(name).await.map_err(|e| explain(e, "reading the Job", ns))?;
+        let job = api
+            .get(name)
+            .await
+            .map_err(|e| explain(e, "reading the Job", ns))?;
         if let Some(done) = outcome(&job) {
             return Ok(done);
         }
@@ -177,7 +188,10 @@ mod tests {
         let job = job_from_cronjob(&cronjob(), now).unwrap();
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v["metadata"]["name"], "kube-dr-postgres-manual-1122030405");
-        assert_eq!(v["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+        assert_eq!(
+            v["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+            "manual"
+        );
         assert_eq!(v["metadata"]["annotations"]["note"], "n");
         assert_eq!(v["metadata"]["labels"]["team"], "platform");
         assert_eq!(
@@ -216,21 +230,40 @@ mod tests {
         let created = create(&client, "kube-dr", &job).await.unwrap();
         assert_eq!(created.metadata.name.as_deref(), Some("made"));
         let seen = seen.await.unwrap();
-        assert_eq!(seen[2].1["metadata"]["ownerReferences"][0]["uid"], "cj-uid-1");
-        assert_eq!(seen[2].1["spec"]["template"]["spec"]["containers"][0]["args"], json!(["backup", "postgres"]));
+        assert_eq!(
+            seen[2].1["metadata"]["ownerReferences"][0]["uid"],
+            "cj-uid-1"
+        );
+        assert_eq!(
+            seen[2].1["spec"]["template"]["spec"]["containers"][0]["args"],
+            json!(["backup", "postgres"])
+        );
     }
 
     #[test]
     fn reads_job_outcomes() {
         let job = |conditions: serde_json::Value| -> Job {
-            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+            serde_json::from_value(
+                json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}),
+            )
+            .unwrap()
         };
         assert_eq!(outcome(&job(json!([]))), None);
-        assert_eq!(outcome(&job(json!([{"type": "Complete", "status": "True"}]))), Some(Outcome::Succeeded));
         assert_eq!(
-            outcome(&job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]))),
-            Some(Outcome::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into()))
+            outcome(&job(json!([{"type": "Complete", "status": "True"}]))),
+            Some(Outcome::Succeeded)
         );
-        assert_eq!(outcome(&job(json!([{"type": "Failed", "status": "False"}]))), None);
+        assert_eq!(
+            outcome(&job(
+                json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}])
+            )),
+            Some(Outcome::Failed(
+                "BackoffLimitExceeded: Job has reached the specified backoff limit".into()
+            ))
+        );
+        assert_eq!(
+            outcome(&job(json!([{"type": "Failed", "status": "False"}]))),
+            None
+        );
     }
 }

@@ -57,7 +57,9 @@ impl ClusterArgs {
             }
             (None, Some(_)) => Config::from_kubeconfig(&options).await?,
             (None, None) => Config::infer().await.map_err(|e| {
-                anyhow::anyhow!("no Kubernetes cluster configured ({e}); pass --kubeconfig or set KUBECONFIG")
+                anyhow::anyhow!(
+                    "no Kubernetes cluster configured ({e}); pass --kubeconfig or set KUBECONFIG"
+                )
             })?,
         };
         Ok(Client::try_from(config)?)
@@ -74,6 +76,9 @@ pub fn explain(e: kube::Error, what: &str, namespace: &str) -> anyhow::Error {
         kube::Error::Api(status) if status.code == 404 => {
             anyhow::anyhow!("{what}: not found in namespace {namespace} ({})", status.message)
         }
+        kube::Error::Service(_) | kube::Error::HyperError(_) => anyhow::anyhow!(
+            "{what}: cannot reach the Kubernetes API server ({e}); check --context / --kubeconfig and your network"
+        ),
         _ => anyhow::Error::new(e).context(what.to_string()),
     }
 }
@@ -112,10 +117,9 @@ pub mod fake {
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();
             for step in script {
-                let (request, send) = handle
-                    .next_request()
-                    .await
-                    .unwrap_or_else(|| panic!("expected {} {}, got no request", step.method, step.path));
+                let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                    panic!("expected {} {}, got no request", step.method, step.path)
+                });
                 let (parts, body) = request.into_parts();
                 let path = parts
                     .uri

@@ -48,12 +48,20 @@ impl FromStr for ScaleTarget {
         let (namespace, kind, name) = match parts.as_slice() {
             [kind, name] => (None, *kind, *name),
             [ns, kind, name] => (Some(ns.to_string()), *kind, *name),
-            _ => return Err(format!("{s:?}: expected [NAMESPACE/]KIND/NAME, e.g. deployment/app")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected [NAMESPACE/]KIND/NAME, e.g. deployment/app"
+                ))
+            }
         };
         let kind = match kind.to_ascii_lowercase().as_str() {
             "deployment" | "deployments" | "deploy" => WorkloadKind::Deployment,
             "statefulset" | "statefulsets" | "sts" => WorkloadKind::StatefulSet,
-            other => return Err(format!("{other:?}: only deployment and statefulset can be scaled down")),
+            other => {
+                return Err(format!(
+                    "{other:?}: only deployment and statefulset can be scaled down"
+                ))
+            }
         };
         if name.is_empty() {
             return Err(format!("{s:?}: no name"));
@@ -90,7 +98,10 @@ pub fn identity_secret(name: &str, identity: &[u8]) -> Secret {
             ])),
             ..ObjectMeta::default()
         },
-        data: Some(BTreeMap::from([("key.txt".into(), ByteString(identity.to_vec()))])),
+        data: Some(BTreeMap::from([(
+            "key.txt".into(),
+            ByteString(identity.to_vec()),
+        )])),
         immutable: Some(true),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -158,7 +169,10 @@ pub fn restore_job(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     labels.insert("kube-dr.io/restore".into(), "job".into());
-    spec.template.metadata.get_or_insert_with(ObjectMeta::default).labels = Some(labels.clone());
+    spec.template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .labels = Some(labels.clone());
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name.to_string()),
@@ -200,14 +214,25 @@ pub async fn run(
     let stamp = now.format("%m%d%H%M%S").to_string();
     let secret_name = format!("kube-dr-restore-identity-{stamp}");
     let job_name = format!("kube-dr-restore-{stamp}");
-    let job = restore_job(plan.cronjob, &job_name, &secret_name, &plan.restore_args, plan.deadline)?;
+    let job = restore_job(
+        plan.cronjob,
+        &job_name,
+        &secret_name,
+        &plan.restore_args,
+        plan.deadline,
+    )?;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     secrets
-        .create(&PostParams::default(), &identity_secret(&secret_name, &plan.identity))
+        .create(
+            &PostParams::default(),
+            &identity_secret(&secret_name, &plan.identity),
+        )
         .await
         .map_err(|e| explain(e, "creating the identity Secret", ns))?;
-    say(&format!("secret/{secret_name} created (deleted when the restore ends)"));
+    say(&format!(
+        "secret/{secret_name} created (deleted when the restore ends)"
+    ));
 
     let mut scaled: Vec<(ScaleTarget, i32)> = Vec::new();
     let result = async {
@@ -217,9 +242,13 @@ pub async fn run(
             scaled.push((target.clone(), before));
         }
         jobs::create(client, ns, &job).await?;
-        say(&format!("job.batch/{job_name} created; waiting for it (kubectl -n {ns} logs -f job/{job_name})"));
+        say(&format!(
+            "job.batch/{job_name} created; waiting for it (kubectl -n {ns} logs -f job/{job_name})"
+        ));
         let outcome = jobs::wait(client, ns, &job_name, plan.deadline, plan.poll).await?;
-        let logs = jobs::logs(client, ns, &job_name).await.unwrap_or_else(|e| format!("(no log: {e:#})"));
+        let logs = jobs::logs(client, ns, &job_name)
+            .await
+            .unwrap_or_else(|e| format!("(no log: {e:#})"));
         Ok::<_, anyhow::Error>(Report {
             job: job_name.clone(),
             outcome,
@@ -252,7 +281,12 @@ pub async fn run(
 }
 
 /// Sets a workload's replicas and returns the previous count.
-async fn scale(client: &Client, default_ns: &str, target: &ScaleTarget, replicas: i32) -> anyhow::Result<i32> {
+async fn scale(
+    client: &Client,
+    default_ns: &str,
+    target: &ScaleTarget,
+    replicas: i32,
+) -> anyhow::Result<i32> {
     let ns = target.namespace.as_deref().unwrap_or(default_ns);
     let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
     let params = PatchParams::default();
@@ -260,14 +294,24 @@ async fn scale(client: &Client, default_ns: &str, target: &ScaleTarget, replicas
     let before = match target.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            let before = api.get_scale(&target.name).await.map_err(|e| explain(e, &what, ns))?;
-            api.patch_scale(&target.name, &params, &patch).await.map_err(|e| explain(e, &what, ns))?;
+            let before = api
+                .get_scale(&target.name)
+                .await
+                .map_err(|e| explain(e, &what, ns))?;
+            api.patch_scale(&target.name, &params, &patch)
+                .await
+                .map_err(|e| explain(e, &what, ns))?;
             before
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-            let before = api.get_scale(&target.name).await.map_err(|e| explain(e, &what, ns))?;
-            api.patch_scale(&target.name, &params, &patch).await.map_err(|e| explain(e, &what, ns))?;
+            let before = api
+                .get_scale(&target.name)
+                .await
+                .map_err(|e| explain(e, &what, ns))?;
+            api.patch_scale(&target.name, &params, &patch)
+                .await
+                .map_err(|e| explain(e, &what, ns))?;
             before
         }
     };
@@ -297,7 +341,11 @@ mod tests {
         Plan {
             namespace: "kube-dr",
             cronjob: cj,
-            restore_args: vec!["latest".into(), "--to".into(), "postgres://backup@db:5432/app".into()],
+            restore_args: vec![
+                "latest".into(),
+                "--to".into(),
+                "postgres://backup@db:5432/app".into(),
+            ],
             identity: b"AGE-SECRET-KEY-1TEST".to_vec(),
             scale_down,
             deadline: Duration::from_secs(600),
@@ -337,7 +385,13 @@ mod tests {
         let cj = cronjob();
         let (client, seen) = serve(script(final_condition));
         let target: ScaleTarget = "shop/deployment/app".parse().unwrap();
-        let result = run(&client, &plan(&cj, vec![target]), NOW.parse().unwrap(), &|_| {}).await;
+        let result = run(
+            &client,
+            &plan(&cj, vec![target]),
+            NOW.parse().unwrap(),
+            &|_| {},
+        )
+        .await;
         (result, seen.await.unwrap())
     }
 
@@ -354,21 +408,39 @@ mod tests {
         assert_eq!(container["command"], json!([PLUGIN_PATH]));
         assert_eq!(
             container["args"],
-            json!(["restore", "latest", "--to", "postgres://backup@db:5432/app",
-                   "--identity", "/var/run/secrets/kube-dr/identity/key.txt", "--yes", "--no-progress"])
+            json!([
+                "restore",
+                "latest",
+                "--to",
+                "postgres://backup@db:5432/app",
+                "--identity",
+                "/var/run/secrets/kube-dr/identity/key.txt",
+                "--yes",
+                "--no-progress"
+            ])
         );
-        assert!(!job.to_string().contains("AGE-SECRET-KEY"), "the Job must not carry the key");
+        assert!(
+            !job.to_string().contains("AGE-SECRET-KEY"),
+            "the Job must not carry the key"
+        );
         assert_eq!(job["spec"]["backoffLimit"], 0);
         assert_eq!(
             job["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"],
             "kube-dr-restore-identity-1122030405"
         );
-        assert_eq!(seen[7].0, "DELETE /api/v1/namespaces/kube-dr/secrets/kube-dr-restore-identity-1122030405");
+        assert_eq!(
+            seen[7].0,
+            "DELETE /api/v1/namespaces/kube-dr/secrets/kube-dr-restore-identity-1122030405"
+        );
         assert_eq!(seen[9].1, json!({"spec": {"replicas": 3}}));
     }
 
     fn base64_of(b: &[u8]) -> String {
-        serde_json::to_value(ByteString(b.to_vec())).unwrap().as_str().unwrap().to_string()
+        serde_json::to_value(ByteString(b.to_vec()))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[tokio::test]
@@ -382,7 +454,10 @@ mod tests {
     #[tokio::test]
     async fn failure_also_deletes_the_secret_and_scales_back() {
         let (result, seen) = run_script("Failed").await;
-        assert_eq!(result.unwrap().outcome, jobs::Outcome::Failed("R: m".into()));
+        assert_eq!(
+            result.unwrap().outcome,
+            jobs::Outcome::Failed("R: m".into())
+        );
         assert_requests(&seen);
     }
 
@@ -391,18 +466,58 @@ mod tests {
         let cj = cronjob();
         let ok = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
         let (client, seen) = serve(vec![
-            on(Method::POST, "/api/v1/namespaces/kube-dr/secrets", 201, ok.clone()),
-            on(Method::GET, "/apis/apps/v1/namespaces/shop/deployments/app/scale", 200, scale(2)),
-            on(Method::PATCH, "/apis/apps/v1/namespaces/shop/deployments/app/scale", 200, scale(0)),
-            on(Method::POST, "/apis/batch/v1/namespaces/kube-dr/jobs", 403, status(403, "Forbidden")),
-            on(Method::DELETE, "/api/v1/namespaces/kube-dr/secrets/kube-dr-restore-identity-1122030405", 200, ok),
-            on(Method::GET, "/apis/apps/v1/namespaces/shop/deployments/app/scale", 200, scale(0)),
-            on(Method::PATCH, "/apis/apps/v1/namespaces/shop/deployments/app/scale", 200, scale(2)),
+            on(
+                Method::POST,
+                "/api/v1/namespaces/kube-dr/secrets",
+                201,
+                ok.clone(),
+            ),
+            on(
+                Method::GET,
+                "/apis/apps/v1/namespaces/shop/deployments/app/scale",
+                200,
+                scale(2),
+            ),
+            on(
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/shop/deployments/app/scale",
+                200,
+                scale(0),
+            ),
+            on(
+                Method::POST,
+                "/apis/batch/v1/namespaces/kube-dr/jobs",
+                403,
+                status(403, "Forbidden"),
+            ),
+            on(
+                Method::DELETE,
+                "/api/v1/namespaces/kube-dr/secrets/kube-dr-restore-identity-1122030405",
+                200,
+                ok,
+            ),
+            on(
+                Method::GET,
+                "/apis/apps/v1/namespaces/shop/deployments/app/scale",
+                200,
+                scale(0),
+            ),
+            on(
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/shop/deployments/app/scale",
+                200,
+                scale(2),
+            ),
         ]);
         let target: ScaleTarget = "shop/deployment/app".parse().unwrap();
-        let err = run(&client, &plan(&cj, vec![target]), NOW.parse().unwrap(), &|_| {})
-            .await
-            .unwrap_err();
+        let err = run(
+            &client,
+            &plan(&cj, vec![target]),
+            NOW.parse().unwrap(),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
         assert!(format!("{err:#}").contains("forbidden"), "{err:#}");
         let seen = seen.await.unwrap();
         assert_eq!(seen.len(), 7);
@@ -413,9 +528,16 @@ mod tests {
     fn parses_scale_targets() {
         assert_eq!(
             "deploy/app".parse::<ScaleTarget>().unwrap(),
-            ScaleTarget { namespace: None, kind: WorkloadKind::Deployment, name: "app".into() }
+            ScaleTarget {
+                namespace: None,
+                kind: WorkloadKind::Deployment,
+                name: "app".into()
+            }
         );
-        assert_eq!("shop/sts/db".parse::<ScaleTarget>().unwrap().to_string(), "shop/statefulset/db");
+        assert_eq!(
+            "shop/sts/db".parse::<ScaleTarget>().unwrap().to_string(),
+            "shop/statefulset/db"
+        );
         for bad in ["app", "pod/x", "a/b/c/d", "deployment/"] {
             assert!(bad.parse::<ScaleTarget>().is_err(), "{bad}");
         }

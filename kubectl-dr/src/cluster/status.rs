@@ -113,8 +113,12 @@ pub fn assess(
         target,
         schedule: spec.map(|s| s.schedule.clone()).unwrap_or_default(),
         suspended: spec.and_then(|s| s.suspend).unwrap_or(false),
-        last_schedule: status.and_then(|s| s.last_schedule_time.as_ref()).and_then(time),
-        last_success: status.and_then(|s| s.last_successful_time.as_ref()).and_then(time),
+        last_schedule: status
+            .and_then(|s| s.last_schedule_time.as_ref())
+            .and_then(time),
+        last_success: status
+            .and_then(|s| s.last_successful_time.as_ref())
+            .and_then(time),
         last_failure,
         newest_backup,
         problems: Vec::new(),
@@ -129,7 +133,9 @@ pub fn assess(
         }
         return row;
     }
-    let age = |t: DateTime<Utc>| humantime::format_duration((now - t).to_std().unwrap_or_default()).to_string();
+    let age = |t: DateTime<Utc>| {
+        humantime::format_duration((now - t).to_std().unwrap_or_default()).to_string()
+    };
     match row.last_success {
         None => row.problems.push("never succeeded".into()),
         Some(t) if now - t > max_age => row.problems.push(format!("last success {} ago", age(t))),
@@ -179,10 +185,22 @@ mod tests {
 
     #[test]
     fn healthy_when_the_last_success_and_newest_backup_are_recent() {
-        let c = cj(json!({"lastScheduleTime": "2026-11-22T02:00:00Z", "lastSuccessfulTime": "2026-11-22T02:05:00Z"}));
-        let row = assess(&c, &[], Some("2026-11-22T02:00:01Z".parse().unwrap()), true, now(), Duration::hours(26));
+        let c = cj(
+            json!({"lastScheduleTime": "2026-11-22T02:00:00Z", "lastSuccessfulTime": "2026-11-22T02:05:00Z"}),
+        );
+        let row = assess(
+            &c,
+            &[],
+            Some("2026-11-22T02:00:01Z".parse().unwrap()),
+            true,
+            now(),
+            Duration::hours(26),
+        );
         assert_eq!(row.problems, Vec::<String>::new());
-        assert_eq!((row.engine.as_deref(), row.target.as_deref()), (Some("postgres"), Some("prod")));
+        assert_eq!(
+            (row.engine.as_deref(), row.target.as_deref()),
+            (Some("postgres"), Some("prod"))
+        );
     }
 
     #[test]
@@ -197,24 +215,68 @@ mod tests {
             Duration::hours(26),
         );
         assert_eq!(row.problems.len(), 3, "{:?}", row.problems);
-        assert!(row.problems[0].starts_with("last success 3days"), "{:?}", row.problems);
+        assert!(
+            row.problems[0].starts_with("last success 3days"),
+            "{:?}",
+            row.problems
+        );
         assert_eq!(row.problems[1], "last run failed");
-        assert!(row.problems[2].starts_with("newest backup 3days"), "{:?}", row.problems);
+        assert!(
+            row.problems[2].starts_with("newest backup 3days"),
+            "{:?}",
+            row.problems
+        );
     }
 
     #[test]
     fn a_cronjob_that_never_ran_or_has_no_backup_is_flagged() {
         let row = assess(&cj(json!({})), &[], None, true, now(), Duration::hours(26));
-        assert_eq!(row.problems, vec!["never succeeded", "no backup in the store"]);
+        assert_eq!(
+            row.problems,
+            vec!["never succeeded", "no backup in the store"]
+        );
         // Without a store, only the CronJob's own history counts.
         let row = assess(&cj(json!({})), &[], None, false, now(), Duration::hours(26));
         assert_eq!(row.problems, vec!["never succeeded"]);
     }
 
+    #[tokio::test]
+    async fn fetches_kube_dr_cronjobs_and_all_jobs() {
+        use crate::cluster::fake::{on, serve};
+        use http::Method;
+        let (client, seen) = serve(vec![
+            on(
+                Method::GET,
+                "/apis/batch/v1/namespaces/backups/cronjobs?&labelSelector=app.kubernetes.io%2Fpart-of%3Dkube-dr",
+                200,
+                json!({"apiVersion": "batch/v1", "kind": "CronJobList", "metadata": {},
+                       "items": [serde_json::to_value(cj(json!({}))).unwrap()]}),
+            ),
+            on(
+                Method::GET,
+                "/apis/batch/v1/namespaces/backups/jobs",
+                200,
+                json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {},
+                       "items": [serde_json::to_value(failed_job("2026-11-22T02:10:00Z")).unwrap()]}),
+            ),
+        ]);
+        let (cronjobs, jobs) = fetch(&client, "backups").await.unwrap();
+        assert_eq!(seen.await.unwrap().len(), 2);
+        let row = assess(&cronjobs[0], &jobs, None, false, now(), Duration::hours(26));
+        assert_eq!(row.problems, vec!["never succeeded", "last run failed"]);
+    }
+
     #[test]
     fn a_failure_before_the_last_success_is_history() {
         let c = cj(json!({"lastSuccessfulTime": "2026-11-22T02:05:00Z"}));
-        let row = assess(&c, &[failed_job("2026-11-21T02:10:00Z")], None, false, now(), Duration::hours(26));
+        let row = assess(
+            &c,
+            &[failed_job("2026-11-21T02:10:00Z")],
+            None,
+            false,
+            now(),
+            Duration::hours(26),
+        );
         assert_eq!(row.problems, Vec::<String>::new());
         assert!(row.last_failure.is_some());
     }

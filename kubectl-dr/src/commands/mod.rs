@@ -1,9 +1,11 @@
 //! One module per subcommand, each with its clap arguments and its `run`.
 
+mod backup;
 mod counts;
 mod list;
 mod prune;
 mod restore;
+mod status;
 mod verify;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -20,6 +22,8 @@ pub enum Command {
     Verify(verify::VerifyCmd),
     Restore(restore::RestoreCmd),
     Prune(prune::PruneCmd),
+    Status(status::StatusCmd),
+    Backup(backup::BackupCmd),
 }
 
 impl Command {
@@ -29,6 +33,8 @@ impl Command {
             Command::Verify(cmd) => cmd.run(store, progress).await,
             Command::Restore(cmd) => cmd.run(store, progress).await,
             Command::Prune(cmd) => cmd.run(store).await,
+            Command::Status(cmd) => cmd.run(store).await,
+            Command::Backup(cmd) => cmd.run().await,
         }
     }
 }

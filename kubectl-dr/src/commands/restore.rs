@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{Manifest, Part};
@@ -17,6 +19,8 @@ use drkit::verify::{self, MaxDiff};
 
 use super::counts::DatabaseCounts;
 use super::FilterArgs;
+use crate::cluster::restore::{self as cluster_restore, ScaleTarget};
+use crate::cluster::{jobs, ClusterArgs};
 use crate::output::{self, Format};
 
 /// Restore a backup into a database or a Vault server.
@@ -44,6 +48,8 @@ use crate::output::{self, Format};
 ///     --to postgres://postgres@db:5432/app --clean --yes
 ///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore latest --engine vault --identity key.txt \
 ///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
+///   kubectl dr restore latest --identity key.txt --to postgres://postgres@db.shop:5432/app \
+///     --in-cluster --scale-down shop/deployment/app      # as a Job next to the database
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
@@ -106,11 +112,32 @@ pub struct RestoreCmd {
     /// Output format of the final count comparison.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     output: Format,
+
+    /// PostgreSQL: run the restore as a Job in the cluster, next to the database, from the
+    /// engine's backup CronJob (same image, store settings and credentials). The identity
+    /// goes into a short-lived Secret that is deleted afterwards, whatever happens.
+    #[arg(long)]
+    in_cluster: bool,
+
+    /// With --in-cluster: scale this workload to 0 during the restore and back afterwards
+    /// ([NAMESPACE/]deployment/NAME or statefulset/NAME); repeatable.
+    #[arg(long, value_name = "[NS/]KIND/NAME", requires = "in_cluster")]
+    scale_down: Vec<ScaleTarget>,
+
+    /// With --in-cluster: the Job's deadline.
+    #[arg(long, default_value = "6h", value_name = "DURATION")]
+    timeout: humantime::Duration,
+
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 impl RestoreCmd {
     pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         let identities = self.identity.require()?;
+        if self.in_cluster {
+            return self.in_cluster(store).await;
+        }
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let manifest = super::resolve(store, &self.backup, &self.filter).await?;
@@ -258,6 +285,82 @@ impl RestoreCmd {
             verify::compare_counts(&part.tables, &live, self.max_diff),
         );
         self.report(manifest, &report)
+    }
+
+    /// Runs this same restore as a Job in the cluster and reports its outcome.
+    async fn in_cluster(&self, store: &StoreArgs) -> anyhow::Result<()> {
+        let engine = match (
+            &self.filter.engine,
+            self.to.split_once("://").map(|(s, _)| s),
+        ) {
+            (Some(e), _) => e.clone(),
+            (None, Some("postgres" | "postgresql")) => "postgres".into(),
+            (None, Some("http" | "https")) => vault::ENGINE.into(),
+            _ => anyhow::bail!(
+                "cannot tell the engine from --to {}; pass --engine",
+                self.to
+            ),
+        };
+        anyhow::ensure!(
+            engine == "postgres",
+            "--in-cluster restores PostgreSQL; restore {engine} from your workstation (a Vault restore needs the new cluster's root token and, after --force, a person to unseal)"
+        );
+        let identity_path = self.identity.identity.as_ref().expect("required above");
+        let identity = std::fs::read(identity_path)?;
+        let mut args = vec![
+            self.backup.clone(),
+            "--to".into(),
+            self.to.clone(),
+            "--engine".into(),
+            engine.clone(),
+        ];
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v]);
+            }
+        };
+        opt("--target", self.filter.target.clone());
+        opt("--database", self.database.clone());
+        opt("--store", store.store.clone());
+        opt(
+            "--max-diff",
+            Some(self.max_diff.to_string().replace(" rows", "")),
+        );
+        if self.clean {
+            args.push("--clean".into());
+        }
+        if self.keep_owners {
+            args.push("--keep-owners".into());
+        }
+        if self.dry_run {
+            args.push("--dry-run".into());
+        }
+        let client = self.cluster.client().await?;
+        let ns = &self.cluster.namespace;
+        let cronjob = jobs::find_cronjob(&client, ns, &engine).await?;
+        let plan = cluster_restore::Plan {
+            namespace: ns,
+            cronjob: &cronjob,
+            restore_args: args,
+            identity,
+            scale_down: self.scale_down.clone(),
+            deadline: *self.timeout,
+            poll: Duration::from_secs(2),
+        };
+        let say = |m: &str| eprintln!("{m}");
+        let report = cluster_restore::run(&client, &plan, chrono::Utc::now(), &say).await?;
+        println!("{}", report.logs.trim_end());
+        match report.outcome {
+            jobs::Outcome::Succeeded => {
+                eprintln!("job.batch/{} succeeded", report.job);
+                Ok(())
+            }
+            jobs::Outcome::Failed(why) => anyhow::bail!(
+                "the restore Job {} failed ({why}); its log is above (kubectl -n {ns} logs job/{})",
+                report.job,
+                report.job
+            ),
+        }
     }
 
     fn report(&self, manifest: &Manifest, report: &DatabaseCounts) -> anyhow::Result<()> {

@@ -1,0 +1,140 @@
+//! `kubectl dr status`: are the nightly backups happening? Each kube-dr CronJob with its last
+//! schedule, success and failure, and (with a store) the newest backup of its target.
+
+use chrono::Utc;
+use clap::Args;
+use drkit::catalog::{self, Filter};
+use drkit::cli::{CheckFailed, StoreArgs};
+use serde::Serialize;
+
+use crate::cluster::{status, ClusterArgs};
+use crate::output::{self, Format};
+
+/// Show each backup CronJob's health; exit 1 when any is stale or failing.
+///
+/// A backup CronJob is stale when its last success, or (with a store) the newest complete
+/// backup of its engine and target, is older than --max-age, or when its last run failed.
+/// Without --store / DR_STORE only the CronJobs' own history is checked.
+///
+/// Examples:
+///   kubectl dr status                         # namespace kube-dr, current context
+///   kubectl dr status --context prod -n backups --max-age 50h -o json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct StatusCmd {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+
+    /// Oldest acceptable last success / newest backup.
+    #[arg(long, default_value = "26h", value_name = "DURATION")]
+    max_age: humantime::Duration,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    output: Format,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    namespace: String,
+    max_age: String,
+    ok: bool,
+    cronjobs: Vec<status::Row>,
+}
+
+impl StatusCmd {
+    pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
+        let client = self.cluster.client().await?;
+        let ns = &self.cluster.namespace;
+        let (cronjobs, jobs) = status::fetch(&client, ns).await?;
+        anyhow::ensure!(
+            !cronjobs.is_empty(),
+            "no kube-dr CronJobs in namespace {ns}; install them with `kubectl apply -k kustomize/overlays/…` or pass -n"
+        );
+        let backups = match &store.store {
+            Some(_) => Some(catalog::scan(store.open().await?.as_ref(), &Filter::default()).await?),
+            None => None,
+        };
+        let now = Utc::now();
+        let max_age = chrono::Duration::from_std(*self.max_age)?;
+        let rows: Vec<status::Row> = cronjobs
+            .iter()
+            .map(|cj| {
+                let (engine, target) = status::engine_and_target(cj);
+                let newest = backups.as_ref().and_then(|all| {
+                    all.iter()
+                        .filter(|b| b.complete)
+                        .filter(|b| Some(&b.backup.engine) == engine.as_ref())
+                        .filter(|b| target.is_none() || Some(&b.backup.target) == target.as_ref())
+                        .map(|b| b.backup.id.created_at())
+                        .max()
+                });
+                status::assess(cj, &jobs, newest, backups.is_some(), now, max_age)
+            })
+            .collect();
+        let ok = rows.iter().all(|r| r.problems.is_empty());
+        match self.output {
+            Format::Table => print_table(&rows)?,
+            f => output::print_structured(
+                f,
+                &Report {
+                    namespace: ns.clone(),
+                    max_age: self.max_age.to_string(),
+                    ok,
+                    cronjobs: rows.clone(),
+                },
+            )?,
+        }
+        if !ok {
+            let bad: Vec<&str> = rows
+                .iter()
+                .filter(|r| !r.problems.is_empty())
+                .map(|r| r.cronjob.as_str())
+                .collect();
+            return Err(CheckFailed(format!("needs attention: {}", bad.join(", "))).into());
+        }
+        Ok(())
+    }
+}
+
+fn print_table(rows: &[status::Row]) -> std::io::Result<()> {
+    let t = |v: Option<chrono::DateTime<Utc>>| {
+        v.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        })
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.cronjob.clone(),
+                r.engine.clone().unwrap_or_else(|| "-".into()),
+                r.target.clone().unwrap_or_else(|| "-".into()),
+                r.schedule.clone(),
+                t(r.last_schedule),
+                t(r.last_success),
+                t(r.last_failure),
+                t(r.newest_backup),
+                if r.problems.is_empty() {
+                    "ok".into()
+                } else {
+                    r.problems.join("; ")
+                },
+            ]
+        })
+        .collect();
+    output::print_table(
+        &[
+            "CRONJOB",
+            "ENGINE",
+            "TARGET",
+            "SCHEDULE",
+            "LAST SCHEDULE",
+            "LAST SUCCESS",
+            "LAST FAILURE",
+            "NEWEST BACKUP",
+            "STATUS",
+        ],
+        &cells,
+    )
+}
