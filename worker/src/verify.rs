@@ -184,6 +184,54 @@ pub async fn check_part(
     Ok(())
 }
 
+/// Opens a part for a restore: reads the age header with `identities` (so a wrong key fails
+/// before anything is touched) and returns the plaintext stream and its progress bar. The
+/// stream checks nothing by itself: the caller compares its stats at the end.
+///
+/// # Errors
+/// [`VerifyError::WrongKey`], [`VerifyError::Undecodable`], [`VerifyError::Store`].
+pub async fn open_plaintext(
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    identities: &Identities,
+    progress: &dyn Progress,
+) -> Result<
+    (
+        PlainReader,
+        std::sync::Arc<dyn crate::progress::ProgressBar>,
+    ),
+    VerifyError,
+> {
+    let backup = manifest.backup_ref();
+    let reader = store
+        .get(&backup.part_key(&part.file))
+        .await
+        .map_err(VerifyError::Store)?;
+    let bar = progress.start(
+        &format!("restore {}", part.name),
+        Some(part.ciphertext_bytes),
+    );
+    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
+    let (ids, compression) = (identities.clone(), part.compression);
+    let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
+        .await
+        .expect("decode thread panicked")
+        .map_err(|e| match e {
+            DecodeError::WrongKey { identity_file } => VerifyError::WrongKey {
+                backup: backup.to_string(),
+                identity_file,
+                recipients: manifest.recipients.join(", "),
+            },
+            source => VerifyError::Undecodable {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                source,
+            },
+        })?;
+    Ok((plain, bar))
+}
+
 /// Compares what was read with what the manifest recorded.
 ///
 /// # Errors

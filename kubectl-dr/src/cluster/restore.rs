@@ -288,33 +288,46 @@ async fn scale(
     replicas: i32,
 ) -> anyhow::Result<i32> {
     let ns = target.namespace.as_deref().unwrap_or(default_ns);
-    let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
-    let params = PatchParams::default();
-    let what = format!("scaling {target}");
-    let before = match target.kind {
+    match target.kind {
         WorkloadKind::Deployment => {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            let before = api
-                .get_scale(&target.name)
-                .await
-                .map_err(|e| explain(e, &what, ns))?;
-            api.patch_scale(&target.name, &params, &patch)
-                .await
-                .map_err(|e| explain(e, &what, ns))?;
-            before
+            set_replicas(
+                Api::<Deployment>::namespaced(client.clone(), ns),
+                ns,
+                target,
+                replicas,
+            )
+            .await
         }
         WorkloadKind::StatefulSet => {
-            let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-            let before = api
-                .get_scale(&target.name)
-                .await
-                .map_err(|e| explain(e, &what, ns))?;
-            api.patch_scale(&target.name, &params, &patch)
-                .await
-                .map_err(|e| explain(e, &what, ns))?;
-            before
+            set_replicas(
+                Api::<StatefulSet>::namespaced(client.clone(), ns),
+                ns,
+                target,
+                replicas,
+            )
+            .await
         }
-    };
+    }
+}
+
+async fn set_replicas<K>(
+    api: Api<K>,
+    ns: &str,
+    target: &ScaleTarget,
+    replicas: i32,
+) -> anyhow::Result<i32>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let what = format!("scaling {target}");
+    let patch = Patch::Merge(serde_json::json!({ "spec": { "replicas": replicas } }));
+    let before = api
+        .get_scale(&target.name)
+        .await
+        .map_err(|e| explain(e, &what, ns))?;
+    api.patch_scale(&target.name, &PatchParams::default(), &patch)
+        .await
+        .map_err(|e| explain(e, &what, ns))?;
     Ok(before.spec.and_then(|s| s.replicas).unwrap_or(0))
 }
 

@@ -158,13 +158,7 @@ impl RestoreCmd {
         let to = PgTarget::from_url(&self.to)?;
         let part = pick_part(manifest, self.database.as_deref())?;
 
-        eprintln!(
-            "checking {} part {} ({})",
-            manifest.backup_ref(),
-            part.name,
-            output::human_bytes(part.ciphertext_bytes)
-        );
-        verify::check_part(store, manifest, part, None, progress).await?;
+        check_first(store, manifest, part, progress).await?;
 
         let opts = RestoreOptions {
             clean: self.clean,
@@ -218,13 +212,7 @@ impl RestoreCmd {
             None => token.clone(),
         };
         let part = vault::snapshot_part(manifest)?;
-        eprintln!(
-            "checking {} part {} ({})",
-            manifest.backup_ref(),
-            part.name,
-            output::human_bytes(part.ciphertext_bytes)
-        );
-        verify::check_part(store, manifest, part, None, progress).await?;
+        check_first(store, manifest, part, progress).await?;
 
         let plan = vault_restore::plan(&target, token, manifest).await?;
         eprintln!("plan: {}", plan.describe());
@@ -377,6 +365,23 @@ impl RestoreCmd {
         }
         Ok(())
     }
+}
+
+/// The safety rule of every restore: every byte of the part matches the manifest before
+/// anything else happens.
+async fn check_first(
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "checking {} part {} ({})",
+        manifest.backup_ref(),
+        part.name,
+        output::human_bytes(part.ciphertext_bytes)
+    );
+    Ok(verify::check_part(store, manifest, part, None, progress).await?)
 }
 
 fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> anyhow::Result<&'m Part> {

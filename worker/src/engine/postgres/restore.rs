@@ -9,16 +9,14 @@
 
 use std::path::PathBuf;
 
-use tokio_util::io::SyncIoBridge;
-
 use super::{count_tables, quote_ident, PgError, PgTarget, LIST_TABLES};
 use crate::catalog::{Manifest, Part, TableCount};
 use crate::engine::child::{self, ChildError, StdinChild};
-use crate::pipeline::decode::{DecodeError, HashingReader, PlainReader};
+use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{compare_stats, VerifyError};
+use crate::verify::{compare_stats, open_plaintext, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -144,30 +142,8 @@ pub async fn run(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<TableCount>, RestoreError> {
-    let backup = manifest.backup_ref();
-    let reader = store.get(&backup.part_key(&part.file)).await?;
-    let bar = progress.start(
-        &format!("restore {}", part.name),
-        Some(part.ciphertext_bytes),
-    );
-    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
-    let (ids, compression) = (identities.clone(), part.compression);
-    // Open the age header first: a wrong key must fail before the target is touched.
-    let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
-        .await
-        .expect("decode thread panicked")
-        .map_err(|e| match e {
-            DecodeError::WrongKey { identity_file } => VerifyError::WrongKey {
-                backup: backup.to_string(),
-                identity_file,
-                recipients: manifest.recipients.join(", "),
-            },
-            source => VerifyError::Undecodable {
-                backup: backup.to_string(),
-                part: part.name.clone(),
-                source,
-            },
-        })?;
+    // The age header opens first: a wrong key fails before the target is touched.
+    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
 
     let maintenance = plan.target.connect("postgres").await?;
     if !plan.exists {

@@ -19,16 +19,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
-use tokio_util::io::SyncIoBridge;
 
 use super::dump::FACT_CLUSTER_ID;
 use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
 use crate::catalog::{Manifest, Part};
-use crate::pipeline::decode::{DecodeError, HashingReader, PlainReader};
+use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{compare_stats, VerifyError};
+use crate::verify::{compare_stats, open_plaintext, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -131,29 +130,8 @@ pub async fn run(
     notify: &(dyn Fn(&str) + Sync),
 ) -> Result<(), RestoreError> {
     let backup = manifest.backup_ref();
-    let reader = store.get(&backup.part_key(&part.file)).await?;
-    let bar = progress.start(
-        &format!("restore {}", part.name),
-        Some(part.ciphertext_bytes),
-    );
-    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
-    let (ids, compression) = (identities.clone(), part.compression);
-    // Open the age header first: a wrong key must fail before the server is touched.
-    let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
-        .await
-        .expect("decode thread panicked")
-        .map_err(|e| match e {
-            DecodeError::WrongKey { identity_file } => VerifyError::WrongKey {
-                backup: backup.to_string(),
-                identity_file,
-                recipients: manifest.recipients.join(", "),
-            },
-            source => VerifyError::Undecodable {
-                backup: backup.to_string(),
-                part: part.name.clone(),
-                source,
-            },
-        })?;
+    // The age header opens first: a wrong key fails before the server is touched.
+    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
 
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let (backup_name, part_owned) = (backup.to_string(), part.clone());
