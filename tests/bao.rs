@@ -29,6 +29,50 @@ fn free_port() -> u16 {
 impl Bao {
     /// Starts, initialises and unseals a fresh server.
     pub async fn start() -> Bao {
+        let mut bao = Bao::spawn(None).await;
+        let (status, init) = bao
+            .api(
+                "PUT",
+                "sys/init",
+                json!({"secret_shares": 1, "secret_threshold": 1}),
+            )
+            .await;
+        assert_eq!(status, 200, "init: {init}");
+        bao.root_token = init["root_token"].as_str().expect("root token").to_string();
+        bao.unseal_key = init["keys"][0].as_str().expect("unseal key").to_string();
+        let key = bao.unseal_key.clone();
+        bao.unseal(&key).await;
+        bao
+    }
+
+    /// Starts a second node that joins `leader`'s raft cluster and waits until it is an
+    /// unsealed standby.
+    pub async fn start_standby(leader: &Bao) -> Bao {
+        let mut bao = Bao::spawn(Some(&leader.addr)).await;
+        bao.root_token = leader.root_token.clone();
+        bao.unseal_key = leader.unseal_key.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The join happens in the background; unseal once it has found the leader.
+            let (status, _) = bao
+                .api("PUT", "sys/unseal", json!({ "key": leader.unseal_key }))
+                .await;
+            if let Some(h) = bao.health().await {
+                if h["sealed"] == false && h["standby"] == true {
+                    return bao;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "standby {} never joined (last unseal status {status}); log:\n{}",
+                bao.addr,
+                std::fs::read_to_string(bao.dir.path().join("log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn spawn(join: Option<&str>) -> Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let (api, cluster) = (free_port(), free_port());
         let data = dir.path().join("raft");
@@ -42,6 +86,7 @@ impl Bao {
   node_id = "node-{api}"
   # Raft timings ×1 instead of ×5: a single node elects itself in about a second.
   performance_multiplier = 1
+  {join}
 }}
 listener "tcp" {{
   address = "127.0.0.1:{api}"
@@ -52,7 +97,12 @@ api_addr = "http://127.0.0.1:{api}"
 cluster_addr = "http://127.0.0.1:{cluster}"
 disable_mlock = true
 "#,
-                data.display()
+                data.display(),
+                join = join
+                    .map(|leader| format!(
+                        "retry_join {{\n    leader_api_addr = \"{leader}\"\n  }}"
+                    ))
+                    .unwrap_or_default()
             ),
         )
         .expect("write config");
@@ -65,7 +115,7 @@ disable_mlock = true
             .stdin(Stdio::null())
             .spawn()
             .expect("start bao server");
-        let mut bao = Bao {
+        let bao = Bao {
             addr: format!("http://127.0.0.1:{api}"),
             root_token: String::new(),
             unseal_key: String::new(),
@@ -75,18 +125,6 @@ disable_mlock = true
         };
         bao.wait_for(|h| h.get("initialized").is_some(), "listening")
             .await;
-        let (status, init) = bao
-            .api(
-                "PUT",
-                "sys/init",
-                json!({"secret_shares": 1, "secret_threshold": 1}),
-            )
-            .await;
-        assert_eq!(status, 200, "init: {init}");
-        bao.root_token = init["root_token"].as_str().expect("root token").to_string();
-        bao.unseal_key = init["keys"][0].as_str().expect("unseal key").to_string();
-        let key = bao.unseal_key.clone();
-        bao.unseal(&key).await;
         bao
     }
 

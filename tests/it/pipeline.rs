@@ -180,3 +180,46 @@ async fn a_truncated_object_fails_the_check() {
     assert!(err.is_check_failure(), "{err}");
     assert!(err.to_string().contains("use another backup"), "{err}");
 }
+
+/// A part that is intact and decrypts but whose content is not what its format promises
+/// (here: a "raft snapshot" that is not one) fails `verify --identity` as a check (exit 1),
+/// while the keyless integrity check, which cannot look inside, passes.
+#[tokio::test]
+async fn content_check_catches_a_snapshot_that_is_not_one() {
+    let store = TestStore::s3();
+    let opened = store.open().await;
+    let keys = Keys::generate();
+    let mut run = BackupRun::start(
+        opened.as_ref(),
+        "vault",
+        "pipe",
+        settings(&keys, Compression::Zstd),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let spec = PartSpec {
+        name: "raft".into(),
+        format: drkit::engine::vault::FORMAT_SNAPSHOT,
+        extension: "snap",
+        database: None,
+    };
+    run.store_part(spec, |out: &mut dyn Write| {
+        Ok(out.write_all(b"not a gzip'd tar at all")?)
+    })
+    .await
+    .unwrap();
+    let m = run
+        .commit("2.7.2".into(), Default::default())
+        .await
+        .unwrap();
+    let ids = Identities::from_file(&keys.identity).unwrap();
+    check_part(opened.as_ref(), &m, &m.parts[0], None, &NoProgress)
+        .await
+        .expect("integrity alone passes");
+    let err = check_part(opened.as_ref(), &m, &m.parts[0], Some(&ids), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::BadContent { .. }), "{err}");
+    assert!(err.is_check_failure());
+    assert!(err.to_string().contains("not a gzip'd tar"), "{err}");
+}

@@ -581,23 +581,28 @@ async fn by_hand_age_zstd_and_bao_snapshot_restore() {
     assert_secrets(&fresh, &f.bao.root_token).await;
 }
 
-/// A stand-in for the Kubernetes API's TokenReview endpoint (no API server can run here):
-/// it authenticates exactly one JWT as `system:serviceaccount:dr:dr-worker`.
-async fn fake_token_review(jwt: String) -> String {
+/// A minimal HTTP/1.1 server on loopback for what no real server here can do (a Kubernetes
+/// API, a Vault that sends a broken snapshot): `handler(method, path, body)` answers each
+/// request with a status and a body.
+async fn fake_http<F>(handler: F) -> String
+where
+    F: Fn(&str, &str, &str) -> (u16, Vec<u8>) + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let handler = std::sync::Arc::new(handler);
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let jwt = jwt.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 // Headers, then Content-Length bytes of body.
-                let body = loop {
+                let (head, body) = loop {
                     let n = sock.read(&mut chunk).await.unwrap_or(0);
                     if n == 0 {
                         return;
@@ -614,35 +619,47 @@ async fn fake_token_review(jwt: String) -> String {
                             })
                             .unwrap_or(0);
                         if body.len() >= len {
-                            break body.to_string();
+                            break (head.to_string(), body.to_string());
                         }
                     }
                 };
-                let review: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                let ok = review["spec"]["token"] == jwt.as_str();
-                let status = if ok {
-                    json!({"authenticated": true, "user": {
-                        "username": "system:serviceaccount:dr:dr-worker",
-                        "uid": "uid-1",
-                        "groups": ["system:serviceaccounts", "system:serviceaccounts:dr"]}})
-                } else {
-                    json!({"authenticated": false, "error": "invalid bearer token"})
-                };
-                let reply = json!({
-                    "apiVersion": "authentication.k8s.io/v1",
-                    "kind": "TokenReview",
-                    "status": status,
-                })
-                .to_string();
-                let response = format!(
-                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                let mut first = head.lines().next().unwrap_or("").split_whitespace();
+                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let (status, reply) = handler(method, path, &body);
+                let mut response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     reply.len()
-                );
-                let _ = sock.write_all(response.as_bytes()).await;
+                )
+                .into_bytes();
+                response.extend_from_slice(&reply);
+                let _ = sock.write_all(&response).await;
             });
         }
     });
     format!("http://{addr}")
+}
+
+/// A stand-in for the Kubernetes API's TokenReview endpoint (no API server can run here):
+/// it authenticates exactly one JWT as `system:serviceaccount:dr:dr-worker`.
+async fn fake_token_review(jwt: String) -> String {
+    fake_http(move |_, _, body| {
+        let review: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let status = if review["spec"]["token"] == jwt.as_str() {
+            json!({"authenticated": true, "user": {
+                "username": "system:serviceaccount:dr:dr-worker",
+                "uid": "uid-1",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:dr"]}})
+        } else {
+            json!({"authenticated": false, "error": "invalid bearer token"})
+        };
+        let reply = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "status": status,
+        });
+        (201, reply.to_string().into_bytes())
+    })
+    .await
 }
 
 /// Required by the auth method's config; unused, the fake API speaks plain HTTP.
@@ -743,4 +760,141 @@ async fn kubernetes_auth_logs_in_and_a_wrong_role_is_explained() {
             .count(),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_address_leads_to_the_active_node_and_a_lone_standby_is_refused() {
+    let active = Bao::start().await;
+    active.seed().await;
+    let standby = Bao::start_standby(&active).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+
+    // Pointed at the standby, the worker takes the snapshot from the active node.
+    let out = backup(&standby, &store, &keys, &active.root_token);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("using the active node"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(&active.addr), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Without its leader the standby cannot serve a good snapshot: refused, nothing stored.
+    drop(active);
+    let out = backup(&standby, &store, &keys, &standby.root_token);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is a standby node") && err.contains("point the address at the active node"),
+        "{err}"
+    );
+    assert_eq!(
+        store
+            .files()
+            .iter()
+            .filter(|f| f.ends_with("manifest.json"))
+            .count(),
+        1
+    );
+}
+
+/// A Vault that answers like an active node but sends `snapshot` as its raft snapshot: the
+/// shapes a real server only produces when something is badly wrong.
+async fn vault_sending(snapshot: Vec<u8>) -> String {
+    fake_http(move |_, path, _| {
+        let path = path.split('?').next().unwrap_or(path);
+        match path {
+            "/v1/sys/health" => (
+                200,
+                json!({"initialized": true, "sealed": false, "standby": false, "version": "2.7.2", "cluster_id": "c-1"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            "/v1/sys/storage/raft/snapshot" => (200, snapshot.clone()),
+            // A valid token without grants to count: counts are skipped, not fatal.
+            "/v1/auth/token/lookup-self" => (200, b"{}".to_vec()),
+            _ => (403, json!({"errors": ["permission denied"]}).to_string().into_bytes()),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_or_malformed_snapshot_is_a_failed_backup() {
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    // A real snapshot, cut short: everything up to its gzip trailer.
+    let real = Bao::start().await;
+    let whole = reqwest::Client::new()
+        .get(format!("{}/v1/sys/storage/raft/snapshot", real.addr))
+        .header("X-Vault-Token", &real.root_token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let cut = whole[..whole.len() - 8].to_vec();
+    for (what, body, expected) in [
+        ("empty", Vec::new(), "the snapshot is empty"),
+        (
+            "an error page",
+            b"<html>502 Bad Gateway</html>".to_vec(),
+            "not a gzip'd tar",
+        ),
+        ("cut short", cut, "not a gzip'd tar archive or is cut short"),
+    ] {
+        let addr = vault_sending(body).await;
+        let out = run(
+            "worker",
+            &[
+                "backup",
+                "vault",
+                "--target",
+                TARGET,
+                "--store",
+                store.url(),
+                "-r",
+                &keys.recipient,
+            ],
+            &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "s.fake")],
+        );
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{what}: {}", stderr(&out));
+        assert!(
+            !store.files().iter().any(|f| f.ends_with("manifest.json")),
+            "{what}: a manifest was written"
+        );
+    }
+    // And the whole snapshot from the same fake is fine: the check is not the fake's doing.
+    let addr = vault_sending(whole).await;
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "vault",
+            "--target",
+            TARGET,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "s.fake")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
