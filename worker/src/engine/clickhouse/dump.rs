@@ -1,0 +1,373 @@
+//! The ClickHouse backup: one schema part (every database's and table's DDL as the server
+//! prints it, with the columns each data part holds), then one Native part per table that
+//! stores data, walked as it streams so its row count is exact and a result that ends in a
+//! server exception (or is cut) fails the backup.
+
+use std::io::{self, BufReader, Read, Write};
+
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::native::{self, NativeError};
+use super::{
+    quote_ident, quote_str, ChClient, ChError, ChTarget, FORMAT_NATIVE, FORMAT_SCHEMA,
+    SYSTEM_DATABASES,
+};
+use crate::catalog::TableCount;
+use crate::engine::{encode_name, BackupRun, PartSpec};
+use crate::pipeline::encode::{EncodeError, SourceError};
+
+/// What to back up.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// Databases; empty means all but the system ones.
+    pub databases: Vec<String>,
+    /// `db.table` glob patterns (`*`, `?`) of tables to leave out (schema and data).
+    pub exclude: Vec<String>,
+}
+
+/// The schema part's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    pub server_version: String,
+    pub databases: Vec<DatabaseDdl>,
+    pub tables: Vec<TableDdl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseDdl {
+    pub name: String,
+    pub create: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDdl {
+    pub database: String,
+    pub name: String,
+    pub engine: String,
+    pub create: String,
+    /// Columns the data part holds, in order (ALIAS and MATERIALIZED columns are computed
+    /// again on insert, so they are left out); empty for tables without data of their own.
+    pub columns: Vec<String>,
+    /// Name of the data part, for tables that store rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+}
+
+/// Engines whose tables hold rows of their own (views, Distributed, Merge, Null… do not).
+pub fn stores_data(engine: &str) -> bool {
+    engine.ends_with("MergeTree")
+        || matches!(
+            engine,
+            "Log" | "TinyLog" | "StripeLog" | "Memory" | "Set" | "Join"
+        )
+}
+
+/// Errors of a ClickHouse backup.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Ch(#[from] ChError),
+    #[error("nothing to back up on {addr} ({asked}); check --database")]
+    Nothing { addr: String, asked: String },
+    #[error("backing up table {table} failed")]
+    Table {
+        table: String,
+        #[source]
+        source: EncodeError,
+    },
+    #[error("storing the schema failed")]
+    Schema(#[source] EncodeError),
+}
+
+/// Simple glob: `*` any run, `?` one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    go(&p, &t)
+}
+
+/// Reads the schema of the selected databases.
+///
+/// # Errors
+/// Query errors.
+pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema, DumpError> {
+    let server_version = client.version().await?;
+    let all: Vec<String> = client
+        .rows(
+            "listing databases",
+            "SELECT name FROM system.databases ORDER BY name",
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .filter(|d| !SYSTEM_DATABASES.contains(&d.as_str()))
+        .collect();
+    let missing: Vec<&String> = opts.databases.iter().filter(|d| !all.contains(d)).collect();
+    let selected: Vec<String> = if opts.databases.is_empty() {
+        all.clone()
+    } else {
+        opts.databases.clone()
+    };
+    if selected.is_empty() || !missing.is_empty() {
+        return Err(DumpError::Nothing {
+            addr: client.addr(),
+            asked: format!(
+                "{}; the server has: {}",
+                if missing.is_empty() {
+                    "all".to_string()
+                } else {
+                    format!("missing {missing:?}")
+                },
+                all.join(", ")
+            ),
+        });
+    }
+    let mut databases = Vec::new();
+    for db in &selected {
+        let create = client
+            .rows(
+                "reading a database's DDL",
+                &format!("SHOW CREATE DATABASE {}", quote_ident(db)),
+            )
+            .await?
+            .first()
+            .and_then(|r| r.first().cloned())
+            .unwrap_or_else(|| format!("CREATE DATABASE {}", quote_ident(db)));
+        databases.push(DatabaseDdl {
+            name: db.clone(),
+            create,
+        });
+    }
+    let list = selected
+        .iter()
+        .map(|d| quote_str(d))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tables = client
+        .rows(
+            "listing tables",
+            &format!(
+                "SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN ({list}) AND is_temporary = 0 ORDER BY database, name"
+            ),
+        )
+        .await?;
+    let columns = client
+        .rows(
+            "listing columns",
+            &format!(
+                "SELECT database, table, name, default_kind FROM system.columns WHERE database IN ({list})"
+            ),
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in tables {
+        let [database, name, engine, create] =
+            <[String; 4]>::try_from(row).map_err(|_| ChError::Query {
+                addr: client.addr(),
+                what: "listing tables".into(),
+                message: "unexpected columns in system.tables".into(),
+            })?;
+        if opts
+            .exclude
+            .iter()
+            .any(|p| glob(p, &format!("{database}.{name}")))
+        {
+            tracing::info!(table = %format!("{database}.{name}"), "excluded");
+            continue;
+        }
+        let data = stores_data(&engine);
+        let cols: Vec<String> = if data {
+            columns
+                .iter()
+                .filter(|c| c.len() == 4 && c[0] == database && c[1] == name)
+                .filter(|c| !matches!(c[3].as_str(), "ALIAS" | "MATERIALIZED" | "EPHEMERAL"))
+                .map(|c| c[2].clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let part = data.then(|| format!("data-{}.{}", encode_name(&database), encode_name(&name)));
+        out.push(TableDdl {
+            database,
+            name,
+            engine,
+            create,
+            columns: cols,
+            part,
+        });
+    }
+    Ok(Schema {
+        server_version,
+        databases,
+        tables: out,
+    })
+}
+
+/// Backs up the selected databases into `run` and returns the server version.
+///
+/// # Errors
+/// Query errors, a table whose result ends in an exception or is cut, store errors.
+pub async fn dump(
+    run: &mut BackupRun<'_>,
+    target: &ChTarget,
+    opts: &DumpOptions,
+) -> Result<String, DumpError> {
+    let client = ChClient::new(target)?;
+    let schema = read_schema(&client, opts).await?;
+    tracing::info!(
+        databases = schema.databases.len(),
+        tables = schema.tables.len(),
+        with_data = schema.tables.iter().filter(|t| t.part.is_some()).count(),
+        "schema read"
+    );
+    let json = serde_json::to_vec_pretty(&schema).expect("schema serializes");
+    let spec = PartSpec {
+        name: "schema".into(),
+        format: FORMAT_SCHEMA,
+        extension: "json",
+        database: None,
+    };
+    run.store_part(spec, move |out: &mut dyn Write| Ok(out.write_all(&json)?))
+        .await
+        .map_err(DumpError::Schema)?;
+
+    for table in schema.tables.iter().filter(|t| t.part.is_some()) {
+        let qualified = format!("{}.{}", table.database, table.name);
+        let rows = dump_table(run, &client, table)
+            .await
+            .map_err(|source| match source {
+                TableFailure::Ch(e) => DumpError::Ch(e),
+                TableFailure::Store(source) => DumpError::Table {
+                    table: qualified.clone(),
+                    source,
+                },
+            })?;
+        tracing::info!(table = %qualified, rows, "table stored");
+    }
+    Ok(schema.server_version)
+}
+
+enum TableFailure {
+    Ch(ChError),
+    Store(EncodeError),
+}
+
+async fn dump_table(
+    run: &mut BackupRun<'_>,
+    client: &ChClient,
+    table: &TableDdl,
+) -> Result<u64, TableFailure> {
+    let columns = table
+        .columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM {}.{} FORMAT Native",
+        quote_ident(&table.database),
+        quote_ident(&table.name)
+    );
+    let response = client
+        .send(
+            &format!("reading table {}.{}", table.database, table.name),
+            sql,
+            &[],
+        )
+        .await
+        .map_err(TableFailure::Ch)?;
+    let body = response.bytes_stream().map_err(io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(body));
+    let spec = PartSpec {
+        name: table.part.clone().expect("tables with data have a part"),
+        format: FORMAT_NATIVE,
+        extension: "native",
+        database: Some(table.database.clone()),
+    };
+    let produce = move |out: &mut dyn Write| -> Result<u64, SourceError> {
+        let tee = Tee { inner: reader, out };
+        let stats = native::walk(BufReader::with_capacity(256 * 1024, tee), |_| {}).map_err(
+            |e| -> SourceError {
+                match e {
+                    NativeError::Io(io) => Box::new(io),
+                    other => Box::new(other),
+                }
+            },
+        )?;
+        Ok(stats.rows)
+    };
+    let (part, rows) = run
+        .store_part(spec, produce)
+        .await
+        .map_err(TableFailure::Store)?;
+    part.tables = vec![TableCount {
+        schema: table.database.clone(),
+        name: table.name.clone(),
+        rows,
+    }];
+    Ok(rows)
+}
+
+/// Passes everything read on to the encoder.
+struct Tee<'a, R> {
+    inner: R,
+    out: &'a mut dyn Write,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("signoz_logs.*", "signoz_logs.logs"));
+        assert!(glob(
+            "*.distributed_*",
+            "signoz_traces.distributed_signoz_index_v2"
+        ));
+        assert!(!glob("*.distributed_*", "signoz_traces.signoz_index_v2"));
+        assert!(glob("a.b?", "a.bc") && !glob("a.b?", "a.b"));
+    }
+
+    #[test]
+    fn which_engines_store_rows() {
+        for e in [
+            "MergeTree",
+            "ReplicatedReplacingMergeTree",
+            "AggregatingMergeTree",
+            "Log",
+            "Memory",
+        ] {
+            assert!(stores_data(e), "{e}");
+        }
+        for e in [
+            "View",
+            "MaterializedView",
+            "Distributed",
+            "Merge",
+            "Null",
+            "Dictionary",
+            "Buffer",
+        ] {
+            assert!(!stores_data(e), "{e}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! ClickHouse (e.g. SigNoz telemetry): logical backups over the HTTP interface, one part per
+//! table in Native format, walked as they stream for exact row counts and to catch errors
+//! the server writes into a 200 response.
+//!
+//! Work in progress (issue 4): the Native walker is here and tested against a real server;
+//! the backup and restore commands are not wired yet.
+
+pub mod dump;
+pub mod native;
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use url::Url;
+
+/// Engine name in the store layout and manifests.
+pub const ENGINE: &str = "clickhouse";
+/// Part formats.
+pub const FORMAT_SCHEMA: &str = "clickhouse-schema-json";
+pub const FORMAT_NATIVE: &str = "clickhouse-native";
+/// Databases that belong to the server, never to a backup.
+pub const SYSTEM_DATABASES: [&str; 3] = ["system", "INFORMATION_SCHEMA", "information_schema"];
+
+/// Errors talking to ClickHouse, each with the next step.
+#[derive(Debug, thiserror::Error)]
+pub enum ChError {
+    #[error("no ClickHouse address: set CLICKHOUSE_URL (e.g. http://clickhouse.signoz.svc:8123)")]
+    NoUrl,
+    #[error("{url:?} is not a ClickHouse HTTP address: {reason} (expected http(s)://host:8123)")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read the password file {path}: {reason}")]
+    PasswordFile { path: String, reason: String },
+    #[error("cannot reach ClickHouse at {addr}: {reason}; check the address (the HTTP port, usually 8123) and the network policy")]
+    Unreachable { addr: String, reason: String },
+    #[error("ClickHouse at {addr} refused user {user}: {message}; check CLICKHOUSE_USER and CLICKHOUSE_PASSWORD / CLICKHOUSE_PASSWORD_FILE")]
+    Auth {
+        addr: String,
+        user: String,
+        message: String,
+    },
+    #[error("ClickHouse at {addr} failed {what}: {message}")]
+    Query {
+        addr: String,
+        what: String,
+        message: String,
+    },
+}
+
+/// Where a ClickHouse server is and who we are there. The password never prints.
+#[derive(Clone)]
+pub struct ChTarget {
+    pub url: Url,
+    pub user: String,
+    password: Option<String>,
+}
+
+impl fmt::Debug for ChTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChTarget")
+            .field("url", &self.url.as_str())
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for ChTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str().trim_end_matches('/'))
+    }
+}
+
+impl ChTarget {
+    /// Parses `http(s)://host:port`; user and password come from CLICKHOUSE_USER (default
+    /// `default`) and CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE, never from the URL.
+    ///
+    /// # Errors
+    /// [`ChError::BadUrl`], an unreadable password file.
+    pub fn from_url(url: &str) -> Result<Self, ChError> {
+        let bad = |reason: &str| ChError::BadUrl {
+            url: url.split('@').next_back().unwrap_or(url).to_string(),
+            reason: reason.to_string(),
+        };
+        let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("the scheme must be http or https"));
+        }
+        if parsed.password().is_some() {
+            return Err(bad(
+                "no password in the URL; use CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE",
+            ));
+        }
+        let user = match parsed.username() {
+            "" => std::env::var("CLICKHOUSE_USER").unwrap_or_else(|_| "default".into()),
+            u => u.to_string(),
+        };
+        let password = match std::env::var("CLICKHOUSE_PASSWORD") {
+            Ok(p) => Some(p),
+            Err(_) => match std::env::var("CLICKHOUSE_PASSWORD_FILE") {
+                Ok(path) if !path.is_empty() => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| ChError::PasswordFile {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                ),
+                _ => None,
+            },
+        };
+        let mut url = parsed;
+        let _ = url.set_username("");
+        Ok(ChTarget {
+            url,
+            user,
+            password,
+        })
+    }
+
+    /// CLICKHOUSE_URL and friends.
+    ///
+    /// # Errors
+    /// As [`ChTarget::from_url`], or [`ChError::NoUrl`].
+    pub fn from_env() -> Result<Self, ChError> {
+        ChTarget::from_url(&std::env::var("CLICKHOUSE_URL").map_err(|_| ChError::NoUrl)?)
+    }
+}
+
+/// A client for one server.
+#[derive(Debug, Clone)]
+pub struct ChClient {
+    http: reqwest::Client,
+    target: ChTarget,
+}
+
+impl ChClient {
+    /// # Errors
+    /// [`ChError::Unreachable`] when no HTTP client can be built.
+    pub fn new(target: &ChTarget) -> Result<Self, ChError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("kube-dr/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ChError::Unreachable {
+                addr: target.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(ChClient {
+            http,
+            target: target.clone(),
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        self.target.to_string()
+    }
+
+    /// Sends `sql` (in the body, so nothing of it lands in URLs or proxy logs) with optional
+    /// settings as URL parameters; returns the response once its status is 200.
+    ///
+    /// # Errors
+    /// Transport, authentication and query errors.
+    pub async fn send(
+        &self,
+        what: &str,
+        sql: impl Into<reqwest::Body>,
+        params: &[(&str, &str)],
+    ) -> Result<reqwest::Response, ChError> {
+        let response = self
+            .http
+            .post(self.target.url.clone())
+            .query(params)
+            .basic_auth(&self.target.user, self.target.password.as_deref())
+            .body(sql)
+            .send()
+            .await
+            .map_err(|e| ChError::Unreachable {
+                addr: self.addr(),
+                reason: transport_reason(&e),
+            })?;
+        if response.status() == StatusCode::OK {
+            return Ok(response);
+        }
+        let status = response.status();
+        let message = response.text().await.unwrap_or_default().trim().to_string();
+        let message: String = message.chars().take(2000).collect();
+        if status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || message.contains("Code: 516")
+            || message.contains("Code: 192")
+            || message.contains("Code: 193")
+        {
+            return Err(ChError::Auth {
+                addr: self.addr(),
+                user: self.target.user.clone(),
+                message,
+            });
+        }
+        Err(ChError::Query {
+            addr: self.addr(),
+            what: what.to_string(),
+            message,
+        })
+    }
+
+    /// Runs a small query and returns its TabSeparated rows, split into fields (unescaped).
+    ///
+    /// # Errors
+    /// As [`ChClient::send`].
+    pub async fn rows(&self, what: &str, sql: &str) -> Result<Vec<Vec<String>>, ChError> {
+        let text = self
+            .send(what, format!("{sql} FORMAT TabSeparated"), &[])
+            .await?
+            .text()
+            .await
+            .map_err(|e| ChError::Unreachable {
+                addr: self.addr(),
+                reason: transport_reason(&e),
+            })?;
+        Ok(text
+            .lines()
+            .map(|l| l.split('\t').map(unescape_tsv).collect())
+            .collect())
+    }
+
+    /// Runs a statement that returns nothing.
+    ///
+    /// # Errors
+    /// As [`ChClient::send`].
+    pub async fn execute(&self, what: &str, sql: &str) -> Result<(), ChError> {
+        self.send(what, sql.to_string(), &[]).await.map(|_| ())
+    }
+
+    /// The server's version string.
+    ///
+    /// # Errors
+    /// As [`ChClient::send`].
+    pub async fn version(&self) -> Result<String, ChError> {
+        Ok(self
+            .rows("reading the version", "SELECT version()")
+            .await?
+            .first()
+            .and_then(|r| r.first().cloned())
+            .unwrap_or_default())
+    }
+}
+
+/// TabSeparated escaping: `\t`, `\n`, `\\`, `\'`, `\0` …
+pub fn unescape_tsv(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Quotes an identifier with backticks.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// Quotes a string literal.
+pub fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn transport_reason(e: &reqwest::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_tab_separated_fields() {
+        assert_eq!(unescape_tsv(r"a\tb\nc\\d\'e"), "a\tb\nc\\d'e");
+        assert_eq!(unescape_tsv("plain"), "plain");
+    }
+
+    #[test]
+    fn quotes() {
+        assert_eq!(quote_ident("a`b"), "`a\\`b`");
+        assert_eq!(quote_str("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn refuses_a_password_in_the_url() {
+        let err = ChTarget::from_url("http://u:s3cret@ch:8123")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(ChTarget::from_url("clickhouse:8123").is_err());
+    }
+}
