@@ -6,12 +6,15 @@
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
+//! - `clickhouse`: backup → verify → restore under another name with views and Distributed
+//!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
 //! - `manifests`: our rules (non-root, read-only root, Forbid, no identity…) on every rendered
 //!   kustomize overlay.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
 //!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
 mod bad_input;
+mod clickhouse;
 mod manifests;
 mod pipeline;
 mod postgres;

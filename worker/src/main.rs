@@ -334,10 +334,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 databases: args.databases,
                 exclude: args.exclude,
             };
-            let version = clickhouse::dump::dump(&mut run, &source, &opts)
+            let (version, facts) = clickhouse::dump::dump(&mut run, &source, &opts)
                 .await
                 .with_context(|| failed(&backup))?;
-            commit(run, version, Default::default()).await
+            commit(run, version, facts).await
         }
     }
 }

@@ -232,6 +232,79 @@ pub async fn open_plaintext(
     Ok((plain, bar))
 }
 
+/// Turns a part's plaintext into an HTTP request body that streams it, holding the last
+/// chunk back until the whole object matched the manifest (size, sha256, plaintext size):
+/// on a mismatch the body ends in an error instead, so the server never receives a
+/// complete body that differs from the backup. The handle reports the check.
+pub fn verified_body(
+    plain: PlainReader,
+    backup: String,
+    part: Part,
+) -> (
+    reqwest::Body,
+    tokio::task::JoinHandle<Result<(), VerifyError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let feeding = tokio::task::spawn_blocking(move || feed(plain, &tx, &backup, &part));
+    let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    (body, feeding)
+}
+
+fn feed(
+    mut plain: PlainReader,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    backup: &str,
+    part: &Part,
+) -> Result<(), VerifyError> {
+    let undecodable = |source| VerifyError::Undecodable {
+        backup: backup.to_string(),
+        part: part.name.clone(),
+        source,
+    };
+    let result = (|| -> Result<Option<bytes::Bytes>, VerifyError> {
+        let mut held: Option<bytes::Bytes> = None;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if let Some(previous) = held.replace(bytes::Bytes::from(buf)) {
+                if tx.blocking_send(Ok(previous)).is_err() {
+                    // The request ended early; its own error tells why.
+                    return Ok(None);
+                }
+            }
+        }
+        let (stats, plaintext) = plain.finish().map_err(undecodable)?;
+        compare_stats(backup, part, &stats)?;
+        if plaintext != part.plaintext_bytes {
+            return Err(VerifyError::PlaintextSize {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                expected: part.plaintext_bytes,
+                found: plaintext,
+            });
+        }
+        Ok(held)
+    })();
+    match result {
+        Ok(last) => {
+            if let Some(last) = last {
+                let _ = tx.blocking_send(Ok(last));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            Err(e)
+        }
+    }
+}
+
 /// Compares what was read with what the manifest recorded.
 ///
 /// # Errors
@@ -301,6 +374,9 @@ pub struct CountRow {
     pub backup_rows: Option<u64>,
     pub live_rows: Option<u64>,
     pub ok: bool,
+    /// Why a difference is accepted (e.g. rows past a TTL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl CountRow {
@@ -327,6 +403,7 @@ pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) 
                 backup_rows: Some(b.rows),
                 live_rows,
                 ok,
+                note: None,
             }
         })
         .collect();
@@ -342,9 +419,31 @@ pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) 
                 backup_rows: None,
                 live_rows: Some(l.rows),
                 ok: true,
+                note: None,
             }),
     );
     rows
+}
+
+/// Accepts fewer live rows for tables with a TTL: rows past it expire, legitimately.
+/// `ttl_tables` holds `schema.name` entries.
+pub fn allow_ttl_expiry(rows: &mut [CountRow], ttl_tables: &[&str]) {
+    for row in rows.iter_mut() {
+        if !ttl_tables.contains(&row.table.as_str()) {
+            continue;
+        }
+        if let (Some(b), Some(l)) = (row.backup_rows, row.live_rows) {
+            if l < b && !row.ok {
+                row.ok = true;
+                row.note = Some(format!(
+                    "{} fewer: the table has a TTL, rows past it expire",
+                    b - l
+                ));
+            } else if row.ok {
+                row.note = Some("table has a TTL".into());
+            }
+        }
+    }
 }
 
 fn within(backup: u64, live: u64, max: MaxDiff) -> bool {
@@ -398,6 +497,19 @@ mod tests {
         );
         assert!(rows[0].ok);
         assert!(!rows[1].ok);
+    }
+
+    #[test]
+    fn ttl_tables_may_lose_rows_but_not_gain_them() {
+        let mut rows = compare_counts(
+            &[t("logs", 100), t("spans", 100), t("plain", 100)],
+            &[t("logs", 60), t("spans", 120), t("plain", 60)],
+            MaxDiff::Rows(0),
+        );
+        allow_ttl_expiry(&mut rows, &["public.logs", "public.spans"]);
+        assert!(rows[0].ok && rows[0].note.as_deref().unwrap().starts_with("40 fewer"));
+        assert!(!rows[1].ok, "more rows than the backup is not expiry");
+        assert!(!rows[2].ok && rows[2].note.is_none());
     }
 
     #[test]

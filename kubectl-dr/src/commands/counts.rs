@@ -48,7 +48,10 @@ impl DatabaseCounts {
                     match (r.ok, r.backup_rows, r.live_rows) {
                         (_, Some(_), None) => "MISSING".into(),
                         (_, None, Some(_)) => "not in backup".into(),
-                        (true, _, _) => "ok".into(),
+                        (true, _, _) => match &r.note {
+                            Some(n) => format!("ok ({n})"),
+                            None => "ok".into(),
+                        },
                         (false, _, _) => "MISMATCH".into(),
                     },
                 ]

@@ -20,7 +20,7 @@ use drkit::store::ReadStore;
 pub enum Command {
     List(list::ListCmd),
     Verify(verify::VerifyCmd),
-    Restore(restore::RestoreCmd),
+    Restore(Box<restore::RestoreCmd>),
     Prune(prune::PruneCmd),
     Status(status::StatusCmd),
     Backup(backup::BackupCmd),

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{Manifest, Part};
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
+use drkit::engine::clickhouse::{self, restore as ch_restore};
 use drkit::engine::postgres::restore::{self as pg_restore, RestoreOptions};
 use drkit::engine::postgres::PgTarget;
 use drkit::engine::vault::{self, restore as vault_restore};
@@ -34,6 +35,13 @@ use crate::output::{self, Format};
 /// database that already has tables is refused unless --clean, which drops and recreates
 /// the objects the backup contains (asks for confirmation unless --yes).
 ///
+/// ClickHouse (--to http(s)://…:8123, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)):
+/// databases, then tables and their rows (as INSERT … FORMAT Native), then materialized
+/// views (never before their source's rows: an MV would count them twice) and their inner
+/// tables' rows, then views and Distributed tables. --table and --database pick a subset,
+/// --database-map renames, --replicated decides about Replicated engines. Tables that hold
+/// rows are refused unless --clean. Tables with a TTL may come back with fewer rows.
+///
 /// Vault/OpenBao (--to http(s)://…, token from VAULT_TOKEN or VAULT_TOKEN_FILE): the raft
 /// snapshot REPLACES all of the server's data (asks unless --yes). The server must be
 /// initialised and unsealed. A snapshot of another cluster (a rebuilt Vault) needs --force;
@@ -48,6 +56,8 @@ use crate::output::{self, Format};
 ///     --to postgres://postgres@db:5432/app --clean --yes
 ///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore latest --engine vault --identity key.txt \
 ///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
+///   kubectl dr restore latest --engine clickhouse --identity key.txt --to http://clickhouse:8123 \
+///     --replicated convert --database-map signoz_logs=signoz_logs_restored
 ///   kubectl dr restore latest --identity key.txt --to postgres://postgres@db.shop:5432/app \
 ///     --in-cluster --scale-down shop/deployment/app      # as a Job next to the database
 #[derive(Debug, Args)]
@@ -95,6 +105,19 @@ pub struct RestoreCmd {
     /// Directory holding pg_restore (default: PATH).
     #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
     pg_bin_dir: Option<PathBuf>,
+
+    /// ClickHouse: restore only tables matching DB.TABLE (globs: * and ?); repeatable.
+    #[arg(long = "table", value_name = "PATTERN")]
+    tables: Vec<String>,
+
+    /// ClickHouse: restore database OLD as NEW; repeatable.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    database_map: Vec<(String, String)>,
+
+    /// ClickHouse: what to do with Replicated*MergeTree tables: keep them (the target has
+    /// Keeper and the same macros) or convert them to their single-node engine.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    replicated: Option<ReplicatedArg>,
 
     /// Vault: restore a snapshot taken by a cluster with other unseal keys (snapshot-force).
     #[arg(long)]
@@ -144,6 +167,10 @@ impl RestoreCmd {
         match manifest.engine.as_str() {
             "postgres" => self.postgres(store, &manifest, &identities, progress).await,
             vault::ENGINE => self.vault(store, &manifest, &identities, progress).await,
+            clickhouse::ENGINE => {
+                self.clickhouse(store, &manifest, &identities, progress)
+                    .await
+            }
             other => anyhow::bail!("restoring {other} backups is not supported yet"),
         }
     }
@@ -351,6 +378,98 @@ impl RestoreCmd {
         }
     }
 
+    async fn clickhouse(
+        &self,
+        store: &dyn ReadStore,
+        manifest: &Manifest,
+        identities: &Identities,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.keep_owners && !self.force,
+            "--keep-owners and --force do not apply to ClickHouse"
+        );
+        let target = clickhouse::ChTarget::from_url(&self.to)?;
+        let client = clickhouse::ChClient::new(&target)?;
+        let mut tables = self.tables.clone();
+        if let Some(db) = &self.database {
+            tables.push(format!("{db}.*"));
+        }
+        let opts = ch_restore::RestoreOptions {
+            tables,
+            database_map: self.database_map.iter().cloned().collect(),
+            replicated: match self.replicated {
+                None => ch_restore::Replicated::Ask,
+                Some(ReplicatedArg::Keep) => ch_restore::Replicated::Keep,
+                Some(ReplicatedArg::Convert) => ch_restore::Replicated::Convert,
+            },
+            clean: self.clean,
+        };
+        let schema_part = manifest
+            .parts
+            .iter()
+            .find(|p| p.format == clickhouse::FORMAT_SCHEMA)
+            .ok_or_else(|| {
+                anyhow::anyhow!("backup {} has no schema part", manifest.backup_ref())
+            })?;
+        check_first(store, manifest, schema_part, progress).await?;
+        let schema = ch_restore::read_schema(store, manifest, identities, progress).await?;
+        let plan = ch_restore::plan(&client, manifest, &schema, &opts).await?;
+        // Every part this restore loads is checked before the server is touched.
+        for step in &plan.steps {
+            let names = step
+                .part
+                .iter()
+                .chain(step.inner_part.iter().map(|(p, _)| p));
+            for name in names {
+                if let Some(part) = manifest.parts.iter().find(|p| &p.name == name) {
+                    check_first(store, manifest, part, progress).await?;
+                }
+            }
+        }
+        eprintln!("plan for {target}:");
+        for line in plan.describe() {
+            eprintln!("  {line}");
+        }
+        if self.dry_run {
+            eprintln!("dry run: backup verified, server inspected, nothing changed");
+            return Ok(());
+        }
+        if plan.is_destructive() && !self.yes {
+            super::confirm(
+                "this restore drops existing tables",
+                "This drops and recreates the tables marked above.",
+                "drop",
+            )?;
+        }
+        let say = |m: &str| eprintln!("{m}");
+        let counts = ch_restore::run(
+            &client, &plan, store, manifest, identities, &opts, progress, &say,
+        )
+        .await?;
+        eprintln!("restored {} into {target}", manifest.backup_ref());
+        let restored: Vec<drkit::catalog::TableCount> = manifest
+            .parts
+            .iter()
+            .flat_map(|p| p.tables.iter())
+            .filter(|t| {
+                counts
+                    .iter()
+                    .any(|c| c.schema == t.schema && c.name == t.name)
+            })
+            .cloned()
+            .collect();
+        let mut rows = verify::compare_counts(&restored, &counts, self.max_diff);
+        let ttl: Vec<&str> = manifest
+            .facts
+            .get(clickhouse::dump::FACT_TTL_TABLES)
+            .map(|t| t.split(',').collect())
+            .unwrap_or_default();
+        verify::allow_ttl_expiry(&mut rows, &ttl);
+        let report = DatabaseCounts::new(&manifest.target, target.to_string(), self.max_diff, rows);
+        self.report(manifest, &report)
+    }
+
     fn report(&self, manifest: &Manifest, report: &DatabaseCounts) -> anyhow::Result<()> {
         match self.output {
             Format::Table => report.print()?,
@@ -364,6 +483,21 @@ impl RestoreCmd {
             .into());
         }
         Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReplicatedArg {
+    Keep,
+    Convert,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected OLD=NEW")),
     }
 }
 

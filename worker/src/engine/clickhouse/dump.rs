@@ -213,7 +213,11 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
     })
 }
 
-/// Backs up the selected databases into `run` and returns the server version.
+/// Manifest fact: tables with a TTL clause (comma-separated `db.table`), so a count
+/// comparison can tell expired rows from lost ones without decrypting the schema.
+pub const FACT_TTL_TABLES: &str = "ttl_tables";
+
+/// Backs up the selected databases into `run`; returns the server version and the facts.
 ///
 /// # Errors
 /// Query errors, a table whose result ends in an exception or is cut, store errors.
@@ -221,7 +225,7 @@ pub async fn dump(
     run: &mut BackupRun<'_>,
     target: &ChTarget,
     opts: &DumpOptions,
-) -> Result<String, DumpError> {
+) -> Result<(String, std::collections::BTreeMap<String, String>), DumpError> {
     let client = ChClient::new(target)?;
     let schema = read_schema(&client, opts).await?;
     tracing::info!(
@@ -254,7 +258,17 @@ pub async fn dump(
             })?;
         tracing::info!(table = %qualified, rows, "table stored");
     }
-    Ok(schema.server_version)
+    let ttl: Vec<String> = schema
+        .tables
+        .iter()
+        .filter(|t| t.part.is_some() && super::ddl::has_ttl(&t.create))
+        .map(|t| format!("{}.{}", t.database, t.name))
+        .collect();
+    let mut facts = std::collections::BTreeMap::new();
+    if !ttl.is_empty() {
+        facts.insert(FACT_TTL_TABLES.to_string(), ttl.join(","));
+    }
+    Ok((schema.server_version, facts))
 }
 
 enum TableFailure {

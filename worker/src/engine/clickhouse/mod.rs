@@ -2,11 +2,13 @@
 //! table in Native format, walked as they stream for exact row counts and to catch errors
 //! the server writes into a 200 response.
 //!
-//! Work in progress (issue 4): the Native walker is here and tested against a real server;
-//! the backup and restore commands are not wired yet.
+//! Modules: [`native`] walks the format, [`dump`] takes backups, [`ddl`] rewrites and orders
+//! DDL for restores, [`restore`] plans and runs them.
 
+pub mod ddl;
 pub mod dump;
 pub mod native;
+pub mod restore;
 
 use std::fmt;
 use std::time::Duration;

@@ -13,21 +13,17 @@
 //! leaves the node sealed: it needs the *backed-up* cluster's unseal keys, and [`run`] says
 //! so and keeps waiting for someone to unseal it.
 
-use std::io;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use reqwest::{Method, StatusCode};
-use tokio::sync::mpsc;
 
 use super::dump::FACT_CLUSTER_ID;
 use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
 use crate::catalog::{Manifest, Part};
-use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{compare_stats, open_plaintext, VerifyError};
+use crate::verify::{open_plaintext, verified_body, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -133,12 +129,7 @@ pub async fn run(
     // The age header opens first: a wrong key fails before the server is touched.
     let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
 
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let (backup_name, part_owned) = (backup.to_string(), part.clone());
-    let feeding = tokio::task::spawn_blocking(move || feed(plain, &tx, &backup_name, &part_owned));
-    let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let (body, feeding) = verified_body(plain, backup.to_string(), part.clone());
     let path = if opts.force {
         format!("{SNAPSHOT_PATH}-force")
     } else {
@@ -155,7 +146,7 @@ pub async fn run(
     let fed = feeding.await.expect("restore thread panicked");
     bar.finish();
     // A damaged stream explains a failed request better than the request does.
-    fed?;
+    fed.map_err(RestoreError::Verify)?;
     let response = sent.map_err(|e| RestoreError::Send {
         addr: client.addr().to_string(),
         reason: e.to_string(),
@@ -185,64 +176,6 @@ pub async fn run(
             .into());
     }
     wait_active(plan, manifest, opts.wait, notify).await
-}
-
-/// Streams plaintext into the request body, holding the last chunk back until the whole
-/// object matched the manifest; on a mismatch the body ends in an error instead.
-fn feed(
-    mut plain: PlainReader,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    backup: &str,
-    part: &Part,
-) -> Result<(), RestoreError> {
-    let undecodable = |source| {
-        RestoreError::Verify(VerifyError::Undecodable {
-            backup: backup.to_string(),
-            part: part.name.clone(),
-            source,
-        })
-    };
-    let result = (|| -> Result<Option<Bytes>, RestoreError> {
-        let mut held: Option<Bytes> = None;
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            if let Some(previous) = held.replace(Bytes::from(buf)) {
-                if tx.blocking_send(Ok(previous)).is_err() {
-                    // The request ended early; its own error tells why.
-                    return Ok(None);
-                }
-            }
-        }
-        let (stats, plaintext) = plain.finish().map_err(undecodable)?;
-        compare_stats(backup, part, &stats)?;
-        if plaintext != part.plaintext_bytes {
-            return Err(VerifyError::PlaintextSize {
-                backup: backup.to_string(),
-                part: part.name.clone(),
-                expected: part.plaintext_bytes,
-                found: plaintext,
-            }
-            .into());
-        }
-        Ok(held)
-    })();
-    match result {
-        Ok(last) => {
-            if let Some(last) = last {
-                let _ = tx.blocking_send(Ok(last));
-            }
-            Ok(())
-        }
-        Err(e) => {
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-            Err(e)
-        }
-    }
 }
 
 async fn wait_active(

@@ -1,0 +1,441 @@
+//! ClickHouse end to end against the real server of `scripts/services.sh`: backup → verify
+//! → restore under another database name, with the column types, engines and views the
+//! issue names; failures mid-stream, damaged parts, wrong keys and occupied targets.
+
+use dr_tests::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Runs a query as the test user and returns the body (panics on an error status).
+async fn ch(sql: &str) -> String {
+    let (status, body) = ch_try(sql).await;
+    assert_eq!(status, 200, "{sql}\n{body}");
+    body
+}
+
+async fn ch_try(sql: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(svc("CLICKHOUSE_URL"))
+        .basic_auth(svc("CLICKHOUSE_USER"), Some(svc("CLICKHOUSE_PASSWORD")))
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("clickhouse reachable");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// sha256 of a table's rows in a fixed order, as TabSeparated text.
+async fn content(db: &str, table: &str, columns: &str, order: &str) -> String {
+    let text = ch(&format!(
+        "SELECT {columns} FROM {db}.{table} ORDER BY {order} FORMAT TabSeparated"
+    ))
+    .await;
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+async fn count(db: &str, table: &str) -> u64 {
+    ch(&format!("SELECT count() FROM {db}.{table}"))
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+const T1_COLUMNS: &str = "id, n, a, lc, tu, d, dt, f, s, e, aa, an, dec, lcn";
+
+/// A database shaped like a small telemetry store.
+async fn seed(db: &str) {
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE TABLE {db}.t1 (id UInt64, n Nullable(String), a Array(Int32), lc LowCardinality(String), tu Tuple(UInt8, String), d Date, dt DateTime, f Float64, s String, e Enum8('a' = 1, 'b' = 2), aa Array(Array(String)), an Array(Nullable(UInt8)), dec Decimal(10, 2), lcn LowCardinality(Nullable(String)), twice UInt64 ALIAS id * 2) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"),
+        format!("INSERT INTO {db}.t1 SELECT number, if(number % 3 = 0, NULL, toString(number)), range(number % 5), concat('v', toString(number % 7)), (number % 200, 'x'), toDate('2026-01-01') + number % 300, toDateTime('2026-01-01 00:00:00') + number, number / 3, substring('tab\there\nnewline', 1, number % 16), if(number % 2 = 0, 'a', 'b'), [['p'], ['q', toString(number)]], [1, NULL], number / 100, if(number % 2 = 0, NULL, 'z') FROM numbers(1000000)"),
+        format!("CREATE TABLE {db}.events (d Date, user String, v UInt32) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY (user, d)"),
+        format!("CREATE TABLE {db}.daily (d Date, c UInt64) ENGINE = SummingMergeTree ORDER BY d"),
+        format!("CREATE MATERIALIZED VIEW {db}.daily_mv TO {db}.daily AS SELECT d, count() AS c FROM {db}.events GROUP BY d"),
+        format!("CREATE MATERIALIZED VIEW {db}.users_mv ENGINE = MergeTree ORDER BY user AS SELECT user, v FROM {db}.events"),
+        format!("CREATE TABLE {db}.events_all AS {db}.events ENGINE = Distributed(local, {db}, events)"),
+        format!("CREATE VIEW {db}.heavy AS SELECT user, sum(v) AS total FROM {db}.events GROUP BY user"),
+        format!("INSERT INTO {db}.events SELECT toDate('2026-11-01') + number % 20, concat('u', toString(number % 50)), number FROM numbers(100000)"),
+    ] {
+        ch(&sql).await;
+    }
+}
+
+fn backup(store: &TestStore, keys: &Keys, db: &str) -> String {
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "ch",
+            "--database",
+            db,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+fn dr(store: &TestStore, args: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--store", store.url()]);
+    run("kubectl-dr", &all, &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_under_another_name_keeps_rows_views_and_order() {
+    let db = unique("chsrc");
+    let copy = format!("{db}_copy");
+    seed(&db).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let id = backup(&store, &keys, &db);
+    let url = svc("CLICKHOUSE_URL");
+
+    let out = dr(
+        &store,
+        &[
+            "verify",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--against",
+            &url,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let rows: std::collections::BTreeMap<String, u64> = report["counts"][0]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["backup_rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.get(&format!("{db}.t1")), Some(&1_000_000));
+    assert_eq!(rows.get(&format!("{db}.events")), Some(&100_000));
+    assert_eq!(
+        rows.get(&format!("{db}.daily")),
+        Some(&count(&db, "daily").await)
+    );
+    assert_eq!(rows.get(&format!("{db}..inner.users_mv")), Some(&100_000));
+
+    let map = format!("{db}={copy}");
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &map,
+            "--yes",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["tables"].as_array().unwrap().len(), 4, "{report}");
+
+    // Same rows, same content, in the same order.
+    assert_eq!(
+        content(&db, "t1", T1_COLUMNS, "id").await,
+        content(&copy, "t1", T1_COLUMNS, "id").await
+    );
+    assert_eq!(
+        content(&db, "events", "*", "user, d, v").await,
+        content(&copy, "events", "*", "user, d, v").await
+    );
+    assert_eq!(
+        ch(&format!(
+            "SELECT d, sum(c) FROM {db}.daily GROUP BY d ORDER BY d"
+        ))
+        .await,
+        ch(&format!(
+            "SELECT d, sum(c) FROM {copy}.daily GROUP BY d ORDER BY d"
+        ))
+        .await
+    );
+    assert_eq!(
+        content(&db, "users_mv", "*", "user, v").await,
+        content(&copy, "users_mv", "*", "user, v").await
+    );
+    // The ALIAS column is computed again.
+    assert_eq!(
+        ch(&format!("SELECT twice FROM {copy}.t1 WHERE id = 21"))
+            .await
+            .trim(),
+        "42"
+    );
+
+    // The views work: a new event shows up once in each view, and through the Distributed twin.
+    let before = (
+        count(&copy, "users_mv").await,
+        ch(&format!("SELECT sum(c) FROM {copy}.daily")).await,
+    );
+    ch(&format!(
+        "INSERT INTO {copy}.events VALUES ('2026-11-30', 'new', 7)"
+    ))
+    .await;
+    assert_eq!(count(&copy, "users_mv").await, before.0 + 1);
+    let after: u64 = ch(&format!("SELECT sum(c) FROM {copy}.daily"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(after, before.1.trim().parse::<u64>().unwrap() + 1);
+    assert_eq!(count(&copy, "events_all").await, 100_001);
+    assert!(ch(&format!("SHOW CREATE TABLE {copy}.events_all"))
+        .await
+        .contains(&format!("Distributed(local, {copy}, events)")));
+    assert_eq!(
+        ch(&format!(
+            "SELECT total FROM {copy}.heavy WHERE user = 'new'"
+        ))
+        .await
+        .trim(),
+        "7"
+    );
+
+    // Restoring again onto tables with rows is refused, and changes nothing.
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &map,
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already hold rows") && stderr(&out).contains("--clean"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count(&copy, "events").await, 100_001);
+    // --clean drops and reloads: back to the backup's rows.
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &map,
+            "--clean",
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&copy, "events").await, 100_000);
+
+    for d in [&db, &copy] {
+        ch(&format!("DROP DATABASE {d}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subset_of_tables_and_damaged_or_foreign_input() {
+    let db = unique("chsub");
+    seed(&db).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let id = backup(&store, &keys, &db);
+    let url = svc("CLICKHOUSE_URL");
+    let copy = format!("{db}_part");
+    let map = format!("{db}={copy}");
+
+    // --table picks one table; nothing else is created.
+    let pattern = format!("{db}.events");
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &map,
+            "--table",
+            &pattern,
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count(&copy, "events").await, 100_000);
+    assert_eq!(
+        ch(&format!(
+            "SELECT count() FROM system.tables WHERE database = '{copy}'"
+        ))
+        .await
+        .trim(),
+        "1"
+    );
+
+    // Wrong key: refused before the server is touched.
+    let other = Keys::generate();
+    let fresh = format!("{db}=x{db}");
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            other.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &fresh,
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no identity in"), "{}", stderr(&out));
+    assert_eq!(
+        ch(&format!(
+            "SELECT count() FROM system.databases WHERE name = 'x{db}'"
+        ))
+        .await
+        .trim(),
+        "0"
+    );
+
+    // A flipped byte in a data part: verify fails (1), restore refuses before creating anything.
+    let part = store.object_path(&format!(
+        "clickhouse/ch/{id}/data-{db}.events.native.zst.age"
+    ));
+    let mut bytes = std::fs::read(&part).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 1;
+    std::fs::write(&part, &bytes).unwrap();
+    let out = dr(&store, &["verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &url,
+            "--database-map",
+            &fresh,
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        ch(&format!(
+            "SELECT count() FROM system.databases WHERE name = 'x{db}'"
+        ))
+        .await
+        .trim(),
+        "0"
+    );
+
+    // Unreachable server and a bad password: clear errors, no secret in them.
+    let out = dr(
+        &store,
+        &[
+            "restore",
+            &id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            "http://127.0.0.1:9",
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot reach ClickHouse at http://127.0.0.1:9"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "ch",
+            "--database",
+            &db,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("CLICKHOUSE_PASSWORD", "wrong-Secret-99")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("refused user default"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("wrong-Secret-99")
+            && !stderr(&out).contains(&svc("CLICKHOUSE_PASSWORD"))
+    );
+
+    for d in [&db, &copy] {
+        ch(&format!("DROP DATABASE {d}")).await;
+    }
+}
+
+/// A query that fails after the server has started answering 200: the walker finds the
+/// exception text after the good blocks, on the real server's own output.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_in_the_middle_of_a_real_result_is_caught() {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/?max_block_size=1000", svc("CLICKHOUSE_URL")))
+        .basic_auth(svc("CLICKHOUSE_USER"), Some(svc("CLICKHOUSE_PASSWORD")))
+        .body("SELECT number, throwIf(number = 500000) AS boom FROM numbers(1000000) FORMAT Native")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "the failure comes after the status line"
+    );
+    let body = resp.bytes().await.unwrap();
+    let mut seen = 0;
+    let err = drkit::engine::clickhouse::native::walk(&body[..], |rows| seen += rows).unwrap_err();
+    assert!(seen > 0, "good blocks came first");
+    match err {
+        drkit::engine::clickhouse::native::NativeError::ServerException(m) => {
+            assert!(m.contains("throwIf"), "{m}")
+        }
+        other => panic!("{other}"),
+    }
+}

@@ -1,0 +1,495 @@
+//! Restoring a ClickHouse backup: the schema part decides what is created and in which
+//! order ([`super::ddl`]); each table's Native part is streamed into `INSERT … FORMAT
+//! Native`, its last chunk held back until the part matched the manifest.
+//!
+//! Safety rules: the caller checks every selected part's integrity first; the schema part
+//! is decrypted before the server is touched (a wrong key fails there); tables that exist
+//! and hold rows are refused unless `--clean`; Replicated engines need an explicit policy.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::ddl::{self, Phase};
+use super::dump::{glob, Schema, TableDdl};
+use super::{quote_ident, quote_str, ChClient, ChError};
+use crate::catalog::{Manifest, Part, TableCount};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{open_plaintext, verified_body, VerifyError};
+
+/// What to do with `Replicated*MergeTree` tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replicated {
+    /// Not chosen: refuse when the backup has replicated tables.
+    #[default]
+    Ask,
+    /// Keep the engine, paths and macros (the target has Keeper and the same macros).
+    Keep,
+    /// Create the single-node engine instead (`ReplicatedMergeTree(…)` → `MergeTree`).
+    Convert,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// `db.table` globs of the tables to restore; empty means all.
+    pub tables: Vec<String>,
+    /// Restore database `old` as `new`.
+    pub database_map: BTreeMap<String, String>,
+    pub replicated: Replicated,
+    /// Drop and recreate tables that exist.
+    pub clean: bool,
+}
+
+/// Errors of a ClickHouse restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Ch(#[from] ChError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("the backup's schema part is unreadable: {0}")]
+    BadSchema(String),
+    #[error("no table of backup {backup} matches {patterns:?}; it has: {available}")]
+    NoMatch {
+        backup: String,
+        patterns: Vec<String>,
+        available: String,
+    },
+    #[error("{tables} use Replicated engines; choose --replicated convert (single-node MergeTree engines) or --replicated keep (same Keeper paths and macros on the target)")]
+    ReplicatedPolicy { tables: String },
+    #[error("these tables already hold rows on {addr}: {tables}; restore under another name (--database-map old=new) or pass --clean to drop and recreate them")]
+    NotEmpty { addr: String, tables: String },
+    #[error(
+        "loading {table} failed; tables loaded before it stay (rerun with --clean to start over)"
+    )]
+    Load {
+        table: String,
+        #[source]
+        source: Box<RestoreError>,
+    },
+}
+
+/// One object to create (and maybe load).
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub phase: Phase,
+    /// Target database and name.
+    pub database: String,
+    pub name: String,
+    pub engine: String,
+    /// The DDL to run, after renaming and policies.
+    pub create: String,
+    /// Drop the existing table first (--clean).
+    pub drop_first: bool,
+    /// Keep the existing (empty) object and only load into it.
+    pub exists: bool,
+    /// Data to load: the part name and the columns it holds.
+    pub part: Option<String>,
+    pub columns: Vec<String>,
+    /// For a materialized view: its inner table's part (loaded after the view exists).
+    pub inner_part: Option<(String, Vec<String>)>,
+    /// The table has a TTL: rows past it may be gone after the load.
+    pub ttl: bool,
+}
+
+/// The whole restore, decided before anything changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub databases: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn describe(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| {
+                let action = match (s.drop_first, s.exists) {
+                    (true, _) => "drop and create",
+                    (false, true) => "keep",
+                    (false, false) => "create",
+                };
+                let load = if s.part.is_some() || s.inner_part.is_some() {
+                    " and load"
+                } else {
+                    ""
+                };
+                format!("{action}{load} {}.{} ({})", s.database, s.name, s.engine)
+            })
+            .collect()
+    }
+
+    pub fn is_destructive(&self) -> bool {
+        self.steps.iter().any(|s| s.drop_first)
+    }
+}
+
+/// Decrypts and parses the schema part (small: held in memory).
+///
+/// # Errors
+/// Wrong key, damaged part, unparsable JSON.
+pub async fn read_schema(
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    identities: &Identities,
+    progress: &dyn Progress,
+) -> Result<Schema, RestoreError> {
+    let part = manifest
+        .parts
+        .iter()
+        .find(|p| p.format == super::FORMAT_SCHEMA)
+        .ok_or_else(|| RestoreError::BadSchema("the backup has no schema part".into()))?;
+    let (mut plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (backup, name) = (manifest.backup_ref().to_string(), part.name.clone());
+    let part_owned = part.clone();
+    let text = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VerifyError> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let undecodable = |source| VerifyError::Undecodable {
+            backup: backup.clone(),
+            part: name.clone(),
+            source,
+        };
+        loop {
+            let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let (stats, _) = plain.finish().map_err(undecodable)?;
+        crate::verify::compare_stats(&backup, &part_owned, &stats)?;
+        Ok(out)
+    })
+    .await
+    .expect("schema thread panicked")?;
+    bar.finish();
+    serde_json::from_slice(&text).map_err(|e| RestoreError::BadSchema(e.to_string()))
+}
+
+/// Decides what to create, in which order, and checks the target.
+///
+/// # Errors
+/// No matching table, a Replicated table without a policy, existing tables with rows.
+pub async fn plan(
+    client: &ChClient,
+    manifest: &Manifest,
+    schema: &Schema,
+    opts: &RestoreOptions,
+) -> Result<Plan, RestoreError> {
+    let selected: Vec<&TableDdl> = schema
+        .tables
+        .iter()
+        .filter(|t| {
+            let key = format!("{}.{}", t.database, t.name);
+            // An MV's inner table follows its view.
+            let owner = ddl::inner_of(&t.name).map(|mv| format!("{}.{mv}", t.database));
+            opts.tables.is_empty()
+                || opts
+                    .tables
+                    .iter()
+                    .any(|p| glob(p, &key) || owner.as_ref().is_some_and(|o| glob(p, o)))
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(RestoreError::NoMatch {
+            backup: manifest.backup_ref().to_string(),
+            patterns: opts.tables.clone(),
+            available: schema
+                .tables
+                .iter()
+                .map(|t| format!("{}.{}", t.database, t.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let replicated: Vec<String> = selected
+        .iter()
+        .filter(|t| t.engine.starts_with("Replicated"))
+        .map(|t| format!("{}.{}", t.database, t.name))
+        .collect();
+    if !replicated.is_empty() && opts.replicated == Replicated::Ask {
+        return Err(RestoreError::ReplicatedPolicy {
+            tables: replicated.join(", "),
+        });
+    }
+    let target_db = |db: &str| {
+        opts.database_map
+            .get(db)
+            .cloned()
+            .unwrap_or_else(|| db.to_string())
+    };
+
+    // What exists on the target now, with row counts for tables that store rows.
+    let dbs: Vec<String> = {
+        let mut d: Vec<String> = selected.iter().map(|t| target_db(&t.database)).collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let list = dbs
+        .iter()
+        .map(|d| quote_str(d))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let existing: Vec<(String, String, String)> = client
+        .rows(
+            "listing existing tables",
+            &format!("SELECT database, name, engine FROM system.tables WHERE database IN ({list})"),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| <[String; 3]>::try_from(r).ok().map(|[a, b, c]| (a, b, c)))
+        .collect();
+    let exists = |db: &str, name: &str| existing.iter().any(|(d, n, _)| d == db && n == name);
+
+    let mut steps = Vec::new();
+    let mut occupied = Vec::new();
+    for t in &selected {
+        let Some(phase) = ddl::phase(t) else { continue };
+        let database = target_db(&t.database);
+        let mut create =
+            ddl::rename_databases(&ddl::strip_on_cluster(&t.create), &opts.database_map);
+        if opts.replicated == Replicated::Convert {
+            create = ddl::unreplicate(&create).0;
+        }
+        let here = exists(&database, &t.name);
+        if here && phase == Phase::Data {
+            let rows = count(client, &database, &t.name).await?;
+            if rows > 0 && !opts.clean {
+                occupied.push(format!("{database}.{} ({rows} rows)", t.name));
+            }
+        }
+        let inner_part = (phase == Phase::MaterializedView)
+            .then(|| {
+                schema
+                    .tables
+                    .iter()
+                    .find(|i| {
+                        i.database == t.database && ddl::inner_of(&i.name) == Some(t.name.as_str())
+                    })
+                    .and_then(|i| i.part.clone().map(|p| (p, i.columns.clone())))
+            })
+            .flatten();
+        if here && phase == Phase::MaterializedView && !opts.clean {
+            if let Some(inner) = existing
+                .iter()
+                .find(|(d, n, _)| d == &database && ddl::inner_of(n) == Some(t.name.as_str()))
+            {
+                let rows = count(client, &inner.0, &inner.1).await?;
+                if rows > 0 {
+                    occupied.push(format!("{database}.{} ({rows} rows)", inner.1));
+                }
+            }
+        }
+        steps.push(Step {
+            phase,
+            database,
+            name: t.name.clone(),
+            engine: t.engine.clone(),
+            ttl: ddl::has_ttl(&create),
+            create,
+            drop_first: here && opts.clean,
+            exists: here && !opts.clean,
+            part: t.part.clone(),
+            columns: t.columns.clone(),
+            inner_part,
+        });
+    }
+    if !occupied.is_empty() {
+        return Err(RestoreError::NotEmpty {
+            addr: client.addr(),
+            tables: occupied.join(", "),
+        });
+    }
+    steps.sort_by_key(|s| s.phase);
+    let databases = dbs
+        .iter()
+        .map(|db| {
+            let original = opts
+                .database_map
+                .iter()
+                .find(|(_, new)| *new == db)
+                .map_or(db.as_str(), |(old, _)| old.as_str());
+            let ddl_text = schema
+                .databases
+                .iter()
+                .find(|d| d.name == original)
+                .map(|d| d.create.clone())
+                .unwrap_or_default();
+            (db.clone(), create_database(db, &ddl_text))
+        })
+        .collect();
+    Ok(Plan { databases, steps })
+}
+
+/// `CREATE DATABASE IF NOT EXISTS db [ENGINE = …]`, keeping the backed-up engine clause.
+fn create_database(db: &str, original: &str) -> String {
+    let engine = original
+        .find("ENGINE")
+        .map(|i| format!(" {}", original[i..].trim()))
+        .unwrap_or_default();
+    format!("CREATE DATABASE IF NOT EXISTS {}{engine}", quote_ident(db))
+}
+
+/// Exact row count of one table.
+///
+/// # Errors
+/// Query errors.
+pub async fn count(client: &ChClient, db: &str, table: &str) -> Result<u64, ChError> {
+    let rows = client
+        .rows(
+            &format!("counting {db}.{table}"),
+            &format!(
+                "SELECT count() FROM {}.{}",
+                quote_ident(db),
+                quote_ident(table)
+            ),
+        )
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Runs the plan; returns the restored tables' counts (by their backed-up names, so they
+/// compare with the manifest).
+///
+/// # Errors
+/// DDL and load errors, damaged parts.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: &ChClient,
+    plan: &Plan,
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<TableCount>, RestoreError> {
+    for (db, create) in &plan.databases {
+        client
+            .execute(&format!("creating database {db}"), create)
+            .await?;
+    }
+    let original_db = |db: &str| {
+        opts.database_map
+            .iter()
+            .find(|(_, new)| *new == db)
+            .map_or(db.to_string(), |(old, _)| old.clone())
+    };
+    let mut counts = Vec::new();
+    for step in &plan.steps {
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&step.database),
+            quote_ident(&step.name)
+        );
+        if step.drop_first {
+            client
+                .execute(
+                    &format!("dropping {}.{}", step.database, step.name),
+                    &format!("DROP TABLE IF EXISTS {qualified}"),
+                )
+                .await?;
+        }
+        if !step.exists {
+            client
+                .execute(
+                    &format!("creating {}.{}", step.database, step.name),
+                    &step.create,
+                )
+                .await?;
+        }
+        let loads: Vec<(String, String, &Vec<String>)> = match (&step.part, &step.inner_part) {
+            (Some(part), _) => vec![(step.name.clone(), part.clone(), &step.columns)],
+            (None, Some((part, cols))) => {
+                vec![(format!(".inner.{}", step.name), part.clone(), cols)]
+            }
+            _ => vec![],
+        };
+        for (table, part_name, columns) in loads {
+            let part = manifest
+                .parts
+                .iter()
+                .find(|p| p.name == part_name)
+                .ok_or_else(|| {
+                    RestoreError::BadSchema(format!("part {part_name} is not in the manifest"))
+                })?;
+            load(
+                client,
+                store,
+                manifest,
+                part,
+                identities,
+                &step.database,
+                &table,
+                columns,
+                progress,
+            )
+            .await
+            .map_err(|e| RestoreError::Load {
+                table: format!("{}.{table}", step.database),
+                source: Box::new(e),
+            })?;
+            let rows = count(client, &step.database, &table).await?;
+            say(&format!("loaded {}.{table}: {rows} rows", step.database));
+            counts.push(TableCount {
+                schema: original_db(&step.database),
+                name: table,
+                rows,
+            });
+        }
+    }
+    Ok(counts)
+}
+
+/// Streams one Native part into `INSERT INTO db.table (columns) FORMAT Native`.
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    client: &ChClient,
+    store: &dyn ReadStore,
+    manifest: &Manifest,
+    part: &Part,
+    identities: &Identities,
+    db: &str,
+    table: &str,
+    columns: &[String],
+    progress: &dyn Progress,
+) -> Result<(), RestoreError> {
+    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (body, feeding) = verified_body(plain, manifest.backup_ref().to_string(), part.clone());
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let query = format!(
+        "INSERT INTO {}.{} ({cols}) FORMAT Native",
+        quote_ident(db),
+        quote_ident(table)
+    );
+    // Squash the dump's blocks into large inserts: fewer parts for the merges to fold.
+    let sent = client
+        .send(
+            &format!("loading {db}.{table}"),
+            body,
+            &[
+                ("query", query.as_str()),
+                ("min_insert_block_size_rows", "1048576"),
+                ("min_insert_block_size_bytes", "268435456"),
+            ],
+        )
+        .await;
+    let fed = feeding.await.expect("restore thread panicked");
+    bar.finish();
+    fed?;
+    sent?;
+    Ok(())
+}
