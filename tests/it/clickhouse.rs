@@ -439,3 +439,52 @@ async fn an_exception_in_the_middle_of_a_real_result_is_caught() {
         other => panic!("{other}"),
     }
 }
+
+/// The whole worker on a result that fails after good blocks (a table dropped mid-dump, as a
+/// server reports it): exit 2, the server's message, no manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_failing_mid_dump_fails_the_backup() {
+    let mut native = vec![1u8, 3];
+    native.extend(b"\x01x\x05UInt8\x01\x02\x03");
+    native.extend(b"Code: 60, e.displayText() = DB::Exception: Table shop.t doesn't exist., e.what() = DB::Exception\n");
+    let addr = fake_http(move |_, _, sql| {
+        let reply: Vec<u8> = if sql.contains("version()") {
+            b"18.16.1\n".to_vec()
+        } else if sql.contains("system.databases") {
+            b"shop\n".to_vec()
+        } else if sql.starts_with("SHOW CREATE DATABASE") {
+            b"CREATE DATABASE shop ENGINE = Ordinary\n".to_vec()
+        } else if sql.contains("system.tables") {
+            b"shop\tt\tMergeTree\tCREATE TABLE shop.t (x UInt8) ENGINE = MergeTree ORDER BY x\n"
+                .to_vec()
+        } else if sql.contains("system.columns") {
+            b"shop\tt\tx\t\n".to_vec()
+        } else if sql.contains("FORMAT Native") {
+            native.clone()
+        } else {
+            return (500, b"Code: 62. unexpected".to_vec());
+        };
+        (200, reply)
+    })
+    .await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "ch",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("CLICKHOUSE_URL", &addr)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("backing up table shop.t failed"), "{err}");
+    assert!(err.contains("Table shop.t doesn't exist"), "{err}");
+    assert!(!store.files().iter().any(|f| f.ends_with("manifest.json")));
+}

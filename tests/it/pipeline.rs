@@ -32,7 +32,7 @@ async fn backup(
     let plain: Vec<u8> = (0..100_000)
         .flat_map(|i| format!("row {i} of the test data\n").into_bytes())
         .collect();
-    let mut run = BackupRun::start(
+    let run = BackupRun::start(
         store,
         "postgres",
         "pipe",
@@ -87,7 +87,7 @@ async fn a_good_part_verifies_with_and_without_the_key() {
 async fn a_failed_producer_commits_nothing() {
     let (t, keys) = (TestStore::s3(), Keys::generate());
     let store = t.open().await;
-    let mut run = BackupRun::start(
+    let run = BackupRun::start(
         store.as_ref(),
         "postgres",
         "pipe",
@@ -189,7 +189,7 @@ async fn content_check_catches_a_snapshot_that_is_not_one() {
     let store = TestStore::s3();
     let opened = store.open().await;
     let keys = Keys::generate();
-    let mut run = BackupRun::start(
+    let run = BackupRun::start(
         opened.as_ref(),
         "vault",
         "pipe",

@@ -581,64 +581,6 @@ async fn by_hand_age_zstd_and_bao_snapshot_restore() {
     assert_secrets(&fresh, &f.bao.root_token).await;
 }
 
-/// A minimal HTTP/1.1 server on loopback for what no real server here can do (a Kubernetes
-/// API, a Vault that sends a broken snapshot): `handler(method, path, body)` answers each
-/// request with a status and a body.
-async fn fake_http<F>(handler: F) -> String
-where
-    F: Fn(&str, &str, &str) -> (u16, Vec<u8>) + Send + Sync + 'static,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = std::sync::Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let (head, body) = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break (head.to_string(), body.to_string());
-                        }
-                    }
-                };
-                let mut first = head.lines().next().unwrap_or("").split_whitespace();
-                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                let (status, reply) = handler(method, path, &body);
-                let mut response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    reply.len()
-                )
-                .into_bytes();
-                response.extend_from_slice(&reply);
-                let _ = sock.write_all(&response).await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 /// A stand-in for the Kubernetes API's TokenReview endpoint (no API server can run here):
 /// it authenticates exactly one JWT as `system:serviceaccount:dr:dr-worker`.
 async fn fake_token_review(jwt: String) -> String {

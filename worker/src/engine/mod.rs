@@ -40,7 +40,8 @@ pub struct BackupRun<'a> {
     cancel: CancellationToken,
     backup: BackupRef,
     started_at: chrono::DateTime<Utc>,
-    parts: Vec<Part>,
+    /// Parts stored so far; several may be stored at once (`store_part` takes `&self`).
+    parts: std::sync::Mutex<Vec<Part>>,
 }
 
 impl<'a> BackupRun<'a> {
@@ -68,7 +69,7 @@ impl<'a> BackupRun<'a> {
                 id: BackupId::new(started_at),
             },
             started_at,
-            parts: Vec::new(),
+            parts: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -81,15 +82,12 @@ impl<'a> BackupRun<'a> {
     }
 
     /// Streams one part into the store; see [`encode::store_part`]. The part is recorded for
-    /// the manifest and returned so the engine can add facts (row counts) to it.
+    /// the manifest; the producer's facts come back so the engine can record row counts
+    /// ([`BackupRun::record_tables`]). Parts may be stored concurrently.
     ///
     /// # Errors
     /// The producer's, encoder's or store's error; the backup must then not be committed.
-    pub async fn store_part<T, F>(
-        &mut self,
-        spec: PartSpec,
-        produce: F,
-    ) -> Result<(&mut Part, T), EncodeError>
+    pub async fn store_part<T, F>(&self, spec: PartSpec, produce: F) -> Result<T, EncodeError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Write) -> Result<T, SourceError> + Send + 'static,
@@ -113,7 +111,7 @@ impl<'a> BackupRun<'a> {
             mib_per_s = format!("{:.1}", stats.plaintext_bytes as f64 / 1048576.0 / secs.max(1e-9)),
             "part stored"
         );
-        self.parts.push(Part {
+        self.parts.lock().expect("parts lock").push(Part {
             name: spec.name,
             file,
             format: spec.format.to_string(),
@@ -124,7 +122,20 @@ impl<'a> BackupRun<'a> {
             database: spec.database,
             tables: Vec::new(),
         });
-        Ok((self.parts.last_mut().expect("just pushed"), facts))
+        Ok(facts)
+    }
+
+    /// Records the exact row counts of a stored part.
+    pub fn record_tables(&self, part: &str, tables: Vec<crate::catalog::TableCount>) {
+        if let Some(p) = self
+            .parts
+            .lock()
+            .expect("parts lock")
+            .iter_mut()
+            .find(|p| p.name == part)
+        {
+            p.tables = tables;
+        }
     }
 
     /// Writes the manifest: from this moment the backup exists.
@@ -151,7 +162,7 @@ impl<'a> BackupRun<'a> {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            parts: self.parts,
+            parts: self.parts.into_inner().expect("parts lock"),
             facts,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");

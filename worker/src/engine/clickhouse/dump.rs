@@ -5,7 +5,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -25,6 +25,8 @@ pub struct DumpOptions {
     pub databases: Vec<String>,
     /// `db.table` glob patterns (`*`, `?`) of tables to leave out (schema and data).
     pub exclude: Vec<String>,
+    /// Tables dumped at once.
+    pub parallel: usize,
 }
 
 /// The schema part's content.
@@ -222,7 +224,7 @@ pub const FACT_TTL_TABLES: &str = "ttl_tables";
 /// # Errors
 /// Query errors, a table whose result ends in an exception or is cut, store errors.
 pub async fn dump(
-    run: &mut BackupRun<'_>,
+    run: &BackupRun<'_>,
     target: &ChTarget,
     opts: &DumpOptions,
 ) -> Result<(String, std::collections::BTreeMap<String, String>), DumpError> {
@@ -245,19 +247,27 @@ pub async fn dump(
         .await
         .map_err(DumpError::Schema)?;
 
-    for table in schema.tables.iter().filter(|t| t.part.is_some()) {
-        let qualified = format!("{}.{}", table.database, table.name);
-        let rows = dump_table(run, &client, table)
-            .await
-            .map_err(|source| match source {
-                TableFailure::Ch(e) => DumpError::Ch(e),
-                TableFailure::Store(source) => DumpError::Table {
-                    table: qualified.clone(),
-                    source,
-                },
-            })?;
-        tracing::info!(table = %qualified, rows, "table stored");
-    }
+    // Several tables at once: each holds a few MiB of buffers and one HTTP stream.
+    let run_ref: &BackupRun<'_> = run;
+    let client = &client;
+    futures::stream::iter(schema.tables.iter().filter(|t| t.part.is_some()))
+        .map(|table| async move {
+            let qualified = format!("{}.{}", table.database, table.name);
+            let rows = dump_table(run_ref, client, table)
+                .await
+                .map_err(|source| match source {
+                    TableFailure::Ch(e) => DumpError::Ch(e),
+                    TableFailure::Store(source) => DumpError::Table {
+                        table: qualified.clone(),
+                        source,
+                    },
+                })?;
+            tracing::info!(table = %qualified, rows, "table stored");
+            Ok::<_, DumpError>(())
+        })
+        .buffer_unordered(opts.parallel.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
     let ttl: Vec<String> = schema
         .tables
         .iter()
@@ -277,7 +287,7 @@ enum TableFailure {
 }
 
 async fn dump_table(
-    run: &mut BackupRun<'_>,
+    run: &BackupRun<'_>,
     client: &ChClient,
     table: &TableDdl,
 ) -> Result<u64, TableFailure> {
@@ -320,15 +330,19 @@ async fn dump_table(
         )?;
         Ok(stats.rows)
     };
-    let (part, rows) = run
+    let part_name = spec.name.clone();
+    let rows = run
         .store_part(spec, produce)
         .await
         .map_err(TableFailure::Store)?;
-    part.tables = vec![TableCount {
-        schema: table.database.clone(),
-        name: table.name.clone(),
-        rows,
-    }];
+    run.record_tables(
+        &part_name,
+        vec![TableCount {
+            schema: table.database.clone(),
+            name: table.name.clone(),
+            rows,
+        }],
+    );
     Ok(rows)
 }
 

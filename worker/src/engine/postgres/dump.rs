@@ -51,7 +51,7 @@ pub enum DumpError {
 /// # Errors
 /// Connection or query errors, a failed pg_dump (with its stderr), store errors.
 pub async fn dump(
-    run: &mut BackupRun<'_>,
+    run: &BackupRun<'_>,
     source: &PgTarget,
     opts: &DumpOptions,
 ) -> Result<String, DumpError> {
@@ -85,7 +85,7 @@ pub async fn dump(
 }
 
 async fn dump_database(
-    run: &mut BackupRun<'_>,
+    run: &BackupRun<'_>,
     source: &PgTarget,
     db: &str,
     opts: &DumpOptions,
@@ -109,8 +109,9 @@ async fn dump_database(
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={snapshot}"))
         .envs(target.child_env(db));
+    let part_name = format!("db-{}", encode_name(db));
     let spec = PartSpec {
-        name: format!("db-{}", encode_name(db)),
+        name: part_name.clone(),
         format: FORMAT_CUSTOM,
         extension: "pgdump",
         database: Some(db.to_string()),
@@ -126,20 +127,21 @@ async fn dump_database(
         run.store_part(spec, produce),
         count_tables(&client, &target)
     );
-    let (part, warnings) = stored.map_err(|source| DumpError::Part {
+    let warnings = stored.map_err(|source| DumpError::Part {
         database: db.to_string(),
         source,
     })?;
     if !warnings.is_empty() {
         tracing::warn!(database = db, pg_dump = %warnings, "pg_dump warnings");
     }
-    part.tables = counts?;
+    let counts = counts?;
     tracing::info!(
         database = db,
-        tables = part.tables.len(),
-        rows = part.tables.iter().map(|t| t.rows).sum::<u64>(),
+        tables = counts.len(),
+        rows = counts.iter().map(|t| t.rows).sum::<u64>(),
         "counted"
     );
+    run.record_tables(&part_name, counts);
     // The transaction only ever read; ending it releases the snapshot.
     let _ = client.batch_execute("COMMIT").await;
     Ok(version)

@@ -45,7 +45,7 @@ pub struct DumpOutcome {
 /// # Errors
 /// Everything in [`VaultError`], and a snapshot that is empty, malformed or cut short.
 pub async fn dump(
-    run: &mut BackupRun<'_>,
+    run: &BackupRun<'_>,
     target: &VaultTarget,
     auth: &Auth,
 ) -> Result<DumpOutcome, DumpError> {
@@ -69,18 +69,19 @@ pub async fn dump(
     };
     // Count while the snapshot streams; both describe the same minute of the cluster.
     let (stored, counts) = tokio::join!(run.store_part(spec, produce), active.counts());
-    let (part, facts) = stored.map_err(|source| DumpError::Snapshot {
+    let facts = stored.map_err(|source| DumpError::Snapshot {
         addr: active.addr().to_string(),
         source,
     })?;
-    part.tables = counts?;
+    let counts = counts?;
     tracing::info!(
         raft_index = facts.index,
         raft_term = facts.term,
         state_bytes = facts.state_bytes,
-        counts = ?part.tables.iter().map(|t| format!("{}={}", t.qualified(), t.rows)).collect::<Vec<_>>(),
+        counts = ?counts.iter().map(|t| format!("{}={}", t.qualified(), t.rows)).collect::<Vec<_>>(),
         "snapshot checked"
     );
+    run.record_tables("raft", counts);
 
     let mut out = BTreeMap::new();
     if let Some(id) = health.cluster_id {
