@@ -14,79 +14,13 @@ the store. Usage (services from scripts/services.sh; release binaries are built)
 
   scripts/bench-postgres.py [SIZE_MIB=1024]
 """
-import os, subprocess, sys, tempfile, threading, time
+import os, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from benchlib import ENV, measure  # noqa: E402
 
-
-def load_env():
-    env = dict(os.environ)
-    path = os.path.join(env.get("DR_SERVICES_DIR", os.path.join(ROOT, ".dr-services")), "env")
-    for line in open(path):
-        if line.startswith("export "):
-            k, v = line[7:].strip().split("=", 1)
-            env[k] = v
-    return env
-
-
-ENV = load_env()
 BIN = ENV["DR_PG_BIN_DIR"]
-
-
-def tree(pid):
-    """pid and all its descendants."""
-    children = {}
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(p))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def measure(cmd, **kw):
-    """Runs a shell command; returns (seconds, peak tree RSS MiB, peak single-process RSS MiB)."""
-    start = time.monotonic()
-    proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", cmd], env=ENV, **kw)
-    peak_tree = peak_one = 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak_tree, peak_one
-        while not done.is_set():
-            sizes = [rss_kib(p) for p in tree(proc.pid)]
-            peak_tree = max(peak_tree, sum(sizes))
-            peak_one = max([peak_one] + sizes)
-            time.sleep(0.02)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    rc = proc.wait()
-    done.set()
-    t.join()
-    secs = time.monotonic() - start
-    if rc != 0:
-        sys.exit(f"benchmark step failed ({rc}): {cmd}")
-    return secs, peak_tree / 1024, peak_one / 1024
 
 
 def psql(db, sql):

@@ -488,3 +488,75 @@ async fn a_table_failing_mid_dump_fails_the_backup() {
     assert!(err.contains("Table shop.t doesn't exist"), "{err}");
     assert!(!store.files().iter().any(|f| f.ends_with("manifest.json")));
 }
+
+/// Replicated tables (which the 18.16 test server cannot create without ZooKeeper) need an
+/// explicit policy; `convert` makes the single-node engine, and the result really creates.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicated_tables_need_a_policy_and_convert_creates() {
+    use drkit::engine::clickhouse::dump::{DatabaseDdl, Schema, TableDdl};
+    use drkit::engine::clickhouse::restore::{self, Replicated, RestoreOptions};
+    use drkit::engine::clickhouse::{ChClient, ChTarget};
+    let db = unique("chrepl");
+    let schema = Schema {
+        server_version: "24.8".into(),
+        databases: vec![DatabaseDdl {
+            name: "signoz_logs".into(),
+            create: "CREATE DATABASE signoz_logs ENGINE = Atomic".into(),
+        }],
+        tables: vec![TableDdl {
+            database: "signoz_logs".into(),
+            name: "logs_attribute_keys".into(),
+            engine: "ReplicatedReplacingMergeTree".into(),
+            create: "CREATE TABLE signoz_logs.logs_attribute_keys ON CLUSTER cluster (name String, datatype String) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}') ORDER BY (name, datatype)".into(),
+            columns: vec!["name".into(), "datatype".into()],
+            part: None,
+        }],
+    };
+    let manifest: drkit::catalog::Manifest = serde_json::from_value(serde_json::json!({
+        "format_version": 1, "id": "20261122T020000Z-000000", "engine": "clickhouse", "target": "t",
+        "started_at": "2026-11-22T02:00:00Z", "finished_at": "2026-11-22T02:00:01Z", "tool": "test",
+        "server_version": "24.8", "recipients": [], "parts": []
+    }))
+    .unwrap();
+    let target = ChTarget::with_credentials(
+        &svc("CLICKHOUSE_URL"),
+        &svc("CLICKHOUSE_USER"),
+        Some(svc("CLICKHOUSE_PASSWORD")),
+    )
+    .unwrap();
+    let client = ChClient::new(&target).unwrap();
+    let mut opts = RestoreOptions {
+        database_map: [("signoz_logs".to_string(), db.clone())].into(),
+        ..RestoreOptions::default()
+    };
+    let err = restore::plan(&client, &manifest, &schema, &opts)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--replicated convert"), "{err}");
+    assert!(
+        err.to_string().contains("signoz_logs.logs_attribute_keys"),
+        "{err}"
+    );
+
+    opts.replicated = Replicated::Convert;
+    let plan = restore::plan(&client, &manifest, &schema, &opts)
+        .await
+        .unwrap();
+    let create = &plan.steps[0].create;
+    assert!(
+        create.contains("ENGINE = ReplacingMergeTree ORDER BY"),
+        "{create}"
+    );
+    assert!(
+        !create.contains("ON CLUSTER") && create.contains(&format!("`{db}`.logs_attribute_keys")),
+        "{create}"
+    );
+    // The statements run on the real server (the Atomic engine is not in 18.16: create the
+    // database plainly, then the converted table).
+    ch(&format!("CREATE DATABASE {db}")).await;
+    ch(create).await;
+    assert!(ch(&format!("SHOW CREATE TABLE {db}.logs_attribute_keys"))
+        .await
+        .contains("ReplacingMergeTree"));
+    ch(&format!("DROP DATABASE {db}")).await;
+}

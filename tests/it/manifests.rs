@@ -214,7 +214,9 @@ fn every_overlay_renders_and_keeps_the_rules() {
     }
     let full = render(&dr_tests::repo_root().join("kustomize/overlays/full-stack"));
     assert!(full.iter().any(|o| name_of(o) == "CronJob/kube-dr-vault"));
-    assert!(full.iter().any(|o| name_of(o) == "CronJob/kube-dr-clickhouse"));
+    assert!(full
+        .iter()
+        .any(|o| name_of(o) == "CronJob/kube-dr-clickhouse"));
 }
 
 #[test]

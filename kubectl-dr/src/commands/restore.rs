@@ -310,7 +310,6 @@ impl RestoreCmd {
         ) {
             (Some(e), _) => e.clone(),
             (None, Some("postgres" | "postgresql")) => "postgres".into(),
-            (None, Some("http" | "https")) => vault::ENGINE.into(),
             _ => anyhow::bail!(
                 "cannot tell the engine from --to {}; pass --engine",
                 self.to
@@ -318,7 +317,12 @@ impl RestoreCmd {
         };
         anyhow::ensure!(
             engine == "postgres",
-            "--in-cluster restores PostgreSQL; restore {engine} from your workstation (a Vault restore needs the new cluster's root token and, after --force, a person to unseal)"
+            "--in-cluster restores PostgreSQL; restore {engine} from your workstation ({})",
+            if engine == vault::ENGINE {
+                "a Vault restore needs the new cluster's root token and, after --force, a person to unseal"
+            } else {
+                "it streams over the server's HTTP port, which works as well from outside"
+            }
         );
         let identity_path = self.identity.identity.as_ref().expect("required above");
         let identity = std::fs::read(identity_path)?;

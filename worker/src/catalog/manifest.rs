@@ -93,12 +93,16 @@ impl Manifest {
         self.parts.iter().map(|p| p.ciphertext_bytes).sum()
     }
 
-    /// Names of the databases held by this backup, in part order.
+    /// Names of the databases held by this backup, in part order, each once (a ClickHouse
+    /// backup has a part per table).
     pub fn databases(&self) -> Vec<&str> {
-        self.parts
-            .iter()
-            .filter_map(|p| p.database.as_deref())
-            .collect()
+        let mut out: Vec<&str> = Vec::new();
+        for db in self.parts.iter().filter_map(|p| p.database.as_deref()) {
+            if !out.contains(&db) {
+                out.push(db);
+            }
+        }
+        out
     }
 }
 
@@ -159,5 +163,12 @@ mod tests {
         let m = sample();
         assert_eq!(m.size_bytes(), 1234);
         assert_eq!(m.databases(), vec!["app"]);
+        let mut two = m.clone();
+        two.parts.push(two.parts[0].clone());
+        assert_eq!(
+            two.databases(),
+            vec!["app"],
+            "one name per database, not per part"
+        );
     }
 }

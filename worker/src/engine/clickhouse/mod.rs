@@ -120,6 +120,21 @@ impl ChTarget {
         })
     }
 
+    /// A target with explicit credentials (for callers that do not use the environment).
+    ///
+    /// # Errors
+    /// As [`ChTarget::from_url`].
+    pub fn with_credentials(
+        url: &str,
+        user: &str,
+        password: Option<String>,
+    ) -> Result<Self, ChError> {
+        let mut target = ChTarget::from_url(url)?;
+        target.user = user.to_string();
+        target.password = password;
+        Ok(target)
+    }
+
     /// CLICKHOUSE_URL and friends.
     ///
     /// # Errors
@@ -190,6 +205,7 @@ impl ChClient {
         if status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
             || message.contains("Code: 516")
+            || message.contains("Code: 194")
             || message.contains("Code: 192")
             || message.contains("Code: 193")
         {
