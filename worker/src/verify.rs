@@ -279,16 +279,7 @@ fn feed(
                 }
             }
         }
-        let (stats, plaintext) = plain.finish().map_err(undecodable)?;
-        compare_stats(backup, part, &stats)?;
-        if plaintext != part.plaintext_bytes {
-            return Err(VerifyError::PlaintextSize {
-                backup: backup.to_string(),
-                part: part.name.clone(),
-                expected: part.plaintext_bytes,
-                found: plaintext,
-            });
-        }
+        finish_checked(plain, backup, part)?;
         Ok(held)
     })();
     match result {
@@ -303,6 +294,30 @@ fn feed(
             Err(e)
         }
     }
+}
+
+/// Reads what is left of a part (so truncation shows) and checks size, sha256 and plaintext
+/// size against the manifest: the last step of every restore stream.
+///
+/// # Errors
+/// [`VerifyError::Undecodable`], [`VerifyError::SizeMismatch`],
+/// [`VerifyError::HashMismatch`], [`VerifyError::PlaintextSize`].
+pub fn finish_checked(plain: PlainReader, backup: &str, part: &Part) -> Result<(), VerifyError> {
+    let (stats, plaintext) = plain.finish().map_err(|source| VerifyError::Undecodable {
+        backup: backup.to_string(),
+        part: part.name.clone(),
+        source,
+    })?;
+    compare_stats(backup, part, &stats)?;
+    if plaintext != part.plaintext_bytes {
+        return Err(VerifyError::PlaintextSize {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+            expected: part.plaintext_bytes,
+            found: plaintext,
+        });
+    }
+    Ok(())
 }
 
 /// Compares what was read with what the manifest recorded.

@@ -464,12 +464,7 @@ impl RestoreCmd {
             .cloned()
             .collect();
         let mut rows = verify::compare_counts(&restored, &counts, self.max_diff);
-        let ttl: Vec<&str> = manifest
-            .facts
-            .get(clickhouse::dump::FACT_TTL_TABLES)
-            .map(|t| t.split(',').collect())
-            .unwrap_or_default();
-        verify::allow_ttl_expiry(&mut rows, &ttl);
+        verify::allow_ttl_expiry(&mut rows, &clickhouse::dump::ttl_tables(manifest));
         let report = DatabaseCounts::new(&manifest.target, target.to_string(), self.max_diff, rows);
         self.report(manifest, &report)
     }

@@ -274,12 +274,7 @@ async fn compare_clickhouse(
         }
     }
     let mut rows = verify::compare_counts(&backup, &live, max);
-    let ttl: Vec<&str> = manifest
-        .facts
-        .get(clickhouse::dump::FACT_TTL_TABLES)
-        .map(|t| t.split(',').collect())
-        .unwrap_or_default();
-    verify::allow_ttl_expiry(&mut rows, &ttl);
+    verify::allow_ttl_expiry(&mut rows, &clickhouse::dump::ttl_tables(manifest));
     Ok(DatabaseCounts::new(
         &manifest.target,
         target.to_string(),

@@ -173,6 +173,19 @@ impl<'a> BackupRun<'a> {
     }
 }
 
+/// An HTTP client error with its causes (reqwest keeps the useful part, e.g. "connection
+/// refused", in `source()`).
+pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
 /// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
 /// formats that can prove their own consistency; `Err` says what is wrong.
 pub type ContentCheck = fn(&mut dyn std::io::Read) -> Result<(), String>;

@@ -219,6 +219,15 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
 /// comparison can tell expired rows from lost ones without decrypting the schema.
 pub const FACT_TTL_TABLES: &str = "ttl_tables";
 
+/// The `db.table` names with a TTL clause recorded in a manifest.
+pub fn ttl_tables(manifest: &crate::catalog::Manifest) -> Vec<&str> {
+    manifest
+        .facts
+        .get(FACT_TTL_TABLES)
+        .map(|t| t.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
 /// Backs up the selected databases into `run`; returns the server version and the facts.
 ///
 /// # Errors

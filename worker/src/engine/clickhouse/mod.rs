@@ -14,6 +14,8 @@ use std::fmt;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+
+use crate::engine::transport_reason;
 use url::Url;
 
 /// Engine name in the store layout and manifests.
@@ -295,17 +297,6 @@ pub fn quote_ident(name: &str) -> String {
 /// Quotes a string literal.
 pub fn quote_str(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn transport_reason(e: &reqwest::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    reason
 }
 
 #[cfg(test)]

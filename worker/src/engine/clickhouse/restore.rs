@@ -160,8 +160,7 @@ pub async fn read_schema(
             }
             out.extend_from_slice(&buf[..n]);
         }
-        let (stats, _) = plain.finish().map_err(undecodable)?;
-        crate::verify::compare_stats(&backup, &part_owned, &stats)?;
+        crate::verify::finish_checked(plain, &backup, &part_owned)?;
         Ok(out)
     })
     .await

@@ -16,7 +16,7 @@ use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{compare_stats, open_plaintext, VerifyError};
+use crate::verify::{finish_checked, open_plaintext, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -220,17 +220,7 @@ fn feed(
         }
         restore.write_all(&buf[..n]).map_err(RestoreError::Tool)?;
     }
-    let (stats, plaintext) = plain.finish().map_err(undecodable)?;
-    compare_stats(backup, part, &stats)?;
-    if plaintext != part.plaintext_bytes {
-        return Err(VerifyError::PlaintextSize {
-            backup: backup.to_string(),
-            part: part.name.clone(),
-            expected: part.plaintext_bytes,
-            found: plaintext,
-        }
-        .into());
-    }
+    finish_checked(plain, backup, part)?;
     let warnings = restore.close().map_err(RestoreError::Tool)?;
     if !warnings.is_empty() {
         tracing::warn!(pg_restore = %warnings, "pg_restore warnings");

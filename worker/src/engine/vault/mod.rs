@@ -21,6 +21,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::catalog::{Manifest, Part, TableCount};
+use crate::engine::transport_reason;
 
 /// Engine name in the store layout and manifests.
 pub const ENGINE: &str = "vault";
@@ -738,18 +739,6 @@ async fn errors_of(response: reqwest::Response) -> String {
         },
         Err(_) => text.chars().take(200).collect(),
     }
-}
-
-/// A transport error with its causes, which reqwest keeps in `source()`.
-fn transport_reason(e: &reqwest::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    reason
 }
 
 #[cfg(test)]
