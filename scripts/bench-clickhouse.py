@@ -11,7 +11,6 @@ peak memory (RSS of the process tree) of:
 Usage (services from scripts/services.sh; builds release binaries):
 
   scripts/bench-clickhouse.py [ROWS …]        default: 1000000 20000000
-  DR_BENCH_NO_BUILD=1 …                       use the release binaries as they are
 """
 import os, subprocess, sys, tempfile
 
@@ -55,8 +54,7 @@ def build(table, rows):
 
 def main():
     sizes = [int(a) for a in sys.argv[1:]] or [1_000_000, 20_000_000]
-    if not os.environ.get("DR_BENCH_NO_BUILD"):
-        subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
     worker = os.path.join(ROOT, "target", "release", "worker")
     key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
     recipient = next(l.split(": ")[1] for l in key.splitlines() if l.startswith("# public key"))

@@ -328,12 +328,15 @@ async fn dump_table(
         database: Some(table.database.clone()),
     };
     let produce = move |out: &mut dyn Write| -> Result<u64, SourceError> {
-        let stats = walk_while_copying(reader, out).map_err(|e| -> SourceError {
-            match e {
-                NativeError::Io(io) => Box::new(io),
-                other => Box::new(other),
-            }
-        })?;
+        let tee = Tee { inner: reader, out };
+        let stats = native::walk(BufReader::with_capacity(256 * 1024, tee), |_| {}).map_err(
+            |e| -> SourceError {
+                match e {
+                    NativeError::Io(io) => Box::new(io),
+                    other => Box::new(other),
+                }
+            },
+        )?;
         Ok(stats.rows)
     };
     let part_name = spec.name.clone();
@@ -352,70 +355,16 @@ async fn dump_table(
     Ok(rows)
 }
 
-/// Copies `input` to `out` (the encoder) while a second thread walks the same bytes: the
-/// walk and the compression/encryption then use two cores instead of taking turns on one.
-/// Memory: the channel holds at most a few 256 KiB chunks.
-fn walk_while_copying(
-    mut input: impl Read,
-    out: &mut dyn Write,
-) -> Result<native::NativeStats, NativeError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    let walker = std::thread::spawn(move || {
-        native::walk(
-            BufReader::with_capacity(
-                256 * 1024,
-                ChannelReader {
-                    rx,
-                    chunk: Vec::new(),
-                    at: 0,
-                },
-            ),
-            |_| {},
-        )
-    });
-    let copied = (|| -> io::Result<()> {
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = input.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.truncate(n);
-            out.write_all(&buf)?;
-            if tx.send(buf).is_err() {
-                // The walker stopped early: it found the end of the result (an exception).
-                return Ok(());
-            }
-        }
-    })();
-    drop(tx);
-    let walked = walker.join().expect("walker thread panicked");
-    // A transport or store failure explains more than what the walker made of a cut stream.
-    copied.map_err(NativeError::Io)?;
-    walked
+/// Passes everything read on to the encoder.
+struct Tee<'a, R> {
+    inner: R,
+    out: &'a mut dyn Write,
 }
 
-/// Reads the chunks a channel delivers; EOF when the sender is gone.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChannelReader {
+impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
         Ok(n)
     }
 }
