@@ -7,7 +7,6 @@ use std::io::{self, BufReader, Read, Write};
 
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::native::{self, NativeError};
 use super::{
@@ -319,8 +318,7 @@ async fn dump_table(
         )
         .await
         .map_err(TableFailure::Ch)?;
-    let body = response.bytes_stream().map_err(io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(body));
+    let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
         name: table.part.clone().expect("tables with data have a part"),
         format: FORMAT_NATIVE,

@@ -6,9 +6,6 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use futures::TryStreamExt;
-use tokio_util::io::{StreamReader, SyncIoBridge};
-
 use super::snapshot;
 use super::{Auth, VaultClient, VaultError, VaultTarget, FORMAT_SNAPSHOT};
 use crate::engine::{BackupRun, PartSpec};
@@ -55,8 +52,7 @@ pub async fn dump(
     let (active, health) = client.active().await?;
 
     let response = active.snapshot().await?;
-    let body = response.bytes_stream().map_err(io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(body));
+    let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
         name: "raft".into(),
         format: FORMAT_SNAPSHOT,
