@@ -46,6 +46,8 @@ install_tools() {
   command -v zstd >/dev/null || missing+=(zstd)
   command -v curl >/dev/null || missing+=(curl)
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   if ! command -v s3s-fs >/dev/null; then
     log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
