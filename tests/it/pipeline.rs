@@ -182,30 +182,57 @@ async fn a_truncated_object_fails_the_check() {
 }
 
 /// A part that is intact and decrypts but whose content is not what its format promises
-/// (here: a "raft snapshot" that is not one) fails `verify --identity` as a check (exit 1),
-/// while the keyless integrity check, which cannot look inside, passes.
+/// (a "raft snapshot" that is not one, a Native result that ends in an exception) fails
+/// `verify --identity` as a check (exit 1), while the keyless integrity check, which cannot
+/// look inside, passes.
 #[tokio::test]
 async fn content_check_catches_a_snapshot_that_is_not_one() {
+    content_check_case(
+        "vault",
+        drkit::engine::vault::FORMAT_SNAPSHOT,
+        b"not a gzip'd tar at all",
+        "not a gzip'd tar",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn content_check_catches_a_native_result_that_ends_in_an_exception() {
+    let mut native = vec![1u8, 2];
+    native.extend(b"\x01x\x05UInt8\x01\x02");
+    native.extend(b"Code: 60, e.displayText() = DB::Exception: Table t doesn't exist.\n");
+    content_check_case(
+        "clickhouse",
+        drkit::engine::clickhouse::FORMAT_NATIVE,
+        &native,
+        "Table t doesn't exist",
+    )
+    .await;
+}
+
+async fn content_check_case(engine: &str, format: &'static str, content: &[u8], expected: &str) {
     let store = TestStore::s3();
     let opened = store.open().await;
     let keys = Keys::generate();
     let run = BackupRun::start(
         opened.as_ref(),
-        "vault",
+        engine,
         "pipe",
         settings(&keys, Compression::Zstd),
         CancellationToken::new(),
     )
     .unwrap();
     let spec = PartSpec {
-        name: "raft".into(),
-        format: drkit::engine::vault::FORMAT_SNAPSHOT,
-        extension: "snap",
+        name: "p".into(),
+        format,
+        extension: "bin",
         database: None,
     };
-    run.store_part(spec, |out: &mut dyn Write| {
-        Ok(out.write_all(b"not a gzip'd tar at all")?)
-    })
+    let content = content.to_vec();
+    run.store_part(
+        spec,
+        move |out: &mut dyn Write| Ok(out.write_all(&content)?),
+    )
     .await
     .unwrap();
     let m = run
@@ -221,5 +248,5 @@ async fn content_check_catches_a_snapshot_that_is_not_one() {
         .unwrap_err();
     assert!(matches!(err, VerifyError::BadContent { .. }), "{err}");
     assert!(err.is_check_failure());
-    assert!(err.to_string().contains("not a gzip'd tar"), "{err}");
+    assert!(err.to_string().contains(expected), "{err}");
 }

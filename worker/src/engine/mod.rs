@@ -198,6 +198,11 @@ pub fn content_check(format: &str) -> Option<ContentCheck> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
+        clickhouse::FORMAT_NATIVE => Some(|r| {
+            clickhouse::native::walk(std::io::BufReader::with_capacity(256 * 1024, r), |_| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
         _ => None,
     }
 }
