@@ -6,8 +6,6 @@
 
 use std::fmt;
 
-use tokio_util::io::SyncIoBridge;
-
 use crate::catalog::{Manifest, Part, TableCount};
 use crate::pipeline::decode::{CiphertextStats, DecodeError, HashingReader, PlainReader};
 use crate::pipeline::keys::Identities;
@@ -112,7 +110,7 @@ pub async fn check_part(
         ),
         Some(part.ciphertext_bytes),
     );
-    let bridge = SyncIoBridge::new(reader);
+    let bridge = crate::pipeline::batched_object_reader(reader);
     let hashing = HashingReader::new(bridge, Some(bar.clone()));
     let undecodable = |source| VerifyError::Undecodable {
         backup: backup.to_string(),
@@ -212,7 +210,10 @@ pub async fn open_plaintext(
         &format!("restore {}", part.name),
         Some(part.ciphertext_bytes),
     );
-    let hashing = HashingReader::new(SyncIoBridge::new(reader), Some(bar.clone()));
+    let hashing = HashingReader::new(
+        crate::pipeline::batched_object_reader(reader),
+        Some(bar.clone()),
+    );
     let (ids, compression) = (identities.clone(), part.compression);
     let plain = tokio::task::spawn_blocking(move || PlainReader::open(hashing, &ids, compression))
         .await

@@ -60,6 +60,42 @@ where
     }
 }
 
+/// The same batching for a store object being read (restores, verify): a task fills
+/// ~[`CHUNK_SIZE`] batches from the async reader and the decoding thread takes them whole.
+pub fn batched_object_reader(
+    mut reader: crate::store::ObjectReader,
+) -> impl std::io::Read + Send + 'static {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        loop {
+            let mut batch = bytes::BytesMut::with_capacity(CHUNK_SIZE);
+            while batch.len() < CHUNK_SIZE {
+                match reader.read_buf(&mut batch).await {
+                    Ok(0) => {
+                        if !batch.is_empty() {
+                            let _ = tx.send(Ok(batch.freeze())).await;
+                        }
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if tx.send(Ok(batch.freeze())).await.is_err() {
+                return;
+            }
+        }
+    });
+    BatchReader {
+        rx,
+        current: bytes::Bytes::new(),
+    }
+}
+
 struct BatchReader {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
     current: bytes::Bytes,
