@@ -83,6 +83,19 @@ fn backup(store: &TestStore, keys: &Keys, db: &str) -> String {
     stdout(&out).trim().to_string()
 }
 
+/// `kubectl dr restore ID -i IDENTITY --to URL EXTRA…` against `store`.
+fn restore(
+    store: &TestStore,
+    id: &str,
+    identity: &str,
+    to: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["restore", id, "-i", identity, "--to", to];
+    args.extend_from_slice(extra);
+    dr(store, &args)
+}
+
 fn dr(store: &TestStore, args: &[&str]) -> std::process::Output {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--store", store.url()]);
@@ -133,21 +146,12 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
     assert_eq!(rows.get(&format!("{db}..inner.users_mv")), Some(&100_000));
 
     let map = format!("{db}={copy}");
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &map,
-            "--yes",
-            "-o",
-            "json",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &map, "--yes", "-o", "json"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -215,19 +219,12 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
     );
 
     // Restoring again onto tables with rows is refused, and changes nothing.
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &map,
-            "--yes",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &map, "--yes"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -237,20 +234,12 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
     );
     assert_eq!(count(&copy, "events").await, 100_001);
     // --clean drops and reloads: back to the backup's rows.
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &map,
-            "--clean",
-            "--yes",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &map, "--clean", "--yes"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(count(&copy, "events").await, 100_000);
@@ -272,21 +261,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
 
     // --table picks one table; nothing else is created.
     let pattern = format!("{db}.events");
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &map,
-            "--table",
-            &pattern,
-            "--yes",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &map, "--table", &pattern, "--yes"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(count(&copy, "events").await, 100_000);
@@ -302,19 +282,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     // Wrong key: refused before the server is touched.
     let other = Keys::generate();
     let fresh = format!("{db}=x{db}");
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            other.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &fresh,
-            "--yes",
-        ],
+        &id,
+        other.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &fresh, "--yes"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("no identity in"), "{}", stderr(&out));
@@ -337,19 +310,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     std::fs::write(&part, &bytes).unwrap();
     let out = dr(&store, &["verify", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            &url,
-            "--database-map",
-            &fresh,
-            "--yes",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &["--database-map", &fresh, "--yes"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
@@ -362,17 +328,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     );
 
     // Unreachable server and a bad password: clear errors, no secret in them.
-    let out = dr(
+    let out = restore(
         &store,
-        &[
-            "restore",
-            &id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--to",
-            "http://127.0.0.1:9",
-            "--yes",
-        ],
+        &id,
+        keys.identity.to_str().unwrap(),
+        "http://127.0.0.1:9",
+        &["--yes"],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(

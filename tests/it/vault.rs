@@ -70,19 +70,27 @@ impl Fixture {
     }
 }
 
+/// `worker backup vault` into `store`, with extra flags and environment.
+fn backup_vault(store: &TestStore, keys: &Keys, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "backup",
+        "vault",
+        "--target",
+        TARGET,
+        "--store",
+        store.url(),
+        "--recipient",
+        &keys.recipient,
+    ];
+    args.extend_from_slice(extra);
+    run("worker", &args, env)
+}
+
 fn backup(bao: &Bao, store: &TestStore, keys: &Keys, token: &str) -> Output {
-    run(
-        "worker",
-        &[
-            "backup",
-            "vault",
-            "--target",
-            TARGET,
-            "--store",
-            store.url(),
-            "--recipient",
-            &keys.recipient,
-        ],
+    backup_vault(
+        store,
+        keys,
+        &[],
         &[("VAULT_ADDR", &bao.addr), ("VAULT_TOKEN", token)],
     )
 }
@@ -429,18 +437,10 @@ async fn sealed_server_bad_token_and_missing_capability_fail_clearly() {
     );
 
     // Unreachable server.
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "vault",
-            "--target",
-            TARGET,
-            "--store",
-            f.store.url(),
-            "-r",
-            &f.keys.recipient,
-        ],
+    let out = backup_vault(
+        &f.store,
+        &f.keys,
+        &[],
         &[
             ("VAULT_ADDR", "http://127.0.0.1:9"),
             ("VAULT_TOKEN", &bao.root_token),
@@ -657,17 +657,10 @@ async fn kubernetes_auth_logs_in_and_a_wrong_role_is_explained() {
     std::fs::write(&token_path, &jwt).unwrap();
     let (store, keys) = (TestStore::s3(), Keys::generate());
     let backup_as = |role: &str| {
-        run(
-            "worker",
+        backup_vault(
+            &store,
+            &keys,
             &[
-                "backup",
-                "vault",
-                "--target",
-                TARGET,
-                "--store",
-                store.url(),
-                "-r",
-                &keys.recipient,
                 "--k8s-role",
                 role,
                 "--k8s-token-path",
@@ -801,18 +794,10 @@ async fn an_empty_or_malformed_snapshot_is_a_failed_backup() {
         ("cut short", cut, "not a gzip'd tar archive or is cut short"),
     ] {
         let addr = vault_sending(body).await;
-        let out = run(
-            "worker",
-            &[
-                "backup",
-                "vault",
-                "--target",
-                TARGET,
-                "--store",
-                store.url(),
-                "-r",
-                &keys.recipient,
-            ],
+        let out = backup_vault(
+            &store,
+            &keys,
+            &[],
             &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "s.fake")],
         );
         assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
@@ -824,18 +809,10 @@ async fn an_empty_or_malformed_snapshot_is_a_failed_backup() {
     }
     // And the whole snapshot from the same fake is fine: the check is not the fake's doing.
     let addr = vault_sending(whole).await;
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "vault",
-            "--target",
-            TARGET,
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
+    let out = backup_vault(
+        &store,
+        &keys,
+        &[],
         &[("VAULT_ADDR", &addr), ("VAULT_TOKEN", "s.fake")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

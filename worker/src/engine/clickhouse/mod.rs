@@ -81,23 +81,10 @@ impl ChTarget {
     /// # Errors
     /// [`ChError::BadUrl`], an unreadable password file.
     pub fn from_url(url: &str) -> Result<Self, ChError> {
-        let bad = |reason: &str| ChError::BadUrl {
-            url: url.split('@').next_back().unwrap_or(url).to_string(),
-            reason: reason.to_string(),
-        };
-        let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(bad("the scheme must be http or https"));
-        }
-        if parsed.password().is_some() {
-            return Err(bad(
-                "no password in the URL; use CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE",
-            ));
-        }
-        let user = match parsed.username() {
-            "" => std::env::var("CLICKHOUSE_USER").unwrap_or_else(|_| "default".into()),
-            u => u.to_string(),
-        };
+        let (url, user) = parse_url(url)?;
+        let user = user.unwrap_or_else(|| {
+            std::env::var("CLICKHOUSE_USER").unwrap_or_else(|_| "default".into())
+        });
         let password = match std::env::var("CLICKHOUSE_PASSWORD") {
             Ok(p) => Some(p),
             Err(_) => match std::env::var("CLICKHOUSE_PASSWORD_FILE") {
@@ -113,8 +100,6 @@ impl ChTarget {
                 _ => None,
             },
         };
-        let mut url = parsed;
-        let _ = url.set_username("");
         Ok(ChTarget {
             url,
             user,
@@ -125,16 +110,18 @@ impl ChTarget {
     /// A target with explicit credentials (for callers that do not use the environment).
     ///
     /// # Errors
-    /// As [`ChTarget::from_url`].
+    /// [`ChError::BadUrl`].
     pub fn with_credentials(
         url: &str,
         user: &str,
         password: Option<String>,
     ) -> Result<Self, ChError> {
-        let mut target = ChTarget::from_url(url)?;
-        target.user = user.to_string();
-        target.password = password;
-        Ok(target)
+        let (url, _) = parse_url(url)?;
+        Ok(ChTarget {
+            url,
+            user: user.to_string(),
+            password,
+        })
     }
 
     /// CLICKHOUSE_URL and friends.
@@ -144,6 +131,27 @@ impl ChTarget {
     pub fn from_env() -> Result<Self, ChError> {
         ChTarget::from_url(&std::env::var("CLICKHOUSE_URL").map_err(|_| ChError::NoUrl)?)
     }
+}
+
+/// Checks an `http(s)://[user@]host:port` address and splits off the user; a password in
+/// the URL is refused (it would end up in shell history and process lists).
+fn parse_url(url: &str) -> Result<(Url, Option<String>), ChError> {
+    let bad = |reason: &str| ChError::BadUrl {
+        url: url.split('@').next_back().unwrap_or(url).to_string(),
+        reason: reason.to_string(),
+    };
+    let mut parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if parsed.password().is_some() {
+        return Err(bad(
+            "no password in the URL; use CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE",
+        ));
+    }
+    let user = Some(parsed.username().to_string()).filter(|u| !u.is_empty());
+    let _ = parsed.set_username("");
+    Ok((parsed, user))
 }
 
 /// A client for one server.
