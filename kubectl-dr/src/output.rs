@@ -73,6 +73,24 @@ fn is_number(s: &str) -> bool {
     s == "-" || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ','))
 }
 
+/// A database, schema or table name as shown in a table: control characters escaped (a
+/// name must never send terminal escapes), and quoted with `"` (inner quotes doubled, as
+/// SQL does) when it holds a dot, a quote, a comma or white space, so `public."a.b"` can
+/// never be mistaken for table `b` of schema `a`.
+pub fn quoted_name(name: &str) -> String {
+    let shown = drkit::catalog::printable(name);
+    if shown.is_empty() || shown.contains(['.', '"', ',', ' ', '\t']) {
+        format!("\"{}\"", shown.replace('"', "\"\""))
+    } else {
+        shown
+    }
+}
+
+/// `schema.table` with each side quoted as [`quoted_name`] says.
+pub fn qualified_name(schema: &str, table: &str) -> String {
+    format!("{}.{}", quoted_name(schema), quoted_name(table))
+}
+
 /// Bytes in binary units, e.g. `2.1 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -92,6 +110,16 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_escaped_and_quoted_where_they_could_mislead() {
+        assert_eq!(qualified_name("public", "users"), "public.users");
+        assert_eq!(qualified_name("public", "a.b"), "public.\"a.b\"");
+        assert_eq!(qualified_name("a", "b"), "a.b");
+        assert_eq!(quoted_name("say \"hi\""), "\"say \"\"hi\"\"\"");
+        let esc = quoted_name("esc\u{1b}[2J");
+        assert!(!esc.contains('\u{1b}') && esc.contains("\\u{1b}"), "{esc}");
+    }
 
     #[test]
     fn human_bytes_uses_binary_units() {

@@ -19,9 +19,13 @@ async fn main() {
         [_, url, count] => (url.clone(), count.parse::<i64>().expect("count")),
         _ => panic!("usage: seed-backups STORE_URL COUNT"),
     };
-    let store = store::open(&url.parse().expect("store url"), &Default::default())
-        .await
-        .expect("open store");
+    let store = store::open(
+        &url.parse().expect("store url"),
+        &Default::default(),
+        store::OpenMode::CreateIfMissing,
+    )
+    .await
+    .expect("open store");
     let started = std::time::Instant::now();
     stream::iter(0..count)
         .for_each_concurrent(32, |i| {

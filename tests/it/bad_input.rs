@@ -494,3 +494,56 @@ async fn key_and_store_mistakes_are_usage_errors() {
     let out = run("kubectl-dr", &["list", "--store", "ftp://nope"], &[]);
     assert_eq!(code(&out), 2);
 }
+
+/// pg_dump gets libpq's settings and its password, never the secrets of the store or of
+/// other engines that the worker's own environment holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_sees_no_secret_but_its_own() {
+    let f = Fixture::new("childenv").await;
+    let seen = tempfile::NamedTempFile::new().unwrap();
+    let bin = fake_pg_bin(&format!(
+        "env > {}\nexec \"$REAL\" \"$@\"",
+        seen.path().display()
+    ));
+    let out = f.backup(&[
+        ("DR_PG_BIN_DIR", bin.path().to_str().unwrap()),
+        ("CLICKHOUSE_PASSWORD", "ch-Leak-Canary-1"),
+        ("VAULT_TOKEN", "hvs.Leak-Canary-2"),
+        ("PGSSLMODE", "disable"),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let env = std::fs::read_to_string(seen.path()).unwrap();
+    for secret in [
+        svc("AWS_SECRET_ACCESS_KEY"),
+        "ch-Leak-Canary-1".to_string(),
+        "hvs.Leak-Canary-2".to_string(),
+    ] {
+        assert!(!env.contains(&secret), "pg_dump saw {secret}");
+    }
+    assert!(env.contains(&format!("PGPASSWORD={}", svc("PGPASSWORD"))));
+    assert!(env.contains("PGSSLMODE=disable") && env.contains("PATH="));
+    f.cleanup().await;
+}
+
+/// Names are data: a table named with terminal escapes or a dot prints escaped and quoted.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_table_names_print_escaped_and_quoted() {
+    let f = Fixture::new("names").await;
+    pg_connect(&f.db)
+        .await
+        .batch_execute(
+            "CREATE TABLE \"esc\x1b[2Jboom\" (id int); CREATE TABLE \"a.b\" (id int); INSERT INTO \"a.b\" VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let out = f.backup(&[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let out = f.dr(&["verify", &id, "--against", &pg_url(&f.db)]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains('\x1b'), "a terminal escape reached stdout");
+    assert!(text.contains("\\u{1b}[2Jboom"), "{text}");
+    assert!(text.contains("public.\"a.b\""), "{text}");
+    f.cleanup().await;
+}

@@ -5,6 +5,8 @@
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
+//! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
+//!   bounded memory, silent servers and typos; no command panics on malformed stores.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
 //! - `clickhouse`: backup → verify → restore under another name with views and Distributed
 //!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
@@ -15,6 +17,7 @@
 
 mod bad_input;
 mod clickhouse;
+mod durability;
 mod manifests;
 mod pipeline;
 mod postgres;

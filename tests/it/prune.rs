@@ -74,6 +74,9 @@ async fn prunes_one_target_and_nothing_else() {
             "a",
             "--keep-last",
             "2",
+            // Four of six: more than the default --max-delete 50% allows.
+            "--max-delete",
+            "100%",
         ],
         &[],
     );
@@ -247,7 +250,15 @@ async fn bad_flags_delete_nothing() {
     assert_eq!(out.status.code(), Some(2));
     let out = run(
         "kubectl-dr",
-        &["prune", "--store", t.url(), "--keep-last", "1"],
+        &[
+            "prune",
+            "--store",
+            t.url(),
+            "--keep-last",
+            "1",
+            "--max-delete",
+            "100%",
+        ],
         &[],
     );
     assert_eq!(

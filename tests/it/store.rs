@@ -42,7 +42,7 @@ fn feed(bytes: Vec<u8>, end: bool) -> mpsc::Receiver<BodyChunk> {
 }
 
 async fn get_all(store: &dyn DeleteStore, key: &str) -> Vec<u8> {
-    store.get_bytes(key).await.expect("get")
+    store.get_bytes(key, u64::MAX).await.expect("get")
 }
 
 async fn streams_round_trip_across_parts(t: TestStore) {
@@ -231,4 +231,26 @@ async fn unreachable_s3_is_reported_as_such() {
         err.to_string().contains("cannot reach s3://bucket/"),
         "{err}"
     );
+}
+
+/// A key that could leave its directory is refused before any request is built: the
+/// client points at a closed port, so a request that went out would be `Unreachable`.
+#[tokio::test]
+async fn unsafe_keys_never_reach_the_s3_server() {
+    let store = drkit::store::s3::S3Store::new(
+        dr_tests::s3_client("http://127.0.0.1:1"),
+        "bucket",
+        &unique("p"),
+    );
+    for key in ["a/../x", "/etc/passwd", "a/a%2F..%2Fb", "a/x\ny"] {
+        let err = match drkit::store::ReadStore::get(&store, key).await {
+            Ok(_) => panic!("{key:?} was read"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
+        let err = drkit::store::WriteStore::put_bytes(&store, key, bytes::Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
+    }
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use age::x25519;
 use clap::Args;
 
+use crate::catalog::CatalogError;
 use crate::pipeline::keys::{self, Identities, KeyError};
-use crate::store::{self, DeleteStore, S3Options, StoreUrl};
+use crate::store::{self, DeleteStore, OpenMode, S3Options, StoreUrl};
 use crate::verify::VerifyError;
 
 /// Where backups live.
@@ -29,11 +30,24 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// Opens the store with every capability; callers keep only the trait they need.
+    /// Opens an existing store with every capability; callers keep only the trait they
+    /// need. A missing directory or bucket is an error, never "no backups".
     ///
     /// # Errors
-    /// A missing or malformed URL, or an unusable local directory.
+    /// A missing or malformed URL, a missing or unusable local directory.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn DeleteStore>> {
+        self.open_with(OpenMode::MustExist).await
+    }
+
+    /// Opens the store for a backup, creating a missing local directory.
+    ///
+    /// # Errors
+    /// A missing or malformed URL, or a local directory that cannot be created.
+    pub async fn open_for_backup(&self) -> anyhow::Result<Arc<dyn DeleteStore>> {
+        self.open_with(OpenMode::CreateIfMissing).await
+    }
+
+    async fn open_with(&self, mode: OpenMode) -> anyhow::Result<Arc<dyn DeleteStore>> {
         let text = self.store.as_deref().ok_or_else(|| {
             anyhow::anyhow!(
                 "no store given: pass --store s3://bucket/prefix (or file:///dir), or set DR_STORE"
@@ -45,6 +59,7 @@ impl StoreArgs {
             &S3Options {
                 path_style: self.s3_path_style,
             },
+            mode,
         )
         .await?)
     }
@@ -139,6 +154,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         c.downcast_ref::<CheckFailed>().is_some()
             || c.downcast_ref::<VerifyError>()
                 .is_some_and(VerifyError::is_check_failure)
+            || c.downcast_ref::<CatalogError>()
+                .is_some_and(CatalogError::is_check_failure)
     });
     if check {
         1
@@ -196,6 +213,21 @@ pub struct RetentionArgs {
     /// Incomplete backups (no manifest) younger than this may still be running and are kept.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub grace: std::time::Duration,
+    /// A backup dated further than this after now (a clock running fast, a forged id) is
+    /// kept but treated as damaged: never the newest, never the reference for the rules.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: std::time::Duration,
+}
+
+/// Safety limits of a prune that deletes (shared by `worker prune` and `kubectl dr prune`).
+#[derive(Debug, Clone, Args)]
+pub struct PruneLimitArgs {
+    /// Refuse to run when the plan deletes more than this share of a target's complete
+    /// backups: a count (3) or a percentage (50%). A first prune of a long history needs
+    /// it raised once; a nightly prune deletes one or two. A plan that deletes a target's
+    /// last complete backup is always refused.
+    #[arg(long, value_name = "N|P%", default_value = "50%")]
+    pub max_delete: crate::retention::MaxDelete,
 }
 
 impl RetentionArgs {
@@ -217,6 +249,7 @@ impl RetentionArgs {
             keep_yearly: self.keep_yearly,
             keep_within: self.keep_within.map(dur),
             incomplete_grace: dur(self.grace),
+            max_clock_skew: dur(self.max_clock_skew),
         }
     }
 }

@@ -56,7 +56,10 @@ enum Command {
     ///
     /// Rules apply per engine and target; periods count back from the newest complete
     /// backup, so failing jobs never age out the last good copies, and the newest complete
-    /// backup is always kept. Each decision is logged with its reasons.
+    /// backup is always kept. Every manifest is read and checked first: a damaged one
+    /// counts for nothing and is never deleted. A plan that would delete a target's last
+    /// complete backup, or more than --max-delete of them, is refused (exit 2) before
+    /// anything is deleted. Each decision is logged with its reasons.
     ///
     /// Example (a nightly prune CronJob):
     ///   worker prune --keep-daily 7 --keep-weekly 4 --keep-monthly 6
@@ -74,7 +77,9 @@ struct PruneArgs {
     target: Option<String>,
     #[command(flatten)]
     retention: cli::RetentionArgs,
-    /// Log the decisions, delete nothing.
+    #[command(flatten)]
+    limits: cli::PruneLimitArgs,
+    /// Log the decisions, delete nothing (a plan that would be refused is refused here too).
     #[arg(long)]
     dry_run: bool,
 }
@@ -297,7 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(Backup::Postgres(args)) => {
             let settings = args.encoding.settings(&args.recipients)?;
             let source = PgTarget::from_env()?;
-            let store = cli.store.open().await?;
+            let store = cli.store.open_for_backup().await?;
             let store: &dyn WriteStore = store.as_ref();
             let run = BackupRun::start(store, "postgres", &args.target, settings, cancel)?;
             let backup = run.backup().clone();
@@ -316,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = args.encoding.settings(&args.recipients)?;
             let source = vault::VaultTarget::from_env()?;
             let auth = args.auth()?;
-            let store = cli.store.open().await?;
+            let store = cli.store.open_for_backup().await?;
             let store: &dyn WriteStore = store.as_ref();
             let run = BackupRun::start(store, vault::ENGINE, &args.target, settings, cancel)?;
             let backup = run.backup().clone();
@@ -329,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(Backup::Clickhouse(args)) => {
             let settings = args.encoding.settings(&args.recipients)?;
             let source = clickhouse::ChTarget::from_env()?;
-            let store = cli.store.open().await?;
+            let store = cli.store.open_for_backup().await?;
             let store: &dyn WriteStore = store.as_ref();
             let run = BackupRun::start(store, clickhouse::ENGINE, &args.target, settings, cancel)?;
             let backup = run.backup().clone();
@@ -375,10 +380,11 @@ async fn commit(
 async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
     let policy = args.retention.policy();
     policy.validate()?;
-    for (kind, name) in [("engine", &args.engine), ("target", &args.target)] {
-        if let Some(n) = name {
-            drkit::catalog::validate_name(kind, n)?;
-        }
+    if let Some(e) = &args.engine {
+        drkit::catalog::validate_engine(e)?;
+    }
+    if let Some(t) = &args.target {
+        drkit::catalog::validate_name("target", t)?;
     }
     let filter = drkit::catalog::Filter {
         engine: args.engine,
@@ -390,12 +396,14 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
     for item in &items {
         tracing::info!(
             backup = %format!("{}/{}/{}", item.engine, item.target, item.decision.id),
+            status = %item.status,
             action = if item.decision.keep { "keep" } else { "delete" },
             reasons = %item.decision.reasons.join("; "),
             dry_run = args.dry_run,
             "decision"
         );
     }
+    prune::check_plan(&items, args.limits.max_delete)?;
     let mut outcome = prune::PruneOutcome::default();
     if !args.dry_run {
         prune::execute(store.as_ref(), &items, &mut outcome)

@@ -56,8 +56,33 @@ pub enum VerifyError {
         part: String,
         reason: String,
     },
+    #[error("part {part} of backup {backup} cannot be read as a stored object ({source}); the store was tampered with, use another backup")]
+    Unreadable {
+        backup: String,
+        part: String,
+        source: Box<StoreError>,
+    },
     #[error(transparent)]
     Store(StoreError),
+}
+
+/// Maps the store's error on opening a part: a missing object or one that is no object at
+/// all (a symlink, a FIFO) is damage to the backup; anything else is operational.
+fn open_error(backup: &str, part: &Part, e: StoreError) -> VerifyError {
+    match e {
+        StoreError::NotFound { .. } => VerifyError::Missing {
+            backup: backup.to_string(),
+            part: part.name.clone(),
+        },
+        e @ (StoreError::NotRegular { .. } | StoreError::BadKey { .. }) => {
+            VerifyError::Unreadable {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                source: Box::new(e),
+            }
+        }
+        e => VerifyError::Store(e),
+    }
 }
 
 impl VerifyError {
@@ -91,13 +116,10 @@ pub async fn check_part(
 ) -> Result<(), VerifyError> {
     let backup = manifest.backup_ref();
     let key = backup.part_key(&part.file);
-    let reader = store.get(&key).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => VerifyError::Missing {
-            backup: backup.to_string(),
-            part: part.name.clone(),
-        },
-        e => VerifyError::Store(e),
-    })?;
+    let reader = store
+        .get(&key)
+        .await
+        .map_err(|e| open_error(&backup.to_string(), part, e))?;
     let bar = progress.start(
         &format!(
             "{} {}",
@@ -205,7 +227,7 @@ pub async fn open_plaintext(
     let reader = store
         .get(&backup.part_key(&part.file))
         .await
-        .map_err(VerifyError::Store)?;
+        .map_err(|e| open_error(&backup.to_string(), part, e))?;
     let bar = progress.start(
         &format!("restore {}", part.name),
         Some(part.ciphertext_bytes),
@@ -386,7 +408,11 @@ impl fmt::Display for MaxDiff {
 /// One table in a count comparison.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CountRow {
+    /// `schema.name` as stored (for scripts; not quoted).
     pub table: String,
+    /// The schema (or database) and table name apart, for display that quotes each.
+    #[serde(skip)]
+    pub parts: (String, String),
     pub backup_rows: Option<u64>,
     pub live_rows: Option<u64>,
     pub ok: bool,
@@ -416,6 +442,7 @@ pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) 
             let ok = live_rows.is_some_and(|l| within(b.rows, l, max));
             CountRow {
                 table: b.qualified(),
+                parts: (b.schema.clone(), b.name.clone()),
                 backup_rows: Some(b.rows),
                 live_rows,
                 ok,
@@ -432,6 +459,7 @@ pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) 
             })
             .map(|l| CountRow {
                 table: l.qualified(),
+                parts: (l.schema.clone(), l.name.clone()),
                 backup_rows: None,
                 live_rows: Some(l.rows),
                 ok: true,

@@ -35,7 +35,7 @@ impl DatabaseCounts {
             .iter()
             .map(|r| {
                 vec![
-                    r.table.clone(),
+                    output::qualified_name(&r.parts.0, &r.parts.1),
                     opt(r.backup_rows),
                     opt(r.live_rows),
                     r.difference().map_or("-".into(), |d| {
@@ -57,7 +57,11 @@ impl DatabaseCounts {
                 ]
             })
             .collect();
-        println!("database {} vs {}", self.database, self.against);
+        println!(
+            "database {} vs {}",
+            output::quoted_name(&self.database),
+            self.against
+        );
         output::print_table(
             &["TABLE", "BACKUP ROWS", "LIVE ROWS", "DIFF", "STATUS"],
             &rows,

@@ -1,28 +1,36 @@
-//! `kubectl dr list`: complete backups, newest last, with size and databases. Manifests are
-//! read concurrently; an unreadable one is shown as damaged rather than hiding the backup.
+//! `kubectl dr list`: backups, newest last, with status, size and databases. Every
+//! manifest is read (a bounded number at a time, each capped in size) and checked, so a
+//! damaged backup is shown as damaged, never as a good one.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
-use drkit::catalog::{self, ScannedBackup};
+use drkit::catalog::{self, Inspected, Status};
 use drkit::cli::{RetentionArgs, StoreArgs};
 use drkit::retention::prune;
 use drkit::store::ReadStore;
-use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::FilterArgs;
 use crate::output::{self, Format};
 
-/// Manifests read at once.
-const CONCURRENT_READS: usize = 16;
-
 /// List backups in the store.
 ///
-/// Shows complete backups (those with a manifest). --all also shows incomplete ones: a
-/// backup still running, or one that failed (prune removes those after a grace period).
+/// Shows complete and damaged backups, with a STATUS column. A damaged backup has a
+/// manifest that fails its checks (unreadable, wrong format, dated far in the future, bad
+/// part names…): it is never used as `latest` and never counted or deleted by prune.
+/// --all also shows incomplete backups: one still running, or one that failed (prune
+/// removes those after --grace), including uploads that never finished a single object.
+/// A store that does not exist is an error (exit 2), never "no backups".
+///
+/// Examples:
+///   kubectl dr list
+///   kubectl dr list --engine postgres --target prod -o json
+///   kubectl dr list --all                                   # include failed/running backups
+///   kubectl dr list --keep-daily 7 --keep-weekly 4          # what a prune would keep
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct ListCmd {
     #[command(flatten)]
     filter: FilterArgs,
@@ -70,40 +78,34 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn describe(store: &dyn ReadStore, scanned: ScannedBackup) -> Row {
-    let b = &scanned.backup;
+fn describe(b: &Inspected) -> Row {
+    let backup = &b.scanned.backup;
     let mut row = Row {
-        id: b.id.to_string(),
-        engine: b.engine.clone(),
-        target: b.target.clone(),
-        created_at: rfc3339(b.id.created_at()),
+        id: backup.id.to_string(),
+        engine: backup.engine.clone(),
+        target: backup.target.clone(),
+        created_at: rfc3339(backup.id.created_at()),
         finished_at: None,
-        size_bytes: scanned.size_bytes,
-        status: "incomplete",
-        parts: scanned.objects.len(),
+        size_bytes: b.scanned.size_bytes,
+        status: match b.status {
+            Status::Complete => "complete",
+            Status::Incomplete => "incomplete",
+            Status::Damaged => "damaged",
+        },
+        parts: b.scanned.objects.len(),
         databases: Vec::new(),
         tables: 0,
         rows: 0,
-        error: None,
+        error: b.problem.clone(),
         retention: None,
     };
-    if !scanned.complete {
-        return row;
-    }
-    match catalog::load_manifest(store, b).await {
-        Ok(m) => {
-            row.status = "complete";
-            row.created_at = rfc3339(m.started_at);
-            row.finished_at = Some(rfc3339(m.finished_at));
-            row.parts = m.parts.len();
-            row.databases = m.databases().into_iter().map(str::to_string).collect();
-            row.tables = m.parts.iter().map(|p| p.tables.len()).sum();
-            row.rows = m.parts.iter().flat_map(|p| &p.tables).map(|t| t.rows).sum();
-        }
-        Err(e) => {
-            row.status = "damaged";
-            row.error = Some(e.to_string());
-        }
+    if let Some(m) = &b.manifest {
+        row.created_at = rfc3339(m.started_at);
+        row.finished_at = Some(rfc3339(m.finished_at));
+        row.parts = m.parts.len();
+        row.databases = m.databases().into_iter().map(str::to_string).collect();
+        row.tables = m.parts.iter().map(|p| p.tables.len()).sum();
+        row.rows = m.total_rows();
     }
     row
 }
@@ -112,10 +114,19 @@ impl ListCmd {
     pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let scanned = catalog::scan(store, &self.filter.filter()?).await?;
+        let filter = self.filter.filter()?;
+        let mut scanned = catalog::scan(store, &filter).await?;
+        if self.all {
+            let pending = catalog::scan_pending(store, &filter, &scanned).await?;
+            scanned.extend(pending);
+            scanned.sort_by(|a, b| a.backup.cmp(&b.backup));
+        }
+        let policy = self.retention.policy();
+        let inspected =
+            catalog::inspect_all(store, scanned, Utc::now(), policy.max_clock_skew).await?;
         let decisions: HashMap<(String, String, String), (bool, Vec<String>)> =
             if self.retention.any() {
-                prune::plan_scanned(scanned.clone(), &self.retention.policy(), Utc::now())
+                prune::plan_inspected(&inspected, &policy, Utc::now())
                     .into_iter()
                     .map(|i| {
                         (
@@ -127,15 +138,11 @@ impl ListCmd {
             } else {
                 HashMap::new()
             };
-        let wanted: Vec<ScannedBackup> = scanned
-            .into_iter()
-            .filter(|b| self.all || b.complete)
+        let mut rows: Vec<Row> = inspected
+            .iter()
+            .filter(|b| self.all || b.status != Status::Incomplete)
+            .map(describe)
             .collect();
-        let mut rows: Vec<Row> = stream::iter(wanted)
-            .map(|b| describe(store, b))
-            .buffered(CONCURRENT_READS)
-            .collect()
-            .await;
         rows.sort_by(|a, b| (&a.engine, &a.target, &a.id).cmp(&(&b.engine, &b.target, &b.id)));
         for row in &mut rows {
             if let Some((keep, reasons)) =
@@ -151,11 +158,7 @@ impl ListCmd {
             return output::print_structured(self.output, &rows);
         }
         if rows.is_empty() {
-            eprintln!(
-                "no backups in {} ({})",
-                store.location(),
-                self.filter.filter()?
-            );
+            eprintln!("no backups in {} ({filter})", store.location());
             return Ok(());
         }
         let mut headers = vec![
@@ -163,13 +166,11 @@ impl ListCmd {
             "ENGINE",
             "TARGET",
             "CREATED",
+            "STATUS",
             "SIZE",
             "DATABASES",
             "ROWS",
         ];
-        if self.all {
-            headers.push("STATUS");
-        }
         if self.retention.any() {
             headers.extend(["RETENTION", "REASONS"]);
         }
@@ -181,17 +182,23 @@ impl ListCmd {
                     r.engine.clone(),
                     r.target.clone(),
                     r.created_at.clone(),
+                    if r.status == "damaged" {
+                        "DAMAGED".into()
+                    } else {
+                        r.status.to_string()
+                    },
                     output::human_bytes(r.size_bytes),
                     if r.databases.is_empty() {
                         "-".into()
                     } else {
-                        r.databases.join(",")
+                        r.databases
+                            .iter()
+                            .map(|d| output::quoted_name(d))
+                            .collect::<Vec<_>>()
+                            .join(",")
                     },
                     r.rows.to_string(),
                 ];
-                if self.all {
-                    cells.push(r.status.to_string());
-                }
                 if let Some(d) = &r.retention {
                     cells.push(if d.keep {
                         "keep".into()
@@ -204,6 +211,15 @@ impl ListCmd {
             })
             .collect();
         output::print_table(&headers, &table)?;
+        for r in rows.iter().filter(|r| r.status == "damaged") {
+            eprintln!(
+                "damaged: {}/{}/{}: {}",
+                r.engine,
+                r.target,
+                r.id,
+                r.error.as_deref().unwrap_or("manifest failed its checks")
+            );
+        }
         Ok(())
     }
 }

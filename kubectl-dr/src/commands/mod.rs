@@ -54,7 +54,7 @@ pub struct FilterArgs {
 impl FilterArgs {
     fn filter(&self) -> anyhow::Result<Filter> {
         if let Some(e) = &self.engine {
-            catalog::validate_name("engine", e)?;
+            catalog::validate_engine(e)?;
         }
         if let Some(t) = &self.target {
             catalog::validate_name("target", t)?;

@@ -2,7 +2,7 @@
 //! every backup with keep/delete and the reasons, and asks before deleting.
 
 use clap::Args;
-use drkit::cli::{RetentionArgs, StoreArgs};
+use drkit::cli::{PruneLimitArgs, RetentionArgs, StoreArgs};
 use drkit::retention::prune::{self, PlanItem};
 use serde::Serialize;
 
@@ -12,9 +12,12 @@ use crate::output::{self, Format};
 /// Delete backups a retention policy no longer keeps.
 ///
 /// Rules apply per engine and target. Periods count back from the newest complete backup
-/// (not from now), and the newest complete backup is always kept. Incomplete backups are
-/// kept while younger than --grace (they may still be running), deleted after. The manifest
-/// of each backup is deleted first, so a backup vanishes at once; its parts follow.
+/// (not from now), and the newest complete backup is always kept. Every manifest is read
+/// and checked first: a damaged backup counts for nothing and is never deleted. Incomplete
+/// backups are kept while younger than --grace (they may still be running), deleted after.
+/// A plan that would delete a target's last complete backup, or more than --max-delete of
+/// them, is refused (exit 2) before anything is deleted, in a dry run too. The manifest of
+/// each backup is deleted first, so a backup vanishes at once; its parts follow.
 ///
 /// Examples:
 ///   kubectl dr prune --target prod --keep-daily 7 --keep-weekly 4 --dry-run
@@ -27,6 +30,9 @@ pub struct PruneCmd {
 
     #[command(flatten)]
     retention: RetentionArgs,
+
+    #[command(flatten)]
+    limits: PruneLimitArgs,
 
     /// Show the decisions, delete nothing.
     #[arg(long)]
@@ -74,6 +80,7 @@ impl PruneCmd {
                 eprintln!("note: {note}");
             }
         }
+        prune::check_plan(&items, self.limits.max_delete)?;
         if self.dry_run || doomed + stale.len() == 0 {
             if self.output != Format::Table {
                 output::print_structured(
@@ -145,11 +152,7 @@ fn print_plan(items: &[PlanItem]) -> std::io::Result<()> {
                 i.decision.id.to_string(),
                 i.engine.clone(),
                 i.target.clone(),
-                if i.complete {
-                    "complete".into()
-                } else {
-                    "incomplete".into()
-                },
+                i.status.to_string(),
                 output::human_bytes(i.size_bytes),
                 action,
                 reasons,

@@ -184,6 +184,15 @@ impl RestoreCmd {
     ) -> anyhow::Result<()> {
         let to = PgTarget::from_url(&self.to)?;
         let part = pick_part(manifest, self.database.as_deref())?;
+        // The server first: a typo in --to must not cost a full integrity pass.
+        let db = to
+            .dbname
+            .clone()
+            .or_else(|| part.database.clone())
+            .unwrap_or_else(|| "postgres".into());
+        to.probe(&db)
+            .await
+            .with_context(|| format!("checking --to {} before restoring", self.to))?;
 
         check_first(store, manifest, part, progress).await?;
 
@@ -239,6 +248,10 @@ impl RestoreCmd {
             None => token.clone(),
         };
         let part = vault::snapshot_part(manifest)?;
+        vault::VaultClient::new(&target)?
+            .probe()
+            .await
+            .with_context(|| format!("checking --to {} before restoring", self.to))?;
         check_first(store, manifest, part, progress).await?;
 
         let plan = vault_restore::plan(&target, token, manifest).await?;
@@ -395,6 +408,10 @@ impl RestoreCmd {
         );
         let target = clickhouse::ChTarget::from_url(&self.to)?;
         let client = clickhouse::ChClient::new(&target)?;
+        client
+            .probe()
+            .await
+            .with_context(|| format!("checking --to {} before restoring", self.to))?;
         let mut tables = self.tables.clone();
         if let Some(db) = &self.database {
             tables.push(format!("{db}.*"));

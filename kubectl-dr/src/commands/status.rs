@@ -42,6 +42,30 @@ struct Report {
     cronjobs: Vec<status::Row>,
 }
 
+/// The newest *complete* backup of every engine/target: manifests are read newest first
+/// until one passes its checks, so a damaged or far-future manifest never makes a stale
+/// series look fresh.
+async fn newest_complete(
+    store: &dyn drkit::store::ReadStore,
+) -> anyhow::Result<Vec<catalog::BackupRef>> {
+    let scanned = catalog::scan(store, &Filter::default()).await?;
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for series in scanned.chunk_by(|a, b| {
+        (&a.backup.engine, &a.backup.target) == (&b.backup.engine, &b.backup.target)
+    }) {
+        for b in series.iter().rev().filter(|b| b.complete) {
+            let checked =
+                catalog::inspect(store, b.clone(), now, catalog::DEFAULT_MAX_CLOCK_SKEW).await?;
+            if checked.status == catalog::Status::Complete {
+                out.push(b.backup.clone());
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl StatusCmd {
     pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
         let client = self.cluster.client().await?;
@@ -52,7 +76,7 @@ impl StatusCmd {
             "no kube-dr CronJobs in namespace {ns}; install them with `kubectl apply -k kustomize/overlays/…` or pass -n"
         );
         let backups = match &store.store {
-            Some(_) => Some(catalog::scan(store.open().await?.as_ref(), &Filter::default()).await?),
+            Some(_) => Some(newest_complete(store.open().await?.as_ref()).await?),
             None => None,
         };
         let now = Utc::now();
@@ -63,10 +87,9 @@ impl StatusCmd {
                 let (engine, target) = status::engine_and_target(cj);
                 let newest = backups.as_ref().and_then(|all| {
                     all.iter()
-                        .filter(|b| b.complete)
-                        .filter(|b| Some(&b.backup.engine) == engine.as_ref())
-                        .filter(|b| target.is_none() || Some(&b.backup.target) == target.as_ref())
-                        .map(|b| b.backup.id.created_at())
+                        .filter(|b| Some(&b.engine) == engine.as_ref())
+                        .filter(|b| target.is_none() || Some(&b.target) == target.as_ref())
+                        .map(|b| b.id.created_at())
                         .max()
                 });
                 status::assess(cj, &jobs, newest, backups.is_some(), now, max_age)

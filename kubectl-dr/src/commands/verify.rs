@@ -92,6 +92,10 @@ impl VerifyCmd {
         let store: &dyn ReadStore = store.as_ref();
         let manifest = super::resolve(store, &self.backup, &self.filter).await?;
         let table = self.output == Format::Table;
+        // The server first: a typo in --against must not cost a full decryption pass.
+        if let Some(url) = &self.against {
+            probe_against(&manifest, url, self.database.as_deref()).await?;
+        }
         if table {
             eprintln!(
                 "verifying {} ({} part(s))",
@@ -169,6 +173,40 @@ impl VerifyCmd {
         }
         Ok(())
     }
+}
+
+/// Checks that the `--against` server answers, is of the backup's engine and accepts our
+/// credentials, within `DR_CONNECT_TIMEOUT`.
+async fn probe_against(manifest: &Manifest, url: &str, only: Option<&str>) -> anyhow::Result<()> {
+    let context = || format!("checking --against {url} before verifying");
+    match manifest.engine.as_str() {
+        "postgres" => {
+            let server = PgTarget::from_url(url)?;
+            let db = server
+                .dbname
+                .clone()
+                .or_else(|| only.map(str::to_string))
+                .or_else(|| manifest.databases().first().map(|d| d.to_string()))
+                .unwrap_or_else(|| "postgres".into());
+            server.probe(&db).await.with_context(context)?;
+        }
+        vault::ENGINE => {
+            let target = vault::VaultTarget::from_url(url)?;
+            vault::VaultClient::new(&target)?
+                .probe()
+                .await
+                .with_context(context)?;
+        }
+        clickhouse::ENGINE => {
+            let target = clickhouse::ChTarget::from_url(url)?;
+            clickhouse::ChClient::new(&target)?
+                .probe()
+                .await
+                .with_context(context)?;
+        }
+        other => anyhow::bail!("--against is not supported for {other} backups yet"),
+    }
+    Ok(())
 }
 
 /// Compares each database part's counts with the database at `url`.

@@ -79,7 +79,103 @@ impl TableCount {
     }
 }
 
+/// Longest part file name accepted (half of S3's 1,024-byte key limit).
+const MAX_PART_FILE: usize = 512;
+
+/// Whether `file` may name a part inside a backup's directory: the pattern documented in
+/// docs/FORMAT.md (`[A-Za-z0-9._%-]`, not starting with a dot, ending in `.age`, at most
+/// 512 bytes) and no percent-escape that decodes to a separator (see
+/// [`crate::store::segment_is_safe`]).
+pub fn part_file_is_valid(file: &str) -> bool {
+    file.len() <= MAX_PART_FILE
+        && file.ends_with(".age")
+        && !file.starts_with('.')
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._%-".contains(&b))
+        && crate::store::segment_is_safe(file)
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_recipient_shaped(s: &str) -> bool {
+    // Bech32 text of an X25519 recipient: `age1` and 58 lowercase data characters.
+    s.len() == 62
+        && s.starts_with("age1")
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
 impl Manifest {
+    /// Checks everything a reader relies on before it trusts a manifest: a supported format
+    /// version, the id, engine and target of the key it was read from, recipient and sha256
+    /// shapes, part file names a store can only resolve inside the backup's directory,
+    /// unique parts, and totals that fit in 64 bits. `Err` says what is wrong; the backup is
+    /// then *damaged*: never `latest`, never counted by retention.
+    ///
+    /// # Errors
+    /// The first problem found, as a sentence fragment.
+    pub fn check(&self, expected: &BackupRef) -> Result<(), String> {
+        if self.format_version == 0 || self.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "format version {} is not one this tool reads (1 to {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.backup_ref() != *expected {
+            return Err(format!(
+                "it describes {}, not the backup at its path",
+                crate::catalog::printable(&self.backup_ref().to_string())
+            ));
+        }
+        if self.recipients.is_empty() {
+            return Err("it names no recipient".into());
+        }
+        if let Some(r) = self.recipients.iter().find(|r| !is_recipient_shaped(r)) {
+            return Err(format!(
+                "recipient {} is not an age public key",
+                crate::catalog::printable(r)
+            ));
+        }
+        if self.parts.is_empty() {
+            return Err("it lists no part".into());
+        }
+        let mut files = std::collections::HashSet::new();
+        let (mut bytes, mut rows) = (0u64, 0u64);
+        for part in &self.parts {
+            let shown = crate::catalog::printable(&part.file);
+            if !part_file_is_valid(&part.file) {
+                return Err(format!(
+                    "part file name {shown} is not a valid part name (see docs/FORMAT.md)"
+                ));
+            }
+            if !files.insert(part.file.as_str()) {
+                return Err(format!("part file {shown} is listed twice"));
+            }
+            if part.name.is_empty() || part.name.len() > 255 || part.name.contains(char::is_control)
+            {
+                return Err(format!(
+                    "part {} has an unusable name",
+                    crate::catalog::printable(&part.name)
+                ));
+            }
+            if !is_sha256_hex(&part.ciphertext_sha256) {
+                return Err(format!("part {shown} has no valid sha256"));
+            }
+            bytes = bytes
+                .checked_add(part.ciphertext_bytes)
+                .ok_or("its part sizes overflow")?;
+            for t in &part.tables {
+                rows = rows.checked_add(t.rows).ok_or("its row counts overflow")?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn backup_ref(&self) -> BackupRef {
         BackupRef {
             engine: self.engine.clone(),
@@ -88,9 +184,19 @@ impl Manifest {
         }
     }
 
-    /// Total stored bytes of all parts.
+    /// Total stored bytes of all parts ([`Manifest::check`] guarantees the sum fits).
     pub fn size_bytes(&self) -> u64 {
-        self.parts.iter().map(|p| p.ciphertext_bytes).sum()
+        self.parts
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.ciphertext_bytes))
+    }
+
+    /// Total rows of all tables ([`Manifest::check`] guarantees the sum fits).
+    pub fn total_rows(&self) -> u64 {
+        self.parts
+            .iter()
+            .flat_map(|p| &p.tables)
+            .fold(0u64, |n, t| n.saturating_add(t.rows))
     }
 
     /// Names of the databases held by this backup, in part order, each once (a ClickHouse
@@ -120,7 +226,7 @@ mod tests {
             finished_at: "2026-11-22T02:03:10Z".parse().unwrap(),
             tool: "worker 0.1.0".into(),
             server_version: "15.18".into(),
-            recipients: vec!["age1qqq".into()],
+            recipients: vec![format!("age1{}", "q".repeat(58))],
             parts: vec![Part {
                 name: "db-app".into(),
                 file: "db-app.pgdump.zst.age".into(),
@@ -156,6 +262,88 @@ mod tests {
             .unwrap()
             .replace("20261122T020000Z-7f3a9c", "../../etc");
         assert!(serde_json::from_str::<Manifest>(&text).is_err());
+    }
+
+    #[test]
+    fn a_sound_manifest_passes_its_check() {
+        let m = sample();
+        m.check(&m.backup_ref()).unwrap();
+    }
+
+    #[test]
+    fn damaged_manifests_fail_their_check_with_the_reason() {
+        type Damage = fn(&mut Manifest);
+        let cases: &[(&str, Damage)] = &[
+            ("format version 0", |m| m.format_version = 0),
+            ("format version 7", |m| m.format_version = 7),
+            ("describes", |m| m.target = "other".into()),
+            ("no recipient", |m| m.recipients.clear()),
+            ("not an age public key", |m| {
+                m.recipients = vec!["AGE-SECRET-KEY-1X".into()]
+            }),
+            ("no part", |m| m.parts.clear()),
+            ("not a valid part name", |m| {
+                m.parts[0].file = "../x.age".into()
+            }),
+            ("not a valid part name", |m| {
+                m.parts[0].file = "/etc/passwd".into()
+            }),
+            ("not a valid part name", |m| {
+                m.parts[0].file = "a%2F..%2Fb.age".into()
+            }),
+            ("not a valid part name", |m| {
+                m.parts[0].file = "a\nb.age".into()
+            }),
+            ("not a valid part name", |m| {
+                m.parts[0].file = "manifest.json".into()
+            }),
+            ("not a valid part name", |m| {
+                m.parts[0].file = ".hidden.age".into()
+            }),
+            ("listed twice", |m| m.parts.push(m.parts[0].clone())),
+            ("unusable name", |m| m.parts[0].name = "esc\u{1b}[2J".into()),
+            ("no valid sha256", |m| {
+                m.parts[0].ciphertext_sha256 = "zz".into()
+            }),
+            ("no valid sha256", |m| {
+                m.parts[0].ciphertext_sha256 = "AB".repeat(32)
+            }),
+            ("sizes overflow", |m| {
+                m.parts[0].ciphertext_bytes = u64::MAX;
+                let mut p = m.parts[0].clone();
+                p.file = "db-b.pgdump.zst.age".into();
+                m.parts.push(p);
+            }),
+            ("row counts overflow", |m| {
+                let t = m.parts[0].tables[0].clone();
+                m.parts[0].tables = vec![
+                    TableCount {
+                        rows: u64::MAX,
+                        ..t.clone()
+                    },
+                    t,
+                ];
+            }),
+        ];
+        for (want, damage) in cases {
+            let mut m = sample();
+            let at = m.backup_ref();
+            damage(&mut m);
+            let err = m.check(&at).expect_err(want);
+            assert!(err.contains(want), "{want:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn part_names_the_worker_writes_are_valid() {
+        for file in [
+            "db-app.pgdump.zst.age",
+            "globals.sql.zst.age",
+            "db-my%20db%2F2.pgdump.age",
+            "snapshot.snap.zst.age",
+        ] {
+            assert!(part_file_is_valid(file), "{file}");
+        }
     }
 
     #[test]

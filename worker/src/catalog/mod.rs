@@ -2,8 +2,18 @@
 //!
 //! Layout (relative to the store's prefix):
 //! `<engine>/<target>/<backup-id>/manifest.json` and `<engine>/<target>/<backup-id>/<part file>`.
-//! A directory without `manifest.json` is an incomplete backup: [`scan`] reports it as such,
-//! listing and restore ignore it.
+//!
+//! Every backup directory has one [`Status`]:
+//! - *incomplete*: no `manifest.json` (still running, or failed); invisible to `latest`.
+//! - *damaged*: a `manifest.json` that is too large, does not parse, is of an unknown
+//!   format version, describes another backup, has malformed ids, checksums or part names
+//!   ([`Manifest::check`]), or is dated further ahead of this machine's clock than the
+//!   allowed skew. Never `latest`, never counted by retention, never deleted by prune.
+//! - *complete*: everything else: the only backups anything trusts.
+//!
+//! [`scan`] finds the directories with one listing; [`inspect`] reads and checks a
+//! manifest (bounded by [`MAX_MANIFEST_BYTES`]); [`resolve`] turns `ID|latest` into a
+//! checked manifest.
 
 mod id;
 mod manifest;
@@ -12,12 +22,30 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use id::{BackupId, BadBackupId};
-pub use manifest::{Compression, Manifest, Part, TableCount, FORMAT_VERSION};
+pub use manifest::{part_file_is_valid, Compression, Manifest, Part, TableCount, FORMAT_VERSION};
+
+use chrono::{DateTime, Duration, Utc};
+use futures::stream::{self, StreamExt};
 
 use crate::store::{ReadStore, StoreError};
 
 /// File name of the commit record inside a backup directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Largest manifest read: real ones are kilobytes (a ClickHouse backup of thousands of
+/// tables stays far below); anything larger is damaged, and is never read whole.
+pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How far ahead of this machine's clock a backup may be dated and still be trusted as the
+/// newest one (`--max-clock-skew`).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::hours(1);
+
+/// Manifests read at once while listing or planning a prune.
+const CONCURRENT_READS: usize = 16;
+
+/// The engines this build knows. Backups of other engines still list (a newer worker may
+/// have written them); `--engine` with another name is a typo.
+pub const KNOWN_ENGINES: &[&str] = &["postgres", "vault", "clickhouse"];
 
 /// Where one backup lives: engine, target and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,21 +81,56 @@ impl fmt::Display for BackupRef {
 pub enum CatalogError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no complete backup matches {0}; run `kubectl dr list` to see what the store holds")]
+    #[error(
+        "no complete backup matches {0}; run `kubectl dr list --all` to see what the store holds"
+    )]
     NoBackup(String),
     #[error("`latest` is ambiguous: the store holds backups of {0}; pass --engine and --target")]
     Ambiguous(String),
-    #[error("manifest {key} is unreadable ({source}); the backup is damaged, pick another id")]
-    BadManifest {
+    #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --all shows them all)")]
+    Damaged {
+        backup: String,
         key: String,
-        source: serde_json::Error,
+        reason: String,
     },
-    #[error("manifest {key} describes {found}, not the backup at its path; the store was tampered with or copied wrongly")]
-    ManifestMismatch { key: String, found: String },
     #[error("manifest {key} has format version {version}, newer than this tool understands ({FORMAT_VERSION}); upgrade kubectl-dr")]
     TooNew { key: String, version: u32 },
     #[error("invalid {kind} name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")]
     BadName { kind: &'static str, name: String },
+    #[error("unknown engine {name:?}; known engines: {}", KNOWN_ENGINES.join(", "))]
+    UnknownEngine { name: String },
+}
+
+impl CatalogError {
+    /// True when the backup itself is bad (exit 1), as opposed to a store that could not be
+    /// read or a typo (exit 2).
+    pub fn is_check_failure(&self) -> bool {
+        matches!(self, CatalogError::Damaged { .. })
+    }
+}
+
+/// A name as it may be shown on a terminal: control characters escaped (a table named
+/// `esc\x1b[2J` must not clear the screen). Printable text is unchanged.
+pub fn printable(name: &str) -> String {
+    if !name.contains(char::is_control) {
+        return name.to_string();
+    }
+    name.chars().flat_map(char::escape_default).collect()
+}
+
+/// Checks an `--engine` value: a valid name and one this build knows.
+///
+/// # Errors
+/// [`CatalogError::UnknownEngine`] listing the known engines.
+pub fn validate_engine(name: &str) -> Result<(), CatalogError> {
+    validate_name("engine", name)?;
+    if KNOWN_ENGINES.contains(&name) {
+        Ok(())
+    } else {
+        Err(CatalogError::UnknownEngine {
+            name: name.to_string(),
+        })
+    }
 }
 
 /// Checks an engine or target name, which becomes a path segment of every key.
@@ -108,7 +171,8 @@ impl Filter {
         }
     }
 
-    fn matches(&self, b: &BackupRef) -> bool {
+    /// True when `b` is in the selected series.
+    pub fn matches(&self, b: &BackupRef) -> bool {
         self.engine.as_ref().is_none_or(|e| *e == b.engine)
             && self.target.as_ref().is_none_or(|t| *t == b.target)
     }
@@ -134,6 +198,8 @@ pub struct ScannedBackup {
     pub objects: Vec<String>,
     /// False for a backup that never committed (or is still running).
     pub complete: bool,
+    /// Size of `manifest.json` as listed, so an oversized one is refused unread.
+    pub manifest_bytes: u64,
 }
 
 /// Lists backup directories (complete and incomplete) with one store listing, sorted by
@@ -174,25 +240,205 @@ pub async fn scan(
             size_bytes: 0,
             objects: Vec::new(),
             complete: false,
+            manifest_bytes: 0,
         });
-        entry.size_bytes += obj.size;
-        entry.complete |= file == MANIFEST_FILE;
+        entry.size_bytes = entry.size_bytes.saturating_add(obj.size);
+        if file == MANIFEST_FILE {
+            entry.complete = true;
+            entry.manifest_bytes = obj.size;
+        }
         entry.objects.push(obj.key);
     }
     Ok(dirs.into_values().collect())
 }
 
-/// Reads and checks the manifest of one backup.
+/// Backup directories that hold nothing but unfinished uploads (a writer that crashed
+/// before its first object was complete): `list --all` shows them, prune aborts them.
+/// Stores that cannot list uploads contribute nothing.
 ///
 /// # Errors
-/// Store errors (including not found), unparsable JSON, a manifest whose own engine, target
-/// or id disagree with its path, or a format newer than this build.
+/// The store's error, other than [`StoreError::Unsupported`].
+pub async fn scan_pending(
+    store: &dyn ReadStore,
+    filter: &Filter,
+    known: &[ScannedBackup],
+) -> Result<Vec<ScannedBackup>, CatalogError> {
+    let uploads = match store.pending_uploads(&filter.list_prefix()).await {
+        Ok(u) => u,
+        Err(StoreError::Unsupported { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut dirs: BTreeMap<BackupRef, ScannedBackup> = BTreeMap::new();
+    for upload in uploads {
+        let mut segs = upload.key.splitn(4, '/');
+        let (Some(engine), Some(target), Some(id), Some(_)) =
+            (segs.next(), segs.next(), segs.next(), segs.next())
+        else {
+            continue;
+        };
+        let Ok(id) = id.parse::<BackupId>() else {
+            continue;
+        };
+        let backup = BackupRef {
+            engine: engine.to_string(),
+            target: target.to_string(),
+            id,
+        };
+        if validate_name("engine", engine).is_err()
+            || validate_name("target", target).is_err()
+            || !filter.matches(&backup)
+            || known.iter().any(|k| k.backup == backup)
+        {
+            continue;
+        }
+        dirs.entry(backup.clone())
+            .or_insert_with(|| ScannedBackup {
+                backup,
+                size_bytes: 0,
+                objects: Vec::new(),
+                complete: false,
+                manifest_bytes: 0,
+            })
+            .objects
+            .push(upload.key);
+    }
+    Ok(dirs.into_values().collect())
+}
+
+/// What a backup directory turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Complete,
+    Incomplete,
+    Damaged,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Complete => "complete",
+            Status::Incomplete => "incomplete",
+            Status::Damaged => "damaged",
+        })
+    }
+}
+
+/// A scanned backup with its manifest read and checked.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub scanned: ScannedBackup,
+    pub status: Status,
+    /// The checked manifest of a complete backup.
+    pub manifest: Option<Manifest>,
+    /// Why a backup is damaged.
+    pub problem: Option<String>,
+}
+
+/// Reads and checks the manifest of one scanned backup; a backup dated more than
+/// `max_skew` after `now` is damaged too (a clock running ahead, or a forged id such as
+/// `99991231T235959Z-…`, must never become the newest backup).
+///
+/// # Errors
+/// Store errors other than a missing or oversized manifest: an unreadable store is an
+/// operational error, never a reason to call a backup damaged.
+pub async fn inspect(
+    store: &dyn ReadStore,
+    scanned: ScannedBackup,
+    now: DateTime<Utc>,
+    max_skew: Duration,
+) -> Result<Inspected, CatalogError> {
+    let damaged = |scanned, problem: String| Inspected {
+        scanned,
+        status: Status::Damaged,
+        manifest: None,
+        problem: Some(problem),
+    };
+    if !scanned.complete {
+        return Ok(Inspected {
+            scanned,
+            status: Status::Incomplete,
+            manifest: None,
+            problem: None,
+        });
+    }
+    if scanned.manifest_bytes > MAX_MANIFEST_BYTES {
+        let why = format!(
+            "manifest is {} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
+            scanned.manifest_bytes
+        );
+        return Ok(damaged(scanned, why));
+    }
+    let ahead = scanned.backup.id.created_at() - now;
+    if ahead > max_skew {
+        let why = format!(
+            "dated {} ahead of this machine's clock (more than the allowed skew of {}): not trusted as the newest backup",
+            crate::retention::short_duration(ahead),
+            crate::retention::short_duration(max_skew)
+        );
+        return Ok(damaged(scanned, why));
+    }
+    match load_manifest(store, &scanned.backup).await {
+        Ok(m) => Ok(Inspected {
+            scanned,
+            status: Status::Complete,
+            manifest: Some(m),
+            problem: None,
+        }),
+        Err(CatalogError::Damaged { reason, .. }) => Ok(damaged(scanned, reason)),
+        Err(e @ CatalogError::TooNew { .. }) => Ok(damaged(scanned, e.to_string())),
+        // Listed a moment ago, gone now: deleted by a concurrent prune.
+        Err(CatalogError::Store(StoreError::NotFound { .. })) => Ok(Inspected {
+            scanned,
+            status: Status::Incomplete,
+            manifest: None,
+            problem: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`inspect`] for many backups, a bounded number of manifests in flight, in input order.
+///
+/// # Errors
+/// The first operational error of [`inspect`].
+pub async fn inspect_all(
+    store: &dyn ReadStore,
+    scanned: Vec<ScannedBackup>,
+    now: DateTime<Utc>,
+    max_skew: Duration,
+) -> Result<Vec<Inspected>, CatalogError> {
+    stream::iter(scanned)
+        .map(|b| inspect(store, b, now, max_skew))
+        .buffered(CONCURRENT_READS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Reads and checks the manifest of one backup (size-capped, parsed, [`Manifest::check`]).
+///
+/// # Errors
+/// Store errors (including not found), [`CatalogError::TooNew`] for a newer format, and
+/// [`CatalogError::Damaged`] for anything a reader must not trust.
 pub async fn load_manifest(
     store: &dyn ReadStore,
     backup: &BackupRef,
 ) -> Result<Manifest, CatalogError> {
     let key = backup.manifest_key();
-    let bytes = store.get_bytes(&key).await?;
+    let damaged = |reason: String| CatalogError::Damaged {
+        backup: backup.to_string(),
+        key: key.clone(),
+        reason,
+    };
+    let bytes = match store.get_bytes(&key, MAX_MANIFEST_BYTES).await {
+        Ok(b) => b,
+        Err(StoreError::TooLarge { limit, .. }) => {
+            return Err(damaged(format!("is over the {limit}-byte limit")))
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Check the version before the full parse so a newer format gets the helpful message.
     #[derive(serde::Deserialize)]
     struct VersionOnly {
@@ -206,26 +452,28 @@ pub async fn load_manifest(
             });
         }
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|source| CatalogError::BadManifest {
-            key: key.clone(),
-            source,
-        })?;
-    if manifest.backup_ref() != *backup {
-        return Err(CatalogError::ManifestMismatch {
-            key,
-            found: manifest.backup_ref().to_string(),
-        });
-    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        damaged(if bytes.is_empty() {
+            "is empty".into()
+        } else {
+            format!("does not parse ({e})")
+        })
+    })?;
+    manifest
+        .check(backup)
+        .map_err(|why| damaged(format!("is invalid: {why}")))?;
     Ok(manifest)
 }
 
-/// Finds the manifest named by `selector`: a backup id, or `latest` for the newest complete
-/// backup matching `filter`.
+/// Finds the manifest named by `selector`: a backup id, or `latest` for the newest
+/// *complete* backup matching `filter` (damaged ones and ones dated beyond the allowed
+/// clock skew are skipped, with a warning). An id names one backup whatever its date; a
+/// damaged one is an error.
 ///
 /// # Errors
-/// [`CatalogError::NoBackup`] when nothing matches, [`CatalogError::Ambiguous`] when `latest`
-/// could mean backups of several engines or targets, and the errors of [`load_manifest`].
+/// [`CatalogError::NoBackup`] when nothing matches, [`CatalogError::Ambiguous`] when the
+/// selector could mean backups of several engines or targets, and the errors of
+/// [`load_manifest`].
 pub async fn resolve(
     store: &dyn ReadStore,
     selector: &str,
@@ -240,7 +488,7 @@ pub async fn resolve(
                 .map_err(|e: BadBackupId| CatalogError::NoBackup(e.to_string()))?,
         )
     };
-    let complete: Vec<ScannedBackup> = scan(store, filter)
+    let mut candidates: Vec<ScannedBackup> = scan(store, filter)
         .await?
         .into_iter()
         .filter(|b| b.complete && wanted.as_ref().is_none_or(|id| *id == b.backup.id))
@@ -249,22 +497,47 @@ pub async fn resolve(
         Some(id) => format!("id {id} ({filter})"),
         None => format!("`latest` ({filter})"),
     };
-    let mut series: Vec<String> = complete
+    let mut series: Vec<String> = candidates
         .iter()
         .map(|b| format!("{}/{}", b.backup.engine, b.backup.target))
         .collect();
     series.dedup();
     match series.len() {
-        0 => Err(CatalogError::NoBackup(what())),
-        1 => {
-            let newest = complete
-                .iter()
-                .map(|b| &b.backup)
-                .max_by(|a, b| a.id.cmp(&b.id));
-            load_manifest(store, newest.expect("non-empty")).await
-        }
-        _ => Err(CatalogError::Ambiguous(series.join(", "))),
+        0 => return Err(CatalogError::NoBackup(what())),
+        1 => {}
+        _ => return Err(CatalogError::Ambiguous(series.join(", "))),
     }
+    if wanted.is_some() {
+        return load_manifest(store, &candidates[0].backup).await;
+    }
+    // Newest first; read manifests until a complete one turns up.
+    candidates.sort_by(|a, b| b.backup.id.cmp(&a.backup.id));
+    let now = Utc::now();
+    let mut skipped = 0;
+    for b in candidates {
+        let shown = b.backup.to_string();
+        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW).await?;
+        match checked.manifest {
+            Some(m) => {
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        chosen = %m.backup_ref(),
+                        "`latest` skipped newer damaged backups (kubectl dr list --all shows them)"
+                    );
+                }
+                return Ok(m);
+            }
+            None => {
+                tracing::warn!(backup = %shown, problem = checked.problem.as_deref().unwrap_or("incomplete"), "skipping a damaged backup for `latest`");
+                skipped += 1;
+            }
+        }
+    }
+    Err(CatalogError::NoBackup(format!(
+        "{} ({skipped} damaged backup(s) skipped)",
+        what()
+    )))
 }
 
 #[cfg(test)]
@@ -279,6 +552,21 @@ mod tests {
         for good in ["prod", "pg-main", "a.b_c", "0db"] {
             validate_name("target", good).unwrap();
         }
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("users"), "users");
+        assert_eq!(printable("데이터.a b"), "데이터.a b");
+        assert_eq!(printable("esc\u{1b}[2J"), "esc\\u{1b}[2J");
+        assert_eq!(printable("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn engines_are_checked_against_the_known_list() {
+        validate_engine("postgres").unwrap();
+        let err = validate_engine("postgress").unwrap_err().to_string();
+        assert!(err.contains("postgres, vault, clickhouse"), "{err}");
     }
 
     #[test]

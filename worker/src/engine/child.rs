@@ -255,11 +255,60 @@ impl Drop for StdinChild {
     }
 }
 
-/// Builds a command for a client tool found in `bin_dir` (or on PATH).
+/// Builds a command for a client tool found in `bin_dir` (or on PATH), with an environment
+/// cleared down to what such a tool needs: the process's own environment holds the store's
+/// and other engines' secrets (`AWS_SECRET_ACCESS_KEY`, `CLICKHOUSE_PASSWORD`,
+/// `VAULT_TOKEN`), and a client tool has no business with them. The caller adds the
+/// connection settings (e.g. [`crate::engine::postgres::PgTarget::child_env`]).
 pub fn tool(bin_dir: Option<&std::path::Path>, name: &str) -> Command {
     let program: OsString = match bin_dir {
         Some(dir) => dir.join(name).into_os_string(),
         None => name.into(),
     };
-    Command::new(program)
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    cmd.envs(std::env::vars_os().filter(|(k, _)| passes_to_tools(&k.to_string_lossy())));
+    cmd
+}
+
+/// Variables a client tool may inherit: how to find programs and libraries, locale and
+/// time zone, a temporary directory, and libpq's own settings (TLS files, service files,
+/// options) except the password ones, which the caller sets explicitly.
+fn passes_to_tools(name: &str) -> bool {
+    matches!(
+        name,
+        "PATH" | "HOME" | "LANG" | "LANGUAGE" | "TZ" | "TMPDIR" | "LD_LIBRARY_PATH"
+    ) || name.starts_with("LC_")
+        || (name.starts_with("PG") && !name.starts_with("PGPASSWORD"))
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::passes_to_tools;
+
+    #[test]
+    fn only_tool_settings_reach_client_tools() {
+        for keep in [
+            "PATH",
+            "LC_ALL",
+            "PGSSLMODE",
+            "PGSSLROOTCERT",
+            "PGHOST",
+            "TZ",
+        ] {
+            assert!(passes_to_tools(keep), "{keep}");
+        }
+        for drop in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "CLICKHOUSE_PASSWORD",
+            "VAULT_TOKEN",
+            "DR_IDENTITY_FILE",
+            "PGPASSWORD",
+            "PGPASSWORD_FILE",
+            "REDIS_PASSWORD",
+        ] {
+            assert!(!passes_to_tools(drop), "{drop}");
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //!
 //! Every engine's backup goes through a [`BackupRun`], which owns the one rule that makes a
 //! backup trustworthy: parts first, manifest last. Until [`BackupRun::commit`] writes
-//! `manifest.json`, the backup does not exist for `list`, `verify` or `restore`.
+//! `manifest.json`, the backup does not exist for `list`, `verify` or `restore`. Each
+//! store write is durable before it returns (the store checks what it stored), and the
+//! commit reads the manifest back: only then is a backup reported as committed.
 
 pub mod child;
 pub mod clickhouse;
@@ -138,15 +140,15 @@ impl<'a> BackupRun<'a> {
         }
     }
 
-    /// Writes the manifest: from this moment the backup exists.
+    /// Writes the manifest and reads it back: from this moment the backup exists.
     ///
     /// # Errors
-    /// The store's error; the backup then stays invisible (and prune removes its parts).
+    /// [`CommitError`]; the backup then stays invisible (and prune removes its parts).
     pub async fn commit(
         self,
         server_version: String,
         facts: std::collections::BTreeMap<String, String>,
-    ) -> Result<Manifest, StoreError> {
+    ) -> Result<Manifest, CommitError> {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id: self.backup.id.clone(),
@@ -165,12 +167,61 @@ impl<'a> BackupRun<'a> {
             parts: self.parts.into_inner().expect("parts lock"),
             facts,
         };
+        // A manifest readers would call damaged must never be written as a commit.
+        manifest.check(&self.backup).map_err(CommitError::Invalid)?;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        let key = self.backup.manifest_key();
         self.store
-            .put_bytes(&self.backup.manifest_key(), Bytes::from(json))
+            .put_bytes(&key, Bytes::from(json.clone()))
             .await?;
+        let back = self
+            .store
+            .get_bytes(&key, catalog::MAX_MANIFEST_BYTES)
+            .await?;
+        if back != json {
+            return Err(CommitError::ReadBack {
+                key,
+                written: json.len(),
+                read: back.len(),
+            });
+        }
         Ok(manifest)
     }
+}
+
+/// Why a backup could not be committed. Nothing is reported as committed after any of
+/// these.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the manifest would be invalid ({0}); this is a bug, please report it")]
+    Invalid(String),
+    #[error("the manifest read back from {key} differs from what was written ({read} bytes read, {written} written); check the store's free space and health")]
+    ReadBack {
+        key: String,
+        written: usize,
+        read: usize,
+    },
+}
+
+/// How long a server may take to answer a first request before a command gives up
+/// (`DR_CONNECT_TIMEOUT`, a humantime duration; default 15 s). A wrong port that accepts
+/// connections and never answers (ClickHouse's 8123 given as a PostgreSQL URL) must fail
+/// fast with a message, not hang.
+pub fn connect_timeout() -> std::time::Duration {
+    std::env::var("DR_CONNECT_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(std::time::Duration::from_secs(15))
+}
+
+/// The reason given when a server stays silent for [`connect_timeout`].
+pub(crate) fn silent_server(kind: &str) -> String {
+    format!(
+        "no answer within {} s: is a {kind} server listening there? (a port that accepts connections but never answers, e.g. another service's port, looks like this; DR_CONNECT_TIMEOUT sets the wait)",
+        connect_timeout().as_secs_f32()
+    )
 }
 
 /// An HTTP client error with its causes (reqwest keeps the useful part, e.g. "connection

@@ -3,6 +3,10 @@
 //! age authenticates every 64 KiB chunk, but a stream cut at a chunk boundary is only
 //! detected at EOF; [`PlainReader::finish`] therefore drains the stream to its end and hands
 //! back the ciphertext's size and sha256 for comparison with the manifest.
+//!
+//! The age header is read by us first, with a cap ([`MAX_HEADER_BYTES`]): the age crate
+//! buffers a header line until its newline, so a part without one (2 GiB of zeros) would
+//! otherwise be read into memory whole.
 
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
@@ -13,12 +17,59 @@ use super::keys::Identities;
 use crate::catalog::Compression;
 use crate::progress::ProgressBar;
 
+/// Largest age header accepted. A header is one line per recipient stanza (~100 bytes for
+/// X25519) plus a MAC line; 64 KiB holds hundreds of recipients.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+
+/// Reads the age header (through its `---` MAC line) from `reader`, never much more than
+/// [`MAX_HEADER_BYTES`]; returns it together with whatever was read past it.
+fn read_header(reader: &mut impl Read) -> Result<Vec<u8>, io::Error> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no complete age header",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let prefix = buf.len().min(AGE_MAGIC.len());
+        if buf[..prefix] != AGE_MAGIC[..prefix] {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an age file",
+            ));
+        }
+        // The header ends with the line that starts with `---` (the MAC line). Searched
+        // from the start each time: at most 64 KiB, and the MAC line may arrive in pieces.
+        if let Some(at) = find(&buf, b"\n---") {
+            if buf[at + 1..].contains(&b'\n') {
+                return Ok(buf);
+            }
+        }
+        if buf.len() > MAX_HEADER_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "age header larger than 64 KiB",
+            ));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Errors decrypting or decompressing a part.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("no identity in {identity_file} matches this object")]
     WrongKey { identity_file: String },
-    #[error("the object is not an age file (damaged header)")]
+    #[error("the object is not an age file (no valid age header in its first 64 KiB)")]
     NotAge,
     #[error("the object is damaged or truncated: {0}")]
     Corrupt(String),
@@ -130,9 +181,19 @@ impl PlainReader {
                 .transport_error
                 .clone()
         };
+        let mut ciphertext = ciphertext;
+        let header = match read_header(&mut ciphertext) {
+            Ok(h) => h,
+            Err(_) if transport(&state).is_some() => {
+                return Err(DecodeError::Transport(
+                    transport(&state).unwrap_or_default(),
+                ))
+            }
+            Err(_) => return Err(DecodeError::NotAge),
+        };
         let decryptor = match age::Decryptor::new_buffered(io::BufReader::with_capacity(
             256 * 1024,
-            ciphertext,
+            io::Cursor::new(header).chain(ciphertext),
         )) {
             Ok(d) => d,
             Err(_) if transport(&state).is_some() => {
@@ -236,5 +297,37 @@ impl Read for PlainRead<'_> {
             self.error.get_or_insert(e);
             io
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_reading_stops_at_the_cap() {
+        let mut zeros = io::repeat(0).take(1 << 30);
+        assert!(read_header(&mut zeros).is_err());
+        let mut magic_then_no_newline =
+            io::Cursor::new(AGE_MAGIC.to_vec()).chain(io::repeat(b'x').take(1 << 30));
+        let err = read_header(&mut magic_then_no_newline).unwrap_err();
+        assert!(err.to_string().contains("64 KiB"), "{err}");
+    }
+
+    #[test]
+    fn a_real_header_is_read_whole_with_what_follows() {
+        let id = age::x25519::Identity::generate();
+        let r = id.to_public();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        io::Write::write_all(&mut w, &[7u8; 100_000]).unwrap();
+        w.finish().unwrap();
+        let mut reader = io::Cursor::new(out.clone());
+        let head = read_header(&mut reader).unwrap();
+        assert!(out.starts_with(&head) && head.len() < 4096 + 4096);
+        let header_end = find(&out, b"\n---").unwrap();
+        assert!(head.len() > header_end);
     }
 }

@@ -18,6 +18,9 @@ pub mod keys;
 pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
 /// Batches buffered between the encoding thread and the uploader.
 pub(crate) const CHANNEL_DEPTH: usize = 4;
+/// A store download that delivers no byte for this long has stalled: fail it rather than
+/// wait forever (the S3 client's own timeouts end at the response headers).
+pub const STORE_READ_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Turns an async byte stream (an HTTP body) into a blocking [`std::io::Read`] for the
 /// encoding thread, batched: HTTP bodies arrive in chunks of a few KiB, and handing each
@@ -71,7 +74,18 @@ pub fn batched_object_reader(
         loop {
             let mut batch = bytes::BytesMut::with_capacity(CHUNK_SIZE);
             while batch.len() < CHUNK_SIZE {
-                match reader.read_buf(&mut batch).await {
+                let read = tokio::time::timeout(STORE_READ_IDLE, reader.read_buf(&mut batch))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "the store sent nothing for {} s; check the store and the network",
+                                STORE_READ_IDLE.as_secs()
+                            ),
+                        ))
+                    });
+                match read {
                     Ok(0) => {
                         if !batch.is_empty() {
                             let _ = tx.send(Ok(batch.freeze())).await;

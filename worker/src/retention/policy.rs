@@ -1,10 +1,14 @@
 //! The retention policy: keep-last / hourly / daily / weekly / monthly / yearly / within,
 //! in the manner of restic's `forget`, with the safety rules peers got wrong:
 //!
-//! - Periods and `keep-within` are counted back from the newest *complete* backup, not from
-//!   `now`: a month of failing jobs (or a wrong clock) never ages out the last good copies.
+//! - Periods and `keep-within` are counted back from the newest *complete* backup dated at
+//!   or before `now + max_clock_skew`, not from `now`: a month of failing jobs (or a wrong
+//!   clock) never ages out the last good copies, and a backup dated far ahead (a clock
+//!   running fast, a forged `99991231T…` id) is kept but never the reference point.
 //! - The newest complete backup is always kept, whatever the rules say.
-//! - A backup dated in the future (clock skew) is kept.
+//! - A backup dated in the future is kept.
+//! - A damaged backup (its manifest failed the catalog's checks) counts for nothing: it
+//!   is never the newest, never fills a keep rule, and is never deleted by prune.
 //! - Incomplete backups (no manifest) are kept while they may still be running (younger
 //!   than the grace period, measured from `now`), deleted after.
 //!
@@ -16,7 +20,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::Serialize;
 
-use crate::catalog::BackupId;
+use crate::catalog::{BackupId, Status};
 
 /// How many backups to keep, per engine and target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub struct RetentionPolicy {
     pub keep_within: Option<Duration>,
     /// How long an incomplete backup may be running before it counts as failed.
     pub incomplete_grace: Duration,
+    /// How far after `now` a backup may be dated and still be the reference point.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for RetentionPolicy {
@@ -44,6 +50,7 @@ impl Default for RetentionPolicy {
             keep_yearly: 0,
             keep_within: None,
             incomplete_grace: Duration::hours(24),
+            max_clock_skew: Duration::hours(1),
         }
     }
 }
@@ -59,8 +66,53 @@ pub enum PolicyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub id: BackupId,
-    /// Has a manifest.
-    pub complete: bool,
+    pub status: Status,
+    /// Why a damaged backup is damaged (shown in its reasons).
+    pub problem: Option<String>,
+}
+
+/// The largest share of a target's good backups one prune may delete.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxDelete {
+    Backups(u64),
+    Percent(f64),
+}
+
+impl MaxDelete {
+    /// How many of `good` backups may go.
+    pub fn allowed(self, good: usize) -> usize {
+        match self {
+            MaxDelete::Backups(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            MaxDelete::Percent(p) => ((good as f64) * p / 100.0).floor() as usize,
+        }
+    }
+}
+
+impl std::str::FromStr for MaxDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a number of backups or a percentage (e.g. 5, 50%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let v: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(bad());
+                }
+                Ok(MaxDelete::Percent(v))
+            }
+            None => s.trim().parse().map(MaxDelete::Backups).map_err(|_| bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxDelete::Backups(n) => write!(f, "{n}"),
+            MaxDelete::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 /// What happens to one backup, and why.
@@ -165,7 +217,21 @@ impl RetentionPolicy {
     /// Decides for every backup of *one* engine and target, in input order.
     pub fn apply(&self, backups: &[Candidate], now: DateTime<Utc>) -> Vec<Decision> {
         let mut reasons: HashMap<&BackupId, Vec<String>> = HashMap::new();
-        let mut complete: Vec<&Candidate> = backups.iter().filter(|b| b.complete).collect();
+        let horizon = now + self.max_clock_skew;
+        let mut complete: Vec<&Candidate> = backups
+            .iter()
+            .filter(|b| b.status == Status::Complete && b.id.created_at() <= horizon)
+            .collect();
+        for b in backups
+            .iter()
+            .filter(|b| b.status == Status::Complete && b.id.created_at() > horizon)
+        {
+            reasons.entry(&b.id).or_default().push(format!(
+                "dated {} in the future, beyond the allowed clock skew ({}): kept, never the reference point",
+                short_duration(b.id.created_at() - now),
+                short_duration(self.max_clock_skew)
+            ));
+        }
         // Newest first; ids sort by time, then by their random suffix (a stable tie-break).
         complete.sort_by(|a, b| b.id.cmp(&a.id));
         complete.dedup_by(|a, b| a.id == b.id);
@@ -220,7 +286,15 @@ impl RetentionPolicy {
             .iter()
             .map(|b| {
                 let age = now - b.id.created_at();
-                let (keep, why) = if !b.complete {
+                let (keep, why) = if b.status == Status::Damaged {
+                    (
+                        true,
+                        vec![format!(
+                            "damaged ({}): counts for nothing and is never deleted by prune; inspect it and remove it by hand",
+                            b.problem.as_deref().unwrap_or("manifest failed its checks")
+                        )],
+                    )
+                } else if b.status == Status::Incomplete {
                     if age < self.incomplete_grace {
                         (
                             true,

@@ -8,10 +8,16 @@ use chrono::{Duration, NaiveDateTime, TimeZone, Utc};
 use super::*;
 
 /// `"2026-11-20 02:00"` or `"2026-11-20 02:00 #2"` (a second backup in the same second),
-/// `!` suffix for an incomplete backup.
+/// `!` suffix for an incomplete backup, `?` for a damaged one.
 fn candidate(spec: &str) -> Candidate {
-    let complete = !spec.ends_with('!');
-    let spec = spec.trim_end_matches('!');
+    let status = if spec.ends_with('!') {
+        Status::Incomplete
+    } else if spec.ends_with('?') {
+        Status::Damaged
+    } else {
+        Status::Complete
+    };
+    let spec = spec.trim_end_matches(['!', '?']);
     let (time, n) = match spec.split_once(" #") {
         Some((t, n)) => (t, n.parse::<u32>().unwrap()),
         None => (spec, 1),
@@ -22,7 +28,11 @@ fn candidate(spec: &str) -> Candidate {
     let id = format!("{}-{n:06x}", t.format("%Y%m%dT%H%M%SZ"))
         .parse()
         .unwrap();
-    Candidate { id, complete }
+    Candidate {
+        id,
+        status,
+        problem: (status == Status::Damaged).then(|| "junk".to_string()),
+    }
 }
 
 struct Case {
@@ -443,6 +453,44 @@ fn cases() -> Vec<Case> {
             keep_later: Some(&["2026-11-19 02:00"]),
         },
         c(
+            "a damaged backup is never the newest, fills no rule, and is kept",
+            RetentionPolicy {
+                keep_last: 1,
+                ..p()
+            },
+            &["2026-11-18 02:00", "2026-11-19 02:00", "2026-11-20 02:00?"],
+            &["2026-11-19 02:00", "2026-11-20 02:00?"],
+        ),
+        c(
+            "junk dated 9999 moves no window and deletes nothing good",
+            RetentionPolicy {
+                keep_within: Some(Duration::days(14)),
+                ..p()
+            },
+            &[
+                "2026-11-01 02:00",
+                "2026-11-18 02:00",
+                "2026-11-19 02:00",
+                "2026-11-20 02:00",
+                "9999-12-31 23:59?",
+            ],
+            &[
+                "2026-11-18 02:00",
+                "2026-11-19 02:00",
+                "2026-11-20 02:00",
+                "9999-12-31 23:59?",
+            ],
+        ),
+        c(
+            "only damaged backups: all kept",
+            RetentionPolicy {
+                keep_last: 1,
+                ..p()
+            },
+            &["2026-11-19 02:00?", "2026-11-20 02:00?"],
+            &["2026-11-19 02:00?", "2026-11-20 02:00?"],
+        ),
+        c(
             "yearly and monthly together over years",
             RetentionPolicy {
                 keep_monthly: 2,
@@ -472,8 +520,11 @@ fn table() {
     assert!(cases.len() >= 30, "{} cases", cases.len());
     for case in cases {
         let backups: Vec<Candidate> = case.backups.iter().map(|s| candidate(s)).collect();
+        // `now` follows the newest backup a clock could have written (a damaged id such as
+        // 9999-12-31 says nothing about the time).
         let newest = backups
             .iter()
+            .filter(|b| b.status != Status::Damaged)
             .map(|b| b.id.created_at())
             .max()
             .unwrap_or_else(|| Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap());
@@ -557,6 +608,45 @@ fn a_future_backup_is_kept_and_flagged() {
     let now = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
     let d = policy.apply(&backups, now);
     assert!(d[1].keep && d[1].reasons.iter().any(|r| r.contains("future")));
+}
+
+#[test]
+fn a_backup_dated_beyond_the_skew_is_kept_but_is_not_the_reference() {
+    let policy = RetentionPolicy {
+        keep_last: 1,
+        ..p()
+    };
+    let backups = vec![
+        candidate("2026-11-18 02:00"),
+        candidate("2026-11-19 02:00"),
+        candidate("2026-12-25 02:00"),
+    ];
+    let now = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+    let d = policy.apply(&backups, now);
+    assert!(!d[0].keep, "{:?}", d[0]);
+    assert!(d[1].keep && d[1].reasons.contains(&"newest complete backup".to_string()));
+    assert!(
+        d[2].keep && d[2].reasons[0].contains("beyond the allowed clock skew"),
+        "{:?}",
+        d[2]
+    );
+    // Within the skew, a backup a few minutes ahead is the newest as usual.
+    let d = policy.apply(
+        &backups[..2],
+        Utc.with_ymd_and_hms(2026, 11, 19, 1, 30, 0).unwrap(),
+    );
+    assert!(d[1].keep && d[1].reasons.contains(&"newest complete backup".to_string()));
+}
+
+#[test]
+fn max_delete_parses_and_bounds() {
+    assert_eq!("50%".parse::<MaxDelete>().unwrap().allowed(6), 3);
+    assert_eq!("50%".parse::<MaxDelete>().unwrap().allowed(3), 1);
+    assert_eq!("100%".parse::<MaxDelete>().unwrap().allowed(7), 7);
+    assert_eq!("2".parse::<MaxDelete>().unwrap().allowed(10), 2);
+    for bad in ["", "-1", "lots", "101%"] {
+        assert!(bad.parse::<MaxDelete>().is_err(), "{bad:?}");
+    }
 }
 
 #[test]

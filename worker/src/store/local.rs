@@ -1,7 +1,15 @@
 //! A store in a local directory (`file:///dir`): the default for the demo, for a NAS mount,
-//! or for users without S3. Objects are files; a stream is written to a hidden temporary
-//! file and renamed into place only when complete, so a crash never leaves a half object
+//! or for users without S3. Objects are files.
+//!
+//! Durability: an object is written to a hidden temporary file, flushed (tokio's `File`
+//! holds a failed background write until the next write or flush, and `sync_all` does not
+//! report it: that is how a full disk once produced a 0-byte manifest and a "committed"
+//! backup), checked for its length, `fsync`ed, renamed into place, and its directory is
+//! `fsync`ed. Every error on that path fails the write; nothing half-written ever appears
 //! under its real name.
+//!
+//! Reading: only regular files, opened without following a final symlink and without
+//! blocking on a FIFO, and only under keys that pass [`super::key_is_safe`].
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -48,11 +56,36 @@ impl LocalStore {
         .map_err(Self::io("list", &self.root))
     }
 
-    /// Opens (and creates if needed) the directory.
+    /// Opens an existing store directory; never creates one.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when the directory does not exist, [`StoreError::Io`] when it
+    /// is not a directory or cannot be read.
+    pub async fn open(root: &Path) -> Result<Self, StoreError> {
+        let store = Self::at(root);
+        match tokio::fs::metadata(root).await {
+            Ok(m) if m.is_dir() => Ok(store),
+            Ok(_) => Err(StoreError::Io {
+                op: "open store directory",
+                path: root.display().to_string(),
+                source: std::io::Error::other("not a directory"),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::Missing {
+                location: store.location,
+            }),
+            Err(source) => Err(StoreError::Io {
+                op: "open store directory",
+                path: root.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Opens the store directory, creating it (and its parents) when missing: for backups.
     ///
     /// # Errors
     /// [`StoreError::Io`] when the directory cannot be created.
-    pub async fn open(root: &Path) -> Result<Self, StoreError> {
+    pub async fn create(root: &Path) -> Result<Self, StoreError> {
         tokio::fs::create_dir_all(root)
             .await
             .map_err(|source| StoreError::Io {
@@ -60,20 +93,25 @@ impl LocalStore {
                 path: root.display().to_string(),
                 source,
             })?;
-        Ok(LocalStore {
-            root: root.to_path_buf(),
-            location: format!("file://{}", root.display()),
-        })
+        Self::open(root).await
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        // Keys come from the catalog (validated segments), never raw user input; still,
-        // refuse anything that would leave the root.
-        assert!(
-            !key.split('/').any(|s| s == ".." || s.is_empty()) || key.is_empty(),
-            "key {key:?} escapes the store"
-        );
-        self.root.join(key)
+    fn at(root: &Path) -> Self {
+        LocalStore {
+            root: root.to_path_buf(),
+            location: format!("file://{}", root.display()),
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        if super::key_is_safe(key) {
+            Ok(self.root.join(key))
+        } else {
+            Err(StoreError::BadKey {
+                location: self.location.clone(),
+                key: key.to_string(),
+            })
+        }
     }
 
     fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
@@ -154,13 +192,77 @@ impl ReadStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
-        let path = self.path(key);
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => Ok(Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, f))),
+        let path = self.path(key)?;
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || open_regular(&path)
+        })
+        .await
+        .expect("open task panicked");
+        let not_regular = |what| StoreError::NotRegular {
+            location: self.location.clone(),
+            key: key.to_string(),
+            what,
+        };
+        match opened {
+            Ok(Ok(f)) => Ok(Box::pin(tokio::io::BufReader::with_capacity(
+                256 * 1024,
+                tokio::fs::File::from_std(f),
+            ))),
+            Ok(Err(what)) => Err(not_regular(what)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(key)),
+            // O_NOFOLLOW on a symlink.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(not_regular("a symbolic link")),
             Err(e) => Err(Self::io("open", &path)(e)),
         }
     }
+
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
+        Ok(self
+            .walk(prefix, Walk::Partials)
+            .await?
+            .into_iter()
+            .filter_map(|(o, meta)| {
+                let (key, _) = o.key.split_once(PARTIAL_MARK)?;
+                Some(PendingUpload {
+                    key: key.to_string(),
+                    started: meta.modified().ok()?.into(),
+                    handle: o.key,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Opens a file for reading only if it is a regular file: a final symlink is not followed
+/// (a part pointing at `/dev/zero` would never end) and a FIFO does not block the open.
+/// The inner `Err` names what the path is instead.
+fn open_regular(path: &Path) -> std::io::Result<Result<std::fs::File, &'static str>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    Ok(if ft.is_file() {
+        Ok(file)
+    } else if ft.is_dir() {
+        Err("a directory")
+    } else if ft.is_fifo() {
+        Err("a FIFO")
+    } else if ft.is_char_device() || ft.is_block_device() {
+        Err("a device")
+    } else {
+        Err("not a plain file")
+    })
+}
+
+/// `fsync`s a directory, so a rename or a new entry in it survives a crash.
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .expect("sync task panicked")
 }
 
 #[async_trait]
@@ -182,11 +284,9 @@ impl WriteStore for LocalStore {
         mut body: mpsc::Receiver<BodyChunk>,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
-        let path = self.path(key);
-        let dir = path.parent().expect("keys have a directory");
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(Self::io("create directory", dir))?;
+        let path = self.path(key)?;
+        let dir = path.parent().expect("keys have a directory").to_path_buf();
+        let created_dirs = self.create_dirs(&dir).await?;
         let tmp = PathBuf::from(format!(
             "{}{PARTIAL_MARK}{:08x}",
             path.display(),
@@ -219,10 +319,27 @@ impl WriteStore for LocalStore {
                     }
                 }
             }
+            // The last write's error (ENOSPC) surfaces here, not in sync_all.
+            file.flush().await.map_err(Self::io("write", &tmp))?;
             file.sync_all().await.map_err(Self::io("sync", &tmp))?;
+            let found = file.metadata().await.map_err(Self::io("stat", &tmp))?.len();
+            if found != written {
+                return Err(StoreError::ShortWrite {
+                    location: self.location.clone(),
+                    key: key.to_string(),
+                    expected: written,
+                    found,
+                });
+            }
             tokio::fs::rename(&tmp, &path)
                 .await
                 .map_err(Self::io("rename", &path))?;
+            sync_dir(&dir).await.map_err(Self::io("sync", &dir))?;
+            for d in &created_dirs {
+                if let Some(parent) = d.parent() {
+                    sync_dir(parent).await.map_err(Self::io("sync", parent))?;
+                }
+            }
             Ok(written)
         }
         .await;
@@ -233,26 +350,30 @@ impl WriteStore for LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Creates `dir` and its missing parents below the root; returns the ones it created,
+    /// whose parents must be synced for the new entries to be durable.
+    async fn create_dirs(&self, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while d != self.root && !tokio::fs::try_exists(d).await.unwrap_or(false) {
+            missing.push(d.to_path_buf());
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(Self::io("create directory", dir))?;
+        Ok(missing)
+    }
+}
+
 #[async_trait]
 impl DeleteStore for LocalStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.remove(key).await
-    }
-
-    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
-        Ok(self
-            .walk(prefix, Walk::Partials)
-            .await?
-            .into_iter()
-            .filter_map(|(o, meta)| {
-                let (key, _) = o.key.split_once(PARTIAL_MARK)?;
-                Some(PendingUpload {
-                    key: key.to_string(),
-                    started: meta.modified().ok()?.into(),
-                    handle: o.key,
-                })
-            })
-            .collect())
     }
 
     async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError> {
@@ -265,7 +386,7 @@ impl LocalStore {
     /// Removes a file (a missing one is fine), then the directories it leaves empty up to
     /// the root, so listings stay tidy.
     async fn remove(&self, key: &str) -> Result<(), StoreError> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),

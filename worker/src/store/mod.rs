@@ -81,6 +81,84 @@ pub enum StoreError {
     },
     #[error("invalid store {url:?}: {reason}; use s3://bucket/prefix or file:///absolute/dir")]
     BadUrl { url: String, reason: String },
+    #[error("store {location} does not exist; check --store / DR_STORE for a typo (a backup creates a missing directory, list/verify/restore/prune never do)")]
+    Missing { location: String },
+    #[error("refusing object name {key:?} in {location}: it could leave its backup's directory (only names that match the layout in docs/FORMAT.md are used)")]
+    BadKey { location: String, key: String },
+    #[error("{key} in {location} is not a regular file ({what}); refusing to read it")]
+    NotRegular {
+        location: String,
+        key: String,
+        what: &'static str,
+    },
+    #[error("{key} in {location} is larger than {limit} bytes; refusing to read it whole")]
+    TooLarge {
+        location: String,
+        key: String,
+        limit: u64,
+    },
+    #[error("the store {location} reported {key} as {found} bytes after it was written, but {expected} were sent; nothing was committed, check the store's free space and health")]
+    ShortWrite {
+        location: String,
+        key: String,
+        expected: u64,
+        found: u64,
+    },
+}
+
+/// Checks a key before any store touches it: `/`-separated segments, none empty, `.` or
+/// `..`, no control characters or backslashes, and no percent-escape that decodes to a
+/// separator or a control character (some servers decode keys once more). Keys are built
+/// from validated names, so this is a second wall: a damaged or forged manifest must never
+/// make a store read (or write) outside the backup it describes.
+pub fn key_is_safe(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(segment_is_safe)
+        && !key.starts_with('/')
+}
+
+/// One path segment (an object name within a directory), by the rules of [`key_is_safe`].
+pub fn segment_is_safe(segment: &str) -> bool {
+    if segment.is_empty()
+        || segment == "."
+        || segment == ".."
+        || segment
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || c == '/')
+    {
+        return false;
+    }
+    // Decoded once more, as a server that unescapes keys would: still one safe segment.
+    let decoded = percent_decode(segment);
+    decoded == segment
+        || decoded
+            .split(['/', '\\'])
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control))
+}
+
+/// `%XX` escapes decoded (invalid escapes stay as they are; invalid UTF-8 is replaced).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Listing and reading: all that list, verify and restore need.
@@ -101,14 +179,16 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
     /// [`StoreError::NotFound`] when the key does not exist, and transport errors.
     async fn get(&self, key: &str) -> Result<ObjectReader, StoreError>;
 
-    /// Reads one small object whole (manifests).
+    /// Reads one small object whole (manifests), refusing objects larger than `limit`
+    /// bytes without holding more than `limit + 1` of them.
     ///
     /// # Errors
-    /// As [`ReadStore::get`], plus read errors.
-    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let mut reader = self.get(key).await?;
+    /// As [`ReadStore::get`], [`StoreError::TooLarge`], plus read errors.
+    async fn get_bytes(&self, key: &str, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let reader = self.get(key).await?;
         let mut buf = Vec::new();
         reader
+            .take(limit.saturating_add(1))
             .read_to_end(&mut buf)
             .await
             .map_err(|e| StoreError::Failed {
@@ -117,8 +197,21 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
                 key: key.to_string(),
                 detail: e.to_string(),
             })?;
+        if buf.len() as u64 > limit {
+            return Err(StoreError::TooLarge {
+                location: self.location().to_string(),
+                key: key.to_string(),
+                limit,
+            });
+        }
         Ok(buf)
     }
+
+    /// Unfinished uploads under `prefix`. They cost storage and are invisible to listing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] when the server cannot list them, transport errors.
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError>;
 }
 
 /// Writing new objects: what a backup needs. Writers never overwrite a committed backup
@@ -163,12 +256,6 @@ pub trait DeleteStore: WriteStore {
     /// Transport or permission errors.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
-    /// Unfinished uploads under `prefix`. They cost storage and are invisible to listing.
-    ///
-    /// # Errors
-    /// [`StoreError::Unsupported`] when the server cannot list them, transport errors.
-    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError>;
-
     /// Aborts one unfinished upload, freeing what it stored.
     ///
     /// # Errors
@@ -196,9 +283,16 @@ impl std::str::FromStr for StoreUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |reason: &str| StoreError::BadUrl {
-            url: s.to_string(),
+            url: if s.contains('@') {
+                "(withheld: it may hold credentials)".into()
+            } else {
+                s.to_string()
+            },
             reason: reason.to_string(),
         };
+        if s.contains('@') {
+            return Err(bad("credentials do not belong in the store URL (they would show in process lists and logs); pass them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
+        }
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -220,17 +314,34 @@ impl std::str::FromStr for StoreUrl {
     }
 }
 
+/// Whether opening a store may create it: only a backup creates a missing local directory;
+/// every other command reports a missing store, because after a typo "no backups" is the
+/// worst possible answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    MustExist,
+    CreateIfMissing,
+}
+
 /// Opens the store a URL names, with every capability; callers narrow it to the trait they
 /// need.
 ///
 /// # Errors
-/// [`StoreError::Io`] when a local directory cannot be created.
-pub async fn open(url: &StoreUrl, s3: &S3Options) -> Result<Arc<dyn DeleteStore>, StoreError> {
+/// [`StoreError::Missing`] for a local directory that does not exist (with
+/// [`OpenMode::MustExist`]), [`StoreError::Io`] when it cannot be created.
+pub async fn open(
+    url: &StoreUrl,
+    s3: &S3Options,
+    mode: OpenMode,
+) -> Result<Arc<dyn DeleteStore>, StoreError> {
     match url {
         StoreUrl::S3 { bucket, prefix } => {
             Ok(Arc::new(s3::S3Store::from_env(bucket, prefix, s3).await))
         }
-        StoreUrl::Local { root } => Ok(Arc::new(local::LocalStore::open(root).await?)),
+        StoreUrl::Local { root } => Ok(Arc::new(match mode {
+            OpenMode::MustExist => local::LocalStore::open(root).await?,
+            OpenMode::CreateIfMissing => local::LocalStore::create(root).await?,
+        })),
     }
 }
 
@@ -263,6 +374,49 @@ mod tests {
         for bad in ["s3://", "file://relative", "gs://b", "/tmp/x"] {
             let err = bad.parse::<StoreUrl>().unwrap_err().to_string();
             assert!(err.contains("s3://bucket/prefix"), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_store_urls_are_refused_and_never_echoed() {
+        for url in [
+            "s3://AKIAEXAMPLE:s3cr3t-Value@bucket/prefix",
+            "file://user:s3cr3t-Value@/dir",
+        ] {
+            let err = url.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+            assert!(
+                !err.contains("s3cr3t-Value") && !err.contains("AKIAEXAMPLE"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_could_leave_their_directory_are_unsafe() {
+        for bad in [
+            "",
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a%2F..%2Fb",
+            "a/%2e%2e/b",
+            "a/x%00y",
+            "a/line\nbreak",
+            "a\\..\\b",
+            "a/%5C..%5Cb",
+        ] {
+            assert!(!key_is_safe(bad), "{bad:?} accepted");
+        }
+        for good in [
+            "postgres/prod/20261122T020000Z-7f3a9c/manifest.json",
+            "postgres/prod/20261122T020000Z-7f3a9c/db-my%20db%2F2.pgdump.zst.age",
+            "clickhouse/signoz/20261122T020000Z-7f3a9c/t-signoz_logs.logs_v2.native.zst.age",
+            "50%.txt",
+        ] {
+            assert!(key_is_safe(good), "{good:?} refused");
         }
     }
 }

@@ -10,6 +10,12 @@
 //!   object at ~78 GiB (pgbackrest#1417 hit the same wall).
 //! - Any failure, a producer that stops without `End`, or cancellation (SIGTERM) aborts the
 //!   multipart upload, so no half object becomes visible and no parts linger.
+//! - A finished upload is checked with a HEAD: the object the server reports must have the
+//!   size that was sent, or the write fails (and the backup is never committed).
+//! - Every key passes [`super::key_is_safe`] before a request is built: a forged manifest
+//!   cannot make the client ask for `../other-bucket/…`.
+//! - Requests time out (connect 10 s; each attempt of a non-streaming call 5 min), so an
+//!   endpoint that accepts connections and never answers cannot hang a command.
 
 use std::time::Duration;
 
@@ -57,8 +63,12 @@ impl S3Store {
     /// Builds a client from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, profiles…).
     pub async fn from_env(bucket: &str, prefix: &str, opts: &S3Options) -> Self {
+        // The attempt timeout covers a request until its response headers (a download's body
+        // streams afterwards, under the pipeline's own idle timeout): generous enough for a
+        // slow 8 MiB part upload, short enough that a silent endpoint fails the command.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
+            .operation_attempt_timeout(Duration::from_secs(300))
             .build();
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(timeouts)
@@ -91,12 +101,46 @@ impl S3Store {
         }
     }
 
-    fn full_key(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.prefix)
+    /// The bucket key of a store key, refusing keys that could leave their directory.
+    fn full_key(&self, key: &str) -> Result<String, StoreError> {
+        if !super::key_is_safe(key) {
+            return Err(StoreError::BadKey {
+                location: self.location.clone(),
+                key: key.to_string(),
+            });
         }
+        Ok(self.bucket_key(key))
+    }
+
+    /// The bucket key of a listing prefix (which may be empty or end in `/`).
+    fn bucket_key(&self, prefix: &str) -> String {
+        if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        }
+    }
+
+    /// Checks that the object now stored under `key` has the size that was sent.
+    async fn check_stored(&self, key: &str, sent: u64) -> Result<(), StoreError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key)?)
+            .send()
+            .await
+            .map_err(|e| self.map_err("check", key, e))?;
+        let found = head.content_length().unwrap_or(-1);
+        if u64::try_from(found).ok() != Some(sent) {
+            return Err(StoreError::ShortWrite {
+                location: self.location.clone(),
+                key: key.to_string(),
+                expected: sent,
+                found: found.max(0) as u64,
+            });
+        }
+        Ok(())
     }
 
     fn map_err<E>(
@@ -117,16 +161,9 @@ impl S3Store {
             (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => {
                 StoreError::Unreachable { location, detail }
             }
+            // Before the generic 404: a missing bucket is a wrong --store, not a missing key.
+            (_, _, Some("NoSuchBucket")) => StoreError::Missing { location },
             (_, Some(404), _) | (_, _, Some("NoSuchKey")) => StoreError::NotFound { location, key },
-            (_, _, Some("NoSuchBucket")) => StoreError::Failed {
-                location: location.clone(),
-                op,
-                key,
-                detail: format!(
-                    "bucket {} does not exist; create it or fix --store",
-                    self.bucket
-                ),
-            },
             (_, Some(401 | 403), _) => StoreError::Denied {
                 location,
                 op,
@@ -147,7 +184,7 @@ impl S3Store {
             .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .key(self.bucket_key(key))
             .upload_id(upload_id)
             .send()
             .await;
@@ -164,7 +201,7 @@ impl S3Store {
         body: &mut mpsc::Receiver<BodyChunk>,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
-        let full_key = self.full_key(key);
+        let full_key = self.full_key(key)?;
         let created = self
             .client
             .create_multipart_upload()
@@ -238,7 +275,7 @@ impl S3Store {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .key(self.full_key(key)?)
             .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
@@ -262,7 +299,7 @@ impl S3Store {
             .client
             .upload_part()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .key(self.full_key(key)?)
             .upload_id(upload_id)
             .part_number(n)
             .body(ByteStream::from(data))
@@ -341,7 +378,7 @@ impl ReadStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        let full_prefix = self.full_key(prefix);
+        let full_prefix = self.bucket_key(prefix);
         let strip = if self.prefix.is_empty() {
             0
         } else {
@@ -377,77 +414,11 @@ impl ReadStore for S3Store {
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.full_key(key))
+            .key(self.full_key(key)?)
             .send()
             .await
             .map_err(|e| self.map_err("download", key, e))?;
         Ok(Box::pin(out.body.into_async_read()))
-    }
-}
-
-#[async_trait]
-impl WriteStore for S3Store {
-    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.map_err("upload", key, e))?;
-        Ok(())
-    }
-
-    async fn put_stream(
-        &self,
-        key: &str,
-        mut body: mpsc::Receiver<BodyChunk>,
-        cancel: &CancellationToken,
-    ) -> Result<u64, StoreError> {
-        // Objects smaller than one part go up in a single PUT: no multipart state to abort.
-        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE + HEADROOM);
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => return Err(StoreError::Cancelled {
-                    location: self.location.clone(), key: key.to_string() }),
-                c = body.recv() => c,
-            };
-            match chunk {
-                Some(BodyChunk::Data(bytes)) => {
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= BASE_PART_SIZE {
-                        let first = buf.split_to(BASE_PART_SIZE).freeze();
-                        return self.put_multipart(key, first, buf, &mut body, cancel).await;
-                    }
-                }
-                Some(BodyChunk::End) => {
-                    let n = buf.len() as u64;
-                    self.put_bytes(key, buf.freeze()).await?;
-                    return Ok(n);
-                }
-                None => {
-                    return Err(StoreError::Incomplete {
-                        location: self.location.clone(),
-                        key: key.to_string(),
-                    })
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl DeleteStore for S3Store {
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.map_err("delete", key, e))?;
-        Ok(())
     }
 
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
@@ -463,7 +434,7 @@ impl DeleteStore for S3Store {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .prefix(self.full_key(prefix))
+                .prefix(self.bucket_key(prefix))
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(id_marker.take())
                 .send()
@@ -502,12 +473,83 @@ impl DeleteStore for S3Store {
             id_marker = page.next_upload_id_marker().map(str::to_string);
         }
     }
+}
+
+#[async_trait]
+impl WriteStore for S3Store {
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let sent = data.len() as u64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key)?)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.map_err("upload", key, e))?;
+        self.check_stored(key, sent).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: mpsc::Receiver<BodyChunk>,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        // Objects smaller than one part go up in a single PUT: no multipart state to abort.
+        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE + HEADROOM);
+        loop {
+            let chunk = tokio::select! {
+                () = cancel.cancelled() => return Err(StoreError::Cancelled {
+                    location: self.location.clone(), key: key.to_string() }),
+                c = body.recv() => c,
+            };
+            match chunk {
+                Some(BodyChunk::Data(bytes)) => {
+                    buf.extend_from_slice(&bytes);
+                    if buf.len() >= BASE_PART_SIZE {
+                        let first = buf.split_to(BASE_PART_SIZE).freeze();
+                        let sent = self
+                            .put_multipart(key, first, buf, &mut body, cancel)
+                            .await?;
+                        self.check_stored(key, sent).await?;
+                        return Ok(sent);
+                    }
+                }
+                Some(BodyChunk::End) => {
+                    let n = buf.len() as u64;
+                    self.put_bytes(key, buf.freeze()).await?;
+                    return Ok(n);
+                }
+                None => {
+                    return Err(StoreError::Incomplete {
+                        location: self.location.clone(),
+                        key: key.to_string(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DeleteStore for S3Store {
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key)?)
+            .send()
+            .await
+            .map_err(|e| self.map_err("delete", key, e))?;
+        Ok(())
+    }
 
     async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), StoreError> {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.full_key(&upload.key))
+            .key(self.full_key(&upload.key)?)
             .upload_id(&upload.handle)
             .send()
             .await

@@ -260,6 +260,20 @@ impl ChClient {
         self.send(what, sql.to_string(), &[]).await.map(|_| ())
     }
 
+    /// Checks that a ClickHouse server answers at this address and accepts our user, within
+    /// [`crate::engine::connect_timeout`]; returns its version.
+    ///
+    /// # Errors
+    /// [`ChError::Unreachable`] naming the address, authentication errors.
+    pub async fn probe(&self) -> Result<String, ChError> {
+        tokio::time::timeout(crate::engine::connect_timeout(), self.version())
+            .await
+            .map_err(|_| ChError::Unreachable {
+                addr: self.addr(),
+                reason: crate::engine::silent_server("ClickHouse"),
+            })?
+    }
+
     /// The server's version string.
     ///
     /// # Errors

@@ -179,20 +179,43 @@ impl PgTarget {
     /// # Errors
     /// [`PgError::Connect`] with the server's reason.
     pub async fn connect(&self, db: &str) -> Result<Client, PgError> {
-        let (client, conn) =
-            self.config(db)
-                .connect(NoTls)
-                .await
-                .map_err(|e| PgError::Connect {
-                    target: self.with_dbname(db).to_string(),
-                    detail: detail(&e),
-                })?;
+        let connect_error = |detail: String| PgError::Connect {
+            target: self.with_dbname(db).to_string(),
+            detail,
+        };
+        // tokio-postgres' own timeout covers the TCP connect only; the startup handshake
+        // with a server that never answers would wait forever.
+        let (client, conn) = tokio::time::timeout(
+            crate::engine::connect_timeout(),
+            self.config(db).connect(NoTls),
+        )
+        .await
+        .map_err(|_| connect_error(crate::engine::silent_server("PostgreSQL")))?
+        .map_err(|e| connect_error(detail(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "postgres connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// Checks that a PostgreSQL server answers at this address and accepts our credentials,
+    /// before any work depends on it (a restore decrypts nothing until this passed). A
+    /// database that does not exist yet is fine: the server answered.
+    ///
+    /// # Errors
+    /// [`PgError::Connect`] naming the address and what to check.
+    pub async fn probe(&self, db: &str) -> Result<(), PgError> {
+        match self.connect(db).await {
+            Ok(_) => Ok(()),
+            Err(PgError::Connect { detail, .. })
+                if detail.contains("does not exist") && detail.contains("database") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Environment for pg_dump / pg_restore: connection settings travel here, never in argv.
@@ -293,6 +316,13 @@ ORDER BY 1, 2";
 /// # Errors
 /// [`PgError::Query`].
 pub async fn count_tables(client: &Client, target: &PgTarget) -> Result<Vec<TableCount>, PgError> {
+    // A count waits behind an ACCESS EXCLUSIVE lock (a migration, a VACUUM FULL): fail
+    // after five minutes instead of hanging the backup or the check. Counting itself may
+    // take long on big tables; hours are allowed.
+    client
+        .batch_execute("SET lock_timeout = '5min'; SET statement_timeout = '6h'")
+        .await
+        .map_err(|e| target.query_error("setting timeouts", &e))?;
     let tables = client
         .query(LIST_TABLES, &[])
         .await

@@ -489,6 +489,20 @@ impl VaultClient {
         self.json_of(response, "GET", "sys/health").await
     }
 
+    /// Checks that a Vault/OpenBao server answers at this address (its health endpoint,
+    /// which needs no token) within [`crate::engine::connect_timeout`].
+    ///
+    /// # Errors
+    /// [`VaultError::Unreachable`] naming the address.
+    pub async fn probe(&self) -> Result<Health, VaultError> {
+        tokio::time::timeout(crate::engine::connect_timeout(), self.health())
+            .await
+            .map_err(|_| VaultError::Unreachable {
+                addr: self.addr().to_string(),
+                reason: crate::engine::silent_server("Vault/OpenBao"),
+            })?
+    }
+
     /// Which node leads the cluster.
     ///
     /// # Errors
