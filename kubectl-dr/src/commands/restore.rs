@@ -441,7 +441,7 @@ impl RestoreCmd {
             let names = step
                 .part
                 .iter()
-                .chain(step.inner_part.iter().map(|(p, _)| p));
+                .chain(step.inner_part.iter().map(|i| &i.part));
             for name in names {
                 if let Some(part) = manifest.parts.iter().find(|p| &p.name == name) {
                     check_first(store, manifest, part, progress).await?;

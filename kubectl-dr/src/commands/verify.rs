@@ -302,9 +302,19 @@ async fn compare_clickhouse(
         .iter()
         .flat_map(|p| p.tables.iter().cloned())
         .collect();
+    // A view's inner table may have another name on this server (`.inner_id.<uuid>` after
+    // a restore into an Atomic database): find it through its view.
+    let inner = clickhouse::dump::inner_tables(manifest);
     let mut live = Vec::new();
     for t in &backup {
-        match clickhouse::restore::count(&client, &t.schema, &t.name).await {
+        let name = match inner.get(&format!("{}.{}", t.schema, t.name)) {
+            Some(view) => match clickhouse::restore::inner_table(&client, &t.schema, view).await {
+                Ok(n) => n,
+                Err(_) => continue,
+            },
+            None => t.name.clone(),
+        };
+        match clickhouse::restore::count(&client, &t.schema, &name).await {
             Ok(rows) => live.push(drkit::catalog::TableCount { rows, ..t.clone() }),
             // A missing table shows as MISSING in the comparison.
             Err(clickhouse::ChError::Query { .. }) => {}

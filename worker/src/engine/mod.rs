@@ -254,6 +254,11 @@ pub fn content_check(format: &str) -> Option<ContentCheck> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }),
+        clickhouse::FORMAT_TSV => Some(|r| {
+            clickhouse::tsv::walk(std::io::BufReader::with_capacity(256 * 1024, r), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }),
         _ => None,
     }
 }

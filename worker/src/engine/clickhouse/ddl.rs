@@ -26,7 +26,7 @@ pub enum Phase {
 
 /// What to do with a table in a restore.
 pub fn phase(table: &TableDdl) -> Option<Phase> {
-    if inner_of(&table.name).is_some() {
+    if is_inner(&table.name) {
         // Created by its materialized view; only its rows are loaded.
         return None;
     }
@@ -39,9 +39,29 @@ pub fn phase(table: &TableDdl) -> Option<Phase> {
     })
 }
 
-/// The materialized view an inner table belongs to (`.inner.NAME`).
+/// The materialized view an inner table belongs to, by name (`.inner.NAME`, Ordinary
+/// databases).
 pub fn inner_of(name: &str) -> Option<&str> {
     name.strip_prefix(".inner.")
+}
+
+/// True for a materialized view's inner table: `.inner.NAME` (Ordinary databases) or
+/// `.inner_id.UUID` (Atomic databases, the view's UUID).
+pub fn is_inner(name: &str) -> bool {
+    name.starts_with(".inner.") || name.starts_with(".inner_id.")
+}
+
+/// The materialized view that owns inner table `table`, among `tables` (same database).
+pub fn owner_of<'a>(table: &TableDdl, tables: &'a [TableDdl]) -> Option<&'a TableDdl> {
+    let same_db = |t: &&TableDdl| t.database == table.database && t.engine == "MaterializedView";
+    if let Some(view) = inner_of(&table.name) {
+        return tables.iter().filter(same_db).find(|t| t.name == view);
+    }
+    let uuid = table.name.strip_prefix(".inner_id.")?;
+    tables
+        .iter()
+        .filter(same_db)
+        .find(|t| t.uuid.as_deref() == Some(uuid))
 }
 
 /// A lexical token of a DDL statement, enough to rewrite names safely.
@@ -427,6 +447,8 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1";
             create: String::new(),
             columns: vec![],
             part: None,
+            data_format: Default::default(),
+            uuid: None,
         };
         assert_eq!(phase(&t("events", "MergeTree")), Some(Phase::Data));
         assert_eq!(
@@ -436,6 +458,41 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1";
         assert_eq!(phase(&t("all", "Distributed")), Some(Phase::Other));
         assert_eq!(phase(&t("v", "View")), Some(Phase::Other));
         assert_eq!(phase(&t(".inner.mv", "MergeTree")), None);
+        assert_eq!(
+            phase(&t(
+                ".inner_id.2b1c1ba5-5a7f-4c4e-9d8e-1f1d3c2b1a00",
+                "MergeTree"
+            )),
+            None
+        );
         assert!(Phase::Data < Phase::MaterializedView && Phase::MaterializedView < Phase::Other);
+    }
+
+    #[test]
+    fn inner_tables_belong_to_their_view_by_name_or_uuid() {
+        let t = |name: &str, engine: &str, uuid: Option<&str>| TableDdl {
+            database: "d".into(),
+            name: name.into(),
+            engine: engine.into(),
+            create: String::new(),
+            columns: vec![],
+            part: None,
+            data_format: Default::default(),
+            uuid: uuid.map(str::to_string),
+        };
+        let u = "2b1c1ba5-5a7f-4c4e-9d8e-1f1d3c2b1a00";
+        let all = vec![
+            t("mv", "MaterializedView", Some(u)),
+            t("old_mv", "MaterializedView", None),
+            t(&format!(".inner_id.{u}"), "SummingMergeTree", Some("ffff")),
+            t(".inner.old_mv", "MergeTree", None),
+            t("plain", "MergeTree", Some(u)),
+        ];
+        assert_eq!(owner_of(&all[2], &all).map(|o| o.name.as_str()), Some("mv"));
+        assert_eq!(
+            owner_of(&all[3], &all).map(|o| o.name.as_str()),
+            Some("old_mv")
+        );
+        assert!(owner_of(&all[4], &all).is_none());
     }
 }

@@ -54,6 +54,64 @@ pub struct TableDdl {
     /// Name of the data part, for tables that store rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<String>,
+    /// Format of the data part (backups older than this field hold Native).
+    #[serde(default, skip_serializing_if = "DataFormat::is_native")]
+    pub data_format: DataFormat,
+    /// The table's UUID on servers that have one (Atomic databases name a materialized
+    /// view's inner table `.inner_id.<the view's uuid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+/// How a table's rows are dumped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// Native, walked by [`native`]: compact and fast.
+    #[default]
+    Native,
+    /// TabSeparated ([`super::tsv`]), for tables with a column no size rule walks.
+    Tsv,
+}
+
+impl DataFormat {
+    fn is_native(&self) -> bool {
+        *self == DataFormat::Native
+    }
+
+    /// The format that can carry columns of these types with exact row counts.
+    pub fn for_types<'a>(types: impl IntoIterator<Item = &'a str>) -> Self {
+        if types.into_iter().all(|t| native::parse_type(t).is_ok()) {
+            DataFormat::Native
+        } else {
+            DataFormat::Tsv
+        }
+    }
+
+    /// The name ClickHouse knows the format by.
+    pub fn clickhouse_name(self) -> &'static str {
+        match self {
+            DataFormat::Native => "Native",
+            DataFormat::Tsv => "TabSeparated",
+        }
+    }
+
+    /// The part format recorded in the manifest.
+    pub fn part_format(self) -> &'static str {
+        match self {
+            DataFormat::Native => FORMAT_NATIVE,
+            DataFormat::Tsv => super::FORMAT_TSV,
+        }
+    }
+
+    /// The format of a part, from its manifest entry.
+    pub fn of_part(format: &str) -> Option<Self> {
+        match format {
+            FORMAT_NATIVE => Some(DataFormat::Native),
+            super::FORMAT_TSV => Some(DataFormat::Tsv),
+            _ => None,
+        }
+    }
 }
 
 /// Engines whose tables hold rows of their own (views, Distributed, Merge, Null… do not).
@@ -154,30 +212,29 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
         .map(|d| quote_str(d))
         .collect::<Vec<_>>()
         .join(", ");
-    let tables = client
-        .rows(
-            "listing tables",
-            &format!(
-                "SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN ({list}) AND is_temporary = 0 ORDER BY database, name"
-            ),
-        )
-        .await?;
+    let tables = list_tables(
+        client,
+        &format!("database IN ({list}) AND is_temporary = 0 ORDER BY database, name"),
+        true,
+    )
+    .await?;
     let columns = client
         .rows(
             "listing columns",
             &format!(
-                "SELECT database, table, name, default_kind FROM system.columns WHERE database IN ({list})"
+                "SELECT database, table, name, default_kind, type FROM system.columns WHERE database IN ({list})"
             ),
         )
         .await?;
     let mut out = Vec::new();
-    for row in tables {
-        let [database, name, engine, create] =
-            <[String; 4]>::try_from(row).map_err(|_| ChError::Query {
-                addr: client.addr(),
-                what: "listing tables".into(),
-                message: "unexpected columns in system.tables".into(),
-            })?;
+    for listed in tables {
+        let ListedTable {
+            database,
+            name,
+            engine,
+            create,
+            uuid,
+        } = listed;
         if opts
             .exclude
             .iter()
@@ -187,16 +244,20 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
             continue;
         }
         let data = stores_data(&engine);
-        let cols: Vec<String> = if data {
+        let stored: Vec<&Vec<String>> = if data {
             columns
                 .iter()
-                .filter(|c| c.len() == 4 && c[0] == database && c[1] == name)
+                .filter(|c| c.len() == 5 && c[0] == database && c[1] == name)
                 .filter(|c| !matches!(c[3].as_str(), "ALIAS" | "MATERIALIZED" | "EPHEMERAL"))
-                .map(|c| c[2].clone())
                 .collect()
         } else {
             Vec::new()
         };
+        let cols: Vec<String> = stored.iter().map(|c| c[2].clone()).collect();
+        let data_format = DataFormat::for_types(stored.iter().map(|c| c[4].as_str()));
+        if data_format == DataFormat::Tsv {
+            tracing::info!(table = %format!("{database}.{name}"), "a column has no Native size rule (aggregate states, Dynamic, JSON): dumping as TabSeparated");
+        }
         let part = data.then(|| format!("data-{}.{}", encode_name(&database), encode_name(&name)));
         out.push(TableDdl {
             database,
@@ -205,6 +266,8 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
             create,
             columns: cols,
             part,
+            data_format,
+            uuid,
         });
     }
     Ok(Schema {
@@ -214,9 +277,91 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
     })
 }
 
+/// A row of `system.tables`.
+#[derive(Debug, Clone)]
+pub struct ListedTable {
+    pub database: String,
+    pub name: String,
+    pub engine: String,
+    /// `create_table_query` (empty unless asked for).
+    pub create: String,
+    /// None on servers without `system.tables.uuid` (before 20.x) or for a nil UUID.
+    pub uuid: Option<String>,
+}
+
+/// Lists `system.tables` rows matching `filter` (SQL after WHERE), with UUIDs where the
+/// server has them: the column does not exist on old servers, so that is tried first.
+///
+/// # Errors
+/// Query errors.
+pub async fn list_tables(
+    client: &ChClient,
+    filter: &str,
+    with_create: bool,
+) -> Result<Vec<ListedTable>, ChError> {
+    let create = if with_create {
+        "create_table_query"
+    } else {
+        "''"
+    };
+    let with_uuid = client
+        .rows(
+            "listing tables",
+            &format!("SELECT database, name, engine, {create}, toString(uuid) FROM system.tables WHERE {filter}"),
+        )
+        .await;
+    let rows = match with_uuid {
+        Ok(rows) => rows,
+        Err(ChError::Query { message, .. }) if message.contains("uuid") => {
+            client
+                .rows(
+                    "listing tables",
+                    &format!(
+                    "SELECT database, name, engine, {create}, '' FROM system.tables WHERE {filter}"
+                ),
+                )
+                .await?
+        }
+        Err(e) => return Err(e),
+    };
+    rows.into_iter()
+        .map(|row| {
+            let [database, name, engine, create, uuid] =
+                <[String; 5]>::try_from(row).map_err(|_| ChError::Query {
+                    addr: client.addr(),
+                    what: "listing tables".into(),
+                    message: "unexpected columns in system.tables".into(),
+                })?;
+            let nil = uuid.is_empty() || uuid.bytes().all(|b| b == b'0' || b == b'-');
+            Ok(ListedTable {
+                database,
+                name,
+                engine,
+                create,
+                uuid: (!nil).then_some(uuid),
+            })
+        })
+        .collect()
+}
+
 /// Manifest fact: tables with a TTL clause (comma-separated `db.table`), so a count
 /// comparison can tell expired rows from lost ones without decrypting the schema.
 pub const FACT_TTL_TABLES: &str = "ttl_tables";
+
+/// Manifest fact: materialized views' inner tables, as a JSON object `{"db.inner": "view"}`,
+/// so counts can be compared after a restore gave the inner table another name.
+pub const FACT_INNER_TABLES: &str = "inner_tables";
+
+/// The inner tables recorded in a manifest: `db.inner` → view name.
+pub fn inner_tables(
+    manifest: &crate::catalog::Manifest,
+) -> std::collections::BTreeMap<String, String> {
+    manifest
+        .facts
+        .get(FACT_INNER_TABLES)
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
+}
 
 /// The `db.table` names with a TTL clause recorded in a manifest.
 pub fn ttl_tables(manifest: &crate::catalog::Manifest) -> Vec<&str> {
@@ -286,6 +431,20 @@ pub async fn dump(
     if !ttl.is_empty() {
         facts.insert(FACT_TTL_TABLES.to_string(), ttl.join(","));
     }
+    let inner: std::collections::BTreeMap<String, String> = schema
+        .tables
+        .iter()
+        .filter_map(|t| {
+            super::ddl::owner_of(t, &schema.tables)
+                .map(|mv| (format!("{}.{}", t.database, t.name), mv.name.clone()))
+        })
+        .collect();
+    if !inner.is_empty() {
+        facts.insert(
+            FACT_INNER_TABLES.to_string(),
+            serde_json::to_string(&inner).expect("map serializes"),
+        );
+    }
     Ok((schema.server_version, facts))
 }
 
@@ -305,10 +464,12 @@ async fn dump_table(
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
+    let format = table.data_format;
     let sql = format!(
-        "SELECT {columns} FROM {}.{} FORMAT Native",
+        "SELECT {columns} FROM {}.{} FORMAT {}",
         quote_ident(&table.database),
-        quote_ident(&table.name)
+        quote_ident(&table.name),
+        format.clickhouse_name()
     );
     let response = client
         .send(
@@ -321,20 +482,26 @@ async fn dump_table(
     let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
         name: table.part.clone().expect("tables with data have a part"),
-        format: FORMAT_NATIVE,
-        extension: "native",
+        format: format.part_format(),
+        extension: match format {
+            DataFormat::Native => "native",
+            DataFormat::Tsv => "tsv",
+        },
         database: Some(table.database.clone()),
     };
+    let column_count = table.columns.len();
     let produce = move |out: &mut dyn Write| -> Result<u64, SourceError> {
-        let tee = Tee { inner: reader, out };
-        let stats = native::walk(BufReader::with_capacity(256 * 1024, tee), |_| {}).map_err(
-            |e| -> SourceError {
-                match e {
-                    NativeError::Io(io) => Box::new(io),
-                    other => Box::new(other),
-                }
-            },
-        )?;
+        let tee = BufReader::with_capacity(256 * 1024, Tee { inner: reader, out });
+        let walked = match format {
+            DataFormat::Native => native::walk(tee, |_| {}),
+            DataFormat::Tsv => super::tsv::walk(tee, Some(column_count)),
+        };
+        let stats = walked.map_err(|e| -> SourceError {
+            match e {
+                NativeError::Io(io) => Box::new(io),
+                other => Box::new(other),
+            }
+        })?;
         Ok(stats.rows)
     };
     let part_name = spec.name.clone();

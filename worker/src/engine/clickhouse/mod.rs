@@ -1,14 +1,16 @@
 //! ClickHouse (e.g. SigNoz telemetry): logical backups over the HTTP interface, one part per
-//! table in Native format, walked as they stream for exact row counts and to catch errors
-//! the server writes into a 200 response.
+//! table in Native format (TabSeparated for tables with columns Native cannot be walked
+//! by size rules), walked as they stream for exact row counts and to catch errors the
+//! server writes into a 200 response.
 //!
-//! Modules: [`native`] walks the format, [`dump`] takes backups, [`ddl`] rewrites and orders
-//! DDL for restores, [`restore`] plans and runs them.
+//! Modules: [`native`] and [`tsv`] walk the formats, [`dump`] takes backups, [`ddl`]
+//! rewrites and orders DDL for restores, [`restore`] plans and runs them.
 
 pub mod ddl;
 pub mod dump;
 pub mod native;
 pub mod restore;
+pub mod tsv;
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub const ENGINE: &str = "clickhouse";
 /// Part formats.
 pub const FORMAT_SCHEMA: &str = "clickhouse-schema-json";
 pub const FORMAT_NATIVE: &str = "clickhouse-native";
+/// TabSeparated data, for tables with a column the Native walker cannot walk.
+pub const FORMAT_TSV: &str = "clickhouse-tsv";
 /// Databases that belong to the server, never to a backup.
 pub const SYSTEM_DATABASES: [&str; 3] = ["system", "INFORMATION_SCHEMA", "information_schema"];
 

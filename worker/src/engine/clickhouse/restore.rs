@@ -1,17 +1,28 @@
 //! Restoring a ClickHouse backup: the schema part decides what is created and in which
-//! order ([`super::ddl`]); each table's Native part is streamed into `INSERT … FORMAT
-//! Native`, its last chunk held back until the part matched the manifest.
+//! order ([`super::ddl`]); each table's part is streamed into `INSERT … FORMAT Native` (or
+//! `TabSeparated`, as it was dumped), its last chunk held back until the part matched the
+//! manifest.
 //!
 //! Safety rules: the caller checks every selected part's integrity first; the schema part
 //! is decrypted before the server is touched (a wrong key fails there); tables that exist
 //! and hold rows are refused unless `--clean`; Replicated engines need an explicit policy.
+//!
+//! Across server versions:
+//! - a database backed up as `Ordinary` is created with the server's default engine
+//!   (Atomic since 20.10; 24+ refuse new Ordinary databases), and the plan says so;
+//! - a materialized view's inner table is looked up after the view is created
+//!   (`.inner_id.<uuid>` on Atomic, `.inner.<view>` on Ordinary) and refilled with the
+//!   backed-up rows: never by replaying the view;
+//! - DDL a newer server refuses with a named `allow_…` setting (deprecated MergeTree
+//!   syntax, suspicious types, dimension checks) is retried once with that setting, and the
+//!   output says so.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::ddl::{self, Phase};
-use super::dump::{glob, Schema, TableDdl};
+use super::dump::{glob, list_tables, DataFormat, ListedTable, Schema, TableDdl};
 use super::{quote_ident, quote_str, ChClient, ChError};
 use crate::catalog::{Manifest, Part, TableCount};
 use crate::pipeline::keys::Identities;
@@ -90,9 +101,47 @@ pub struct Step {
     pub part: Option<String>,
     pub columns: Vec<String>,
     /// For a materialized view: its inner table's part (loaded after the view exists).
-    pub inner_part: Option<(String, Vec<String>)>,
+    pub inner_part: Option<InnerPart>,
     /// The table has a TTL: rows past it may be gone after the load.
     pub ttl: bool,
+}
+
+/// The data of a materialized view's inner table.
+#[derive(Debug, Clone, Serialize)]
+pub struct InnerPart {
+    /// The inner table's name in the backup (its counts are recorded under it).
+    pub backed_up_as: String,
+    pub part: String,
+    pub columns: Vec<String>,
+}
+
+/// The inner table of view `view` in `db` among listed tables: `.inner_id.<uuid>` on
+/// Atomic databases, `.inner.<view>` on Ordinary ones.
+fn inner_table_in(tables: &[ListedTable], db: &str, view: &str) -> Option<String> {
+    let uuid = tables
+        .iter()
+        .find(|t| t.database == db && t.name == view)
+        .and_then(|t| t.uuid.clone());
+    let by_uuid = uuid.map(|u| format!(".inner_id.{u}"));
+    let by_name = format!(".inner.{view}");
+    tables
+        .iter()
+        .filter(|t| t.database == db)
+        .find(|t| Some(&t.name) == by_uuid.as_ref() || t.name == by_name)
+        .map(|t| t.name.clone())
+}
+
+/// Finds the inner table of `view` on the server, after the view was created.
+///
+/// # Errors
+/// Query errors; a view without an inner table (a `TO` view) is an error here.
+pub async fn inner_table(client: &ChClient, db: &str, view: &str) -> Result<String, RestoreError> {
+    let tables = list_tables(client, &format!("database = {}", quote_str(db)), false).await?;
+    inner_table_in(&tables, db, view).ok_or_else(|| {
+        RestoreError::BadSchema(format!(
+            "materialized view {db}.{view} has no inner table on the target to load its rows into"
+        ))
+    })
 }
 
 /// The whole restore, decided before anything changes.
@@ -100,13 +149,16 @@ pub struct Step {
 pub struct Plan {
     pub databases: Vec<(String, String)>,
     pub steps: Vec<Step>,
+    /// What the restore changes on the way (e.g. an Ordinary database created as Atomic).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
     pub fn describe(&self) -> Vec<String> {
-        self.steps
+        self.notes
             .iter()
-            .map(|s| {
+            .map(|n| format!("note: {n}"))
+            .chain(self.steps.iter().map(|s| {
                 let action = match (s.drop_first, s.exists) {
                     (true, _) => "drop and create",
                     (false, true) => "keep",
@@ -118,7 +170,7 @@ impl Plan {
                     ""
                 };
                 format!("{action}{load} {}.{} ({})", s.database, s.name, s.engine)
-            })
+            }))
             .collect()
     }
 
@@ -185,7 +237,8 @@ pub async fn plan(
         .filter(|t| {
             let key = format!("{}.{}", t.database, t.name);
             // An MV's inner table follows its view.
-            let owner = ddl::inner_of(&t.name).map(|mv| format!("{}.{mv}", t.database));
+            let owner =
+                ddl::owner_of(t, &schema.tables).map(|mv| format!("{}.{}", t.database, mv.name));
             opts.tables.is_empty()
                 || opts
                     .tables
@@ -234,16 +287,8 @@ pub async fn plan(
         .map(|d| quote_str(d))
         .collect::<Vec<_>>()
         .join(", ");
-    let existing: Vec<(String, String, String)> = client
-        .rows(
-            "listing existing tables",
-            &format!("SELECT database, name, engine FROM system.tables WHERE database IN ({list})"),
-        )
-        .await?
-        .into_iter()
-        .filter_map(|r| <[String; 3]>::try_from(r).ok().map(|[a, b, c]| (a, b, c)))
-        .collect();
-    let exists = |db: &str, name: &str| existing.iter().any(|(d, n, _)| d == db && n == name);
+    let existing = list_tables(client, &format!("database IN ({list})"), false).await?;
+    let exists = |db: &str, name: &str| existing.iter().any(|t| t.database == db && t.name == name);
 
     let mut steps = Vec::new();
     let mut occupied = Vec::new();
@@ -267,20 +312,21 @@ pub async fn plan(
                 schema
                     .tables
                     .iter()
-                    .find(|i| {
-                        i.database == t.database && ddl::inner_of(&i.name) == Some(t.name.as_str())
+                    .find(|i| ddl::owner_of(i, &schema.tables).is_some_and(|o| o.name == t.name))
+                    .and_then(|i| {
+                        i.part.clone().map(|p| InnerPart {
+                            backed_up_as: i.name.clone(),
+                            part: p,
+                            columns: i.columns.clone(),
+                        })
                     })
-                    .and_then(|i| i.part.clone().map(|p| (p, i.columns.clone())))
             })
             .flatten();
         if here && phase == Phase::MaterializedView && !opts.clean {
-            if let Some(inner) = existing
-                .iter()
-                .find(|(d, n, _)| d == &database && ddl::inner_of(n) == Some(t.name.as_str()))
-            {
-                let rows = count(client, &inner.0, &inner.1).await?;
+            if let Some(inner) = inner_table_in(&existing, &database, &t.name) {
+                let rows = count(client, &database, &inner).await?;
                 if rows > 0 {
-                    occupied.push(format!("{database}.{} ({rows} rows)", inner.1));
+                    occupied.push(format!("{database}.{inner} ({rows} rows)"));
                 }
             }
         }
@@ -305,6 +351,7 @@ pub async fn plan(
         });
     }
     steps.sort_by_key(|s| s.phase);
+    let mut notes = Vec::new();
     let databases = dbs
         .iter()
         .map(|db| {
@@ -319,19 +366,93 @@ pub async fn plan(
                 .find(|d| d.name == original)
                 .map(|d| d.create.clone())
                 .unwrap_or_default();
-            (db.clone(), create_database(db, &ddl_text))
+            let (create, ordinary) = create_database(db, &ddl_text);
+            if ordinary {
+                notes.push(format!(
+                    "database {db} was Ordinary; it is created with the server's default engine (Atomic on 20.10+; new servers refuse Ordinary), and materialized views' inner tables are found by their new names"
+                ));
+            }
+            (db.clone(), create)
         })
         .collect();
-    Ok(Plan { databases, steps })
+    Ok(Plan {
+        databases,
+        steps,
+        notes,
+    })
 }
 
-/// `CREATE DATABASE IF NOT EXISTS db [ENGINE = …]`, keeping the backed-up engine clause.
-fn create_database(db: &str, original: &str) -> String {
+/// `CREATE DATABASE IF NOT EXISTS db [ENGINE = …]`, keeping the backed-up engine clause,
+/// except `Ordinary`, which is left to the server's default (the `bool` says so).
+fn create_database(db: &str, original: &str) -> (String, bool) {
     let engine = original
         .find("ENGINE")
-        .map(|i| format!(" {}", original[i..].trim()))
+        .map(|i| original[i..].trim().to_string())
         .unwrap_or_default();
-    format!("CREATE DATABASE IF NOT EXISTS {}{engine}", quote_ident(db))
+    let ordinary = engine
+        .trim_start_matches("ENGINE")
+        .trim_start()
+        .trim_start_matches('=')
+        .trim()
+        .starts_with("Ordinary");
+    let clause = if engine.is_empty() || ordinary {
+        String::new()
+    } else {
+        format!(" {engine}")
+    };
+    (
+        format!("CREATE DATABASE IF NOT EXISTS {}{clause}", quote_ident(db)),
+        ordinary,
+    )
+}
+
+/// Runs DDL; when the server refuses it and names an `allow_…` setting that would accept
+/// it (a newer server's validation of an older schema), retries once per named setting
+/// and says so.
+async fn execute_ddl(
+    client: &ChClient,
+    what: &str,
+    sql: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), ChError> {
+    let mut settings: Vec<String> = Vec::new();
+    loop {
+        let params: Vec<(&str, &str)> = settings.iter().map(|s| (s.as_str(), "1")).collect();
+        match client.send(what, sql.to_string(), &params).await {
+            Ok(_) => return Ok(()),
+            Err(ChError::Query {
+                message,
+                addr,
+                what,
+            }) => match allow_setting(&message).filter(|s| !settings.contains(s)) {
+                Some(setting) if settings.len() < 3 => {
+                    say(&format!(
+                            "note: {what}: the server refused the backed-up DDL ({}); retrying with {setting}=1",
+                            message.lines().next().unwrap_or("").chars().take(200).collect::<String>()
+                        ));
+                    settings.push(setting);
+                }
+                _ => {
+                    return Err(ChError::Query {
+                        addr,
+                        what,
+                        message,
+                    })
+                }
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The `allow_…` setting a server's error message names, if any.
+fn allow_setting(message: &str) -> Option<String> {
+    let start = message.find("allow_")?;
+    let name: String = message[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (name.len() > "allow_".len()).then_some(name)
 }
 
 /// Exact row count of one table.
@@ -373,9 +494,7 @@ pub async fn run(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TableCount>, RestoreError> {
     for (db, create) in &plan.databases {
-        client
-            .execute(&format!("creating database {db}"), create)
-            .await?;
+        execute_ddl(client, &format!("creating database {db}"), create, say).await?;
     }
     let original_db = |db: &str| {
         opts.database_map
@@ -399,21 +518,32 @@ pub async fn run(
                 .await?;
         }
         if !step.exists {
-            client
-                .execute(
-                    &format!("creating {}.{}", step.database, step.name),
-                    &step.create,
-                )
-                .await?;
+            execute_ddl(
+                client,
+                &format!("creating {}.{}", step.database, step.name),
+                &step.create,
+                say,
+            )
+            .await?;
         }
-        let loads: Vec<(String, String, &Vec<String>)> = match (&step.part, &step.inner_part) {
-            (Some(part), _) => vec![(step.name.clone(), part.clone(), &step.columns)],
-            (None, Some((part, cols))) => {
-                vec![(format!(".inner.{}", step.name), part.clone(), cols)]
-            }
-            _ => vec![],
-        };
-        for (table, part_name, columns) in loads {
+        // (table on the target, name in the backup, part, columns)
+        let loads: Vec<(String, String, String, &Vec<String>)> =
+            match (&step.part, &step.inner_part) {
+                (Some(part), _) => vec![(
+                    step.name.clone(),
+                    step.name.clone(),
+                    part.clone(),
+                    &step.columns,
+                )],
+                (None, Some(inner)) => vec![(
+                    inner_table(client, &step.database, &step.name).await?,
+                    inner.backed_up_as.clone(),
+                    inner.part.clone(),
+                    &inner.columns,
+                )],
+                _ => vec![],
+            };
+        for (table, backed_up_as, part_name, columns) in loads {
             let part = manifest
                 .parts
                 .iter()
@@ -441,7 +571,7 @@ pub async fn run(
             say(&format!("loaded {}.{table}: {rows} rows", step.database));
             counts.push(TableCount {
                 schema: original_db(&step.database),
-                name: table,
+                name: backed_up_as,
                 rows,
             });
         }
@@ -449,7 +579,7 @@ pub async fn run(
     Ok(counts)
 }
 
-/// Streams one Native part into `INSERT INTO db.table (columns) FORMAT Native`.
+/// Streams one part into `INSERT INTO db.table (columns) FORMAT Native|TabSeparated`.
 #[allow(clippy::too_many_arguments)]
 async fn load(
     client: &ChClient,
@@ -469,10 +599,17 @@ async fn load(
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
+    let format = DataFormat::of_part(&part.format).ok_or_else(|| {
+        RestoreError::BadSchema(format!(
+            "part {} has format {}, which this version cannot load",
+            part.name, part.format
+        ))
+    })?;
     let query = format!(
-        "INSERT INTO {}.{} ({cols}) FORMAT Native",
+        "INSERT INTO {}.{} ({cols}) FORMAT {}",
         quote_ident(db),
-        quote_ident(table)
+        quote_ident(table),
+        format.clickhouse_name()
     );
     // Squash the dump's blocks into large inserts: fewer parts for the merges to fold.
     let sent = client
