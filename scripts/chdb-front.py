@@ -8,7 +8,8 @@ It speaks the part of ClickHouse's HTTP interface the tools use:
 - POST with SQL in the body, or `?query=` with the data in the body (INSERT … FORMAT X);
   other URL parameters are settings for that query;
 - basic auth (or X-ClickHouse-User/-Key, or user/password parameters) against one user;
-- 200 with the result, streamed with chunked encoding for SELECTs; an error before the
+- 200 with the result, streamed with chunked encoding for SELECTs (with
+  `wait_end_of_query=1`, buffered first, so a failure is an error status instead); an error before the
   first byte is a 500 (403 for authentication) with ClickHouse's own `Code: N.
   DB::Exception` text and the X-ClickHouse-Exception-Code header; an error after it is
   written in the 25.11+ envelope announced by X-ClickHouse-Exception-Tag:
@@ -174,9 +175,10 @@ class Handler(BaseHTTPRequestHandler):
                          sql, flags=re.IGNORECASE)
         settings = {k: v for k, v in params.items() if k not in NOT_SETTINGS}
         fmt = params.get("default_format", "TabSeparated")
+        buffered = params.get("wait_end_of_query") == "1"
         with LOCK:
             try:
-                self.with_settings(settings, lambda: self.execute(sql, fmt, fault))
+                self.with_settings(settings, lambda: self.execute(sql, fmt, fault, buffered))
             except Exception as e:  # an error before any byte was sent
                 self.fail(e)
 
@@ -196,11 +198,21 @@ class Handler(BaseHTTPRequestHandler):
                 name, value, changed = line.split("\t")
                 SESSION.query(f"SET {name} = {quote(value) if changed == '1' else 'DEFAULT'}")
 
-    def execute(self, sql, fmt, fault):
+    def execute(self, sql, fmt, fault, buffered):
         reads = re.match(r"\s*(SELECT|WITH)\b", sql, re.IGNORECASE)
         if not reads:
             result = SESSION.query(sql, fmt).bytes()
             return self.reply(200, result)
+        if buffered:
+            # The whole result first: any failure, an armed fault included, is an error reply.
+            data = b"".join(chunk.bytes() for chunk in SESSION.send_query(sql, fmt))
+            if fault and fault.get("mode") in ("legacy", "tag"):
+                raise Exception("Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero (injected by chdb-front). (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)")
+            if fault and fault.get("mode") == "cut":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return None
+            return self.reply(200, data)
         stream = iter(SESSION.send_query(sql, fmt))
         first = b""
         for chunk in stream:  # the first non-empty chunk decides: 200, or an error reply

@@ -619,3 +619,416 @@ async fn replicated_tables_need_a_policy_and_convert_creates(server: Server) {
         .contains("ReplacingMergeTree"));
     server.ch(&format!("DROP DATABASE {db}")).await;
 }
+
+/// A ClickHouse 26 engine of its own, on a free port with an empty data directory: the
+/// "fresh server" of a rebuild. Stopped when dropped.
+struct FreshServer {
+    child: std::process::Child,
+    _data: tempfile::TempDir,
+    url: String,
+}
+
+impl FreshServer {
+    async fn start() -> FreshServer {
+        let data = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(svc("DR_CHDB_PYTHON"))
+            .arg(repo_root().join("scripts/chdb-front.py"))
+            .args(["--port", &port.to_string(), "--data"])
+            .arg(data.path())
+            .arg("--password-file")
+            .arg(std::path::Path::new(&svc("DR_SERVICES_DIR")).join("chdb/password"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a chdb front");
+        // Owned at once: a failed start below still stops the process (Drop).
+        let fresh = FreshServer {
+            child,
+            _data: data,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..300 {
+            // Connection refused until the engine has loaded: not an error yet.
+            let ready = reqwest::Client::new()
+                .get(format!("{}/?query=SELECT%201", fresh.url))
+                .basic_auth(svc("CLICKHOUSE_USER"), Some(svc("CLICKHOUSE_PASSWORD")))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return fresh;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the fresh ClickHouse 26 engine did not start");
+    }
+
+    fn server(&self) -> Server {
+        Server {
+            url: self.url.clone(),
+            modern: true,
+        }
+    }
+}
+
+impl Drop for FreshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a `;`-separated SQL file from tests/fixtures with its placeholders filled.
+async fn run_sql_file(server: &Server, file: &str, vars: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(repo_root().join("tests/fixtures").join(file)).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{k}}}"), v);
+    }
+    let text: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for stmt in text.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+        server.ch(stmt.trim_end_matches(';')).await;
+    }
+}
+
+/// Tables of `db` that hold rows (views' inner tables included), with their engine.
+async fn data_tables(server: &Server, db: &str) -> Vec<(String, String)> {
+    server
+        .ch(&format!("SELECT name, engine FROM system.tables WHERE database = '{db}' AND engine NOT IN ('MaterializedView', 'View') ORDER BY name"))
+        .await
+        .lines()
+        .map(|l| {
+            let (n, e) = l.split_once('\t').unwrap();
+            (n.to_string(), e.to_string())
+        })
+        .collect()
+}
+
+/// Count and an order-independent content hash of a table: merged first (FINAL) where the
+/// engine folds rows, aggregate states finalised, every column included.
+async fn fingerprint(server: &Server, db: &str, table: &str, engine: &str) -> (u64, String) {
+    let columns = server
+        .ch(&format!("SELECT name, type FROM system.columns WHERE database = '{db}' AND table = '{table}' AND default_kind NOT IN ('ALIAS', 'MATERIALIZED') ORDER BY position"))
+        .await;
+    let exprs: Vec<String> = columns
+        .lines()
+        .map(|l| {
+            let (name, ty) = l.split_once('\t').unwrap();
+            let q = format!("`{name}`");
+            if ty.starts_with("AggregateFunction") {
+                format!("finalizeAggregation({q})")
+            } else {
+                q
+            }
+        })
+        .collect();
+    let fin = if engine.contains("Replacing")
+        || engine.contains("Aggregating")
+        || engine.contains("Summing")
+    {
+        " FINAL"
+    } else {
+        ""
+    };
+    let row = server
+        .ch(&format!(
+            "SELECT count(), sum(cityHash64(toString(tuple({})))) FROM `{db}`.`{table}`{fin}",
+            exprs.join(", ")
+        ))
+        .await;
+    let (n, h) = row.trim().split_once('\t').unwrap();
+    (n.parse().unwrap(), h.to_string())
+}
+
+/// The acceptance of issue 17: SigNoz's current shape on ClickHouse 26, backed up, verified
+/// with the key, restored into a fresh server: every table's count and content equal, and
+/// an insert into each source table reaches each view's target exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signoz_like_schema_restores_into_a_fresh_clickhouse_26() {
+    let source = Server::modern();
+    let p = unique("sz");
+    let (logs, traces, metrics) = (
+        format!("{p}_logs"),
+        format!("{p}_traces"),
+        format!("{p}_metrics"),
+    );
+    let vars = [
+        ("logs", logs.as_str()),
+        ("traces", traces.as_str()),
+        ("metrics", metrics.as_str()),
+        ("rows", "20000"),
+    ];
+    run_sql_file(&source, "signoz-like.sql", &vars).await;
+    run_sql_file(&source, "signoz-like-data.sql", &vars).await;
+
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "signoz",
+            "-d",
+            &logs,
+            "-d",
+            &traces,
+            "-d",
+            &metrics,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("CLICKHOUSE_URL", &source.url)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dumping as TabSeparated"),
+        "aggregate states take the TabSeparated path"
+    );
+    let id = stdout(&out).trim().to_string();
+    let identity = keys.identity.to_str().unwrap();
+    let out = dr(
+        &store,
+        &["verify", &id, "-i", identity, "--against", &source.url],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let fresh = FreshServer::start().await;
+    let out = restore(&store, &id, identity, &fresh.url, &["--yes", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let target = fresh.server();
+
+    for db in [&logs, &traces, &metrics] {
+        let here = data_tables(&source, db).await;
+        let there = data_tables(&target, db).await;
+        assert_eq!(here.len(), there.len(), "{db}: {here:?} vs {there:?}");
+        assert!(!here.is_empty(), "{db}: {here:?}");
+        for ((name, engine), (name2, engine2)) in here.iter().zip(&there) {
+            assert_eq!(engine, engine2);
+            if !name.starts_with(".inner") {
+                assert_eq!(name, name2);
+            }
+            let a = fingerprint(&source, db, name, engine).await;
+            let b = fingerprint(&target, db, name2, engine2).await;
+            assert!(a.0 > 0, "{db}.{name} is empty in the source");
+            assert_eq!(a, b, "{db}.{name}: count and content hash");
+        }
+        assert_eq!(
+            target
+                .ch(&format!(
+                    "SELECT engine FROM system.databases WHERE name = '{db}'"
+                ))
+                .await
+                .trim(),
+            "Atomic"
+        );
+    }
+
+    // Every view fires exactly once for a new insert into its source.
+    target.ch(&format!("INSERT INTO {metrics}.samples_v4 (env, temporality, metric_name, fingerprint, unix_milli, value) VALUES ('prod', 'Cumulative', 'kube_dr_probe', 1, toUnixTimestamp64Milli(now64(3)), 5)")).await;
+    for (table, expr) in [
+        ("samples_v4_agg_5m", "sum(count)"),
+        ("samples_v4_agg_30m", "sum(count)"),
+        ("metric_names_mv", "sum(samples)"),
+    ] {
+        let n = target
+            .ch(&format!(
+                "SELECT {expr} FROM {metrics}.{table} FINAL WHERE metric_name = 'kube_dr_probe'"
+            ))
+            .await;
+        assert_eq!(n.trim(), "1", "{table}");
+    }
+    target.ch(&format!("INSERT INTO {metrics}.time_series_v4 (env, temporality, metric_name, fingerprint, unix_milli, labels) VALUES ('prod', 'Cumulative', 'kube_dr_probe', 1, toUnixTimestamp64Milli(now64(3)), '{{}}')")).await;
+    assert_eq!(target.ch(&format!("SELECT count() FROM {metrics}.time_series_v4_6hrs WHERE metric_name = 'kube_dr_probe'")).await.trim(), "1");
+    target.ch(&format!("INSERT INTO {traces}.signoz_index_v3 (timestamp, trace_id, span_id, parent_span_id, name, duration_nano, resources_string) VALUES (now64(9), 'probe', 'p-parent', '', 'root', 10, map('service.name', 'probe-a')), (now64(9), 'probe', 'p-child', 'p-parent', 'child', 20, map('service.name', 'probe-b'))")).await;
+    assert_eq!(
+        target.ch(&format!("SELECT sum(total_count) FROM {traces}.dependency_graph_minutes_v2 FINAL WHERE src = 'probe-a' AND dest = 'probe-b'")).await.trim(),
+        "1"
+    );
+
+    for db in [&logs, &traces, &metrics] {
+        source.ch(&format!("DROP DATABASE {db}")).await;
+    }
+}
+
+/// Where people come from: a backup of the old server (Ordinary databases, `.inner.` view
+/// tables, an old-syntax MergeTree) restored into ClickHouse 26.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_of_18_16_restores_into_26() {
+    let (old, new) = (Server::legacy(), Server::modern());
+    let db = unique("chmig");
+    seed(&old, &db).await;
+    old.ch(&format!(
+        "CREATE TABLE {db}.legacy (d Date, id UInt64, v String) ENGINE = MergeTree(d, (id), 8192)"
+    ))
+    .await;
+    old.ch(&format!("INSERT INTO {db}.legacy SELECT toDate('2026-11-01') + number % 30, number, toString(number) FROM numbers(5000)")).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let id = backup(&old, &store, &keys, &db);
+    // Every table but the Distributed one (there is no cluster on the target).
+    let mut args = vec!["--yes"];
+    let patterns: Vec<String> = [
+        "t1", "events", "daily", "daily_mv", "users_mv", "heavy", "legacy",
+    ]
+    .iter()
+    .map(|t| format!("{db}.{t}"))
+    .collect();
+    for p in &patterns {
+        args.extend(["--table", p.as_str()]);
+    }
+    let out = restore(
+        &store,
+        &id,
+        keys.identity.to_str().unwrap(),
+        &new.url,
+        &args,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("was Ordinary"),
+        "the plan says what changes: {err}"
+    );
+    assert!(
+        err.contains("retrying with allow_deprecated_syntax_for_merge_tree=1"),
+        "{err}"
+    );
+    assert_eq!(
+        new.ch(&format!(
+            "SELECT engine FROM system.databases WHERE name = '{db}'"
+        ))
+        .await
+        .trim(),
+        "Atomic"
+    );
+    for (table, columns, order) in [
+        ("t1", "id, n, a, lc, d, dt, s, e, aa, an, lcn", "id"),
+        ("events", "*", "user, d, v"),
+        ("legacy", "*", "id"),
+        ("users_mv", "*", "user, v"),
+    ] {
+        assert_eq!(
+            old.content(&db, table, columns, order).await,
+            new.content(&db, table, columns, order).await,
+            "{table}"
+        );
+    }
+    // The view feeds its (new, .inner_id.) table exactly once on the new server.
+    let before = new.count(&db, "users_mv").await;
+    new.ch(&format!(
+        "INSERT INTO {db}.events VALUES ('2026-11-30', 'new', 7)"
+    ))
+    .await;
+    assert_eq!(new.count(&db, "users_mv").await, before + 1);
+    for s in [&old, &new] {
+        s.ch(&format!("DROP DATABASE {db}")).await;
+    }
+}
+
+/// Every way a modern server (or what sits before it) ends a result badly after the 200
+/// fails the backup: the <= 25.10 text, the 25.11+ envelope, a connection cut before the
+/// last chunk, and the engine itself failing mid-result. Nothing is committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_that_fails_after_the_200_fails_the_backup_in_every_form() {
+    let server = Server::modern();
+    let db = unique("chfault");
+    server.ch(&format!("CREATE DATABASE {db}")).await;
+    server.ch(&format!("CREATE TABLE {db}.t (id UInt64, m Map(LowCardinality(String), String)) ENGINE = MergeTree ORDER BY id")).await;
+    server
+        .ch(&format!(
+            "INSERT INTO {db}.t SELECT number, map('k', toString(number)) FROM numbers(300000)"
+        ))
+        .await;
+    server.ch(&format!("CREATE TABLE {db}.s (k UInt8, q AggregateFunction(quantiles(0.5), Float64)) ENGINE = AggregatingMergeTree ORDER BY k")).await;
+    server.ch(&format!("INSERT INTO {db}.s SELECT number % 200, quantilesState(0.5)(toFloat64(number)) FROM numbers(100000) GROUP BY number % 200")).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let http = reqwest::Client::new();
+    // `after`: bytes of the real result before the fault (rows for `engine`: past the first
+    // block, so the engine fails after the 200).
+    for (table, mode, after, expect) in [
+        ("t", "legacy", 3000, "Code: 395"),
+        ("t", "tag", 3000, "Code: 395"),
+        ("t", "cut", 3000, "error reading a body from connection"),
+        ("t", "engine", 200_000, "throwIf"),
+        ("s", "tag", 3000, "Code: 395"),
+        ("s", "legacy", 3000, "Code: 395"),
+        ("s", "cut", 3000, "failed"),
+    ] {
+        let fault = serde_json::json!({"match": format!("FROM `{db}`.`{table}`"), "mode": mode, "after": after});
+        http.post(format!("{}/__fault", server.url))
+            .body(fault.to_string())
+            .send()
+            .await
+            .unwrap();
+        let out = run(
+            "worker",
+            &[
+                "backup",
+                "clickhouse",
+                "--target",
+                "faults",
+                "-d",
+                &db,
+                "--store",
+                store.url(),
+                "-r",
+                &keys.recipient,
+            ],
+            &[("CLICKHOUSE_URL", &server.url)],
+        );
+        http.delete(format!("{}/__fault", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{table}/{mode}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(expect),
+            "{table}/{mode}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("nothing was committed"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            !store.files().iter().any(|f| f.ends_with("manifest.json")),
+            "{table}/{mode} committed"
+        );
+    }
+    // Without a fault the same backup succeeds: the failures above were the faults.
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "faults",
+            "-d",
+            &db,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("CLICKHOUSE_URL", &server.url)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    server.ch(&format!("DROP DATABASE {db}")).await;
+}

@@ -30,7 +30,7 @@ pub const STORE_READ_IDLE: std::time::Duration = std::time::Duration::from_secs(
 pub fn batched_reader<S, E>(stream: S) -> impl std::io::Read + Send + 'static
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(CHANNEL_DEPTH);
@@ -48,7 +48,16 @@ where
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    // The causes say what happened ("connection closed before message
+                    // completed"); the top error alone rarely does.
+                    let mut reason = e.to_string();
+                    let mut source = e.source();
+                    while let Some(s) = source {
+                        reason.push_str(": ");
+                        reason.push_str(&s.to_string());
+                        source = s.source();
+                    }
+                    let _ = tx.send(Err(std::io::Error::other(reason))).await;
                     return;
                 }
             }

@@ -471,14 +471,29 @@ async fn dump_table(
         quote_ident(&table.name),
         format.clickhouse_name()
     );
+    // TabSeparated has no structure an appended exception could break, so the server is
+    // asked to finish the query before it answers: an error is then a non-200 status.
+    // (Native needs no buffering: a cut or an exception breaks its block structure.)
+    let params: &[(&str, &str)] = match format {
+        DataFormat::Native => &[],
+        DataFormat::Tsv => &[("wait_end_of_query", "1")],
+    };
     let response = client
         .send(
             &format!("reading table {}.{}", table.database, table.name),
             sql,
-            &[],
+            params,
         )
         .await
         .map_err(TableFailure::Ch)?;
+    // 25.11+ announce the marker of an exception written after the 200: random per
+    // response, so finding it in the body can never be a coincidence of the data.
+    let exception_mark = response
+        .headers()
+        .get("X-ClickHouse-Exception-Tag")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("__exception__{t}"));
     let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
         name: table.part.clone().expect("tables with data have a part"),
@@ -491,10 +506,36 @@ async fn dump_table(
     };
     let column_count = table.columns.len();
     let produce = move |out: &mut dyn Write| -> Result<u64, SourceError> {
-        let tee = BufReader::with_capacity(256 * 1024, Tee { inner: reader, out });
+        let mut tee = Tee {
+            inner: reader,
+            out,
+            tail: Vec::with_capacity(2 * TAIL),
+        };
+        let input = BufReader::with_capacity(256 * 1024, &mut tee);
         let walked = match format {
-            DataFormat::Native => native::walk(tee, |_| {}),
-            DataFormat::Tsv => super::tsv::walk(tee, Some(column_count)),
+            DataFormat::Native => native::walk(input, |_| {}),
+            DataFormat::Tsv => super::tsv::walk(input, Some(column_count)),
+        };
+        // An exception written into the middle of a block was read as column data: the
+        // bytes last received say what happened better than "cut short" does.
+        let tail = String::from_utf8_lossy(&tee.tail);
+        let walked = match walked {
+            Err(e @ (NativeError::Truncated(_) | NativeError::Malformed(_))) => {
+                Err(match native::exception_message(&tail) {
+                    Some(message) => NativeError::ServerException(message),
+                    None => e,
+                })
+            }
+            Ok(_)
+                if exception_mark
+                    .as_ref()
+                    .is_some_and(|m| tail.contains(m.as_str())) =>
+            {
+                Err(NativeError::ServerException(
+                    native::exception_message(&tail).unwrap_or_default(),
+                ))
+            }
+            other => other,
         };
         let stats = walked.map_err(|e| -> SourceError {
             match e {
@@ -520,16 +561,26 @@ async fn dump_table(
     Ok(rows)
 }
 
-/// Passes everything read on to the encoder.
+/// Bytes of a result kept to explain a failed walk.
+const TAIL: usize = 64 * 1024;
+
+/// Passes everything read on to the encoder, keeping the last [`TAIL`] bytes or more.
 struct Tee<'a, R> {
     inner: R,
     out: &'a mut dyn Write,
+    tail: Vec<u8>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.out.write_all(&buf[..n])?;
+        let keep = &buf[n.saturating_sub(TAIL)..n];
+        if self.tail.len() + keep.len() > 2 * TAIL {
+            let drop = self.tail.len() + keep.len() - TAIL;
+            self.tail.drain(..drop.min(self.tail.len()));
+        }
+        self.tail.extend_from_slice(keep);
         Ok(n)
     }
 }
