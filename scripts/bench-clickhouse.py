@@ -2,15 +2,21 @@
 """ClickHouse dump benchmark, side by side with the plain HTTP read, in one run.
 
 Builds (once per size) a SigNoz-logs-like table (timestamps, service names, a message,
-attribute arrays, trace ids) of ROWS rows in database bench_ch, then measures wall time and
-peak memory (RSS of the process tree) of:
+attributes, trace ids) of ROWS rows in database bench_ch, then measures wall time and peak
+memory (RSS of the process tree) of:
 
-  curl '…?query=SELECT <columns> FROM t FORMAT Native' > /dev/null     reading it, nothing else
-  worker backup clickhouse (local store)                                walk + zstd + age + store
+  curl '…?query=SELECT <columns> FROM t FORMAT Native' > /dev/null        reading it, nothing else
+  curl '…?query=SELECT <columns> FROM t FORMAT TabSeparated' > /dev/null  the fallback format's cost
+  worker backup clickhouse (local store)                                   walk + zstd + age + store
+  worker backup clickhouse of the same rows plus an aggregate-state column (TabSeparated)
 
 Usage (services from scripts/services.sh; builds release binaries):
 
-  scripts/bench-clickhouse.py [ROWS …]        default: 1000000 20000000
+  scripts/bench-clickhouse.py [--legacy] [ROWS …]    default: ClickHouse 26 (chdb), 1000000 20000000
+
+--legacy uses the Debian 18.16 server (attributes as two arrays: it has no Map); the default,
+ClickHouse 26's engine behind scripts/chdb-front.py, stores them as SigNoz does, in a
+Map(LowCardinality(String), String).
 """
 import os, subprocess, sys, tempfile
 
@@ -19,8 +25,10 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from benchlib import ENV, measure  # noqa: E402
 
 AUTH = f"{ENV['CLICKHOUSE_USER']}:{ENV['CLICKHOUSE_PASSWORD']}"
-URL = ENV["CLICKHOUSE_URL"]
-COLUMNS = "ts, service, severity, body, attr_keys, attr_values, trace_id"
+LEGACY = "--legacy" in sys.argv
+URL = ENV["CLICKHOUSE_URL"] if LEGACY else ENV["DR_CLICKHOUSE26_URL"]
+COLUMNS = ("ts, service, severity, body, attr_keys, attr_values, trace_id" if LEGACY
+           else "ts, service, severity, body, attributes, trace_id")
 
 
 def ch(sql):
@@ -28,13 +36,20 @@ def ch(sql):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+KEYS = "['http.method', 'http.status_code', 'k8s.pod.name']"
+VALUES = "[['GET', 'POST'][number % 2 + 1], toString(200 + number % 5 * 100), concat('pod-', toString(number % 61))]"
+ATTRS = f"{KEYS}, {VALUES}" if LEGACY else f"mapFromArrays({KEYS}, {VALUES})"
+
+
 def build(table, rows):
     if ch(f"SELECT count() FROM system.tables WHERE database = 'bench_ch' AND name = '{table}'") == "1":
         return
     print(f"building bench_ch.{table} ({rows} rows; once)…", file=sys.stderr)
     ch("CREATE DATABASE IF NOT EXISTS bench_ch")
+    attrs = ("attr_keys Array(String), attr_values Array(String)" if LEGACY
+             else "attributes Map(LowCardinality(String), String)")
     ch(f"""CREATE TABLE bench_ch.{table}_building (ts DateTime, service String, severity LowCardinality(String),
-           body String, attr_keys Array(String), attr_values Array(String), trace_id FixedString(32))
+           body String, {attrs}, trace_id FixedString(32))
            ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (service, ts)""")
     batch = 5_000_000
     for start in range(0, rows, batch):
@@ -45,15 +60,36 @@ def build(table, rows):
                  ['INFO', 'WARN', 'ERROR', 'DEBUG'][number % 4 + 1],
                  concat('request ', toString(number), ' handled in ', toString(number % 977), ' ms for user ',
                         toString(cityHash64(number) % 100000), ' path /api/v1/items/', toString(number % 5000)),
-                 ['http.method', 'http.status_code', 'k8s.pod.name'],
-                 [['GET', 'POST'][number % 2 + 1], toString(200 + number % 5 * 100), concat('pod-', toString(number % 61))],
+                 {ATTRS},
                  hex(MD5(toString(number)))
                FROM numbers({start}, {n})""")
     ch(f"RENAME TABLE bench_ch.{table}_building TO bench_ch.{table}")
 
 
+def build_tsv(table, rows):
+    """The same rows plus an aggregate state column: the worker dumps it as TabSeparated."""
+    name = f"{table}_agg"
+    if ch(f"SELECT count() FROM system.tables WHERE database = 'bench_ch' AND name = '{name}'") == "1":
+        return name
+    print(f"building bench_ch.{name} (once)…", file=sys.stderr)
+    ch(f"CREATE TABLE bench_ch.{name} ENGINE = MergeTree ORDER BY (service, ts) AS SELECT *, "
+       f"initializeAggregation('sumState', toUInt64(1)) AS state FROM bench_ch.{table}")
+    return name
+
+
+def backup_one(worker, recipient, keep, everything):
+    """Runs the worker on one table of bench_ch (the others excluded)."""
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, ".dr-services")) as store:
+        excludes = " ".join(f"--exclude 'bench_ch.{t}'" for t in everything if t != keep)
+        result = measure(f"CLICKHOUSE_URL={URL} DR_LOG_FORMAT=json {worker} backup clickhouse --target bench "
+                         f"--database bench_ch {excludes} --exclude 'bench_ch.*_building' "
+                         f"--store file://{store} -r {recipient} > /dev/null")
+        stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs)
+    return result, stored
+
+
 def main():
-    sizes = [int(a) for a in sys.argv[1:]] or [1_000_000, 20_000_000]
+    sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")] or [1_000_000, 20_000_000]
     subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
     worker = os.path.join(ROOT, "target", "release", "worker")
     key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
@@ -62,22 +98,26 @@ def main():
     for rows in sizes:
         table = f"logs_{rows}"
         build(table, rows)
+        agg = build_tsv(table, rows) if rows <= 1_000_000 else None
         native = int(ch(f"SELECT count() FROM bench_ch.{table}"))
         assert native == rows, (native, rows)
+        everything = ch("SELECT name FROM system.tables WHERE database = 'bench_ch'").split()
         plain = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary "
                         f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT Native' > /dev/null")
-        with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, ".dr-services")) as store:
-            # One table per run: the others are excluded.
-            ours = measure(f"DR_LOG_FORMAT=json {worker} backup clickhouse --target bench --database bench_ch "
-                           + " ".join(f"--exclude 'bench_ch.logs_{r}'" for r in sizes if r != rows)
-                           + " --exclude 'bench_ch.*_building'"
-                           + f" --store file://{store} -r {recipient} > /dev/null")
-            stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs)
-        results.append((rows, plain, ours, stored))
-    print(f"\n{'rows':>12}  {'curl Native':>12}  {'worker':>12}  {'ratio':>6}  {'worker peak RSS':>16}  {'stored':>10}")
-    for rows, plain, ours, stored in results:
-        print(f"{rows:>12}  {plain[0]:>10.1f} s  {ours[0]:>10.1f} s  {ours[0] / plain[0]:>5.2f}×  "
-              f"{ours[2]:>12.1f} MiB  {stored / 1048576:>6.1f} MiB")
+        tsv = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary "
+                      f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT TabSeparated' > /dev/null")
+        ours, stored = backup_one(worker, recipient, table, everything)
+        agg_run = backup_one(worker, recipient, agg, everything) if agg else None
+        results.append((rows, plain, tsv, ours, stored, agg_run))
+    server = "ClickHouse 18.16 server" if LEGACY else "ClickHouse 26 engine (chdb front)"
+    print(f"\n{server}")
+    print(f"{'rows':>12}  {'curl Native':>12}  {'curl TSV':>10}  {'worker':>10}  {'ratio':>6}  "
+          f"{'worker peak RSS':>16}  {'stored':>10}  {'TSV-path worker':>16}  {'TSV stored':>10}")
+    for rows, plain, tsv, ours, stored, agg_run in results:
+        agg_time = f"{agg_run[0][0]:>14.1f} s" if agg_run else f"{'-':>16}"
+        agg_stored = f"{agg_run[1] / 1048576:>6.1f} MiB" if agg_run else f"{'-':>10}"
+        print(f"{rows:>12}  {plain[0]:>10.1f} s  {tsv[0]:>8.1f} s  {ours[0]:>8.1f} s  {ours[0] / plain[0]:>5.2f}×  "
+              f"{ours[2]:>12.1f} MiB  {stored / 1048576:>6.1f} MiB  {agg_time}  {agg_stored}")
 
 
 if __name__ == "__main__":

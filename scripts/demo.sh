@@ -2,8 +2,8 @@
 # The main job end to end on this machine: start the local services, create a sample
 # database, back it up (pg_dump → zstd → age → S3), list, verify (integrity, decryption,
 # row counts), restore into a new database and compare the counts; then the same for
-# OpenBao (raft snapshot → verify → delete secrets → restore → secrets back) and ClickHouse
-# (telemetry tables with a materialized view → restore under another database name).
+# OpenBao (raft snapshot → verify → delete secrets → restore → secrets back) and ClickHouse 26
+# (a SigNoz-like schema: logs, traces, metrics with their views → restore under other names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -81,24 +81,39 @@ vault -X DELETE "$VAULT_ADDR/v1/demo-kv/metadata/app/db2"
 dr restore latest --engine vault --identity "$work/key.txt" --to "$VAULT_ADDR" --yes
 echo "app/db2 after the restore: $(vault "$VAULT_ADDR/v1/demo-kv/data/app/db2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["data"])')"
 
-chq() { curl -sS --fail-with-body -u "$CLICKHOUSE_USER:$CLICKHOUSE_PASSWORD" "$CLICKHOUSE_URL/" --data-binary "$1"; }
-step "creating ClickHouse database signoz_demo (spans, a per-minute rollup MV) at $CLICKHOUSE_URL"
-chq "DROP DATABASE IF EXISTS signoz_demo"
-chq "DROP DATABASE IF EXISTS signoz_demo_restored"
-chq "CREATE DATABASE signoz_demo"
-chq "CREATE TABLE signoz_demo.spans (ts DateTime, service String, duration_ns UInt64, attrs Array(String)) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (service, ts)"
-chq "CREATE TABLE signoz_demo.per_minute (minute DateTime, service String, calls UInt64) ENGINE = SummingMergeTree ORDER BY (service, minute)"
-chq "CREATE MATERIALIZED VIEW signoz_demo.per_minute_mv TO signoz_demo.per_minute AS SELECT toStartOfMinute(ts) AS minute, service, count() AS calls FROM signoz_demo.spans GROUP BY minute, service"
-chq "INSERT INTO signoz_demo.spans SELECT toDateTime('2026-11-22 00:00:00') + number, concat('svc-', toString(number % 5)), number * 1000, ['k=v'] FROM numbers(200000)"
+# ClickHouse 26 (the engine of chdb-core behind scripts/chdb-front.py) with a SigNoz-like
+# schema: Map(LowCardinality(String), …) attributes, aggregating views, sketches.
+CH26=$DR_CLICKHOUSE26_URL
+chq() { curl -sS --fail-with-body -u "$CLICKHOUSE_USER:$CLICKHOUSE_PASSWORD" "$CH26/" --data-binary "$1"; }
+sql_file() { # FILE: runs its ;-separated statements with the demo's database names
+  python3 - "$1" <<'PY' | while IFS= read -r -d '' stmt; do chq "$stmt" >/dev/null; done
+import sys
+text = open(sys.argv[1]).read()
+for k, v in {"logs": "signoz_logs", "traces": "signoz_traces", "metrics": "signoz_metrics", "rows": "50000"}.items():
+    text = text.replace("{" + k + "}", v)
+text = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("--"))
+for stmt in (s.strip() for s in text.split(";\n")):
+    if stmt:
+        sys.stdout.write(stmt.rstrip(";") + "\0")
+PY
+}
+step "creating a SigNoz-like schema on ClickHouse $(chq 'SELECT version()') at $CH26 (logs, traces, metrics, views, sketches)"
+for db in signoz_logs signoz_traces signoz_metrics signoz_logs_restored signoz_traces_restored signoz_metrics_restored; do
+  chq "DROP DATABASE IF EXISTS $db"
+done
+sql_file "$root/tests/fixtures/signoz-like.sql"
+sql_file "$root/tests/fixtures/signoz-like-data.sql"
 
-step "worker backup clickhouse  (one Native part per table, walked for exact counts)"
-DR_LOG_FORMAT=text worker backup clickhouse --target demo-signoz --database signoz_demo --recipient "$recipient"
+step "worker backup clickhouse  (Native parts walked for exact counts; aggregate states as TabSeparated)"
+CLICKHOUSE_URL=$CH26 DR_LOG_FORMAT=text worker backup clickhouse --target demo-signoz \
+  --database signoz_logs --database signoz_traces --database signoz_metrics --recipient "$recipient"
 
 step "kubectl dr verify latest --engine clickhouse --against the live server"
-dr verify latest --engine clickhouse --identity "$work/key.txt" --against "$CLICKHOUSE_URL"
+dr verify latest --engine clickhouse --identity "$work/key.txt" --against "$CH26"
 
-step "kubectl dr restore latest --engine clickhouse --database-map signoz_demo=signoz_demo_restored"
-dr restore latest --engine clickhouse --identity "$work/key.txt" --to "$CLICKHOUSE_URL" \
-  --database-map signoz_demo=signoz_demo_restored --yes
+step "kubectl dr restore latest --engine clickhouse --database-map signoz_*=signoz_*_restored"
+dr restore latest --engine clickhouse --identity "$work/key.txt" --to "$CH26" --yes \
+  --database-map signoz_logs=signoz_logs_restored --database-map signoz_traces=signoz_traces_restored \
+  --database-map signoz_metrics=signoz_metrics_restored
 
 step "done: backed up, verified and restored; counts match"

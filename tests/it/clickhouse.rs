@@ -100,24 +100,25 @@ async fn seed(server: &Server, db: &str) {
 }
 
 fn backup(server: &Server, store: &TestStore, keys: &Keys, db: &str) -> String {
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "clickhouse",
-            "--target",
-            "ch",
-            "--database",
-            db,
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
-        &[("CLICKHOUSE_URL", &server.url)],
-    );
+    let out = backup_output(server, store, keys, "ch", &[db]);
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_string()
+}
+
+/// `worker backup clickhouse --target TARGET -d DB… ` against `server`, whatever happens.
+fn backup_output(
+    server: &Server,
+    store: &TestStore,
+    keys: &Keys,
+    target: &str,
+    dbs: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["backup", "clickhouse", "--target", target];
+    for db in dbs {
+        args.extend(["--database", db]);
+    }
+    args.extend(["--store", store.url(), "-r", &keys.recipient]);
+    run("worker", &args, &[("CLICKHOUSE_URL", &server.url)])
 }
 
 /// `kubectl dr restore ID -i IDENTITY --to URL EXTRA…` against `store`.
@@ -769,25 +770,12 @@ async fn a_signoz_like_schema_restores_into_a_fresh_clickhouse_26() {
     run_sql_file(&source, "signoz-like-data.sql", &vars).await;
 
     let (store, keys) = (TestStore::s3(), Keys::generate());
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "clickhouse",
-            "--target",
-            "signoz",
-            "-d",
-            &logs,
-            "-d",
-            &traces,
-            "-d",
-            &metrics,
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
-        &[("CLICKHOUSE_URL", &source.url)],
+    let out = backup_output(
+        &source,
+        &store,
+        &keys,
+        "signoz",
+        &[&logs, &traces, &metrics],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
@@ -971,22 +959,7 @@ async fn a_result_that_fails_after_the_200_fails_the_backup_in_every_form() {
             .send()
             .await
             .unwrap();
-        let out = run(
-            "worker",
-            &[
-                "backup",
-                "clickhouse",
-                "--target",
-                "faults",
-                "-d",
-                &db,
-                "--store",
-                store.url(),
-                "-r",
-                &keys.recipient,
-            ],
-            &[("CLICKHOUSE_URL", &server.url)],
-        );
+        let out = backup_output(&server, &store, &keys, "faults", &[&db]);
         http.delete(format!("{}/__fault", server.url))
             .send()
             .await
@@ -1013,22 +986,77 @@ async fn a_result_that_fails_after_the_200_fails_the_backup_in_every_form() {
         );
     }
     // Without a fault the same backup succeeds: the failures above were the faults.
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "clickhouse",
-            "--target",
-            "faults",
-            "-d",
-            &db,
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
-        &[("CLICKHOUSE_URL", &server.url)],
-    );
+    let out = backup_output(&server, &store, &keys, "faults", &[&db]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     server.ch(&format!("DROP DATABASE {db}")).await;
+}
+
+/// 24.8+ types: Variant walks as Native and comes back exactly; Dynamic and JSON (no size
+/// rule) go as TabSeparated and come back with the same text (a Dynamic value's type is
+/// inferred again from it: a known limit, documented).
+#[tokio::test(flavor = "multi_thread")]
+async fn variant_dynamic_and_json_columns_round_trip_on_26() {
+    let server = Server::modern();
+    let db = unique("chnew");
+    let copy = format!("{db}_copy");
+    server.ch(&format!("CREATE DATABASE {db}")).await;
+    server.ch(&format!("CREATE TABLE {db}.v (id UInt64, x Variant(String, UInt64, Array(LowCardinality(String)))) ENGINE = MergeTree ORDER BY id")).await;
+    server.ch(&format!("INSERT INTO {db}.v SELECT number, multiIf(number % 3 = 0, number::Variant(String, UInt64, Array(LowCardinality(String))), number % 3 = 1, toString(number)::Variant(String, UInt64, Array(LowCardinality(String))), NULL) FROM numbers(5000)")).await;
+    server
+        .ch(&format!(
+            "CREATE TABLE {db}.j (id UInt64, doc JSON, d Dynamic) ENGINE = MergeTree ORDER BY id"
+        ))
+        .await;
+    server.ch(&format!("INSERT INTO {db}.j SELECT number, concat('{{\"n\": ', toString(number), ', \"tags\": [\"a\", \"b\"], \"obj\": {{\"k\": \"v', toString(number % 7), '\"}}}}'), if(number % 2 = 0, toString(number)::Dynamic, number::Dynamic) FROM numbers(3000)")).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let id = backup(&server, &store, &keys, &db);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(store.object_path(&format!("clickhouse/ch/{id}/manifest.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    let formats: Vec<(String, String)> = manifest["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["format"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        formats.contains(&(format!("data-{db}.v"), "clickhouse-native".into())),
+        "{formats:?}"
+    );
+    assert!(
+        formats.contains(&(format!("data-{db}.j"), "clickhouse-tsv".into())),
+        "{formats:?}"
+    );
+    let identity = keys.identity.to_str().unwrap();
+    let out = dr(&store, &["verify", &id, "-i", identity]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let map = format!("{db}={copy}");
+    let out = restore(
+        &store,
+        &id,
+        identity,
+        &server.url,
+        &["--database-map", &map, "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for (table, cols) in [
+        ("v", "id, x, variantType(x)"),
+        ("j", "id, toString(doc), toString(d)"),
+    ] {
+        assert_eq!(
+            server.content(&db, table, cols, "id").await,
+            server.content(&copy, table, cols, "id").await,
+            "{table}"
+        );
+    }
+    for d in [&db, &copy] {
+        server.ch(&format!("DROP DATABASE {d}")).await;
+    }
 }

@@ -314,19 +314,12 @@ async fn junk_and_future_manifests_on(t: TestStore) {
     assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
 
     let before = store.list("").await.unwrap();
-    let out = run(
-        "worker",
-        &[
-            "prune",
-            "--store",
-            t.url(),
-            "--target",
-            "dmg",
-            "--keep-within",
-            "14d",
-        ],
-        &[],
-    );
+    let prune = |extra: &[&str]| {
+        let mut args = vec!["prune", "--store", t.url(), "--target", "dmg"];
+        args.extend_from_slice(extra);
+        run("worker", &args, &[])
+    };
+    let out = prune(&["--keep-within", "14d"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         store.list("").await.unwrap(),
@@ -334,19 +327,7 @@ async fn junk_and_future_manifests_on(t: TestStore) {
         "keep-within 14d deleted something"
     );
     // keep-last 1 would delete 2 of 3 good backups: more than the default --max-delete.
-    let out = run(
-        "worker",
-        &[
-            "prune",
-            "--store",
-            t.url(),
-            "--target",
-            "dmg",
-            "--keep-last",
-            "1",
-        ],
-        &[],
-    );
+    let out = prune(&["--keep-last", "1"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("--max-delete"), "{}", stderr(&out));
     assert_eq!(
@@ -354,21 +335,7 @@ async fn junk_and_future_manifests_on(t: TestStore) {
         before,
         "a refused prune deleted something"
     );
-    let out = run(
-        "worker",
-        &[
-            "prune",
-            "--store",
-            t.url(),
-            "--target",
-            "dmg",
-            "--keep-last",
-            "1",
-            "--max-delete",
-            "100%",
-        ],
-        &[],
-    );
+    let out = prune(&["--keep-last", "1", "--max-delete", "100%"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let rows = list_json(&t, &[]);
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();

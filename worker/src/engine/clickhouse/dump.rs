@@ -257,6 +257,9 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
         let data_format = DataFormat::for_types(stored.iter().map(|c| c[4].as_str()));
         if data_format == DataFormat::Tsv {
             tracing::info!(table = %format!("{database}.{name}"), "a column has no Native size rule (aggregate states, Dynamic, JSON): dumping as TabSeparated");
+            if stored.iter().any(|c| c[4].contains("Dynamic")) {
+                tracing::warn!(table = %format!("{database}.{name}"), "Dynamic values travel as text: a restore infers their types again (e.g. '2' stored as String comes back as Int64)");
+            }
         }
         let part = data.then(|| format!("data-{}.{}", encode_name(&database), encode_name(&name)));
         out.push(TableDdl {
