@@ -214,6 +214,12 @@ async fn unknown_ids_and_empty_stores_are_explained() {
     let out = f.dr(&["verify", "yesterday"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("not a backup id"), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("kubectl dr list").count(),
+        1,
+        "the hint once: {}",
+        stderr(&out)
+    );
     let empty = TestStore::s3();
     let out = run(
         "kubectl-dr",

@@ -85,6 +85,8 @@ pub enum CatalogError {
         "no complete backup matches {0}; run `kubectl dr list --all` to see what the store holds"
     )]
     NoBackup(String),
+    #[error(transparent)]
+    BadId(#[from] BadBackupId),
     #[error("`latest` is ambiguous: the store holds backups of {0}; pass --engine and --target")]
     Ambiguous(String),
     #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --all shows them all)")]
@@ -482,11 +484,7 @@ pub async fn resolve(
     let wanted: Option<BackupId> = if selector == "latest" {
         None
     } else {
-        Some(
-            selector
-                .parse()
-                .map_err(|e: BadBackupId| CatalogError::NoBackup(e.to_string()))?,
-        )
+        Some(selector.parse()?)
     };
     let mut candidates: Vec<ScannedBackup> = scan(store, filter)
         .await?
