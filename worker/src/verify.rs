@@ -1,8 +1,10 @@
 //! Checks shared by `verify` and `restore`: that stored parts are exactly what the manifest
 //! recorded (size, sha256), that a key opens them, and how row counts compare.
 //!
-//! A restore calls [`check_part`] before it touches its target: nothing is restored from a
-//! backup that has not been verified.
+//! A restore checks each part with [`check_before_restore`] before it touches its target,
+//! and the [`Verified`] it gets back is the only way to open a part for a restore
+//! ([`open_plaintext`]): "nothing is restored from a backup that has not been verified" is a
+//! rule the compiler enforces, not a convention each caller must remember.
 
 use std::fmt;
 
@@ -37,11 +39,13 @@ pub enum VerifyError {
         identity_file: String,
         recipients: String,
     },
-    #[error("part {part} of backup {backup} does not decrypt: {source}; use another backup")]
+    // The cause is part of the sentence (the hint follows it), so it is not also a
+    // `source()`: `{:#}` would print it twice.
+    #[error("part {part} of backup {backup} does not decrypt: {cause}; use another backup")]
     Undecodable {
         backup: String,
         part: String,
-        source: DecodeError,
+        cause: DecodeError,
     },
     #[error("part {part} of backup {backup} holds {found} plaintext bytes, the manifest recorded {expected}; use another backup")]
     PlaintextSize {
@@ -56,11 +60,11 @@ pub enum VerifyError {
         part: String,
         reason: String,
     },
-    #[error("part {part} of backup {backup} cannot be read as a stored object ({source}); the store was tampered with, use another backup")]
+    #[error("part {part} of backup {backup} cannot be read as a stored object ({cause}); the store was tampered with, use another backup")]
     Unreadable {
         backup: String,
         part: String,
-        source: Box<StoreError>,
+        cause: Box<StoreError>,
     },
     #[error(transparent)]
     Store(StoreError),
@@ -78,7 +82,7 @@ fn open_error(backup: &str, part: &Part, e: StoreError) -> VerifyError {
             VerifyError::Unreadable {
                 backup: backup.to_string(),
                 part: part.name.clone(),
-                source: Box::new(e),
+                cause: Box::new(e),
             }
         }
         e => VerifyError::Store(e),
@@ -94,7 +98,7 @@ impl VerifyError {
             VerifyError::Store(_)
                 | VerifyError::WrongKey { .. }
                 | VerifyError::Undecodable {
-                    source: DecodeError::Transport(_),
+                    cause: DecodeError::Transport(_),
                     ..
                 }
         )
@@ -137,7 +141,7 @@ pub async fn check_part(
     let undecodable = |source| VerifyError::Undecodable {
         backup: backup.to_string(),
         part: part.name.clone(),
-        source,
+        cause: source,
     };
     let (stats, plaintext) = match identities {
         None => {
@@ -204,16 +208,52 @@ pub async fn check_part(
     Ok(())
 }
 
-/// Opens a part for a restore: reads the age header with `identities` (so a wrong key fails
-/// before anything is touched) and returns the plaintext stream and its progress bar. The
-/// stream checks nothing by itself: the caller compares its stats at the end.
+/// Proof that one part of a backup matched its manifest entry (the size and sha256 of every
+/// byte) when it was checked. Only [`check_before_restore`] makes one; [`open_plaintext`],
+/// the only way a restore reads a part, takes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'m> {
+    manifest: &'m Manifest,
+    part: &'m Part,
+}
+
+impl<'m> Verified<'m> {
+    /// The backup the part belongs to.
+    pub fn manifest(&self) -> &'m Manifest {
+        self.manifest
+    }
+
+    /// The verified part.
+    pub fn part(&self) -> &'m Part {
+        self.part
+    }
+}
+
+/// The integrity pass a restore needs before it touches its target: every byte of `part`
+/// read and compared with the manifest (no key needed).
+///
+/// # Errors
+/// As [`check_part`]: a missing, truncated, replaced or corrupt object.
+pub async fn check_before_restore<'m>(
+    store: &dyn ReadStore,
+    manifest: &'m Manifest,
+    part: &'m Part,
+    progress: &dyn Progress,
+) -> Result<Verified<'m>, VerifyError> {
+    check_part(store, manifest, part, None, progress).await?;
+    Ok(Verified { manifest, part })
+}
+
+/// Opens a verified part for a restore: reads the age header with `identities` (so a wrong
+/// key fails before anything is touched) and returns the plaintext stream and its progress
+/// bar. The stream is checked again as it is read: the caller compares its stats at the end
+/// ([`finish_checked`], [`verified_body`]), since the object could change between the checks.
 ///
 /// # Errors
 /// [`VerifyError::WrongKey`], [`VerifyError::Undecodable`], [`VerifyError::Store`].
 pub async fn open_plaintext(
     store: &dyn ReadStore,
-    manifest: &Manifest,
-    part: &Part,
+    verified: Verified<'_>,
     identities: &Identities,
     progress: &dyn Progress,
 ) -> Result<
@@ -223,6 +263,7 @@ pub async fn open_plaintext(
     ),
     VerifyError,
 > {
+    let (manifest, part) = (verified.manifest, verified.part);
     let backup = manifest.backup_ref();
     let reader = store
         .get(&backup.part_key(&part.file))
@@ -249,7 +290,7 @@ pub async fn open_plaintext(
             source => VerifyError::Undecodable {
                 backup: backup.to_string(),
                 part: part.name.clone(),
-                source,
+                cause: source,
             },
         })?;
     Ok((plain, bar))
@@ -284,7 +325,7 @@ fn feed(
     let undecodable = |source| VerifyError::Undecodable {
         backup: backup.to_string(),
         part: part.name.clone(),
-        source,
+        cause: source,
     };
     let result = (|| -> Result<Option<bytes::Bytes>, VerifyError> {
         let mut held: Option<bytes::Bytes> = None;
@@ -329,7 +370,7 @@ pub fn finish_checked(plain: PlainReader, backup: &str, part: &Part) -> Result<(
     let (stats, plaintext) = plain.finish().map_err(|source| VerifyError::Undecodable {
         backup: backup.to_string(),
         part: part.name.clone(),
-        source,
+        cause: source,
     })?;
     compare_stats(backup, part, &stats)?;
     if plaintext != part.plaintext_bytes {

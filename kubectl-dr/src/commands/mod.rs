@@ -42,7 +42,7 @@ impl Command {
 /// Which backups a command looks at.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
-    /// Only backups of this engine (postgres, vault, clickhouse).
+    /// Only backups of this engine (see `kubectl dr --help` for the list).
     #[arg(long, short = 'e')]
     pub engine: Option<String>,
 
@@ -54,7 +54,7 @@ pub struct FilterArgs {
 impl FilterArgs {
     fn filter(&self) -> anyhow::Result<Filter> {
         if let Some(e) = &self.engine {
-            catalog::validate_engine(e)?;
+            drkit::engine::registry::validate(e).map_err(|e| anyhow::anyhow!(e))?;
         }
         if let Some(t) = &self.target {
             catalog::validate_name("target", t)?;

@@ -16,7 +16,7 @@ use drkit::engine::vault::{self, restore as vault_restore};
 use drkit::pipeline::keys::Identities;
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
-use drkit::verify::{self, MaxDiff};
+use drkit::verify::{self, MaxDiff, Verified};
 
 use super::counts::DatabaseCounts;
 use super::FilterArgs;
@@ -194,7 +194,7 @@ impl RestoreCmd {
             .await
             .with_context(|| format!("checking --to {} before restoring", self.to))?;
 
-        check_first(store, manifest, part, progress).await?;
+        let verified = check_first(store, manifest, part, progress).await?;
 
         let opts = RestoreOptions {
             clean: self.clean,
@@ -218,8 +218,7 @@ impl RestoreCmd {
             )?;
         }
 
-        let counts =
-            pg_restore::run(&plan, store, manifest, part, identities, &opts, progress).await?;
+        let counts = pg_restore::run(&plan, store, verified, identities, &opts, progress).await?;
         eprintln!("restored {} into {}", manifest.backup_ref(), plan.target);
         let report = DatabaseCounts::new(
             part.database.as_deref().unwrap_or(&plan.database),
@@ -252,7 +251,7 @@ impl RestoreCmd {
             .probe()
             .await
             .with_context(|| format!("checking --to {} before restoring", self.to))?;
-        check_first(store, manifest, part, progress).await?;
+        let verified = check_first(store, manifest, part, progress).await?;
 
         let plan = vault_restore::plan(&target, token, manifest).await?;
         eprintln!("plan: {}", plan.describe());
@@ -283,10 +282,7 @@ impl RestoreCmd {
             wait: self.wait.into(),
         };
         let notify = |message: &str| eprintln!("{message}");
-        vault_restore::run(
-            &plan, store, manifest, part, identities, &opts, progress, &notify,
-        )
-        .await?;
+        vault_restore::run(&plan, store, verified, identities, &opts, progress, &notify).await?;
         eprintln!(
             "restored {} into {}",
             manifest.backup_ref(),
@@ -433,10 +429,11 @@ impl RestoreCmd {
             .ok_or_else(|| {
                 anyhow::anyhow!("backup {} has no schema part", manifest.backup_ref())
             })?;
-        check_first(store, manifest, schema_part, progress).await?;
-        let schema = ch_restore::read_schema(store, manifest, identities, progress).await?;
+        let schema_verified = check_first(store, manifest, schema_part, progress).await?;
+        let schema = ch_restore::read_schema(store, schema_verified, identities, progress).await?;
         let plan = ch_restore::plan(&client, manifest, &schema, &opts).await?;
         // Every part this restore loads is checked before the server is touched.
+        let mut verified = Vec::new();
         for step in &plan.steps {
             let names = step
                 .part
@@ -444,7 +441,7 @@ impl RestoreCmd {
                 .chain(step.inner_part.iter().map(|i| &i.part));
             for name in names {
                 if let Some(part) = manifest.parts.iter().find(|p| &p.name == name) {
-                    check_first(store, manifest, part, progress).await?;
+                    verified.push(check_first(store, manifest, part, progress).await?);
                 }
             }
         }
@@ -465,7 +462,7 @@ impl RestoreCmd {
         }
         let say = |m: &str| eprintln!("{m}");
         let counts = ch_restore::run(
-            &client, &plan, store, manifest, identities, &opts, progress, &say,
+            &client, &plan, store, &verified, identities, &opts, progress, &say,
         )
         .await?;
         eprintln!("restored {} into {target}", manifest.backup_ref());
@@ -519,19 +516,19 @@ fn parse_mapping(s: &str) -> Result<(String, String), String> {
 
 /// The safety rule of every restore: every byte of the part matches the manifest before
 /// anything else happens.
-async fn check_first(
+async fn check_first<'m>(
     store: &dyn ReadStore,
-    manifest: &Manifest,
-    part: &Part,
+    manifest: &'m Manifest,
+    part: &'m Part,
     progress: &dyn Progress,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Verified<'m>> {
     eprintln!(
         "checking {} part {} ({})",
         manifest.backup_ref(),
         part.name,
         output::human_bytes(part.ciphertext_bytes)
     );
-    Ok(verify::check_part(store, manifest, part, None, progress).await?)
+    Ok(verify::check_before_restore(store, manifest, part, progress).await?)
 }
 
 fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> anyhow::Result<&'m Part> {

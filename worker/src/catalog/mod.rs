@@ -43,10 +43,6 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::hours(1);
 /// Manifests read at once while listing or planning a prune.
 const CONCURRENT_READS: usize = 16;
 
-/// The engines this build knows. Backups of other engines still list (a newer worker may
-/// have written them); `--engine` with another name is a typo.
-pub const KNOWN_ENGINES: &[&str] = &["postgres", "vault", "clickhouse"];
-
 /// Where one backup lives: engine, target and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackupRef {
@@ -99,8 +95,6 @@ pub enum CatalogError {
     TooNew { key: String, version: u32 },
     #[error("invalid {kind} name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")]
     BadName { kind: &'static str, name: String },
-    #[error("unknown engine {name:?}; known engines: {}", KNOWN_ENGINES.join(", "))]
-    UnknownEngine { name: String },
 }
 
 impl CatalogError {
@@ -118,21 +112,6 @@ pub fn printable(name: &str) -> String {
         return name.to_string();
     }
     name.chars().flat_map(char::escape_default).collect()
-}
-
-/// Checks an `--engine` value: a valid name and one this build knows.
-///
-/// # Errors
-/// [`CatalogError::UnknownEngine`] listing the known engines.
-pub fn validate_engine(name: &str) -> Result<(), CatalogError> {
-    validate_name("engine", name)?;
-    if KNOWN_ENGINES.contains(&name) {
-        Ok(())
-    } else {
-        Err(CatalogError::UnknownEngine {
-            name: name.to_string(),
-        })
-    }
 }
 
 /// Checks an engine or target name, which becomes a path segment of every key.
@@ -558,13 +537,6 @@ mod tests {
         assert_eq!(printable("데이터.a b"), "데이터.a b");
         assert_eq!(printable("esc\u{1b}[2J"), "esc\\u{1b}[2J");
         assert_eq!(printable("a\nb"), "a\\nb");
-    }
-
-    #[test]
-    fn engines_are_checked_against_the_known_list() {
-        validate_engine("postgres").unwrap();
-        let err = validate_engine("postgress").unwrap_err().to_string();
-        assert!(err.contains("postgres, vault, clickhouse"), "{err}");
     }
 
     #[test]

@@ -18,8 +18,8 @@ const BUF_SIZE: usize = 256 * 1024;
 /// A client tool that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
-    #[error("cannot start {program}: {source}; install it or point --pg-bin-dir at it")]
-    Spawn { program: String, source: io::Error },
+    #[error("cannot start {program}: {cause}; install it or point --pg-bin-dir at it")]
+    Spawn { program: String, cause: io::Error },
     #[error("{program} {status}: {stderr}")]
     Failed {
         program: String,
@@ -51,7 +51,7 @@ fn spawn(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> Result<(String, Chil
         .spawn()
     {
         Ok(child) => Ok((program, child)),
-        Err(source) => Err(ChildError::Spawn { program, source }),
+        Err(cause) => Err(ChildError::Spawn { program, cause }),
     }
 }
 

@@ -2,6 +2,12 @@
 //! restore them and how to count what it holds; the pipeline and the store know nothing
 //! about databases.
 //!
+//! Adding an engine: a folder `engine/<name>/` with its `source.rs` (the `worker backup
+//! <name>` flags as a `clap::Args` struct whose `source()` builds a [`Source`]), its dump and
+//! restore modules, and one variant in [`registry::BackupCommand`] plus its name in
+//! [`registry::ENGINES`]; everything else (the store, the pipeline, the commit, `list`,
+//! `verify`'s integrity pass, prune) is shared and does not change.
+//!
 //! Every engine's backup goes through a [`BackupRun`], which owns the one rule that makes a
 //! backup trustworthy: parts first, manifest last. Until [`BackupRun::commit`] writes
 //! `manifest.json`, the backup does not exist for `list`, `verify` or `restore`. Each
@@ -11,6 +17,7 @@
 pub mod child;
 pub mod clickhouse;
 pub mod postgres;
+pub mod registry;
 pub mod vault;
 
 use std::io::Write;
@@ -22,6 +29,94 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{self, BackupId, BackupRef, CatalogError, Manifest, Part, FORMAT_VERSION};
 use crate::pipeline::encode::{self, EncodeError, EncodeSettings, SourceError};
 use crate::store::{StoreError, WriteStore};
+
+/// The error a [`Source`] fails with: the engine's own typed error, boxed so the one backup
+/// path can carry any engine's (`downcast_ref` finds it again).
+pub type SourceFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a dump reports for the manifest besides its parts.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOutcome {
+    /// The source server's own version string.
+    pub server_version: String,
+    /// Engine-specific facts (see docs/FORMAT.md).
+    pub facts: std::collections::BTreeMap<String, String>,
+}
+
+/// The backup role of an engine: a configured source that dumps itself into a
+/// [`BackupRun`] as one or more parts. Built from the engine's flags (its `source.rs`); the
+/// pipeline, the store and the commit know nothing of it.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync {
+    /// Where the data comes from, for logs (never with a secret).
+    fn describe(&self) -> String;
+
+    /// Stores every part into `run`; the caller commits only when this succeeded.
+    ///
+    /// # Errors
+    /// The engine's own error: nothing may be committed then.
+    async fn dump(&self, run: &BackupRun<'_>) -> Result<DumpOutcome, SourceFailure>;
+}
+
+/// The one backup path of every engine: a fresh [`BackupRun`], the source's dump, the
+/// commit (manifest last, read back). Returns the committed manifest.
+///
+/// # Errors
+/// [`BackupFailed`] with the step that failed; nothing is committed then.
+pub async fn backup(
+    store: &dyn WriteStore,
+    engine: &str,
+    target: &str,
+    settings: EncodeSettings,
+    source: &dyn Source,
+    cancel: CancellationToken,
+) -> Result<Manifest, BackupFailed> {
+    let run = BackupRun::start(store, engine, target, settings, cancel)
+        .map_err(|e| BackupFailed::Start(e.into()))?;
+    let backup = run.backup().clone();
+    tracing::info!(backup = %backup, store = store.location(), source = %source.describe(), "backup started");
+    let outcome = source
+        .dump(&run)
+        .await
+        .map_err(|source| BackupFailed::Dump {
+            backup: backup.clone(),
+            source,
+        })?;
+    let manifest = run
+        .commit(outcome.server_version, outcome.facts)
+        .await
+        .map_err(|source| BackupFailed::Commit {
+            backup: backup.clone(),
+            source,
+        })?;
+    tracing::info!(
+        backup = %backup,
+        parts = manifest.parts.len(),
+        stored_bytes = manifest.size_bytes(),
+        seconds = (manifest.finished_at - manifest.started_at).num_milliseconds() as f64 / 1000.0,
+        "backup committed"
+    );
+    Ok(manifest)
+}
+
+/// Why a backup did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupFailed {
+    #[error("cannot start the backup")]
+    Start(#[source] SourceFailure),
+    #[error("backup {backup} failed; nothing was committed and earlier backups are untouched")]
+    Dump {
+        backup: BackupRef,
+        #[source]
+        source: SourceFailure,
+    },
+    #[error("writing the manifest of {backup} failed; the backup stays invisible")]
+    Commit {
+        backup: BackupRef,
+        #[source]
+        source: CommitError,
+    },
+}
 
 /// Describes a part before it is stored.
 #[derive(Debug, Clone)]

@@ -403,24 +403,18 @@ pub async fn dump(
         .await
         .map_err(DumpError::Schema)?;
 
-    // Several tables at once: each holds a few MiB of buffers and one HTTP stream.
-    let run_ref: &BackupRun<'_> = run;
-    let client = &client;
-    futures::stream::iter(schema.tables.iter().filter(|t| t.part.is_some()))
-        .map(|table| async move {
-            let qualified = format!("{}.{}", table.database, table.name);
-            let rows = dump_table(run_ref, client, table)
-                .await
-                .map_err(|source| match source {
-                    TableFailure::Ch(e) => DumpError::Ch(e),
-                    TableFailure::Store(source) => DumpError::Table {
-                        table: qualified.clone(),
-                        source,
-                    },
-                })?;
-            tracing::info!(table = %qualified, rows, "table stored");
-            Ok::<_, DumpError>(())
-        })
+    // Several tables at once: each holds a few MiB of buffers and one HTTP stream. The
+    // futures are boxed so the whole dump stays `Send` for every caller (closures returning
+    // futures over borrowed tables defeat the compiler's lifetime inference there).
+    let with_data: Vec<&TableDdl> = schema.tables.iter().filter(|t| t.part.is_some()).collect();
+    let mut tasks = Vec::with_capacity(with_data.len());
+    for table in with_data {
+        let task: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), DumpError>> + Send + '_>,
+        > = Box::pin(dump_and_log(run, &client, table));
+        tasks.push(task);
+    }
+    futures::stream::iter(tasks)
         .buffer_unordered(opts.parallel.max(1))
         .try_collect::<Vec<()>>()
         .await?;
@@ -449,6 +443,25 @@ pub async fn dump(
         );
     }
     Ok((schema.server_version, facts))
+}
+
+async fn dump_and_log(
+    run: &BackupRun<'_>,
+    client: &ChClient,
+    table: &TableDdl,
+) -> Result<(), DumpError> {
+    let qualified = format!("{}.{}", table.database, table.name);
+    let rows = dump_table(run, client, table)
+        .await
+        .map_err(|source| match source {
+            TableFailure::Ch(e) => DumpError::Ch(e),
+            TableFailure::Store(source) => DumpError::Table {
+                table: qualified.clone(),
+                source,
+            },
+        })?;
+    tracing::info!(table = %qualified, rows, "table stored");
+    Ok(())
 }
 
 enum TableFailure {

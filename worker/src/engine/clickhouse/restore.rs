@@ -24,11 +24,11 @@ use serde::Serialize;
 use super::ddl::{self, Phase};
 use super::dump::{glob, list_tables, DataFormat, ListedTable, Schema, TableDdl};
 use super::{quote_ident, quote_str, ChClient, ChError};
-use crate::catalog::{Manifest, Part, TableCount};
+use crate::catalog::{Manifest, TableCount};
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::ReadStore;
-use crate::verify::{open_plaintext, verified_body, VerifyError};
+use crate::verify::{open_plaintext, verified_body, Verified, VerifyError};
 
 /// What to do with `Replicated*MergeTree` tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,7 +59,9 @@ pub struct RestoreOptions {
 pub enum RestoreError {
     #[error(transparent)]
     Ch(#[from] ChError),
-    #[error(transparent)]
+    // Not transparent: the VerifyError must stay in the error chain, where the exit code
+    // (1 for a backup that fails a check, even mid-restore) looks for it.
+    #[error("reading the backup")]
     Verify(#[from] VerifyError),
     #[error("the backup's schema part is unreadable: {0}")]
     BadSchema(String),
@@ -185,16 +187,18 @@ impl Plan {
 /// Wrong key, damaged part, unparsable JSON.
 pub async fn read_schema(
     store: &dyn ReadStore,
-    manifest: &Manifest,
+    schema: Verified<'_>,
     identities: &Identities,
     progress: &dyn Progress,
 ) -> Result<Schema, RestoreError> {
-    let part = manifest
-        .parts
-        .iter()
-        .find(|p| p.format == super::FORMAT_SCHEMA)
-        .ok_or_else(|| RestoreError::BadSchema("the backup has no schema part".into()))?;
-    let (mut plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (manifest, part) = (schema.manifest(), schema.part());
+    if part.format != super::FORMAT_SCHEMA {
+        return Err(RestoreError::BadSchema(format!(
+            "part {} is not the schema part",
+            part.name
+        )));
+    }
+    let (mut plain, bar) = open_plaintext(store, schema, identities, progress).await?;
     let (backup, name) = (manifest.backup_ref().to_string(), part.name.clone());
     let part_owned = part.clone();
     let text = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VerifyError> {
@@ -203,7 +207,7 @@ pub async fn read_schema(
         let undecodable = |source| VerifyError::Undecodable {
             backup: backup.clone(),
             part: name.clone(),
-            source,
+            cause: source,
         };
         loop {
             let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
@@ -487,7 +491,7 @@ pub async fn run(
     client: &ChClient,
     plan: &Plan,
     store: &dyn ReadStore,
-    manifest: &Manifest,
+    verified: &[Verified<'_>],
     identities: &Identities,
     opts: &RestoreOptions,
     progress: &dyn Progress,
@@ -544,17 +548,19 @@ pub async fn run(
                 _ => vec![],
             };
         for (table, backed_up_as, part_name, columns) in loads {
-            let part = manifest
-                .parts
+            // Only parts checked before the server was touched can be loaded.
+            let part = verified
                 .iter()
-                .find(|p| p.name == part_name)
+                .find(|v| v.part().name == part_name)
+                .copied()
                 .ok_or_else(|| {
-                    RestoreError::BadSchema(format!("part {part_name} is not in the manifest"))
+                    RestoreError::BadSchema(format!(
+                        "part {part_name} was not verified before the restore (or is not in the manifest)"
+                    ))
                 })?;
             load(
                 client,
                 store,
-                manifest,
                 part,
                 identities,
                 &step.database,
@@ -584,15 +590,15 @@ pub async fn run(
 async fn load(
     client: &ChClient,
     store: &dyn ReadStore,
-    manifest: &Manifest,
-    part: &Part,
+    verified: Verified<'_>,
     identities: &Identities,
     db: &str,
     table: &str,
     columns: &[String],
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
-    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (manifest, part) = (verified.manifest(), verified.part());
+    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
     let (body, feeding) = verified_body(plain, manifest.backup_ref().to_string(), part.clone());
     let cols = columns
         .iter()

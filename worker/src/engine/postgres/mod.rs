@@ -11,6 +11,7 @@
 
 pub mod dump;
 pub mod restore;
+pub mod source;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,10 +35,10 @@ pub enum PgError {
         "invalid PostgreSQL URL {url:?}: {reason} (expected postgres://user@host:port/database)"
     )]
     BadUrl { url: String, reason: String },
-    #[error("cannot read the password file {}: {source}", path.display())]
+    #[error("cannot read the password file {}: {cause}", path.display())]
     PasswordFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("no database given: pass --database or set PGDATABASE")]
     NoDatabase,
@@ -81,9 +82,9 @@ fn password_from_env() -> Result<Option<String>, PgError> {
     match env("PGPASSWORD_FILE") {
         Some(path) => std::fs::read_to_string(&path)
             .map(|p| Some(p.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|source| PgError::PasswordFile {
+            .map_err(|cause| PgError::PasswordFile {
                 path: path.into(),
-                source,
+                cause,
             }),
         None => Ok(None),
     }

@@ -10,13 +10,13 @@
 use std::path::PathBuf;
 
 use super::{count_tables, quote_ident, PgError, PgTarget, LIST_TABLES};
-use crate::catalog::{Manifest, Part, TableCount};
+use crate::catalog::{Part, TableCount};
 use crate::engine::child::{self, ChildError, StdinChild};
 use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{finish_checked, open_plaintext, VerifyError};
+use crate::verify::{finish_checked, open_plaintext, Verified, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +39,9 @@ pub enum RestoreError {
         server: String,
         tables: usize,
     },
-    #[error(transparent)]
+    // Not transparent: the VerifyError must stay in the error chain, where the exit code
+    // (1 for a backup that fails a check, even mid-restore) looks for it.
+    #[error("reading the backup")]
     Verify(#[from] VerifyError),
     #[error(
         "pg_restore failed; the target was left unchanged (the restore runs as one transaction)"
@@ -136,14 +138,14 @@ pub async fn plan(
 pub async fn run(
     plan: &RestorePlan,
     store: &dyn ReadStore,
-    manifest: &Manifest,
-    part: &Part,
+    verified: Verified<'_>,
     identities: &Identities,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<TableCount>, RestoreError> {
+    let (manifest, part) = (verified.manifest(), verified.part());
     // The age header opens first: a wrong key fails before the target is touched.
-    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
 
     let maintenance = plan.target.connect("postgres").await?;
     if !plan.exists {
@@ -208,7 +210,7 @@ fn feed(
         RestoreError::Verify(VerifyError::Undecodable {
             backup: backup.to_string(),
             part: part.name.clone(),
-            source,
+            cause: source,
         })
     };
     let mut restore = StdinChild::spawn(cmd).map_err(RestoreError::Tool)?;

@@ -9,6 +9,7 @@
 pub mod dump;
 pub mod restore;
 pub mod snapshot;
+pub mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

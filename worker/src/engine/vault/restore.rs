@@ -19,11 +19,11 @@ use reqwest::{Method, StatusCode};
 
 use super::dump::FACT_CLUSTER_ID;
 use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
-use crate::catalog::{Manifest, Part};
+use crate::catalog::Manifest;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{open_plaintext, verified_body, VerifyError};
+use crate::verify::{open_plaintext, verified_body, Verified, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -39,7 +39,9 @@ pub struct RestoreOptions {
 pub enum RestoreError {
     #[error(transparent)]
     Vault(#[from] VaultError),
-    #[error(transparent)]
+    // Not transparent: the VerifyError must stay in the error chain, where the exit code
+    // (1 for a backup that fails a check, even mid-restore) looks for it.
+    #[error("reading the backup")]
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -118,16 +120,16 @@ pub async fn plan(
 pub async fn run(
     plan: &RestorePlan,
     store: &dyn ReadStore,
-    manifest: &Manifest,
-    part: &Part,
+    verified: Verified<'_>,
     identities: &Identities,
     opts: &RestoreOptions,
     progress: &dyn Progress,
     notify: &(dyn Fn(&str) + Sync),
 ) -> Result<(), RestoreError> {
+    let (manifest, part) = (verified.manifest(), verified.part());
     let backup = manifest.backup_ref();
     // The age header opens first: a wrong key fails before the server is touched.
-    let (plain, bar) = open_plaintext(store, manifest, part, identities, progress).await?;
+    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
 
     let (body, feeding) = verified_body(plain, backup.to_string(), part.clone());
     let path = if opts.force {

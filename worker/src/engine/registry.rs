@@ -1,0 +1,164 @@
+//! The engines this build knows: the only list of them. `worker backup <engine>` is the
+//! [`BackupCommand`] enum (a variant per engine, its flags from the engine's folder);
+//! [`ENGINES`] names them for `--engine` checks and help texts.
+
+use clap::Subcommand;
+
+use super::{clickhouse, postgres, vault, Source, SourceFailure};
+use crate::cli::{EncodingArgs, RecipientArgs};
+
+/// Engine names, in the order a full restore would take them.
+pub const ENGINES: &[&str] = &["vault", "postgres", "clickhouse"];
+
+/// An `--engine` value that names no engine of this build.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown engine {name:?}; known engines: {}", ENGINES.join(", "))]
+pub struct UnknownEngine {
+    /// What was given.
+    pub name: String,
+}
+
+/// Checks an `--engine` value: a valid name and one this build knows.
+///
+/// # Errors
+/// [`UnknownEngine`] listing the known engines, or a name that is not a valid segment.
+pub fn validate(name: &str) -> Result<(), SourceFailure> {
+    crate::catalog::validate_name("engine", name)?;
+    if ENGINES.contains(&name) {
+        Ok(())
+    } else {
+        Err(Box::new(UnknownEngine {
+            name: name.to_string(),
+        }))
+    }
+}
+
+/// What every `worker backup <engine>` takes besides the engine's own flags.
+#[derive(Debug, clap::Args)]
+pub struct Backup<A: clap::Args> {
+    /// Name of what is backed up (e.g. prod, signoz, the Vault cluster); backups are
+    /// grouped, listed and pruned per target.
+    #[arg(long, env = "DR_TARGET")]
+    pub target: String,
+
+    #[command(flatten)]
+    pub engine: A,
+
+    #[command(flatten)]
+    pub recipients: RecipientArgs,
+
+    #[command(flatten)]
+    pub encoding: EncodingArgs,
+}
+
+/// `worker backup <engine>`: one variant per engine.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up PostgreSQL databases with pg_dump, counting every table in the dump's snapshot.
+    ///
+    /// Connection: the libpq variables PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD
+    /// (or PGPASSWORD_FILE, e.g. a mounted Secret). The password reaches pg_dump through
+    /// its environment, never its arguments.
+    ///
+    /// Example:
+    ///   worker backup postgres --target prod --database app --database auth --globals \
+    ///     --store s3://backups/cluster-a --recipient age1...
+    #[command(verbatim_doc_comment)]
+    Postgres(Backup<postgres::source::BackupArgs>),
+    /// Back up Vault or OpenBao: a raft snapshot from the active node, checked while it streams.
+    ///
+    /// Address: VAULT_ADDR (a standby's address is fine: the active node is found through
+    /// sys/leader), VAULT_CACERT for a private CA. Token: VAULT_TOKEN, --token-file, or
+    /// Kubernetes auth with --k8s-role (the pod's service-account token). The token needs:
+    ///   path "sys/storage/raft/snapshot" { capabilities = ["read"] }
+    /// and, for the counts verify compares (skipped with a warning when missing):
+    ///   path "sys/mounts" { capabilities = ["read"] }
+    ///   path "sys/auth" { capabilities = ["read"] }
+    ///   path "sys/policies/acl" { capabilities = ["list"] }
+    ///   path "secret/metadata/*" { capabilities = ["list"] }   # per kv mount
+    ///
+    /// Example (in a CronJob):
+    ///   worker backup vault --target vault --k8s-role dr-backup \
+    ///     --store s3://backups/cluster-a --recipient age1...
+    #[command(verbatim_doc_comment)]
+    Vault(Backup<vault::source::BackupArgs>),
+    /// Back up ClickHouse over its HTTP interface: DDL, then one part per table.
+    ///
+    /// Connection: CLICKHOUSE_URL (http(s)://host:8123), CLICKHOUSE_USER (default
+    /// `default`), CLICKHOUSE_PASSWORD or CLICKHOUSE_PASSWORD_FILE. Each table's result is
+    /// walked block by block as it streams (Native; TabSeparated for tables with aggregate
+    /// states, Dynamic or JSON columns): the manifest's row counts are exact, and an error
+    /// the server writes into the middle of a result fails the backup.
+    ///
+    /// Example (SigNoz):
+    ///   worker backup clickhouse --target signoz --database signoz_traces \
+    ///     --database signoz_logs --database signoz_metrics --exclude 'signoz_logs.*_tmp'
+    #[command(verbatim_doc_comment)]
+    Clickhouse(Backup<clickhouse::source::BackupArgs>),
+}
+
+/// A backup command taken apart: the engine's name, the common flags and its source.
+pub struct Parts {
+    /// Engine name (store layout, manifest).
+    pub engine: &'static str,
+    /// `--target`.
+    pub target: String,
+    /// Public keys.
+    pub recipients: RecipientArgs,
+    /// Compression settings.
+    pub encoding: EncodingArgs,
+    /// The configured source.
+    pub source: Box<dyn Source>,
+}
+
+impl BackupCommand {
+    /// Builds the engine's source from its flags and environment.
+    ///
+    /// # Errors
+    /// The engine's configuration error (a missing address, an unreadable password file).
+    pub fn into_parts(self) -> Result<Parts, SourceFailure> {
+        fn parts<A: clap::Args>(
+            engine: &'static str,
+            b: Backup<A>,
+            source: impl FnOnce(A) -> Result<Box<dyn Source>, SourceFailure>,
+        ) -> Result<Parts, SourceFailure> {
+            Ok(Parts {
+                engine,
+                target: b.target,
+                recipients: b.recipients,
+                encoding: b.encoding,
+                source: source(b.engine)?,
+            })
+        }
+        match self {
+            BackupCommand::Postgres(b) => parts("postgres", b, |a| a.source()),
+            BackupCommand::Vault(b) => parts(vault::ENGINE, b, |a| a.source()),
+            BackupCommand::Clickhouse(b) => parts(clickhouse::ENGINE, b, |a| a.source()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_has_a_backup_command_and_a_name() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            backup: BackupCommand,
+        }
+        let cmd = Cli::command();
+        let mut subcommands: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        subcommands.sort_unstable();
+        let mut names = ENGINES.to_vec();
+        names.sort_unstable();
+        assert_eq!(subcommands, names);
+        assert!(validate("postgress")
+            .unwrap_err()
+            .to_string()
+            .contains("vault, postgres, clickhouse"));
+    }
+}
