@@ -68,3 +68,14 @@ fn main() -> ExitCode {
         Err(e) => cli::report(&e, false),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's consistency (unique ids and groups, valid defaults) only
+    /// when it is built: do it here, not at a user's first `--help`.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -183,3 +183,14 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's consistency (unique ids and groups, valid defaults) only
+    /// when it is built: do it here, not at a user's first `--help`.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -415,8 +415,16 @@ pub fn compare_stats(
 /// How far a live count may drift from the backup's before the check fails.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxDiff {
+    /// At most this many rows (0: exact).
     Rows(u64),
+    /// At most this share of the backup's count.
     Percent(f64),
+}
+
+impl Default for MaxDiff {
+    fn default() -> Self {
+        MaxDiff::Rows(0)
+    }
 }
 
 impl std::str::FromStr for MaxDiff {

@@ -1,19 +1,14 @@
 //! `kubectl dr restore`: brings a database back from a backup, after proving the backup
 //! intact, and ends with the same row-count comparison as `verify`.
 
-use std::path::PathBuf;
-
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{Manifest, Part};
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
-use drkit::engine::clickhouse::{self, restore as ch_restore};
-use drkit::engine::postgres::restore::{self as pg_restore, RestoreOptions};
-use drkit::engine::postgres::PgTarget;
-use drkit::engine::vault::{self, restore as vault_restore};
-use drkit::pipeline::keys::Identities;
+use drkit::engine::registry::RestoreFlags;
+use drkit::engine::{vault, RestoreCommon};
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff, Verified};
@@ -78,19 +73,16 @@ pub struct RestoreCmd {
     #[arg(long, value_name = "URL")]
     to: String,
 
-    /// Which database of a multi-database backup to restore.
+    /// Which database of a multi-database backup to restore (ClickHouse: restore the tables
+    /// of this database only).
     #[arg(long, short = 'd', value_name = "DB")]
     database: Option<String>,
 
-    /// Drop and recreate the objects the backup contains in a database that has tables.
+    /// Drop and recreate the objects the backup contains where they exist (asks unless --yes).
     #[arg(long)]
     clean: bool,
 
-    /// Keep the dump's owners and grants (the roles must exist: restore the globals first).
-    #[arg(long)]
-    keep_owners: bool,
-
-    /// Do not ask before dropping existing objects.
+    /// Do not ask before dropping or replacing data.
     #[arg(long, short = 'y')]
     yes: bool,
 
@@ -102,35 +94,8 @@ pub struct RestoreCmd {
     #[arg(long, default_value = "0", value_name = "N|P%")]
     max_diff: MaxDiff,
 
-    /// Directory holding pg_restore (default: PATH).
-    #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
-    pg_bin_dir: Option<PathBuf>,
-
-    /// ClickHouse: restore only tables matching DB.TABLE (globs: * and ?); repeatable.
-    #[arg(long = "table", value_name = "PATTERN")]
-    tables: Vec<String>,
-
-    /// ClickHouse: restore database OLD as NEW; repeatable.
-    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
-    database_map: Vec<(String, String)>,
-
-    /// ClickHouse: what to do with Replicated*MergeTree tables: keep them (the target has
-    /// Keeper and the same macros) or convert them to their single-node engine.
-    #[arg(long, value_enum, value_name = "POLICY")]
-    replicated: Option<ReplicatedArg>,
-
-    /// Vault: restore a snapshot taken by a cluster with other unseal keys (snapshot-force).
-    #[arg(long)]
-    force: bool,
-
-    /// Vault: how long to wait for the server to be active (and unsealed) after the restore.
-    #[arg(long, default_value = "5m", value_name = "DURATION")]
-    wait: humantime::Duration,
-
-    /// Vault: a token of the backed-up cluster, used for the count comparison after the
-    /// restore (the snapshot replaces the server's own tokens). Default: the --to token.
-    #[arg(long, env = "DR_VAULT_RESTORED_TOKEN_FILE", value_name = "FILE")]
-    restored_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    engines: RestoreFlags,
 
     /// Output format of the final count comparison.
     #[arg(long, short = 'o', value_enum, default_value_t)]
@@ -164,151 +129,57 @@ impl RestoreCmd {
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let manifest = super::resolve(store, &self.backup, &self.filter).await?;
-        match manifest.engine.as_str() {
-            "postgres" => self.postgres(store, &manifest, &identities, progress).await,
-            vault::ENGINE => self.vault(store, &manifest, &identities, progress).await,
-            clickhouse::ENGINE => {
-                self.clickhouse(store, &manifest, &identities, progress)
-                    .await
-            }
-            other => anyhow::bail!("restoring {other} backups is not supported yet"),
-        }
-    }
-
-    async fn postgres(
-        &self,
-        store: &dyn ReadStore,
-        manifest: &Manifest,
-        identities: &Identities,
-        progress: &dyn Progress,
-    ) -> anyhow::Result<()> {
-        let to = PgTarget::from_url(&self.to)?;
-        let part = pick_part(manifest, self.database.as_deref())?;
-        // The server first: a typo in --to must not cost a full integrity pass.
-        let db = to
-            .dbname
-            .clone()
-            .or_else(|| part.database.clone())
-            .unwrap_or_else(|| "postgres".into());
-        to.probe(&db)
-            .await
-            .with_context(|| format!("checking --to {} before restoring", self.to))?;
-
-        let verified = check_first(store, manifest, part, progress).await?;
-
-        let opts = RestoreOptions {
+        let common = RestoreCommon {
+            to: self.to.clone(),
+            database: self.database.clone(),
             clean: self.clean,
-            keep_owners: self.keep_owners,
-            bin_dir: self.pg_bin_dir.clone(),
+            max_diff: self.max_diff,
         };
-        let plan = pg_restore::plan(&to, part, &opts).await?;
-        eprintln!("plan: {}", plan.describe());
+        let mut sink = self
+            .engines
+            .sink(&manifest.engine, &common)
+            .map_err(anyhow::Error::from_boxed)?;
+        // The server first: a typo in --to must not cost a full integrity pass.
+        sink.probe()
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| format!("checking --to {} before restoring", self.to))?;
+        let mut verified = Vec::new();
+        for part in sink
+            .first_parts(&manifest)
+            .map_err(anyhow::Error::from_boxed)?
+        {
+            verified.push(check_first(store, &manifest, part, progress).await?);
+        }
+        let plan = sink
+            .plan(store, &manifest, &verified, &identities, progress)
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
+        for part in plan.more_parts {
+            if !verified.iter().any(|v| v.part().name == part.name) {
+                verified.push(check_first(store, &manifest, part, progress).await?);
+            }
+        }
+        for line in &plan.lines {
+            eprintln!("{line}");
+        }
         if self.dry_run {
             eprintln!("dry run: backup verified, target inspected, nothing changed");
             return Ok(());
         }
-        if plan.is_destructive() && !self.yes {
-            super::confirm(
-                &format!("this restore drops objects in database {}", plan.database),
-                &format!(
-                    "This drops and recreates objects in database {}.",
-                    plan.database
-                ),
-                &plan.database,
-            )?;
+        if let Some(c) = &plan.confirm {
+            if !self.yes {
+                super::confirm(&c.what, &c.prompt, &c.word)?;
+            }
         }
-
-        let counts = pg_restore::run(&plan, store, verified, identities, &opts, progress).await?;
-        eprintln!("restored {} into {}", manifest.backup_ref(), plan.target);
-        let report = DatabaseCounts::new(
-            part.database.as_deref().unwrap_or(&plan.database),
-            plan.target.to_string(),
-            self.max_diff,
-            verify::compare_counts(&part.tables, &counts, self.max_diff),
-        );
-        self.report(manifest, &report)
-    }
-
-    async fn vault(
-        &self,
-        store: &dyn ReadStore,
-        manifest: &Manifest,
-        identities: &Identities,
-        progress: &dyn Progress,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.database.is_none() && !self.clean && !self.keep_owners,
-            "--database, --clean and --keep-owners are for PostgreSQL; a Vault restore always replaces all of the server's data"
-        );
-        let target = vault::VaultTarget::from_url(&self.to)?;
-        let token = vault::Token::from_env()?.ok_or(vault::VaultError::NoToken)?;
-        let restored_token = match &self.restored_token_file {
-            Some(path) => vault::Token::from_file(path)?,
-            None => token.clone(),
-        };
-        let part = vault::snapshot_part(manifest)?;
-        vault::VaultClient::new(&target)?
-            .probe()
+        let say = |m: &str| eprintln!("{m}");
+        let counts = sink
+            .restore(store, &verified, &identities, progress, &say)
             .await
-            .with_context(|| format!("checking --to {} before restoring", self.to))?;
-        let verified = check_first(store, manifest, part, progress).await?;
-
-        let plan = vault_restore::plan(&target, token, manifest).await?;
-        eprintln!("plan: {}", plan.describe());
-        if plan.other_cluster() {
-            eprintln!(
-                "note: the server is another cluster than the backup's; {}",
-                if self.force {
-                    "after the restore it needs the backed-up cluster's unseal keys"
-                } else {
-                    "if its unseal keys differ the server refuses the snapshot: rerun with --force"
-                }
-            );
-        }
-        if self.dry_run {
-            eprintln!("dry run: backup verified, server inspected, nothing changed");
-            return Ok(());
-        }
-        if !self.yes {
-            let host = target.addr.host_str().unwrap_or("vault").to_string();
-            super::confirm(
-                &format!("this restore replaces all data of Vault at {target}"),
-                &format!("This replaces ALL data of Vault at {target} with the backup."),
-                &host,
-            )?;
-        }
-        let opts = vault_restore::RestoreOptions {
-            force: self.force,
-            wait: self.wait.into(),
-        };
-        let notify = |message: &str| eprintln!("{message}");
-        vault_restore::run(&plan, store, verified, identities, &opts, progress, &notify).await?;
-        eprintln!(
-            "restored {} into {}",
-            manifest.backup_ref(),
-            plan.client.addr()
-        );
-
-        let client = plan.client.clone().with_token(restored_token);
-        let live = async {
-            client.check_token().await?;
-            client.counts().await
-        }
-        .await
-        .with_context(|| {
-            format!(
-                "the snapshot is restored and Vault is active, but counting failed; with a token of the backed-up cluster run: kubectl dr verify {} --against {}",
-                manifest.id,
-                plan.client.addr()
-            )
-        })?;
-        let report = DatabaseCounts::new(
-            &manifest.target,
-            plan.client.addr().to_string(),
-            self.max_diff,
-            verify::compare_counts(&part.tables, &live, self.max_diff),
-        );
-        self.report(manifest, &report)
+            .map_err(anyhow::Error::from_boxed)?;
+        let report =
+            DatabaseCounts::new(&counts.heading, counts.against, self.max_diff, counts.rows);
+        self.report(&manifest, &report)
     }
 
     /// Runs this same restore as a Job in the cluster and reports its outcome.
@@ -357,7 +228,7 @@ impl RestoreCmd {
         if self.clean {
             args.push("--clean".into());
         }
-        if self.keep_owners {
+        if self.engines.postgres.keep_owners {
             args.push("--keep-owners".into());
         }
         if self.dry_run {
@@ -391,98 +262,6 @@ impl RestoreCmd {
         }
     }
 
-    async fn clickhouse(
-        &self,
-        store: &dyn ReadStore,
-        manifest: &Manifest,
-        identities: &Identities,
-        progress: &dyn Progress,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.keep_owners && !self.force,
-            "--keep-owners and --force do not apply to ClickHouse"
-        );
-        let target = clickhouse::ChTarget::from_url(&self.to)?;
-        let client = clickhouse::ChClient::new(&target)?;
-        client
-            .probe()
-            .await
-            .with_context(|| format!("checking --to {} before restoring", self.to))?;
-        let mut tables = self.tables.clone();
-        if let Some(db) = &self.database {
-            tables.push(format!("{db}.*"));
-        }
-        let opts = ch_restore::RestoreOptions {
-            tables,
-            database_map: self.database_map.iter().cloned().collect(),
-            replicated: match self.replicated {
-                None => ch_restore::Replicated::Ask,
-                Some(ReplicatedArg::Keep) => ch_restore::Replicated::Keep,
-                Some(ReplicatedArg::Convert) => ch_restore::Replicated::Convert,
-            },
-            clean: self.clean,
-        };
-        let schema_part = manifest
-            .parts
-            .iter()
-            .find(|p| p.format == clickhouse::FORMAT_SCHEMA)
-            .ok_or_else(|| {
-                anyhow::anyhow!("backup {} has no schema part", manifest.backup_ref())
-            })?;
-        let schema_verified = check_first(store, manifest, schema_part, progress).await?;
-        let schema = ch_restore::read_schema(store, schema_verified, identities, progress).await?;
-        let plan = ch_restore::plan(&client, manifest, &schema, &opts).await?;
-        // Every part this restore loads is checked before the server is touched.
-        let mut verified = Vec::new();
-        for step in &plan.steps {
-            let names = step
-                .part
-                .iter()
-                .chain(step.inner_part.iter().map(|i| &i.part));
-            for name in names {
-                if let Some(part) = manifest.parts.iter().find(|p| &p.name == name) {
-                    verified.push(check_first(store, manifest, part, progress).await?);
-                }
-            }
-        }
-        eprintln!("plan for {target}:");
-        for line in plan.describe() {
-            eprintln!("  {line}");
-        }
-        if self.dry_run {
-            eprintln!("dry run: backup verified, server inspected, nothing changed");
-            return Ok(());
-        }
-        if plan.is_destructive() && !self.yes {
-            super::confirm(
-                "this restore drops existing tables",
-                "This drops and recreates the tables marked above.",
-                "drop",
-            )?;
-        }
-        let say = |m: &str| eprintln!("{m}");
-        let counts = ch_restore::run(
-            &client, &plan, store, &verified, identities, &opts, progress, &say,
-        )
-        .await?;
-        eprintln!("restored {} into {target}", manifest.backup_ref());
-        let restored: Vec<drkit::catalog::TableCount> = manifest
-            .parts
-            .iter()
-            .flat_map(|p| p.tables.iter())
-            .filter(|t| {
-                counts
-                    .iter()
-                    .any(|c| c.schema == t.schema && c.name == t.name)
-            })
-            .cloned()
-            .collect();
-        let mut rows = verify::compare_counts(&restored, &counts, self.max_diff);
-        verify::allow_ttl_expiry(&mut rows, &clickhouse::dump::ttl_tables(manifest));
-        let report = DatabaseCounts::new(&manifest.target, target.to_string(), self.max_diff, rows);
-        self.report(manifest, &report)
-    }
-
     fn report(&self, manifest: &Manifest, report: &DatabaseCounts) -> anyhow::Result<()> {
         match self.output {
             Format::Table => report.print()?,
@@ -496,21 +275,6 @@ impl RestoreCmd {
             .into());
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ReplicatedArg {
-    Keep,
-    Convert,
-}
-
-fn parse_mapping(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
-            Ok((old.to_string(), new.to_string()))
-        }
-        _ => Err(format!("{s:?}: expected OLD=NEW")),
     }
 }
 
@@ -529,31 +293,4 @@ async fn check_first<'m>(
         output::human_bytes(part.ciphertext_bytes)
     );
     Ok(verify::check_before_restore(store, manifest, part, progress).await?)
-}
-
-fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> anyhow::Result<&'m Part> {
-    let dbs: Vec<&Part> = manifest
-        .parts
-        .iter()
-        .filter(|p| p.database.is_some())
-        .collect();
-    match database {
-        Some(d) => dbs
-            .into_iter()
-            .find(|p| p.database.as_deref() == Some(d))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "backup {} holds no database {d}; it has: {}",
-                    manifest.backup_ref(),
-                    manifest.databases().join(", ")
-                )
-            }),
-        None if dbs.len() == 1 => Ok(dbs[0]),
-        None => anyhow::bail!(
-            "backup {} holds {} databases ({}); pick one with --database",
-            manifest.backup_ref(),
-            dbs.len(),
-            manifest.databases().join(", ")
-        ),
-    }
 }

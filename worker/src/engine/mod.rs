@@ -118,6 +118,104 @@ pub enum BackupFailed {
     },
 }
 
+/// What a restore will do, decided before anything changes: the lines to show, and the
+/// confirmation a destructive plan needs.
+#[derive(Debug, Default)]
+pub struct RestorePlan<'m> {
+    /// Shown as they are (e.g. `plan: …`, `note: …`).
+    pub lines: Vec<String>,
+    /// Set when the plan drops or replaces data.
+    pub confirm: Option<Confirm>,
+    /// Parts the restore will load that were not needed to plan it: each is verified before
+    /// the restore starts.
+    pub more_parts: Vec<&'m crate::catalog::Part>,
+}
+
+/// A confirmation a person must give (or `--yes`).
+#[derive(Debug, Clone)]
+pub struct Confirm {
+    /// What is refused without a terminal to ask, e.g. "this restore drops objects in …".
+    pub what: String,
+    /// The question.
+    pub prompt: String,
+    /// The word to type.
+    pub word: String,
+}
+
+/// The counts a restore compares: what the backup recorded against what the target holds.
+#[derive(Debug)]
+pub struct RestoredCounts {
+    /// What was restored (e.g. the database name), for the report's heading.
+    pub heading: String,
+    /// Where it was restored to.
+    pub against: String,
+    /// One row per table.
+    pub rows: Vec<crate::verify::CountRow>,
+}
+
+/// Flags every restore takes, whatever the engine.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreCommon {
+    /// `--to`.
+    pub to: String,
+    /// `--database`.
+    pub database: Option<String>,
+    /// `--clean`.
+    pub clean: bool,
+    /// `--max-diff`.
+    pub max_diff: crate::verify::MaxDiff,
+}
+
+/// The restore role of an engine, built from `--to` and the engine's flags. The plugin
+/// drives every engine through the same steps: [`Sink::probe`], the integrity pass over
+/// [`Sink::first_parts`], [`Sink::plan`] (and the pass over its `more_parts`), a
+/// confirmation, [`Sink::restore`]. Parts reach an engine only as [`crate::verify::Verified`].
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Contacts the destination and checks it is this engine's kind of server, within
+    /// [`connect_timeout`], before anything is decrypted.
+    ///
+    /// # Errors
+    /// Unreachable, silent, refusing server.
+    async fn probe(&mut self) -> Result<(), SourceFailure>;
+
+    /// The parts needed to plan the restore (and restored with it).
+    ///
+    /// # Errors
+    /// A backup without them, or an ambiguous choice (`--database`).
+    fn first_parts<'m>(
+        &self,
+        manifest: &'m Manifest,
+    ) -> Result<Vec<&'m crate::catalog::Part>, SourceFailure>;
+
+    /// Inspects the destination and decides what the restore will do; changes nothing.
+    ///
+    /// # Errors
+    /// A destination the restore would damage without `--clean`, a wrong key, bad flags.
+    async fn plan<'m>(
+        &mut self,
+        store: &dyn crate::store::ReadStore,
+        manifest: &'m Manifest,
+        first: &[crate::verify::Verified<'m>],
+        identities: &crate::pipeline::keys::Identities,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure>;
+
+    /// Runs the planned restore and returns the counts to compare. `say` hears progress a
+    /// person must see (e.g. a node to unseal).
+    ///
+    /// # Errors
+    /// Load errors, a part that fails its check while it streams (exit 1).
+    async fn restore(
+        &mut self,
+        store: &dyn crate::store::ReadStore,
+        verified: &[crate::verify::Verified<'_>],
+        identities: &crate::pipeline::keys::Identities,
+        progress: &dyn crate::progress::Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure>;
+}
+
 /// Describes a part before it is stored.
 #[derive(Debug, Clone)]
 pub struct PartSpec {

@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use super::{clickhouse, postgres, vault, Source, SourceFailure};
+use super::{clickhouse, postgres, vault, RestoreCommon, Sink, Source, SourceFailure};
 use crate::cli::{EncodingArgs, RecipientArgs};
 
 /// Engine names, in the order a full restore would take them.
@@ -134,6 +134,56 @@ impl BackupCommand {
             BackupCommand::Postgres(b) => parts("postgres", b, |a| a.source()),
             BackupCommand::Vault(b) => parts(vault::ENGINE, b, |a| a.source()),
             BackupCommand::Clickhouse(b) => parts(clickhouse::ENGINE, b, |a| a.source()),
+        }
+    }
+}
+
+/// Every engine's own flags of `kubectl dr restore`, each under its heading.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreFlags {
+    #[command(flatten)]
+    pub postgres: postgres::sink::RestoreArgs,
+    #[command(flatten)]
+    pub vault: vault::sink::RestoreArgs,
+    #[command(flatten)]
+    pub clickhouse: clickhouse::sink::RestoreArgs,
+}
+
+impl RestoreFlags {
+    /// The restore role of `engine` (a backup's), from `--to` and the flags; flags that
+    /// belong to another engine are refused rather than ignored.
+    ///
+    /// # Errors
+    /// An engine this build cannot restore, another engine's flag, the engine's own
+    /// configuration error.
+    pub fn sink(
+        &self,
+        engine: &str,
+        common: &RestoreCommon,
+    ) -> Result<Box<dyn Sink>, SourceFailure> {
+        let given = [
+            ("postgres", self.postgres.given()),
+            (vault::ENGINE, self.vault.given()),
+            (clickhouse::ENGINE, self.clickhouse.given()),
+        ];
+        if let Some((owner, flag)) = given
+            .iter()
+            .find_map(|(owner, flag)| flag.filter(|_| *owner != engine).map(|f| (owner, f)))
+        {
+            return Err(format!(
+                "{flag} is for {owner} backups; this backup is of engine {engine}"
+            )
+            .into());
+        }
+        match engine {
+            "postgres" => self.postgres.sink(common),
+            vault::ENGINE => self.vault.sink(common),
+            clickhouse::ENGINE => self.clickhouse.sink(common),
+            other => Err(format!(
+                "restoring {other} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
+                ENGINES.join(", ")
+            )
+            .into()),
         }
     }
 }

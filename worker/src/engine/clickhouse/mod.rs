@@ -10,6 +10,7 @@ pub mod ddl;
 pub mod dump;
 pub mod native;
 pub mod restore;
+pub mod sink;
 pub mod source;
 pub mod tsv;
 

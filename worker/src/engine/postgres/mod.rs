@@ -11,6 +11,7 @@
 
 pub mod dump;
 pub mod restore;
+pub mod sink;
 pub mod source;
 
 use std::fmt;

@@ -8,6 +8,7 @@
 
 pub mod dump;
 pub mod restore;
+pub mod sink;
 pub mod snapshot;
 pub mod source;
 

@@ -1,0 +1,194 @@
+//! `kubectl dr restore … --to http://clickhouse:8123`: the ClickHouse [`Sink`] and its flags.
+
+use async_trait::async_trait;
+
+use super::restore::{self, Replicated, RestoreOptions};
+use super::{ChClient, ChTarget, FORMAT_SCHEMA};
+use crate::catalog::{Manifest, Part, TableCount};
+use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{self, Verified};
+
+/// ClickHouse flags of `kubectl dr restore`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "ClickHouse")]
+#[group(id = "clickhouse_restore")]
+pub struct RestoreArgs {
+    /// Restore only tables matching DB.TABLE (globs: * and ?); repeatable.
+    #[arg(long = "table", value_name = "PATTERN")]
+    pub tables: Vec<String>,
+
+    /// Restore database OLD as NEW; repeatable.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    pub database_map: Vec<(String, String)>,
+
+    /// What to do with Replicated*MergeTree tables: keep them (the target has Keeper and the
+    /// same macros) or convert them to their single-node engine.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub replicated: Option<ReplicatedArg>,
+}
+
+/// `--replicated`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplicatedArg {
+    /// Same engine, paths and macros.
+    Keep,
+    /// The single-node engine of the same family.
+    Convert,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected OLD=NEW")),
+    }
+}
+
+impl RestoreArgs {
+    /// The first ClickHouse-only flag given, for refusing it on another engine's backup.
+    pub fn given(&self) -> Option<&'static str> {
+        if !self.tables.is_empty() {
+            Some("--table")
+        } else if !self.database_map.is_empty() {
+            Some("--database-map")
+        } else if self.replicated.is_some() {
+            Some("--replicated")
+        } else {
+            None
+        }
+    }
+
+    /// # Errors
+    /// A malformed `--to`, an unreadable password file.
+    pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
+        let target = ChTarget::from_url(&common.to)?;
+        let mut tables = self.tables.clone();
+        if let Some(db) = &common.database {
+            tables.push(format!("{db}.*"));
+        }
+        Ok(Box::new(ChSink {
+            client: ChClient::new(&target)?,
+            target,
+            common: common.clone(),
+            opts: RestoreOptions {
+                tables,
+                database_map: self.database_map.iter().cloned().collect(),
+                replicated: match self.replicated {
+                    None => Replicated::Ask,
+                    Some(ReplicatedArg::Keep) => Replicated::Keep,
+                    Some(ReplicatedArg::Convert) => Replicated::Convert,
+                },
+                clean: common.clean,
+            },
+            plan: None,
+        }))
+    }
+}
+
+/// A ClickHouse server to restore databases and tables into, over HTTP.
+pub struct ChSink {
+    client: ChClient,
+    target: ChTarget,
+    common: RestoreCommon,
+    opts: RestoreOptions,
+    plan: Option<restore::Plan>,
+}
+
+#[async_trait]
+impl Sink for ChSink {
+    async fn probe(&mut self) -> Result<(), SourceFailure> {
+        self.client.probe().await?;
+        Ok(())
+    }
+
+    fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        let schema = manifest
+            .parts
+            .iter()
+            .find(|p| p.format == FORMAT_SCHEMA)
+            .ok_or_else(|| format!("backup {} has no schema part", manifest.backup_ref()))?;
+        Ok(vec![schema])
+    }
+
+    async fn plan<'m>(
+        &mut self,
+        store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        first: &[Verified<'m>],
+        identities: &Identities,
+        progress: &dyn Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let schema = restore::read_schema(store, first[0], identities, progress).await?;
+        let plan = restore::plan(&self.client, manifest, &schema, &self.opts).await?;
+        // Every part this restore loads is checked before the server is touched.
+        let more_parts: Vec<&Part> = plan
+            .steps
+            .iter()
+            .flat_map(|s| s.part.iter().chain(s.inner_part.iter().map(|i| &i.part)))
+            .filter_map(|name| manifest.parts.iter().find(|p| &p.name == name))
+            .collect();
+        let mut lines = vec![format!("plan for {}:", self.target)];
+        lines.extend(plan.describe().into_iter().map(|l| format!("  {l}")));
+        let confirm = plan.is_destructive().then(|| Confirm {
+            what: "this restore drops existing tables".into(),
+            prompt: "This drops and recreates the tables marked above.".into(),
+            word: "drop".into(),
+        });
+        self.plan = Some(plan);
+        Ok(RestorePlan {
+            lines,
+            confirm,
+            more_parts,
+        })
+    }
+
+    async fn restore(
+        &mut self,
+        store: &dyn ReadStore,
+        verified: &[Verified<'_>],
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let plan = self.plan.as_ref().ok_or("restore before plan")?;
+        let manifest = verified[0].manifest();
+        let counts = restore::run(
+            &self.client,
+            plan,
+            store,
+            verified,
+            identities,
+            &self.opts,
+            progress,
+            say,
+        )
+        .await?;
+        say(&format!(
+            "restored {} into {}",
+            manifest.backup_ref(),
+            self.target
+        ));
+        let restored: Vec<TableCount> = manifest
+            .parts
+            .iter()
+            .flat_map(|p| p.tables.iter())
+            .filter(|t| {
+                counts
+                    .iter()
+                    .any(|c| c.schema == t.schema && c.name == t.name)
+            })
+            .cloned()
+            .collect();
+        let mut rows = verify::compare_counts(&restored, &counts, self.common.max_diff);
+        verify::allow_ttl_expiry(&mut rows, &super::dump::ttl_tables(manifest));
+        Ok(RestoredCounts {
+            heading: manifest.target.clone(),
+            against: self.target.to_string(),
+            rows,
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! `kubectl dr restore … --to postgres://…`: the PostgreSQL [`Sink`] and its flags.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::restore::{self, RestoreOptions};
+use super::PgTarget;
+use crate::catalog::{Manifest, Part};
+use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{self, Verified};
+
+/// PostgreSQL flags of `kubectl dr restore`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "PostgreSQL")]
+#[group(id = "postgres_restore")]
+pub struct RestoreArgs {
+    /// Keep the dump's owners and grants (the roles must exist: restore the globals first).
+    #[arg(long)]
+    pub keep_owners: bool,
+
+    /// Directory holding pg_restore (default: PATH).
+    #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+/// A PostgreSQL server to restore one database part into.
+pub struct PgSink {
+    common: RestoreCommon,
+    to: PgTarget,
+    opts: RestoreOptions,
+    plan: Option<restore::RestorePlan>,
+}
+
+impl RestoreArgs {
+    /// The first PostgreSQL-only flag given, for refusing it on another engine's backup.
+    pub fn given(&self) -> Option<&'static str> {
+        self.keep_owners.then_some("--keep-owners")
+    }
+
+    /// # Errors
+    /// A malformed `--to` URL, an unreadable password file.
+    pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
+        Ok(Box::new(PgSink {
+            to: PgTarget::from_url(&common.to)?,
+            common: common.clone(),
+            opts: RestoreOptions {
+                clean: common.clean,
+                keep_owners: self.keep_owners,
+                bin_dir: self.pg_bin_dir.clone(),
+            },
+            plan: None,
+        }))
+    }
+}
+
+/// The database part a restore reads: the one named by `--database`, or the only one.
+///
+/// # Errors
+/// No such database, or several without a choice.
+pub fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> Result<&'m Part, String> {
+    let dbs: Vec<&Part> = manifest
+        .parts
+        .iter()
+        .filter(|p| p.database.is_some())
+        .collect();
+    match database {
+        Some(d) => dbs
+            .into_iter()
+            .find(|p| p.database.as_deref() == Some(d))
+            .ok_or_else(|| {
+                format!(
+                    "backup {} holds no database {d}; it has: {}",
+                    manifest.backup_ref(),
+                    manifest.databases().join(", ")
+                )
+            }),
+        None if dbs.len() == 1 => Ok(dbs[0]),
+        None => Err(format!(
+            "backup {} holds {} databases ({}); pick one with --database",
+            manifest.backup_ref(),
+            dbs.len(),
+            manifest.databases().join(", ")
+        )),
+    }
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    async fn probe(&mut self) -> Result<(), SourceFailure> {
+        // Without a database in --to, the backed-up one's name; the server answering is
+        // what matters (a database that does not exist yet is fine).
+        let db = self
+            .to
+            .dbname
+            .clone()
+            .or_else(|| self.common.database.clone())
+            .unwrap_or_else(|| "postgres".into());
+        Ok(self.to.probe(&db).await?)
+    }
+
+    fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        Ok(vec![pick_part(manifest, self.common.database.as_deref())?])
+    }
+
+    async fn plan<'m>(
+        &mut self,
+        _store: &dyn ReadStore,
+        _manifest: &'m Manifest,
+        first: &[Verified<'m>],
+        _identities: &Identities,
+        _progress: &dyn Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let plan = restore::plan(&self.to, first[0].part(), &self.opts).await?;
+        let confirm = plan.is_destructive().then(|| Confirm {
+            what: format!("this restore drops objects in database {}", plan.database),
+            prompt: format!(
+                "This drops and recreates objects in database {}.",
+                plan.database
+            ),
+            word: plan.database.clone(),
+        });
+        let lines = vec![format!("plan: {}", plan.describe())];
+        self.plan = Some(plan);
+        Ok(RestorePlan {
+            lines,
+            confirm,
+            more_parts: Vec::new(),
+        })
+    }
+
+    async fn restore(
+        &mut self,
+        store: &dyn ReadStore,
+        verified: &[Verified<'_>],
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let plan = self.plan.as_ref().ok_or("restore before plan")?;
+        let part = verified[0];
+        let counts = restore::run(plan, store, part, identities, &self.opts, progress).await?;
+        say(&format!(
+            "restored {} into {}",
+            part.manifest().backup_ref(),
+            plan.target
+        ));
+        Ok(RestoredCounts {
+            heading: part
+                .part()
+                .database
+                .clone()
+                .unwrap_or_else(|| plan.database.clone()),
+            against: plan.target.to_string(),
+            rows: verify::compare_counts(&part.part().tables, &counts, self.common.max_diff),
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! `kubectl dr restore … --to https://vault:8200`: the Vault/OpenBao [`Sink`] and its flags.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::restore::{self, RestoreOptions};
+use super::{snapshot_part, Token, VaultClient, VaultError, VaultTarget};
+use crate::catalog::{Manifest, Part};
+use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{self, Verified};
+
+/// Vault/OpenBao flags of `kubectl dr restore`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Vault / OpenBao")]
+#[group(id = "vault_restore")]
+pub struct RestoreArgs {
+    /// Restore a snapshot taken by a cluster with other unseal keys (snapshot-force).
+    #[arg(long)]
+    pub force: bool,
+
+    /// How long to wait for the server to be active (and unsealed) after the restore.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub wait: humantime::Duration,
+
+    /// A token of the backed-up cluster, used for the count comparison after the restore
+    /// (the snapshot replaces the server's own tokens). Default: the --to token.
+    #[arg(long, env = "DR_VAULT_RESTORED_TOKEN_FILE", value_name = "FILE")]
+    pub restored_token_file: Option<PathBuf>,
+}
+
+/// A Vault/OpenBao server whose whole state a snapshot replaces.
+pub struct VaultSink {
+    common: RestoreCommon,
+    target: VaultTarget,
+    token: Token,
+    restored_token: Token,
+    opts: RestoreOptions,
+    plan: Option<restore::RestorePlan>,
+}
+
+impl RestoreArgs {
+    /// The first Vault-only flag given, for refusing it on another engine's backup.
+    pub fn given(&self) -> Option<&'static str> {
+        self.force.then_some("--force")
+    }
+
+    /// # Errors
+    /// PostgreSQL-only flags, a malformed `--to`, no token.
+    pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
+        if common.database.is_some() || common.clean {
+            return Err("--database and --clean are for PostgreSQL and ClickHouse; a Vault restore always replaces all of the server's data".into());
+        }
+        let token = Token::from_env()?.ok_or(VaultError::NoToken)?;
+        let restored_token = match &self.restored_token_file {
+            Some(path) => Token::from_file(path)?,
+            None => token.clone(),
+        };
+        Ok(Box::new(VaultSink {
+            target: VaultTarget::from_url(&common.to)?,
+            common: common.clone(),
+            token,
+            restored_token,
+            opts: RestoreOptions {
+                force: self.force,
+                wait: self.wait.into(),
+            },
+            plan: None,
+        }))
+    }
+}
+
+#[async_trait]
+impl Sink for VaultSink {
+    async fn probe(&mut self) -> Result<(), SourceFailure> {
+        VaultClient::new(&self.target)?.probe().await?;
+        Ok(())
+    }
+
+    fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        Ok(vec![snapshot_part(manifest)?])
+    }
+
+    async fn plan<'m>(
+        &mut self,
+        _store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        _first: &[Verified<'m>],
+        _identities: &Identities,
+        _progress: &dyn Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let plan = restore::plan(&self.target, self.token.clone(), manifest).await?;
+        let mut lines = vec![format!("plan: {}", plan.describe())];
+        if plan.other_cluster() {
+            lines.push(format!(
+                "note: the server is another cluster than the backup's; {}",
+                if self.opts.force {
+                    "after the restore it needs the backed-up cluster's unseal keys"
+                } else {
+                    "if its unseal keys differ the server refuses the snapshot: rerun with --force"
+                }
+            ));
+        }
+        let target = &self.target;
+        let host = target.addr.host_str().unwrap_or("vault").to_string();
+        self.plan = Some(plan);
+        Ok(RestorePlan {
+            lines,
+            confirm: Some(Confirm {
+                what: format!("this restore replaces all data of Vault at {target}"),
+                prompt: format!("This replaces ALL data of Vault at {target} with the backup."),
+                word: host,
+            }),
+            more_parts: Vec::new(),
+        })
+    }
+
+    async fn restore(
+        &mut self,
+        store: &dyn ReadStore,
+        verified: &[Verified<'_>],
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let plan = self.plan.as_ref().ok_or("restore before plan")?;
+        let part = verified[0];
+        let manifest = part.manifest();
+        restore::run(plan, store, part, identities, &self.opts, progress, say).await?;
+        say(&format!(
+            "restored {} into {}",
+            manifest.backup_ref(),
+            plan.client.addr()
+        ));
+        let client = plan.client.clone().with_token(self.restored_token.clone());
+        let live = async {
+            client.check_token().await?;
+            client.counts().await
+        }
+        .await
+        .map_err(|e| -> SourceFailure {
+            format!(
+                "the snapshot is restored and Vault is active, but counting failed ({e}); with a token of the backed-up cluster run: kubectl dr verify {} --against {}",
+                manifest.id,
+                plan.client.addr()
+            )
+            .into()
+        })?;
+        Ok(RestoredCounts {
+            heading: manifest.target.clone(),
+            against: plan.client.addr().to_string(),
+            rows: verify::compare_counts(&part.part().tables, &live, self.common.max_diff),
+        })
+    }
+}
