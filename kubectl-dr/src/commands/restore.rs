@@ -140,7 +140,7 @@ impl RestoreCmd {
             .sink(&manifest.engine, &common)
             .map_err(anyhow::Error::from_boxed)?;
         // The server first: a typo in --to must not cost a full integrity pass.
-        sink.probe()
+        sink.probe(&manifest)
             .await
             .map_err(anyhow::Error::from_boxed)
             .with_context(|| format!("checking --to {} before restoring", self.to))?;

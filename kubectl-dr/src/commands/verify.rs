@@ -4,10 +4,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use drkit::catalog::Manifest;
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
-use drkit::engine::postgres::{self, PgTarget};
-use drkit::engine::{clickhouse, vault};
+use drkit::engine::registry::RestoreFlags;
+use drkit::engine::RestoreCommon;
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff};
@@ -93,9 +92,25 @@ impl VerifyCmd {
         let manifest = super::resolve(store, &self.backup, &self.filter).await?;
         let table = self.output == Format::Table;
         // The server first: a typo in --against must not cost a full decryption pass.
-        if let Some(url) = &self.against {
-            probe_against(&manifest, url, self.database.as_deref()).await?;
-        }
+        let mut against = match &self.against {
+            Some(url) => {
+                let common = RestoreCommon {
+                    to: url.clone(),
+                    database: self.database.clone(),
+                    clean: false,
+                    max_diff: self.max_diff,
+                };
+                let mut sink = RestoreFlags::default()
+                    .sink(&manifest.engine, &common)
+                    .map_err(anyhow::Error::from_boxed)?;
+                sink.probe(&manifest)
+                    .await
+                    .map_err(anyhow::Error::from_boxed)
+                    .with_context(|| format!("checking --against {url} before verifying"))?;
+                Some(sink)
+            }
+            None => None,
+        };
         if table {
             eprintln!(
                 "verifying {} ({} part(s))",
@@ -132,8 +147,14 @@ impl VerifyCmd {
             }
         }
 
-        let counts = match &self.against {
-            Some(url) => compare(&manifest, url, self.database.as_deref(), self.max_diff).await?,
+        let counts: Vec<DatabaseCounts> = match &mut against {
+            Some(sink) => sink
+                .live_counts(&manifest)
+                .await
+                .map_err(anyhow::Error::from_boxed)?
+                .into_iter()
+                .map(|c| DatabaseCounts::new(&c.heading, c.against, self.max_diff, c.rows))
+                .collect(),
             None => Vec::new(),
         };
         if table {
@@ -173,160 +194,4 @@ impl VerifyCmd {
         }
         Ok(())
     }
-}
-
-/// Checks that the `--against` server answers, is of the backup's engine and accepts our
-/// credentials, within `DR_CONNECT_TIMEOUT`.
-async fn probe_against(manifest: &Manifest, url: &str, only: Option<&str>) -> anyhow::Result<()> {
-    let context = || format!("checking --against {url} before verifying");
-    match manifest.engine.as_str() {
-        "postgres" => {
-            let server = PgTarget::from_url(url)?;
-            let db = server
-                .dbname
-                .clone()
-                .or_else(|| only.map(str::to_string))
-                .or_else(|| manifest.databases().first().map(|d| d.to_string()))
-                .unwrap_or_else(|| "postgres".into());
-            server.probe(&db).await.with_context(context)?;
-        }
-        vault::ENGINE => {
-            let target = vault::VaultTarget::from_url(url)?;
-            vault::VaultClient::new(&target)?
-                .probe()
-                .await
-                .with_context(context)?;
-        }
-        clickhouse::ENGINE => {
-            let target = clickhouse::ChTarget::from_url(url)?;
-            clickhouse::ChClient::new(&target)?
-                .probe()
-                .await
-                .with_context(context)?;
-        }
-        other => anyhow::bail!("--against is not supported for {other} backups yet"),
-    }
-    Ok(())
-}
-
-/// Compares each database part's counts with the database at `url`.
-async fn compare(
-    manifest: &Manifest,
-    url: &str,
-    only: Option<&str>,
-    max: MaxDiff,
-) -> anyhow::Result<Vec<DatabaseCounts>> {
-    match manifest.engine.as_str() {
-        "postgres" => {}
-        vault::ENGINE => return compare_vault(manifest, url, max).await.map(|c| vec![c]),
-        clickhouse::ENGINE => {
-            return compare_clickhouse(manifest, url, max)
-                .await
-                .map(|c| vec![c])
-        }
-        other => anyhow::bail!("--against is not supported for {other} backups yet"),
-    }
-    let server = PgTarget::from_url(url)?;
-    let parts: Vec<_> = manifest
-        .parts
-        .iter()
-        .filter(|p| p.database.is_some() && only.is_none_or(|d| p.database.as_deref() == Some(d)))
-        .collect();
-    anyhow::ensure!(
-        !parts.is_empty(),
-        "backup {} holds no database {}; it has: {}",
-        manifest.backup_ref(),
-        only.unwrap_or("at all"),
-        manifest.databases().join(", ")
-    );
-    anyhow::ensure!(
-        parts.len() == 1 || server.dbname.is_none(),
-        "backup {} holds several databases ({}); drop the database from --against to compare each with its namesake, or pick one with --database",
-        manifest.backup_ref(),
-        manifest.databases().join(", ")
-    );
-    let mut out = Vec::new();
-    for part in parts {
-        let backed_up = part.database.as_deref().expect("filtered");
-        let db = server
-            .dbname
-            .clone()
-            .unwrap_or_else(|| backed_up.to_string());
-        let target = server.with_dbname(&db);
-        let client = target.connect(&db).await?;
-        let live = postgres::count_tables(&client, &target)
-            .await
-            .with_context(|| format!("counting rows in {target}"))?;
-        out.push(DatabaseCounts::new(
-            backed_up,
-            target.to_string(),
-            max,
-            verify::compare_counts(&part.tables, &live, max),
-        ));
-    }
-    Ok(out)
-}
-
-/// Compares a Vault backup's counts with the server at `url`.
-async fn compare_vault(
-    manifest: &Manifest,
-    url: &str,
-    max: MaxDiff,
-) -> anyhow::Result<DatabaseCounts> {
-    let target = vault::VaultTarget::from_url(url)?;
-    let token = vault::Token::from_env()?.ok_or(vault::VaultError::NoToken)?;
-    let client = vault::VaultClient::new(&target)?.with_token(token);
-    let (active, _) = client.active().await?;
-    active.check_token().await?;
-    let live = active.counts().await?;
-    let part = vault::snapshot_part(manifest)?;
-    Ok(DatabaseCounts::new(
-        &manifest.target,
-        active.addr().to_string(),
-        max,
-        verify::compare_counts(&part.tables, &live, max),
-    ))
-}
-
-/// Compares a ClickHouse backup's per-table counts with the server at `url`; tables with a
-/// TTL may have lost rows legitimately.
-async fn compare_clickhouse(
-    manifest: &Manifest,
-    url: &str,
-    max: MaxDiff,
-) -> anyhow::Result<DatabaseCounts> {
-    let target = clickhouse::ChTarget::from_url(url)?;
-    let client = clickhouse::ChClient::new(&target)?;
-    let backup: Vec<drkit::catalog::TableCount> = manifest
-        .parts
-        .iter()
-        .flat_map(|p| p.tables.iter().cloned())
-        .collect();
-    // A view's inner table may have another name on this server (`.inner_id.<uuid>` after
-    // a restore into an Atomic database): find it through its view.
-    let inner = clickhouse::dump::inner_tables(manifest);
-    let mut live = Vec::new();
-    for t in &backup {
-        let name = match inner.get(&format!("{}.{}", t.schema, t.name)) {
-            Some(view) => match clickhouse::restore::inner_table(&client, &t.schema, view).await {
-                Ok(n) => n,
-                Err(_) => continue,
-            },
-            None => t.name.clone(),
-        };
-        match clickhouse::restore::count(&client, &t.schema, &name).await {
-            Ok(rows) => live.push(drkit::catalog::TableCount { rows, ..t.clone() }),
-            // A missing table shows as MISSING in the comparison.
-            Err(clickhouse::ChError::Query { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut rows = verify::compare_counts(&backup, &live, max);
-    verify::allow_ttl_expiry(&mut rows, &clickhouse::dump::ttl_tables(manifest));
-    Ok(DatabaseCounts::new(
-        &manifest.target,
-        target.to_string(),
-        max,
-        rows,
-    ))
 }

@@ -177,7 +177,17 @@ pub trait Sink: Send + Sync {
     ///
     /// # Errors
     /// Unreachable, silent, refusing server.
-    async fn probe(&mut self) -> Result<(), SourceFailure>;
+    async fn probe(&mut self, manifest: &Manifest) -> Result<(), SourceFailure>;
+
+    /// Counts what the destination holds now and compares it with the backup's counts
+    /// (`verify --against`: a live or an already restored server; nothing is changed).
+    ///
+    /// # Errors
+    /// Connection and query errors, a `--database` the backup does not hold.
+    async fn live_counts(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure>;
 
     /// The parts needed to plan the restore (and restored with it).
     ///

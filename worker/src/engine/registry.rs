@@ -138,8 +138,9 @@ impl BackupCommand {
     }
 }
 
-/// Every engine's own flags of `kubectl dr restore`, each under its heading.
-#[derive(Debug, Clone, clap::Args)]
+/// Every engine's own flags of `kubectl dr restore`, each under its heading (defaults:
+/// `verify --against` builds a sink with them to probe and count).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RestoreFlags {
     #[command(flatten)]
     pub postgres: postgres::sink::RestoreArgs,

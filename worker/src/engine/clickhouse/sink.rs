@@ -12,7 +12,7 @@ use crate::store::ReadStore;
 use crate::verify::{self, Verified};
 
 /// ClickHouse flags of `kubectl dr restore`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "ClickHouse")]
 #[group(id = "clickhouse_restore")]
 pub struct RestoreArgs {
@@ -100,9 +100,46 @@ pub struct ChSink {
 
 #[async_trait]
 impl Sink for ChSink {
-    async fn probe(&mut self) -> Result<(), SourceFailure> {
+    async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
         self.client.probe().await?;
         Ok(())
+    }
+
+    async fn live_counts(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
+        let backup: Vec<TableCount> = manifest
+            .parts
+            .iter()
+            .flat_map(|p| p.tables.iter().cloned())
+            .collect();
+        // A view's inner table may have another name on this server (`.inner_id.<uuid>`
+        // after a restore into an Atomic database): find it through its view.
+        let inner = super::dump::inner_tables(manifest);
+        let mut live = Vec::new();
+        for t in &backup {
+            let name = match inner.get(&format!("{}.{}", t.schema, t.name)) {
+                Some(view) => match restore::inner_table(&self.client, &t.schema, view).await {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                },
+                None => t.name.clone(),
+            };
+            match restore::count(&self.client, &t.schema, &name).await {
+                Ok(rows) => live.push(TableCount { rows, ..t.clone() }),
+                // A missing table shows as MISSING in the comparison.
+                Err(super::ChError::Query { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut rows = verify::compare_counts(&backup, &live, self.common.max_diff);
+        verify::allow_ttl_expiry(&mut rows, &super::dump::ttl_tables(manifest));
+        Ok(vec![RestoredCounts {
+            heading: manifest.target.clone(),
+            against: self.target.to_string(),
+            rows,
+        }])
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {

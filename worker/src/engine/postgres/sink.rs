@@ -14,7 +14,7 @@ use crate::store::ReadStore;
 use crate::verify::{self, Verified};
 
 /// PostgreSQL flags of `kubectl dr restore`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "PostgreSQL")]
 #[group(id = "postgres_restore")]
 pub struct RestoreArgs {
@@ -90,7 +90,7 @@ pub fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> Result<&
 
 #[async_trait]
 impl Sink for PgSink {
-    async fn probe(&mut self) -> Result<(), SourceFailure> {
+    async fn probe(&mut self, manifest: &Manifest) -> Result<(), SourceFailure> {
         // Without a database in --to, the backed-up one's name; the server answering is
         // what matters (a database that does not exist yet is fine).
         let db = self
@@ -98,8 +98,58 @@ impl Sink for PgSink {
             .dbname
             .clone()
             .or_else(|| self.common.database.clone())
+            .or_else(|| manifest.databases().first().map(|d| d.to_string()))
             .unwrap_or_else(|| "postgres".into());
         Ok(self.to.probe(&db).await?)
+    }
+
+    async fn live_counts(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
+        let only = self.common.database.as_deref();
+        let parts: Vec<&Part> = manifest
+            .parts
+            .iter()
+            .filter(|p| {
+                p.database.is_some() && only.is_none_or(|d| p.database.as_deref() == Some(d))
+            })
+            .collect();
+        if parts.is_empty() {
+            return Err(format!(
+                "backup {} holds no database {}; it has: {}",
+                manifest.backup_ref(),
+                only.unwrap_or("at all"),
+                manifest.databases().join(", ")
+            )
+            .into());
+        }
+        if parts.len() > 1 && self.to.dbname.is_some() {
+            return Err(format!(
+                "backup {} holds several databases ({}); drop the database from --against to compare each with its namesake, or pick one with --database",
+                manifest.backup_ref(),
+                manifest.databases().join(", ")
+            )
+            .into());
+        }
+        let mut out = Vec::new();
+        for part in parts {
+            let backed_up = part.database.as_deref().expect("filtered");
+            let db = self
+                .to
+                .dbname
+                .clone()
+                .unwrap_or_else(|| backed_up.to_string());
+            let target = self.to.with_dbname(&db);
+            let client = target.connect(&db).await?;
+            let live = super::count_tables(&client, &target).await?;
+            out.push(RestoredCounts {
+                heading: backed_up.to_string(),
+                against: target.to_string(),
+                rows: verify::compare_counts(&part.tables, &live, self.common.max_diff),
+            });
+        }
+        Ok(out)
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {

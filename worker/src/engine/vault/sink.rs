@@ -32,6 +32,16 @@ pub struct RestoreArgs {
     pub restored_token_file: Option<PathBuf>,
 }
 
+impl Default for RestoreArgs {
+    fn default() -> Self {
+        RestoreArgs {
+            force: false,
+            wait: std::time::Duration::from_secs(300).into(),
+            restored_token_file: None,
+        }
+    }
+}
+
 /// A Vault/OpenBao server whose whole state a snapshot replaces.
 pub struct VaultSink {
     common: RestoreCommon,
@@ -75,9 +85,25 @@ impl RestoreArgs {
 
 #[async_trait]
 impl Sink for VaultSink {
-    async fn probe(&mut self) -> Result<(), SourceFailure> {
+    async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
         VaultClient::new(&self.target)?.probe().await?;
         Ok(())
+    }
+
+    async fn live_counts(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
+        let client = VaultClient::new(&self.target)?.with_token(self.token.clone());
+        let (active, _) = client.active().await?;
+        active.check_token().await?;
+        let live = active.counts().await?;
+        let part = snapshot_part(manifest)?;
+        Ok(vec![RestoredCounts {
+            heading: manifest.target.clone(),
+            against: active.addr().to_string(),
+            rows: verify::compare_counts(&part.tables, &live, self.common.max_diff),
+        }])
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
