@@ -5,6 +5,7 @@
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
+//! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
 //! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
 //!   bounded memory, silent servers and typos; no command panics on malformed stores.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
@@ -17,6 +18,7 @@
 
 mod bad_input;
 mod clickhouse;
+mod command;
 mod durability;
 mod manifests;
 mod pipeline;

@@ -200,14 +200,22 @@ pub fn report(err: &anyhow::Error, quiet: bool) -> ExitCode {
 
 /// 1 when the chain holds a failed check, else 2.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let check = err.chain().any(|c| {
+    let is_check = |c: &(dyn std::error::Error + 'static)| {
         c.downcast_ref::<CheckFailed>().is_some()
             || c.downcast_ref::<VerifyError>()
                 .is_some_and(VerifyError::is_check_failure)
             || c.downcast_ref::<CatalogError>()
                 .is_some_and(CatalogError::is_check_failure)
+    };
+    // An engine's error arrives boxed (`SourceFailure`); `anyhow::Error::from_boxed` keeps
+    // the box itself out of `chain()`, so it is looked into here.
+    let boxed = err.downcast_ref::<crate::engine::SourceFailure>().map(|b| {
+        std::iter::successors(
+            Some(b.as_ref() as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        )
     });
-    if check {
+    if err.chain().any(is_check) || boxed.is_some_and(|mut chain| chain.any(is_check)) {
         1
     } else {
         2

@@ -153,13 +153,14 @@ pub async fn check_part(
         }
         Some(ids) => {
             let (ids, compression) = (ids.clone(), part.compression);
-            let content_check = crate::engine::content_check(&part.format);
+            let content_check = crate::engine::registry::content_check(&part.format);
+            let for_check = manifest.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let mut plain = PlainReader::open(hashing, &ids, compression)?;
                 let mut verdict = Ok(());
                 if let Some(check) = content_check {
                     let mut read = plain.as_read();
-                    verdict = check(&mut read);
+                    verdict = check(&mut read, &for_check);
                     if let Some(e) = read.take_error() {
                         return Err(e);
                     }

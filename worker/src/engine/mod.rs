@@ -16,6 +16,7 @@
 
 pub mod child;
 pub mod clickhouse;
+pub mod command;
 pub mod postgres;
 pub mod registry;
 pub mod vault;
@@ -438,32 +439,6 @@ pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
         source = s.source();
     }
     reason
-}
-
-/// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
-/// formats that can prove their own consistency; `Err` says what is wrong.
-pub type ContentCheck = fn(&mut dyn std::io::Read) -> Result<(), String>;
-
-/// The content check for a part format, if the engine has one.
-pub fn content_check(format: &str) -> Option<ContentCheck> {
-    match format {
-        vault::FORMAT_SNAPSHOT => Some(|r| {
-            vault::snapshot::inspect(r, None)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }),
-        clickhouse::FORMAT_NATIVE => Some(|r| {
-            clickhouse::native::walk(std::io::BufReader::with_capacity(256 * 1024, r), |_| {})
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }),
-        clickhouse::FORMAT_TSV => Some(|r| {
-            clickhouse::tsv::walk(std::io::BufReader::with_capacity(256 * 1024, r), None)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }),
-        _ => None,
-    }
 }
 
 /// Makes any database name usable inside an object name: bytes outside `[A-Za-z0-9._-]`

@@ -4,11 +4,11 @@
 
 use clap::Subcommand;
 
-use super::{clickhouse, postgres, vault, RestoreCommon, Sink, Source, SourceFailure};
+use super::{clickhouse, command, postgres, vault, RestoreCommon, Sink, Source, SourceFailure};
 use crate::cli::{EncodingArgs, RecipientArgs};
 
 /// Engine names, in the order a full restore would take them.
-pub const ENGINES: &[&str] = &["vault", "postgres", "clickhouse"];
+pub const ENGINES: &[&str] = &["vault", "postgres", "clickhouse", "command"];
 
 /// An `--engine` value that names no engine of this build.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,33 @@ pub fn validate(name: &str) -> Result<(), SourceFailure> {
             name: name.to_string(),
         }))
     }
+}
+
+/// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
+/// formats that can prove their own consistency; `Err` says what is wrong.
+pub type ContentCheck = fn(&mut dyn std::io::Read, &crate::catalog::Manifest) -> Result<(), String>;
+
+/// The content check for a part format, if its engine has one.
+pub fn content_check(format: &str) -> Option<ContentCheck> {
+    Some(match format {
+        vault::FORMAT_SNAPSHOT => |r, _| {
+            vault::snapshot::inspect(r, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        clickhouse::FORMAT_NATIVE => |r, _| {
+            clickhouse::native::walk(std::io::BufReader::with_capacity(256 * 1024, r), |_| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        clickhouse::FORMAT_TSV => |r, _| {
+            clickhouse::tsv::walk(std::io::BufReader::with_capacity(256 * 1024, r), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        command::FORMAT_STDOUT => command::check_plaintext,
+        _ => return None,
+    })
 }
 
 /// What every `worker backup <engine>` takes besides the engine's own flags.
@@ -95,6 +122,16 @@ pub enum BackupCommand {
     ///     --database signoz_logs --database signoz_metrics --exclude 'signoz_logs.*_tmp'
     #[command(verbatim_doc_comment)]
     Clickhouse(Backup<clickhouse::source::BackupArgs>),
+    /// Back up what a command prints on stdout (Terraform state, Argo CD export, a tar of a
+    /// volume). A non-zero exit or a signal fails the backup; the manifest records the argv
+    /// (never the environment) and the plaintext's sha256.
+    ///
+    /// Examples:
+    ///   worker backup command --target tfstate -- terraform state pull
+    ///   worker backup command --target argocd -- argocd admin export -n argocd
+    ///   worker backup command --target pvc-data -- tar -C /data -cf - .
+    #[command(verbatim_doc_comment)]
+    Command(Backup<command::source::BackupArgs>),
 }
 
 /// A backup command taken apart: the engine's name, the common flags and its source.
@@ -134,6 +171,7 @@ impl BackupCommand {
             BackupCommand::Postgres(b) => parts("postgres", b, |a| a.source()),
             BackupCommand::Vault(b) => parts(vault::ENGINE, b, |a| a.source()),
             BackupCommand::Clickhouse(b) => parts(clickhouse::ENGINE, b, |a| a.source()),
+            BackupCommand::Command(b) => parts(command::ENGINE, b, |a| a.source()),
         }
     }
 }
@@ -148,6 +186,8 @@ pub struct RestoreFlags {
     pub vault: vault::sink::RestoreArgs,
     #[command(flatten)]
     pub clickhouse: clickhouse::sink::RestoreArgs,
+    #[command(flatten)]
+    pub command: command::sink::RestoreArgs,
 }
 
 impl RestoreFlags {
@@ -166,6 +206,7 @@ impl RestoreFlags {
             ("postgres", self.postgres.given()),
             (vault::ENGINE, self.vault.given()),
             (clickhouse::ENGINE, self.clickhouse.given()),
+            (command::ENGINE, self.command.given()),
         ];
         if let Some((owner, flag)) = given
             .iter()
@@ -180,6 +221,7 @@ impl RestoreFlags {
             "postgres" => self.postgres.sink(common),
             vault::ENGINE => self.vault.sink(common),
             clickhouse::ENGINE => self.clickhouse.sink(common),
+            command::ENGINE => self.command.sink(common),
             other => Err(format!(
                 "restoring {other} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
                 ENGINES.join(", ")

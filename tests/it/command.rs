@@ -1,0 +1,285 @@
+//! The `command` engine on real processes: what a command prints round-trips byte for
+//! byte, a failing, failing-late or killed command commits nothing, a restore into a
+//! failing command fails, the manifest records argv and never the environment, and a
+//! plaintext that differs from the recorded sha256 fails the restore with exit 1.
+
+use std::io::Read;
+use std::process::Stdio;
+
+use dr_tests::*;
+use sha2::{Digest, Sha256};
+
+fn backup(
+    store: &TestStore,
+    keys: &Keys,
+    argv: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args = vec![
+        "backup",
+        "command",
+        "--target",
+        "cmd",
+        "--store",
+        store.url(),
+        "-r",
+        &keys.recipient,
+        "--",
+    ];
+    args.extend_from_slice(argv);
+    run("worker", &args, env)
+}
+
+fn manifests(store: &TestStore) -> Vec<String> {
+    store
+        .files()
+        .into_iter()
+        .filter(|f| f.ends_with("manifest.json"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_megabytes_of_random_bytes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("random.bin");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 200000000 /dev/urandom > {}",
+            file.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected = {
+        let mut h = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&file).unwrap(), &mut h).unwrap();
+        hex::encode(h.finalize())
+    };
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup(&store, &keys, &["cat", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let identity = keys.identity.to_str().unwrap();
+    let out = run(
+        "kubectl-dr",
+        &["verify", &id, "-i", identity, "--store", store.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Streamed through a hasher, never held whole.
+    let mut child = command(
+        "kubectl-dr",
+        &[
+            "restore",
+            &id,
+            "-i",
+            identity,
+            "--to",
+            "-",
+            "--store",
+            store.url(),
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(hex::encode(h.finalize()), expected);
+
+    let copy = dir.path().join("copy.bin");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            &id,
+            "-i",
+            identity,
+            "--store",
+            store.url(),
+            "--to-command",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat > {}", copy.display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 200_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_or_killed_commands_commit_nothing() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let good = backup(&store, &keys, &["echo", "the good copy"], &[]);
+    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+    let good_id = stdout(&good).trim().to_string();
+    for (argv, expect) in [
+        (vec!["false"], "false exited with status 1"),
+        (
+            vec!["sh", "-c", "echo partial; echo why >&2; exit 3"],
+            "sh exited with status 3: why",
+        ),
+        (
+            vec!["sh", "-c", "echo partial; kill -9 $$"],
+            "killed by signal 9",
+        ),
+        (vec!["/no/such/program"], "cannot start program"),
+    ] {
+        let out = backup(&store, &keys, &argv, &[]);
+        assert_eq!(out.status.code(), Some(2), "{argv:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{argv:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was committed"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(manifests(&store).len(), 1, "{argv:?} committed a backup");
+    }
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            &good_id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the earlier backup: {}",
+        stderr(&out)
+    );
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            &good_id,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--store",
+            store.url(),
+            "--to-command",
+            "--",
+            "false",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("false exited with status 1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manifest_records_argv_and_never_the_environment() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup(
+        &store,
+        &keys,
+        &[
+            "sh",
+            "-c",
+            "printf '%s' \"$LEAK_CANARY\" | wc -c; echo argv-marker",
+        ],
+        &[("LEAK_CANARY", "env-Canary-Value-77")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(store.object_path(&manifests(&store)[0])).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let argv: Vec<String> = serde_json::from_str(m["facts"]["argv"].as_str().unwrap()).unwrap();
+    assert_eq!(argv[0], "sh");
+    assert!(argv[2].contains("argv-marker"));
+    assert!(
+        !manifest.contains("env-Canary-Value-77"),
+        "an environment value reached the manifest"
+    );
+    // The command did see its environment (it is the user's own command).
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "latest",
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--store",
+            store.url(),
+            "--to",
+            "-",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "19\nargv-marker\n");
+}
+
+/// A mismatch found while the restore streams is a failed check (exit 1), and the last
+/// chunk is withheld: the destination command never sees a complete input.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plaintext_that_differs_from_the_recorded_sha256_fails_the_restore() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup(&store, &keys, &["echo", "payload"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = store.object_path(&manifests(&store)[0]);
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["facts"]["plaintext_sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    let identity = keys.identity.to_str().unwrap();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "latest",
+            "-i",
+            identity,
+            "--store",
+            store.url(),
+            "--to-command",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat > {}", copy.display()),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the manifest recorded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the destination got data"
+    );
+    let out = run(
+        "kubectl-dr",
+        &["verify", "latest", "-i", identity, "--store", store.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}

@@ -1,0 +1,202 @@
+//! `kubectl dr restore … --engine command`: the plaintext to stdout (`--to -`) or into a
+//! command's stdin (`--to-command -- CMD…`).
+
+use std::io::Write;
+
+use async_trait::async_trait;
+use sha2::Digest;
+
+use super::{FACT_PLAINTEXT_SHA256, FORMAT_STDOUT};
+use crate::catalog::{Manifest, Part};
+use crate::engine::child::StdinChild;
+use crate::engine::{RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{finish_checked, open_plaintext, Verified, VerifyError};
+
+/// Command flags of `kubectl dr restore`.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Command")]
+#[group(id = "command_restore")]
+pub struct RestoreArgs {
+    /// Command backups: pipe the plaintext into the command given after `--` (which must
+    /// succeed), instead of --to - (stdout).
+    #[arg(long)]
+    pub to_command: bool,
+
+    /// The command of --to-command and its arguments.
+    #[arg(last = true, value_name = "CMD", requires = "to_command")]
+    pub command: Vec<String>,
+}
+
+enum Destination {
+    Stdout,
+    Command(Vec<String>),
+}
+
+impl RestoreArgs {
+    /// The first command-only flag given, for refusing it on another engine's backup.
+    pub fn given(&self) -> Option<&'static str> {
+        self.to_command.then_some("--to-command")
+    }
+
+    /// # Errors
+    /// Neither `--to -` nor `--to-command -- CMD…`.
+    pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
+        let destination = match (self.to_command, common.to.as_str()) {
+            (true, "") if !self.command.is_empty() => Destination::Command(self.command.clone()),
+            (false, "-") => Destination::Stdout,
+            _ => {
+                return Err(
+                    "restore a command backup with --to - (stdout) or --to-command -- CMD ARG… (its stdin)".into(),
+                )
+            }
+        };
+        Ok(Box::new(CommandSink { destination }))
+    }
+}
+
+/// Where a command backup's plaintext goes.
+pub struct CommandSink {
+    destination: Destination,
+}
+
+#[async_trait]
+impl Sink for CommandSink {
+    async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
+        Ok(())
+    }
+
+    async fn live_counts(
+        &mut self,
+        _manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
+        Err("--against does not apply to command backups; verify --identity checks the plaintext's sha256".into())
+    }
+
+    fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        let part = manifest
+            .parts
+            .iter()
+            .find(|p| p.format == FORMAT_STDOUT)
+            .ok_or_else(|| {
+                format!(
+                    "backup {} has no command output part",
+                    manifest.backup_ref()
+                )
+            })?;
+        Ok(vec![part])
+    }
+
+    async fn plan<'m>(
+        &mut self,
+        _store: &dyn ReadStore,
+        _manifest: &'m Manifest,
+        first: &[Verified<'m>],
+        _identities: &Identities,
+        _progress: &dyn Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let part = first[0].part();
+        let to = match &self.destination {
+            Destination::Stdout => "stdout".to_string(),
+            Destination::Command(argv) => format!("the stdin of {}", argv[0]),
+        };
+        Ok(RestorePlan {
+            lines: vec![format!(
+                "plan: write {} ({} bytes) to {to}",
+                part.name, part.plaintext_bytes
+            )],
+            ..RestorePlan::default()
+        })
+    }
+
+    async fn restore(
+        &mut self,
+        store: &dyn ReadStore,
+        verified: &[Verified<'_>],
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let part = verified[0];
+        let (manifest, meta) = (part.manifest(), part.part().clone());
+        let expected = manifest.facts.get(FACT_PLAINTEXT_SHA256).cloned();
+        let backup = manifest.backup_ref().to_string();
+        let (plain, bar) = open_plaintext(store, part, identities, progress).await?;
+        let argv = match &self.destination {
+            Destination::Command(argv) => Some(argv.clone()),
+            Destination::Stdout => None,
+        };
+        let fed = tokio::task::spawn_blocking(move || -> Result<u64, SourceFailure> {
+            let mut plain = plain;
+            let mut child = match &argv {
+                Some(argv) => {
+                    let mut cmd = std::process::Command::new(&argv[0]);
+                    cmd.args(&argv[1..]);
+                    Some(StdinChild::spawn(cmd)?)
+                }
+                None => None,
+            };
+            let stdout = std::io::stdout();
+            let mut write = |data: &[u8]| -> Result<(), SourceFailure> {
+                match child.as_mut() {
+                    Some(c) => Ok(c.write_all(data)?),
+                    None => Ok(stdout.lock().write_all(data)?),
+                }
+            };
+            // The last chunk is held back until the whole part matched its manifest entry.
+            let mut hasher = sha2::Sha256::new();
+            let mut held: Option<Vec<u8>> = None;
+            loop {
+                let mut buf = vec![0u8; 256 * 1024];
+                let n = plain
+                    .read_chunk(&mut buf)
+                    .map_err(|cause| VerifyError::Undecodable {
+                        backup: backup.clone(),
+                        part: meta.name.clone(),
+                        cause,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                if let Some(previous) = held.replace(buf) {
+                    write(&previous)?;
+                }
+            }
+            finish_checked(plain, &backup, &meta)?;
+            let found = hex::encode(hasher.finalize());
+            if let Some(expected) = expected.filter(|e| *e != found) {
+                return Err(Box::new(VerifyError::BadContent {
+                    backup: backup.clone(),
+                    part: meta.name.clone(),
+                    reason: format!(
+                        "the plaintext has sha256 {found}, the manifest recorded {expected}"
+                    ),
+                }));
+            }
+            if let Some(last) = held {
+                write(&last)?;
+            }
+            if let Some(c) = child {
+                c.close()?;
+            }
+            Ok(meta.plaintext_bytes)
+        })
+        .await
+        .expect("restore thread panicked");
+        bar.finish();
+        let bytes = fed?;
+        say(&format!(
+            "restored {} ({bytes} bytes)",
+            manifest.backup_ref()
+        ));
+        Ok(RestoredCounts {
+            heading: manifest.target.clone(),
+            against: "the command's output".into(),
+            rows: Vec::new(),
+        })
+    }
+}
