@@ -495,6 +495,16 @@ async fn an_oversized_manifest_is_refused_unread() {
     assert!(kib < RSS_LIMIT_KIB, "verify peak RSS {kib} KiB");
 }
 
+/// A database with one 100-row table.
+async fn small_database(db: &str) {
+    create_database(db).await;
+    pg_connect(db)
+        .await
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
+        .await
+        .unwrap();
+}
+
 /// Random damage to a manifest's JSON: byte flips, cuts, insertions, or a value somewhere
 /// replaced by something hostile.
 fn mutate(json: &[u8], rng: &mut rand::rngs::StdRng) -> Vec<u8> {
@@ -566,12 +576,7 @@ fn replace_random(
 #[tokio::test(flavor = "multi_thread")]
 async fn no_command_panics_on_a_store_full_of_malformed_objects() {
     let db = unique("fuzz");
-    create_database(&db).await;
-    pg_connect(&db)
-        .await
-        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
-        .await
-        .unwrap();
+    small_database(&db).await;
     let t = TestStore::local();
     let keys = Keys::generate();
     let real = backup_postgres(&t, &keys, "fuzz", &db, &[]);
@@ -676,12 +681,7 @@ async fn no_command_panics_on_a_store_full_of_malformed_objects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_server_fails_fast_before_anything_is_decrypted() {
     let db = unique("silent");
-    create_database(&db).await;
-    pg_connect(&db)
-        .await
-        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);")
-        .await
-        .unwrap();
+    small_database(&db).await;
     let t = TestStore::local();
     let keys = Keys::generate();
     let id = backup_postgres(&t, &keys, "silent", &db, &[]);

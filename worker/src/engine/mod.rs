@@ -2,11 +2,24 @@
 //! restore them and how to count what it holds; the pipeline and the store know nothing
 //! about databases.
 //!
-//! Adding an engine: a folder `engine/<name>/` with its `source.rs` (the `worker backup
-//! <name>` flags as a `clap::Args` struct whose `source()` builds a [`Source`]), its dump and
-//! restore modules, and one variant in [`registry::BackupCommand`] plus its name in
-//! [`registry::ENGINES`]; everything else (the store, the pipeline, the commit, `list`,
-//! `verify`'s integrity pass, prune) is shared and does not change.
+//! Two roles, one trait each: [`Source`] (the backup side: dump into a [`BackupRun`]) and
+//! [`Sink`] (the restore side: probe, plan, restore, count). Both binaries drive every
+//! engine through them; [`registry`] is the only list of engines.
+//!
+//! Adding an engine (the `command` engine was added this way):
+//! - `engine/<name>/mod.rs`: the module doc, its `ENGINE` name and part formats;
+//! - `engine/<name>/source.rs`: the `worker backup <name>` flags (a `clap::Args` struct with
+//!   its own help heading) whose `source()` builds the [`Source`];
+//! - `engine/<name>/sink.rs`: the `kubectl dr restore` flags (own heading, own group id, a
+//!   `given()` so other engines refuse them) whose `sink()` builds the [`Sink`];
+//! - in [`registry`]: its name in `ENGINES`, a `BackupCommand` variant, a `RestoreFlags`
+//!   field with its arms, and its content check if the format can check itself;
+//! - `manifests/<name>/` (a kustomize component with its CronJob), `tests/it/<name>.rs`,
+//!   a README section and its rows in docs/FORMAT.md.
+//!
+//! Everything else (the store, the pipeline, the commit and its read-back, the catalog,
+//! `list`, the integrity pass and [`crate::verify::Verified`], prune, exit codes) is shared
+//! and does not change.
 //!
 //! Every engine's backup goes through a [`BackupRun`], which owns the one rule that makes a
 //! backup trustworthy: parts first, manifest last. Until [`BackupRun::commit`] writes

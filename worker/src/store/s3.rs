@@ -41,8 +41,10 @@ pub const BASE_PART_SIZE: usize = 8 * 1024 * 1024;
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
 const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
 /// Room for the chunk that crosses a part boundary: without it, `BytesMut` doubles its
-/// allocation on that chunk and every part costs twice its size in memory.
-const HEADROOM: usize = 2 * crate::pipeline::CHUNK_SIZE;
+/// allocation on that chunk and every part costs twice its size in memory. Producers send
+/// chunks of about 1 MiB (the pipeline's batches); twice that is ample. (The store knows no
+/// producer: the pipeline depends on the store, never the other way round.)
+const HEADROOM: usize = 2 * 1024 * 1024;
 
 /// Part size for a 1-based part number.
 pub fn part_size(part_number: i32) -> usize {
