@@ -6,6 +6,7 @@
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
+//! - `compat`: backups written before the engine abstraction still list, verify and restore.
 //! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
 //!   bounded memory, silent servers and typos; no command panics on malformed stores.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
@@ -19,6 +20,7 @@
 mod bad_input;
 mod clickhouse;
 mod command;
+mod compat;
 mod durability;
 mod manifests;
 mod pipeline;
