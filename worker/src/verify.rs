@@ -446,6 +446,16 @@ impl std::str::FromStr for MaxDiff {
     }
 }
 
+impl MaxDiff {
+    /// The form `--max-diff` parses (`100`, `10%`), for passing the value on.
+    pub fn to_arg(&self) -> String {
+        match self {
+            MaxDiff::Rows(n) => n.to_string(),
+            MaxDiff::Percent(p) => format!("{p}%"),
+        }
+    }
+}
+
 impl fmt::Display for MaxDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -557,6 +567,18 @@ mod tests {
             schema: "public".into(),
             name: name.into(),
             rows,
+        }
+    }
+
+    #[test]
+    fn max_diff_argument_form_parses_back() {
+        for v in [
+            MaxDiff::Rows(0),
+            MaxDiff::Rows(250),
+            MaxDiff::Percent(10.0),
+            MaxDiff::Percent(2.5),
+        ] {
+            assert_eq!(v.to_arg().parse::<MaxDiff>().unwrap(), v);
         }
     }
 

@@ -207,34 +207,7 @@ impl RestoreCmd {
         );
         let identity_path = self.identity.identity.as_ref().expect("required above");
         let identity = std::fs::read(identity_path)?;
-        let mut args = vec![
-            self.backup.clone(),
-            "--to".into(),
-            to.to_string(),
-            "--engine".into(),
-            engine.clone(),
-        ];
-        let mut opt = |flag: &str, value: Option<String>| {
-            if let Some(v) = value {
-                args.extend([flag.to_string(), v]);
-            }
-        };
-        opt("--target", self.filter.target.clone());
-        opt("--database", self.database.clone());
-        opt("--store", store.store.clone());
-        opt(
-            "--max-diff",
-            Some(self.max_diff.to_string().replace(" rows", "")),
-        );
-        if self.clean {
-            args.push("--clean".into());
-        }
-        if self.engines.postgres.keep_owners {
-            args.push("--keep-owners".into());
-        }
-        if self.dry_run {
-            args.push("--dry-run".into());
-        }
+        let args = Forwarded::of(self, &engine, store.store.clone()).to_args();
         let client = self.cluster.client().await?;
         let ns = &self.cluster.namespace;
         let cronjob = jobs::find_cronjob(&client, ns, &engine).await?;
@@ -279,6 +252,71 @@ impl RestoreCmd {
     }
 }
 
+/// What an in-cluster restore Job runs `kubectl-dr restore` with (the Job adds the mounted
+/// identity and `--yes`): a typed value that writes itself as argv, checked against the
+/// parser by a round-trip test, so forwarded flags cannot drift from the command's own.
+#[derive(Debug, Clone, PartialEq)]
+struct Forwarded {
+    backup: String,
+    to: String,
+    engine: String,
+    target: Option<String>,
+    database: Option<String>,
+    store: Option<String>,
+    max_diff: MaxDiff,
+    clean: bool,
+    keep_owners: bool,
+    dry_run: bool,
+}
+
+impl Forwarded {
+    fn of(cmd: &RestoreCmd, engine: &str, store: Option<String>) -> Self {
+        Forwarded {
+            backup: cmd.backup.clone(),
+            to: cmd.to.clone().unwrap_or_default(),
+            engine: engine.to_string(),
+            target: cmd.filter.target.clone(),
+            database: cmd.database.clone(),
+            store,
+            max_diff: cmd.max_diff,
+            clean: cmd.clean,
+            keep_owners: cmd.engines.postgres.keep_owners,
+            dry_run: cmd.dry_run,
+        }
+    }
+
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            self.backup.clone(),
+            "--to".into(),
+            self.to.clone(),
+            "--engine".into(),
+            self.engine.clone(),
+            "--max-diff".into(),
+            self.max_diff.to_arg(),
+        ];
+        for (flag, value) in [
+            ("--target", &self.target),
+            ("--database", &self.database),
+            ("--store", &self.store),
+        ] {
+            if let Some(v) = value {
+                args.extend([flag.to_string(), v.clone()]);
+            }
+        }
+        for (flag, on) in [
+            ("--clean", self.clean),
+            ("--keep-owners", self.keep_owners),
+            ("--dry-run", self.dry_run),
+        ] {
+            if on {
+                args.push(flag.to_string());
+            }
+        }
+        args
+    }
+}
+
 /// The safety rule of every restore: every byte of the part matches the manifest before
 /// anything else happens.
 async fn check_first<'m>(
@@ -294,4 +332,58 @@ async fn check_first<'m>(
         output::human_bytes(part.ciphertext_bytes)
     );
     Ok(verify::check_before_restore(store, manifest, part, progress).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    /// Parses `kubectl dr restore ARGS…` as the binary does (the store flag is global there).
+    fn parse(args: &[String]) -> (RestoreCmd, StoreArgs) {
+        let cmd = StoreArgs::augment_args(RestoreCmd::augment_args(clap::Command::new("restore")));
+        let matches = cmd
+            .try_get_matches_from(
+                std::iter::once("restore".to_string()).chain(args.iter().cloned()),
+            )
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        (
+            RestoreCmd::from_arg_matches(&matches).unwrap(),
+            StoreArgs::from_arg_matches(&matches).unwrap(),
+        )
+    }
+
+    #[test]
+    fn forwarded_flags_round_trip_through_the_parser() {
+        let cases = [
+            Forwarded {
+                backup: "latest".into(),
+                to: "postgres://postgres@db.shop:5432/app".into(),
+                engine: "postgres".into(),
+                target: Some("prod".into()),
+                database: Some("app".into()),
+                store: Some("s3://backups/cluster-a".into()),
+                max_diff: MaxDiff::Percent(10.0),
+                clean: true,
+                keep_owners: true,
+                dry_run: true,
+            },
+            Forwarded {
+                backup: "20261122T020000Z-7f3a9c".into(),
+                to: "postgres://u@h/db".into(),
+                engine: "postgres".into(),
+                target: None,
+                database: None,
+                store: None,
+                max_diff: MaxDiff::Rows(250),
+                clean: false,
+                keep_owners: false,
+                dry_run: false,
+            },
+        ];
+        for f in cases {
+            let (cmd, store) = parse(&f.to_args());
+            assert_eq!(Forwarded::of(&cmd, &f.engine, store.store), f);
+        }
+    }
 }
