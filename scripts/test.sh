@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs and starts the real services
-# (PostgreSQL, s3s-fs, OpenBao) on loopback, builds the binaries the end-to-end tests run, then runs
+# (PostgreSQL, s3s-fs, OpenBao, ClickHouse 18.16 and ClickHouse 26's engine) on loopback,
+# builds the binaries the end-to-end tests run, then runs
 # Kubernetes schema validation of the rendered manifests, formatting, lint, unit and
 # integration tests.
 set -euo pipefail
