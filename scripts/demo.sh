@@ -10,7 +10,7 @@ root=$(pwd)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "starting PostgreSQL, the S3 server and OpenBao (scripts/services.sh)"
+step "starting PostgreSQL, the S3 server, OpenBao and ClickHouse 18.16 and 26 (scripts/services.sh)"
 scripts/services.sh start
 # shellcheck disable=SC1091
 . .dr-services/env
