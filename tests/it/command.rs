@@ -283,3 +283,35 @@ async fn a_plaintext_that_differs_from_the_recorded_sha256_fails_the_restore() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
+
+/// Every engine of the registry is named in both binaries' help (texts that list engines by
+/// hand fall behind; this catches it): as a `worker backup` subcommand, and by its display
+/// name in the plugin's help and in `restore --help`.
+#[test]
+fn every_engine_is_in_both_binaries_help() {
+    let display = |engine: &str| match engine {
+        "postgres" => "postgresql",
+        "vault" => "vault/openbao",
+        "clickhouse" => "clickhouse",
+        "command" => "command output",
+        other => panic!("no display name for engine {other}: add it here and to the help texts"),
+    };
+    let out = run("worker", &["backup", "--help"], &[]);
+    for engine in drkit::engine::registry::ENGINES {
+        assert!(
+            stdout(&out).contains(&format!("\n  {engine} ")),
+            "worker backup --help lacks {engine}:\n{}",
+            stdout(&out)
+        );
+    }
+    for args in [vec!["--help"], vec!["restore", "--help"]] {
+        let out = run("kubectl-dr", &args, &[]);
+        let help = stdout(&out).to_lowercase();
+        for engine in drkit::engine::registry::ENGINES {
+            assert!(
+                help.contains(display(engine)),
+                "kubectl-dr {args:?} does not name {engine}:\n{help}"
+            );
+        }
+    }
+}

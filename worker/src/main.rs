@@ -44,7 +44,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Back up one engine: postgres, vault, clickhouse.
+    /// Back up one engine (the commands below; `worker backup <engine> --help` for each).
     #[command(subcommand)]
     Backup(BackupCommand),
     /// Delete backups a retention policy no longer keeps (and failed backups past --grace).

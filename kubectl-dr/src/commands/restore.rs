@@ -19,7 +19,7 @@ use crate::cluster::restore::{self as cluster_restore, ScaleTarget};
 use crate::cluster::{jobs, ClusterArgs};
 use crate::output::{self, Format};
 
-/// Restore a backup into a database or a Vault server.
+/// Restore a backup into a database, a Vault server, stdout or a command.
 ///
 /// Order of work: check every byte of the part against the manifest (size, sha256); check
 /// the key opens it; inspect the target; then stream decrypt → decompress → restore; compare
@@ -43,6 +43,10 @@ use crate::output::{self, Format};
 /// afterwards the server is sealed and needs the *backed-up* cluster's unseal keys: the
 /// command says so and waits (--wait) while you unseal, then compares counts using
 /// --restored-token-file (a token of the backed-up cluster).
+///
+/// Command output (--to - or --to-command -- CMD…): the plaintext goes to stdout or into
+/// the command's stdin, its last chunk held back until its size and sha256 matched the
+/// manifest; a failing command fails the restore.
 ///
 /// Examples:
 ///   kubectl dr restore latest --target prod --identity key.txt \
