@@ -49,7 +49,7 @@ impl RestoreArgs {
             (false, "-") => Destination::Stdout,
             _ => {
                 return Err(
-                    "restore a command backup with --to - (stdout) or --to-command -- CMD ARG… (its stdin)".into(),
+                    "a command backup restores with --to - (stdout) or --to-command -- CMD ARG… (its stdin); there is no server to --against: verify --identity checks the plaintext's sha256".into(),
                 )
             }
         };
