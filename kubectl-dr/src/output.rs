@@ -17,25 +17,28 @@ pub enum Format {
 /// Prints `value` as JSON or YAML.
 ///
 /// # Errors
-/// Write errors (a closed pipe is handled by the caller).
+/// Write errors (a closed stdout is [`drkit::cli::StdoutClosed`]).
 pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, value)?;
-            writeln!(out)?;
-        }
-        Format::Yaml => serde_yaml::to_writer(&mut out, value)?,
+    let written: std::io::Result<()> = match format {
+        Format::Json => serde_json::to_writer_pretty(&mut out, value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        Format::Yaml => serde_yaml::to_writer(&mut out, value).map_err(std::io::Error::other),
         Format::Table => unreachable!("tables are printed by their command"),
-    }
-    Ok(())
+    };
+    written.map_err(drkit::cli::stdout_error)
 }
 
 /// Prints rows as columns separated by two spaces; numbers are right-aligned.
 ///
 /// # Errors
-/// Write errors.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+/// Write errors (a closed stdout is [`drkit::cli::StdoutClosed`]).
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    write_table(headers, rows).map_err(drkit::cli::stdout_error)
+}
+
+fn write_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

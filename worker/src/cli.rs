@@ -182,15 +182,37 @@ impl IdentityArgs {
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
+/// Stdout's reader went away (`kubectl dr list | head`): the command stops, successfully.
+/// Only writes to stdout make this; a broken pipe anywhere else (a restore tool that stopped
+/// reading) stays an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+/// A failed write to stdout, as an error: [`StdoutClosed`] for a reader that went away.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
+/// Prints one line on stdout (unlike `println!`, a closed stdout is an error value, not a
+/// panic).
+///
+/// # Errors
+/// [`stdout_error`].
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(stdout_error)
+}
+
 /// Maps an error chain to an exit code and prints it (unless `quiet`: the caller logged it
 /// already, e.g. as a JSON line); a closed stdout (`| head`) is success.
 pub fn report(err: &anyhow::Error, quiet: bool) -> ExitCode {
-    for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::BrokenPipe {
-                return ExitCode::SUCCESS;
-            }
-        }
+    if err.chain().any(|c| c.is::<StdoutClosed>()) {
+        return ExitCode::SUCCESS;
     }
     if !quiet {
         eprintln!("error: {err:#}");
@@ -429,6 +451,16 @@ mod exit_code_tests {
             ),
             ("anything else", anyhow::anyhow!("no store given"), 2),
         ];
+        // A closed stdout is success; a broken pipe to a restore tool is not.
+        assert_eq!(
+            report(&stdout_error(std::io::ErrorKind::BrokenPipe.into()), true),
+            ExitCode::SUCCESS
+        );
+        let tool = anyhow::Error::new(crate::engine::child::ChildError::Stream {
+            program: "pg_restore".into(),
+            source: std::io::ErrorKind::BrokenPipe.into(),
+        });
+        assert_eq!(report(&tool, true), ExitCode::from(2));
         for (what, err, code) in rows {
             assert_eq!(exit_code(&err), code, "{what}: {err:#}");
         }

@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel,
             )
             .await?;
-            println!("{}", manifest.id);
+            cli::print_line(&manifest.id)?;
             Ok(())
         }
     }

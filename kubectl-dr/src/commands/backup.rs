@@ -61,7 +61,7 @@ impl BackupCmd {
                     .find(|l| l.trim().parse::<drkit::catalog::BackupId>().is_ok());
                 eprintln!("job.batch/{name} succeeded");
                 if let Some(id) = id {
-                    println!("{}", id.trim());
+                    drkit::cli::print_line(id.trim())?;
                 }
                 Ok(())
             }

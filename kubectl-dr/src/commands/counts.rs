@@ -28,7 +28,7 @@ impl DatabaseCounts {
     }
 
     /// Prints the table (stdout) and a one-line verdict (stderr).
-    pub fn print(&self) -> std::io::Result<()> {
+    pub fn print(&self) -> anyhow::Result<()> {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
         let rows: Vec<Vec<String>> = self
             .tables
@@ -57,11 +57,11 @@ impl DatabaseCounts {
                 ]
             })
             .collect();
-        println!(
+        drkit::cli::print_line(format_args!(
             "database {} vs {}",
             output::quoted_name(&self.database),
             self.against
-        );
+        ))?;
         output::print_table(
             &["TABLE", "BACKUP ROWS", "LIVE ROWS", "DIFF", "STATUS"],
             &rows,

@@ -143,7 +143,7 @@ fn decision_cells(item: &PlanItem) -> [String; 2] {
     ]
 }
 
-fn print_plan(items: &[PlanItem]) -> std::io::Result<()> {
+fn print_plan(items: &[PlanItem]) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|i| {

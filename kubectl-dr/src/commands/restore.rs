@@ -226,7 +226,7 @@ impl RestoreCmd {
         };
         let say = |m: &str| eprintln!("{m}");
         let report = cluster_restore::run(&client, &plan, chrono::Utc::now(), &say).await?;
-        println!("{}", report.logs.trim_end());
+        drkit::cli::print_line(report.logs.trim_end())?;
         match report.outcome {
             jobs::Outcome::Succeeded => {
                 eprintln!("job.batch/{} succeeded", report.job);

@@ -120,7 +120,7 @@ impl StatusCmd {
     }
 }
 
-fn print_table(rows: &[status::Row]) -> std::io::Result<()> {
+fn print_table(rows: &[status::Row]) -> anyhow::Result<()> {
     let t = |v: Option<chrono::DateTime<Utc>>| {
         v.map_or("-".to_string(), |t| {
             t.format("%Y-%m-%dT%H:%M:%SZ").to_string()

@@ -125,12 +125,12 @@ impl VerifyCmd {
                 verify::check_part(store, &manifest, part, identities.as_ref(), progress).await;
             if table {
                 match &result {
-                    Ok(()) => println!(
+                    Ok(()) => drkit::cli::print_line(format_args!(
                         "ok      {} ({})",
                         part.name,
                         output::human_bytes(part.ciphertext_bytes)
-                    ),
-                    Err(e) => println!("FAILED  {}: {e}", part.name),
+                    ))?,
+                    Err(e) => drkit::cli::print_line(format_args!("FAILED  {}: {e}", part.name))?,
                 }
             }
             match result {

@@ -142,7 +142,9 @@ impl Sink for CommandSink {
             let mut write = |data: &[u8]| -> Result<(), SourceFailure> {
                 match child.as_mut() {
                     Some(c) => Ok(c.write_all(data)?),
-                    None => Ok(stdout.lock().write_all(data)?),
+                    None => stdout.lock().write_all(data).map_err(|e| -> SourceFailure {
+                        format!("writing the plaintext to stdout failed ({e}): the restore is incomplete").into()
+                    }),
                 }
             };
             // The last chunk is held back until the whole part matched its manifest entry.
