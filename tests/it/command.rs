@@ -30,6 +30,18 @@ fn backup(
     run("worker", &args, env)
 }
 
+/// `kubectl dr restore ID -i IDENTITY --store … DESTINATION…`.
+fn restore(
+    store: &TestStore,
+    id: &str,
+    identity: &str,
+    destination: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["restore", id, "-i", identity, "--store", store.url()];
+    args.extend_from_slice(destination);
+    run("kubectl-dr", &args, &[])
+}
+
 fn manifests(store: &TestStore) -> Vec<String> {
     store
         .files()
@@ -101,22 +113,17 @@ async fn two_hundred_megabytes_of_random_bytes_round_trip() {
     assert_eq!(hex::encode(h.finalize()), expected);
 
     let copy = dir.path().join("copy.bin");
-    let out = run(
-        "kubectl-dr",
+    let out = restore(
+        &store,
+        &id,
+        identity,
         &[
-            "restore",
-            &id,
-            "-i",
-            identity,
-            "--store",
-            store.url(),
             "--to-command",
             "--",
             "sh",
             "-c",
             &format!("cat > {}", copy.display()),
         ],
-        &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), 200_000_000);
@@ -168,20 +175,11 @@ async fn failing_or_killed_commands_commit_nothing() {
         "the earlier backup: {}",
         stderr(&out)
     );
-    let out = run(
-        "kubectl-dr",
-        &[
-            "restore",
-            &good_id,
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--store",
-            store.url(),
-            "--to-command",
-            "--",
-            "false",
-        ],
-        &[],
+    let out = restore(
+        &store,
+        &good_id,
+        keys.identity.to_str().unwrap(),
+        &["--to-command", "--", "false"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -215,19 +213,11 @@ async fn the_manifest_records_argv_and_never_the_environment() {
         "an environment value reached the manifest"
     );
     // The command did see its environment (it is the user's own command).
-    let out = run(
-        "kubectl-dr",
-        &[
-            "restore",
-            "latest",
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--store",
-            store.url(),
-            "--to",
-            "-",
-        ],
-        &[],
+    let out = restore(
+        &store,
+        "latest",
+        keys.identity.to_str().unwrap(),
+        &["--to", "-"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "19\nargv-marker\n");
@@ -248,22 +238,17 @@ async fn a_plaintext_that_differs_from_the_recorded_sha256_fails_the_restore() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
     let identity = keys.identity.to_str().unwrap();
-    let out = run(
-        "kubectl-dr",
+    let out = restore(
+        &store,
+        "latest",
+        identity,
         &[
-            "restore",
-            "latest",
-            "-i",
-            identity,
-            "--store",
-            store.url(),
             "--to-command",
             "--",
             "sh",
             "-c",
             &format!("cat > {}", copy.display()),
         ],
-        &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

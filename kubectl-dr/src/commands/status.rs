@@ -49,18 +49,12 @@ async fn newest_complete(
     store: &dyn drkit::store::ReadStore,
 ) -> anyhow::Result<Vec<catalog::BackupRef>> {
     let scanned = catalog::scan(store, &Filter::default()).await?;
-    let now = Utc::now();
     let mut out = Vec::new();
     for series in scanned.chunk_by(|a, b| {
         (&a.backup.engine, &a.backup.target) == (&b.backup.engine, &b.backup.target)
     }) {
-        for b in series.iter().rev().filter(|b| b.complete) {
-            let checked =
-                catalog::inspect(store, b.clone(), now, catalog::DEFAULT_MAX_CLOCK_SKEW).await?;
-            if checked.status == catalog::Status::Complete {
-                out.push(b.backup.clone());
-                break;
-            }
+        if let (Some(m), _) = catalog::newest_complete(store, series.to_vec()).await? {
+            out.push(m.backup_ref());
         }
     }
     Ok(out)

@@ -183,6 +183,25 @@ pub struct ScannedBackup {
     pub manifest_bytes: u64,
 }
 
+/// The backup a key belongs to and the file name within it, for keys that fit the layout
+/// (`<engine>/<target>/<id>/<file>` with valid names); `None` for anything else.
+fn parse_key(key: &str) -> Option<(BackupRef, &str)> {
+    let mut segs = key.splitn(4, '/');
+    let (engine, target, id, file) = (segs.next()?, segs.next()?, segs.next()?, segs.next()?);
+    let id = id.parse::<BackupId>().ok()?;
+    if validate_name("engine", engine).is_err() || validate_name("target", target).is_err() {
+        return None;
+    }
+    Some((
+        BackupRef {
+            engine: engine.to_string(),
+            target: target.to_string(),
+            id,
+        },
+        file,
+    ))
+}
+
 /// Lists backup directories (complete and incomplete) with one store listing, sorted by
 /// engine, target and id. Keys that do not fit the layout are ignored, so a shared bucket
 /// prefix with other files in it is harmless.
@@ -196,22 +215,8 @@ pub async fn scan(
     let objects = store.list(&filter.list_prefix()).await?;
     let mut dirs: BTreeMap<BackupRef, ScannedBackup> = BTreeMap::new();
     for obj in objects {
-        let mut segs = obj.key.splitn(4, '/');
-        let (Some(engine), Some(target), Some(id), Some(file)) =
-            (segs.next(), segs.next(), segs.next(), segs.next())
-        else {
+        let Some((backup, file)) = parse_key(&obj.key) else {
             continue;
-        };
-        let Ok(id) = id.parse::<BackupId>() else {
-            continue;
-        };
-        if validate_name("engine", engine).is_err() || validate_name("target", target).is_err() {
-            continue;
-        }
-        let backup = BackupRef {
-            engine: engine.to_string(),
-            target: target.to_string(),
-            id,
         };
         if !filter.matches(&backup) {
             continue;
@@ -251,25 +256,10 @@ pub async fn scan_pending(
     };
     let mut dirs: BTreeMap<BackupRef, ScannedBackup> = BTreeMap::new();
     for upload in uploads {
-        let mut segs = upload.key.splitn(4, '/');
-        let (Some(engine), Some(target), Some(id), Some(_)) =
-            (segs.next(), segs.next(), segs.next(), segs.next())
-        else {
+        let Some((backup, _)) = parse_key(&upload.key) else {
             continue;
         };
-        let Ok(id) = id.parse::<BackupId>() else {
-            continue;
-        };
-        let backup = BackupRef {
-            engine: engine.to_string(),
-            target: target.to_string(),
-            id,
-        };
-        if validate_name("engine", engine).is_err()
-            || validate_name("target", target).is_err()
-            || !filter.matches(&backup)
-            || known.iter().any(|k| k.backup == backup)
-        {
+        if !filter.matches(&backup) || known.iter().any(|k| k.backup == backup) {
             continue;
         }
         dirs.entry(backup.clone())
@@ -446,6 +436,43 @@ pub async fn load_manifest(
     Ok(manifest)
 }
 
+/// The newest *complete* backup among `candidates` (one series): manifests are read newest
+/// first until one passes its checks, so a damaged or far-future manifest never stands for
+/// the series. Returns it (if any) and how many newer ones were skipped, each with a warning.
+///
+/// # Errors
+/// Operational store errors of [`inspect`].
+pub async fn newest_complete(
+    store: &dyn ReadStore,
+    mut candidates: Vec<ScannedBackup>,
+) -> Result<(Option<Manifest>, usize), CatalogError> {
+    candidates.retain(|b| b.complete);
+    candidates.sort_by(|a, b| b.backup.id.cmp(&a.backup.id));
+    let now = Utc::now();
+    let mut skipped = 0;
+    for b in candidates {
+        let shown = b.backup.to_string();
+        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW).await?;
+        match checked.manifest {
+            Some(m) => {
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        chosen = %m.backup_ref(),
+                        "`latest` skipped newer damaged backups (kubectl dr list --all shows them)"
+                    );
+                }
+                return Ok((Some(m), skipped));
+            }
+            None => {
+                tracing::warn!(backup = %shown, problem = checked.problem.as_deref().unwrap_or("incomplete"), "skipping a damaged backup for `latest`");
+                skipped += 1;
+            }
+        }
+    }
+    Ok((None, skipped))
+}
+
 /// Finds the manifest named by `selector`: a backup id, or `latest` for the newest
 /// *complete* backup matching `filter` (damaged ones and ones dated beyond the allowed
 /// clock skew are skipped, with a warning). An id names one backup whatever its date; a
@@ -465,7 +492,7 @@ pub async fn resolve(
     } else {
         Some(selector.parse()?)
     };
-    let mut candidates: Vec<ScannedBackup> = scan(store, filter)
+    let candidates: Vec<ScannedBackup> = scan(store, filter)
         .await?
         .into_iter()
         .filter(|b| b.complete && wanted.as_ref().is_none_or(|id| *id == b.backup.id))
@@ -487,29 +514,9 @@ pub async fn resolve(
     if wanted.is_some() {
         return load_manifest(store, &candidates[0].backup).await;
     }
-    // Newest first; read manifests until a complete one turns up.
-    candidates.sort_by(|a, b| b.backup.id.cmp(&a.backup.id));
-    let now = Utc::now();
-    let mut skipped = 0;
-    for b in candidates {
-        let shown = b.backup.to_string();
-        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW).await?;
-        match checked.manifest {
-            Some(m) => {
-                if skipped > 0 {
-                    tracing::warn!(
-                        skipped,
-                        chosen = %m.backup_ref(),
-                        "`latest` skipped newer damaged backups (kubectl dr list --all shows them)"
-                    );
-                }
-                return Ok(m);
-            }
-            None => {
-                tracing::warn!(backup = %shown, problem = checked.problem.as_deref().unwrap_or("incomplete"), "skipping a damaged backup for `latest`");
-                skipped += 1;
-            }
-        }
+    let (newest, skipped) = newest_complete(store, candidates).await?;
+    if let Some(m) = newest {
+        return Ok(m);
     }
     Err(CatalogError::NoBackup(format!(
         "{} ({skipped} damaged backup(s) skipped)",

@@ -441,11 +441,11 @@ pub(crate) fn silent_server(kind: &str) -> String {
     )
 }
 
-/// An HTTP client error with its causes (reqwest keeps the useful part, e.g. "connection
-/// refused", in `source()`).
-pub(crate) fn transport_reason(e: &reqwest::Error) -> String {
+/// An error with its causes, `: `-joined (reqwest and hyper keep the useful part, e.g.
+/// "connection refused" or "unexpected EOF during chunk size line", in `source()`).
+pub(crate) fn transport_reason(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());

@@ -35,7 +35,9 @@ pub fn validate(name: &str) -> Result<(), SourceFailure> {
 
 /// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
 /// formats that can prove their own consistency; `Err` says what is wrong.
-pub type ContentCheck = fn(&mut dyn std::io::Read, &crate::catalog::Manifest) -> Result<(), String>;
+/// It gets the manifest's `facts` (e.g. a recorded plaintext sha256).
+pub type ContentCheck =
+    fn(&mut dyn std::io::Read, &std::collections::BTreeMap<String, String>) -> Result<(), String>;
 
 /// The content check for a part format, if its engine has one.
 pub fn content_check(format: &str) -> Option<ContentCheck> {

@@ -48,15 +48,8 @@ where
                     }
                 }
                 Err(e) => {
-                    // The causes say what happened ("connection closed before message
-                    // completed"); the top error alone rarely does.
-                    let mut reason = e.to_string();
-                    let mut source = e.source();
-                    while let Some(s) = source {
-                        reason.push_str(": ");
-                        reason.push_str(&s.to_string());
-                        source = s.source();
-                    }
+                    // The causes say what happened; the top error alone rarely does.
+                    let reason = crate::engine::transport_reason(&e);
                     let _ = tx.send(Err(std::io::Error::other(reason))).await;
                     return;
                 }

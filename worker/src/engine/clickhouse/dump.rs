@@ -534,23 +534,16 @@ async fn dump_table(
         };
         // An exception written into the middle of a block was read as column data: the
         // bytes last received say what happened better than "cut short" does.
-        let tail = String::from_utf8_lossy(&tee.tail);
+        // (Text only when there is something to explain: most tables end well.)
+        let message = || native::exception_message(&String::from_utf8_lossy(&tee.tail));
+        let marked = exception_mark
+            .as_ref()
+            .is_some_and(|m| tee.tail.windows(m.len()).any(|w| w == m.as_bytes()));
         let walked = match walked {
             Err(e @ (NativeError::Truncated(_) | NativeError::Malformed(_))) => {
-                Err(match native::exception_message(&tail) {
-                    Some(message) => NativeError::ServerException(message),
-                    None => e,
-                })
+                Err(message().map_or(e, NativeError::ServerException))
             }
-            Ok(_)
-                if exception_mark
-                    .as_ref()
-                    .is_some_and(|m| tail.contains(m.as_str())) =>
-            {
-                Err(NativeError::ServerException(
-                    native::exception_message(&tail).unwrap_or_default(),
-                ))
-            }
+            Ok(_) if marked => Err(NativeError::ServerException(message().unwrap_or_default())),
             other => other,
         };
         let stats = walked.map_err(|e| -> SourceError {
