@@ -419,7 +419,7 @@ pub async fn write_synthetic_backup(
         let m = Manifest {
             format_version: FORMAT_VERSION,
             id: b.id.clone(),
-            engine: b.engine.clone(),
+            engine: b.engine.as_str().into(),
             target: b.target.clone(),
             started_at: started,
             finished_at: started,

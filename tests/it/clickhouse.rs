@@ -550,8 +550,8 @@ async fn replicated_tables_need_a_policy_on_26() {
 }
 
 async fn replicated_tables_need_a_policy_and_convert_creates(server: Server) {
-    use drkit::engine::clickhouse::dump::{DatabaseDdl, Schema, TableDdl};
     use drkit::engine::clickhouse::restore::{self, Replicated, RestoreOptions};
+    use drkit::engine::clickhouse::schema::{DatabaseDdl, Schema, TableDdl};
     use drkit::engine::clickhouse::{ChClient, ChTarget};
     let db = unique("chrepl");
     let schema = Schema {

@@ -294,7 +294,7 @@ fn every_engine_is_in_both_binaries_help() {
         let help = stdout(&out).to_lowercase();
         for engine in drkit::engine::registry::ENGINES {
             assert!(
-                help.contains(display(engine)),
+                help.contains(display(engine.as_str())),
                 "kubectl-dr {args:?} does not name {engine}:\n{help}"
             );
         }

@@ -1,6 +1,9 @@
 //! Backups written before the engine abstraction (by the worker of commit a08ea3f, checked
-//! in under tests/fixtures/backups-before-wave-2 with their test-only key) still list,
-//! verify and restore with today's tools: the manifest format did not change.
+//! in under tests/fixtures/backups-before-wave-2 with their test-only key; the `command`
+//! one by the worker of 4640043, before the typed manifest) still list, verify and restore
+//! with today's tools: the manifest format did not change. And a backup of an engine this
+//! build does not know (as a newer worker would write) lists and verifies, and its restore
+//! says to upgrade.
 
 use dr_tests::*;
 
@@ -45,13 +48,13 @@ async fn backups_of_every_engine_from_before_still_list_and_verify() {
         .iter()
         .map(|r| (r["engine"].as_str().unwrap(), r["status"].as_str().unwrap()))
         .collect();
-    for engine in ["postgres", "vault", "clickhouse"] {
+    for engine in ["postgres", "vault", "clickhouse", "command"] {
         assert!(
             engines.contains(&(engine, "complete")),
             "{engine}: {engines:?}"
         );
     }
-    for engine in ["postgres", "vault", "clickhouse"] {
+    for engine in ["postgres", "vault", "clickhouse", "command"] {
         let out = run(
             "kubectl-dr",
             &[
@@ -146,4 +149,147 @@ async fn a_clickhouse_backup_from_before_restores_on_both_servers() {
             .await
             .unwrap();
     }
+}
+
+/// What the checked-in command backup's command printed.
+fn command_plaintext() -> Vec<u8> {
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "printf \"terraform {\\n  version = 4\\n}\\n\"; seq 1 2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_backup_from_before_restores_to_stdout() {
+    let t = store();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "latest",
+            "--engine",
+            "command",
+            "-i",
+            &key(),
+            "--store",
+            t.url(),
+            "--to",
+            "-",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout, command_plaintext());
+}
+
+/// Turns the checked-in command backup into one of engine `redis` (unknown to this build),
+/// as a newer worker would write it: another part format and facts this build never saw.
+fn with_a_newer_engine() -> TestStore {
+    let t = store();
+    let root = t.object_path("");
+    let src = std::fs::read_dir(root.join("command/compat"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let id = src.file_name().unwrap().to_owned();
+    let dst = root.join("redis/compat").join(&id);
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(
+        src.join("stdout.out.zst.age"),
+        dst.join("stdout.out.zst.age"),
+    )
+    .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    m["engine"] = "redis".into();
+    m["parts"][0]["format"] = "redis-rdb".into();
+    m["facts"] = serde_json::json!({"redis_version": "8.2.1", "aof": "[1,2]"});
+    std::fs::write(
+        dst.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgrade() {
+    let t = with_a_newer_engine();
+    let out = run(
+        "kubectl-dr",
+        &["list", "-o", "json", "--store", t.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["engine"] == "redis" && r["status"] == "complete"),
+        "{rows}"
+    );
+    let out = run(
+        "kubectl-dr",
+        &["list", "--engine", "redis", "--store", t.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("redis"), "{}", stdout(&out));
+
+    // Integrity (sha256, age, zstd) needs no knowledge of the engine.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "latest",
+            "--engine",
+            "redis",
+            "-i",
+            &key(),
+            "--store",
+            t.url(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "latest",
+            "--engine",
+            "redis",
+            "-i",
+            &key(),
+            "--store",
+            t.url(),
+            "--to",
+            "redis://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("redis backups") && stderr(&out).contains("upgrade kubectl-dr"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A name that is neither known nor in the store is a typo.
+    let out = run(
+        "kubectl-dr",
+        &["list", "--engine", "rediss", "--store", t.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown engine"), "{}", stderr(&out));
 }

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use dr_tests::{Keys, TestStore};
-use drkit::catalog::{Compression, Manifest};
+use drkit::catalog::{Compression, Engine, Manifest, PartFormat};
 use drkit::engine::{BackupRun, PartSpec};
 use drkit::pipeline::encode::{EncodeError, EncodeSettings};
 use drkit::pipeline::keys::{parse_recipients, Identities};
@@ -34,7 +34,7 @@ async fn backup(
         .collect();
     let run = BackupRun::start(
         store,
-        "postgres",
+        Engine::Postgres,
         "pipe",
         settings(keys, compression),
         CancellationToken::new(),
@@ -42,7 +42,7 @@ async fn backup(
     .unwrap();
     let spec = PartSpec {
         name: "db-x".into(),
-        format: "test",
+        format: "test".into(),
         extension: "txt",
         database: Some("x".into()),
     };
@@ -89,7 +89,7 @@ async fn a_failed_producer_commits_nothing() {
     let store = t.open().await;
     let run = BackupRun::start(
         store.as_ref(),
-        "postgres",
+        Engine::Postgres,
         "pipe",
         settings(&keys, Compression::Zstd),
         CancellationToken::new(),
@@ -97,7 +97,7 @@ async fn a_failed_producer_commits_nothing() {
     .unwrap();
     let spec = PartSpec {
         name: "db-x".into(),
-        format: "test",
+        format: "test".into(),
         extension: "txt",
         database: None,
     };
@@ -188,8 +188,8 @@ async fn a_truncated_object_fails_the_check() {
 #[tokio::test]
 async fn content_check_catches_a_snapshot_that_is_not_one() {
     content_check_case(
-        "vault",
-        drkit::engine::vault::FORMAT_SNAPSHOT,
+        Engine::Vault,
+        PartFormat::VaultSnapshot,
         b"not a gzip'd tar at all",
         "not a gzip'd tar",
     )
@@ -202,15 +202,15 @@ async fn content_check_catches_a_native_result_that_ends_in_an_exception() {
     native.extend(b"\x01x\x05UInt8\x01\x02");
     native.extend(b"Code: 60, e.displayText() = DB::Exception: Table t doesn't exist.\n");
     content_check_case(
-        "clickhouse",
-        drkit::engine::clickhouse::FORMAT_NATIVE,
+        Engine::Clickhouse,
+        PartFormat::ClickhouseNative,
         &native,
         "Table t doesn't exist",
     )
     .await;
 }
 
-async fn content_check_case(engine: &str, format: &'static str, content: &[u8], expected: &str) {
+async fn content_check_case(engine: Engine, format: PartFormat, content: &[u8], expected: &str) {
     let store = TestStore::s3();
     let opened = store.open().await;
     let keys = Keys::generate();

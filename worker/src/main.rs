@@ -126,7 +126,8 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
     let policy = args.retention.policy();
     policy.validate()?;
     if let Some(e) = &args.engine {
-        drkit::engine::registry::validate(e).map_err(|e| anyhow::anyhow!(e))?;
+        // Unknown names are refused by the scan when nothing matches (a typo).
+        drkit::catalog::validate_name("engine", e)?;
     }
     if let Some(t) = &args.target {
         drkit::catalog::validate_name("target", t)?;

@@ -533,9 +533,9 @@ pub fn compare_counts(backup: &[TableCount], live: &[TableCount], max: MaxDiff) 
 
 /// Accepts fewer live rows for tables with a TTL: rows past it expire, legitimately.
 /// `ttl_tables` holds `schema.name` entries.
-pub fn allow_ttl_expiry(rows: &mut [CountRow], ttl_tables: &[&str]) {
+pub fn allow_ttl_expiry(rows: &mut [CountRow], ttl_tables: &[String]) {
     for row in rows.iter_mut() {
-        if !ttl_tables.contains(&row.table.as_str()) {
+        if !ttl_tables.contains(&row.table) {
             continue;
         }
         if let (Some(b), Some(l)) = (row.backup_rows, row.live_rows) {
@@ -624,7 +624,7 @@ mod tests {
             &[t("logs", 60), t("spans", 120), t("plain", 60)],
             MaxDiff::Rows(0),
         );
-        allow_ttl_expiry(&mut rows, &["public.logs", "public.spans"]);
+        allow_ttl_expiry(&mut rows, &["public.logs".into(), "public.spans".into()]);
         assert!(rows[0].ok && rows[0].note.as_deref().unwrap().starts_with("40 fewer"));
         assert!(!rows[1].ok, "more rows than the backup is not expiry");
         assert!(!rows[2].ok && rows[2].note.is_none());

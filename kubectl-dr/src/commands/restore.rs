@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use drkit::catalog::{Manifest, Part};
+use drkit::catalog::{Engine, Manifest, Part};
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
-use drkit::engine::{vault, RestoreCommon};
+use drkit::engine::RestoreCommon;
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff, Verified};
@@ -196,14 +196,14 @@ impl RestoreCmd {
     async fn in_cluster(&self, store: &StoreArgs) -> anyhow::Result<()> {
         let to = self.to.as_deref().unwrap_or_default();
         let engine = match (&self.filter.engine, to.split_once("://").map(|(s, _)| s)) {
-            (Some(e), _) => e.clone(),
-            (None, Some("postgres" | "postgresql")) => "postgres".into(),
+            (Some(e), _) => Engine::from(e.as_str()),
+            (None, Some("postgres" | "postgresql")) => Engine::Postgres,
             _ => anyhow::bail!("cannot tell the engine from --to {}; pass --engine", to),
         };
         anyhow::ensure!(
-            engine == "postgres",
+            engine == Engine::Postgres,
             "--in-cluster restores PostgreSQL; restore {engine} from your workstation ({})",
-            if engine == vault::ENGINE {
+            if engine == Engine::Vault {
                 "a Vault restore needs the new cluster's root token and, after --force, a person to unseal"
             } else {
                 "it streams over the server's HTTP port, which works as well from outside"
@@ -211,10 +211,10 @@ impl RestoreCmd {
         );
         let identity_path = self.identity.identity.as_ref().expect("required above");
         let identity = std::fs::read(identity_path)?;
-        let args = Forwarded::of(self, &engine, store.store.clone()).to_args();
+        let args = Forwarded::of(self, engine.as_str(), store.store.clone()).to_args();
         let client = self.cluster.client().await?;
         let ns = &self.cluster.namespace;
-        let cronjob = jobs::find_cronjob(&client, ns, &engine).await?;
+        let cronjob = jobs::find_cronjob(&client, ns, engine.as_str()).await?;
         let plan = cluster_restore::Plan {
             namespace: ns,
             cronjob: &cronjob,

@@ -168,7 +168,7 @@ impl VerifyCmd {
                 self.output,
                 &Report {
                     id: manifest.id.to_string(),
-                    engine: manifest.engine.clone(),
+                    engine: manifest.engine.to_string(),
                     target: manifest.target.clone(),
                     decrypted: identities.is_some(),
                     ok,

@@ -2,12 +2,10 @@
 //! presence is the commit: a backup directory without `manifest.json` is incomplete and
 //! invisible. The format is documented for humans in `docs/FORMAT.md`; keep the two in step.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{BackupId, BackupRef};
+use super::{BackupId, BackupRef, Engine, Facts, PartFormat};
 
 /// Bumped when a reader of an older version could misread a newer manifest.
 pub const FORMAT_VERSION: u32 = 1;
@@ -15,11 +13,17 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Everything a verify or restore needs to know about one backup, without the key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// The backup's id (its directory name).
     pub id: BackupId,
-    pub engine: String,
+    /// What it is a backup of; unknown names are kept (see [`Engine`]).
+    pub engine: Engine,
+    /// The `--target` it was taken with.
     pub target: String,
+    /// When the worker started (the id's time).
     pub started_at: DateTime<Utc>,
+    /// When the last part was stored.
     pub finished_at: DateTime<Utc>,
     /// Name and version of the program that wrote the backup.
     pub tool: String,
@@ -29,8 +33,9 @@ pub struct Manifest {
     pub recipients: Vec<String>,
     pub parts: Vec<Part>,
     /// Engine-specific facts about the source, e.g. a Vault cluster's id and raft index.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub facts: BTreeMap<String, String>,
+    /// Read them typed with [`Facts::read`] and the engine's own struct.
+    #[serde(default, skip_serializing_if = "Facts::is_empty")]
+    pub facts: Facts,
 }
 
 /// One stored object of a backup: an age-encrypted, usually zstd-compressed stream.
@@ -41,8 +46,10 @@ pub struct Part {
     /// Object name relative to the backup's directory, e.g. `db-app.pgdump.zst.age`.
     pub file: String,
     /// What the plaintext is, e.g. `pg_dump-custom` or `sql`.
-    pub format: String,
+    pub format: PartFormat,
+    /// Compression under the encryption.
     pub compression: Compression,
+    /// Size of the stored object.
     pub ciphertext_bytes: u64,
     /// Hex SHA-256 of the stored object, checked before anything is restored.
     pub ciphertext_sha256: String,
@@ -60,15 +67,20 @@ pub struct Part {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// Stored as is (already compressed data, e.g. a gzip'd raft snapshot).
     None,
+    /// zstd frames.
     Zstd,
 }
 
 /// Exact row count of one table at backup time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableCount {
+    /// Schema (PostgreSQL), database (ClickHouse) or group (Vault: `mounts`, `kv/…`).
     pub schema: String,
+    /// Table name.
     pub name: String,
+    /// Exact number of rows.
     pub rows: u64,
 }
 
@@ -176,9 +188,10 @@ impl Manifest {
         Ok(())
     }
 
+    /// Where the backup lives.
     pub fn backup_ref(&self) -> BackupRef {
         BackupRef {
-            engine: self.engine.clone(),
+            engine: self.engine.to_string(),
             target: self.target.clone(),
             id: self.id.clone(),
         }
@@ -220,7 +233,7 @@ mod tests {
         Manifest {
             format_version: FORMAT_VERSION,
             id: "20261122T020000Z-7f3a9c".parse().unwrap(),
-            engine: "postgres".into(),
+            engine: Engine::Postgres,
             target: "prod".into(),
             started_at: "2026-11-22T02:00:00Z".parse().unwrap(),
             finished_at: "2026-11-22T02:03:10Z".parse().unwrap(),
@@ -230,7 +243,7 @@ mod tests {
             parts: vec![Part {
                 name: "db-app".into(),
                 file: "db-app.pgdump.zst.age".into(),
-                format: "pg_dump-custom".into(),
+                format: PartFormat::PgDumpCustom,
                 compression: Compression::Zstd,
                 ciphertext_bytes: 1234,
                 ciphertext_sha256: "ab".repeat(32),
@@ -242,7 +255,7 @@ mod tests {
                     rows: 42,
                 }],
             }],
-            facts: BTreeMap::from([("cluster_id".into(), "c-1".into())]),
+            facts: Facts::from([("cluster_id", "c-1")]),
         }
     }
 
@@ -277,6 +290,7 @@ mod tests {
             ("format version 0", |m| m.format_version = 0),
             ("format version 7", |m| m.format_version = 7),
             ("describes", |m| m.target = "other".into()),
+            ("describes", |m| m.engine = Engine::Vault),
             ("no recipient", |m| m.recipients.clear()),
             ("not an age public key", |m| {
                 m.recipients = vec!["AGE-SECRET-KEY-1X".into()]

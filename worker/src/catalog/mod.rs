@@ -15,13 +15,17 @@
 //! manifest (bounded by [`MAX_MANIFEST_BYTES`]); [`resolve`] turns `ID|latest` into a
 //! checked manifest.
 
+pub mod facts;
 mod id;
+mod kind;
 mod manifest;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use facts::{Facts, FactsError};
 pub use id::{BackupId, BadBackupId};
+pub use kind::{Engine, PartFormat};
 pub use manifest::{part_file_is_valid, Compression, Manifest, Part, TableCount, FORMAT_VERSION};
 
 use chrono::{DateTime, Duration, Utc};
@@ -83,6 +87,8 @@ pub enum CatalogError {
     NoBackup(String),
     #[error(transparent)]
     BadId(#[from] BadBackupId),
+    #[error("unknown engine {name:?}; known engines: {}", Engine::known_names())]
+    UnknownEngine { name: String },
     #[error("`latest` is ambiguous: the store holds backups of {0}; pass --engine and --target")]
     Ambiguous(String),
     #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --all shows them all)")]
@@ -234,6 +240,15 @@ pub async fn scan(
             entry.manifest_bytes = obj.size;
         }
         entry.objects.push(obj.key);
+    }
+    // An engine this build does not know is fine when the store holds its backups (a
+    // newer worker wrote them); with none it is most likely a typo, never an empty answer.
+    if let Some(engine) = &filter.engine {
+        if dirs.is_empty() && !Engine::from(engine.as_str()).is_known() {
+            return Err(CatalogError::UnknownEngine {
+                name: engine.clone(),
+            });
+        }
     }
     Ok(dirs.into_values().collect())
 }

@@ -7,13 +7,17 @@
 //! engine through them; [`registry`] is the only list of engines.
 //!
 //! Adding an engine (the `command` engine was added this way):
-//! - `engine/<name>/mod.rs`: the module doc, its `ENGINE` name and part formats;
+//! - `catalog/kind.rs`: its [`Engine`] variant and its [`PartFormat`] variants (the names
+//!   manifests record; the compiler then points at every match in [`registry`]);
+//! - `engine/<name>/mod.rs`: the module doc, and its `Facts` struct if it records any
+//!   (serde, written with [`Facts::of`], read with [`Facts::read`]; values stay strings on
+//!   the wire, see [`crate::catalog::facts`]);
 //! - `engine/<name>/source.rs`: the `worker backup <name>` flags (a `clap::Args` struct with
 //!   its own help heading) whose `source()` builds the [`Source`];
 //! - `engine/<name>/sink.rs`: the `kubectl dr restore` flags (own heading, own group id, a
 //!   `given()` so other engines refuse them) whose `sink()` builds the [`Sink`];
-//! - in [`registry`]: its name in `ENGINES`, a `BackupCommand` variant, a `RestoreFlags`
-//!   field with its arms, and its content check if the format can check itself;
+//! - in [`registry`]: a `BackupCommand` variant, a `RestoreFlags` field with its arms, and
+//!   its content check if the format can check itself;
 //! - `manifests/<name>/` (a kustomize component with its CronJob), `tests/it/<name>.rs`,
 //!   a README section and its rows in docs/FORMAT.md.
 //!
@@ -40,7 +44,10 @@ use bytes::Bytes;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{self, BackupId, BackupRef, CatalogError, Manifest, Part, FORMAT_VERSION};
+use crate::catalog::{
+    self, BackupId, BackupRef, CatalogError, Engine, Facts, Manifest, Part, PartFormat,
+    FORMAT_VERSION,
+};
 use crate::pipeline::encode::{self, EncodeError, EncodeSettings, SourceError};
 use crate::store::{StoreError, WriteStore};
 
@@ -53,8 +60,9 @@ pub type SourceFailure = Box<dyn std::error::Error + Send + Sync>;
 pub struct DumpOutcome {
     /// The source server's own version string.
     pub server_version: String,
-    /// Engine-specific facts (see docs/FORMAT.md).
-    pub facts: std::collections::BTreeMap<String, String>,
+    /// Engine-specific facts (see docs/FORMAT.md), from the engine's struct with
+    /// [`Facts::of`].
+    pub facts: Facts,
 }
 
 /// The backup role of an engine: a configured source that dumps itself into a
@@ -79,7 +87,7 @@ pub trait Source: Send + Sync {
 /// [`BackupFailed`] with the step that failed; nothing is committed then.
 pub async fn backup(
     store: &dyn WriteStore,
-    engine: &str,
+    engine: Engine,
     target: &str,
     settings: EncodeSettings,
     source: &dyn Source,
@@ -245,10 +253,11 @@ pub trait Sink: Send + Sync {
 pub struct PartSpec {
     /// Stable name within the backup, e.g. `db-app`.
     pub name: String,
-    /// Plaintext format, e.g. `pg_dump-custom`.
-    pub format: &'static str,
+    /// Plaintext format.
+    pub format: PartFormat,
     /// File extension of the plaintext, e.g. `pgdump` or `sql`.
     pub extension: &'static str,
+    /// The database the part holds, for engines with databases.
     pub database: Option<String>,
 }
 
@@ -257,6 +266,7 @@ pub struct BackupRun<'a> {
     store: &'a dyn WriteStore,
     settings: EncodeSettings,
     cancel: CancellationToken,
+    engine: Engine,
     backup: BackupRef,
     started_at: chrono::DateTime<Utc>,
     /// Parts stored so far; several may be stored at once (`store_part` takes `&self`).
@@ -270,12 +280,12 @@ impl<'a> BackupRun<'a> {
     /// [`CatalogError::BadName`] for a target that cannot be a key segment.
     pub fn start(
         store: &'a dyn WriteStore,
-        engine: &str,
+        engine: Engine,
         target: &str,
         settings: EncodeSettings,
         cancel: CancellationToken,
     ) -> Result<Self, CatalogError> {
-        catalog::validate_name("engine", engine)?;
+        catalog::validate_name("engine", engine.as_str())?;
         catalog::validate_name("target", target)?;
         let started_at = Utc::now();
         Ok(BackupRun {
@@ -287,6 +297,7 @@ impl<'a> BackupRun<'a> {
                 target: target.to_string(),
                 id: BackupId::new(started_at),
             },
+            engine,
             started_at,
             parts: std::sync::Mutex::new(Vec::new()),
         })
@@ -333,7 +344,7 @@ impl<'a> BackupRun<'a> {
         self.parts.lock().expect("parts lock").push(Part {
             name: spec.name,
             file,
-            format: spec.format.to_string(),
+            format: spec.format,
             compression,
             ciphertext_bytes: stats.ciphertext_bytes,
             ciphertext_sha256: stats.ciphertext_sha256,
@@ -364,12 +375,12 @@ impl<'a> BackupRun<'a> {
     pub async fn commit(
         self,
         server_version: String,
-        facts: std::collections::BTreeMap<String, String>,
+        facts: Facts,
     ) -> Result<Manifest, CommitError> {
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id: self.backup.id.clone(),
-            engine: self.backup.engine.clone(),
+            engine: self.engine,
             target: self.backup.target.clone(),
             started_at: self.started_at,
             finished_at: Utc::now(),

@@ -1,64 +1,48 @@
-//! The engines this build knows: the only list of them. `worker backup <engine>` is the
-//! [`BackupCommand`] enum (a variant per engine, its flags from the engine's folder);
-//! [`ENGINES`] names them for `--engine` checks and help texts.
+//! The engines this build knows. Their names are [`Engine`] (the manifest's enum); this
+//! module maps each to its implementations: `worker backup <engine>` is the
+//! [`BackupCommand`] enum (a variant per engine, its flags from the engine's folder),
+//! `kubectl dr restore|verify` build a [`Sink`] through [`RestoreFlags::sink`], and
+//! `verify --identity` finds a format's [`content_check`]. Each is an exhaustive match, so
+//! a new [`Engine`] variant does not compile until every role is wired.
 
 use clap::Subcommand;
 
 use super::{clickhouse, command, postgres, vault, RestoreCommon, Sink, Source, SourceFailure};
+use crate::catalog::{Engine, Facts, PartFormat};
 use crate::cli::{EncodingArgs, RecipientArgs};
 
-/// Engine names, in the order a full restore would take them.
-pub const ENGINES: &[&str] = &["vault", "postgres", "clickhouse", "command"];
-
-/// An `--engine` value that names no engine of this build.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown engine {name:?}; known engines: {}", ENGINES.join(", "))]
-pub struct UnknownEngine {
-    /// What was given.
-    pub name: String,
-}
-
-/// Checks an `--engine` value: a valid name and one this build knows.
-///
-/// # Errors
-/// [`UnknownEngine`] listing the known engines, or a name that is not a valid segment.
-pub fn validate(name: &str) -> Result<(), SourceFailure> {
-    crate::catalog::validate_name("engine", name)?;
-    if ENGINES.contains(&name) {
-        Ok(())
-    } else {
-        Err(Box::new(UnknownEngine {
-            name: name.to_string(),
-        }))
-    }
-}
+/// Every engine of this build, in the order a full restore would take them.
+pub const ENGINES: &[Engine] = Engine::KNOWN;
 
 /// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
 /// formats that can prove their own consistency; `Err` says what is wrong.
 /// It gets the manifest's `facts` (e.g. a recorded plaintext sha256).
-pub type ContentCheck =
-    fn(&mut dyn std::io::Read, &std::collections::BTreeMap<String, String>) -> Result<(), String>;
+pub type ContentCheck = fn(&mut dyn std::io::Read, &Facts) -> Result<(), String>;
 
 /// The content check for a part format, if its engine has one.
-pub fn content_check(format: &str) -> Option<ContentCheck> {
+pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {
     Some(match format {
-        vault::FORMAT_SNAPSHOT => |r, _| {
+        PartFormat::VaultSnapshot => |r, _| {
             vault::snapshot::inspect(r, None)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        clickhouse::FORMAT_NATIVE => |r, _| {
+        PartFormat::ClickhouseNative => |r, _| {
             clickhouse::native::walk(std::io::BufReader::with_capacity(256 * 1024, r), |_| {})
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        clickhouse::FORMAT_TSV => |r, _| {
+        PartFormat::ClickhouseTsv => |r, _| {
             clickhouse::tsv::walk(std::io::BufReader::with_capacity(256 * 1024, r), None)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        command::FORMAT_STDOUT => command::check_plaintext,
-        _ => return None,
+        PartFormat::CommandStdout => command::check_plaintext,
+        // Checked when restored (pg_restore, the server) or not checkable alone.
+        PartFormat::PgDumpCustom
+        | PartFormat::Sql
+        | PartFormat::ClickhouseSchema
+        | PartFormat::Unknown(_) => return None,
     })
 }
 
@@ -138,8 +122,8 @@ pub enum BackupCommand {
 
 /// A backup command taken apart: the engine's name, the common flags and its source.
 pub struct Parts {
-    /// Engine name (store layout, manifest).
-    pub engine: &'static str,
+    /// The engine (store layout, manifest).
+    pub engine: Engine,
     /// `--target`.
     pub target: String,
     /// Public keys.
@@ -157,7 +141,7 @@ impl BackupCommand {
     /// The engine's configuration error (a missing address, an unreadable password file).
     pub fn into_parts(self) -> Result<Parts, SourceFailure> {
         fn parts<A: clap::Args>(
-            engine: &'static str,
+            engine: Engine,
             b: Backup<A>,
             source: impl FnOnce(A) -> Result<Box<dyn Source>, SourceFailure>,
         ) -> Result<Parts, SourceFailure> {
@@ -170,10 +154,10 @@ impl BackupCommand {
             })
         }
         match self {
-            BackupCommand::Postgres(b) => parts("postgres", b, |a| a.source()),
-            BackupCommand::Vault(b) => parts(vault::ENGINE, b, |a| a.source()),
-            BackupCommand::Clickhouse(b) => parts(clickhouse::ENGINE, b, |a| a.source()),
-            BackupCommand::Command(b) => parts(command::ENGINE, b, |a| a.source()),
+            BackupCommand::Postgres(b) => parts(Engine::Postgres, b, |a| a.source()),
+            BackupCommand::Vault(b) => parts(Engine::Vault, b, |a| a.source()),
+            BackupCommand::Clickhouse(b) => parts(Engine::Clickhouse, b, |a| a.source()),
+            BackupCommand::Command(b) => parts(Engine::Command, b, |a| a.source()),
         }
     }
 }
@@ -182,12 +166,16 @@ impl BackupCommand {
 /// `verify --against` builds a sink with them to probe and count).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RestoreFlags {
+    /// PostgreSQL's.
     #[command(flatten)]
     pub postgres: postgres::sink::RestoreArgs,
+    /// Vault's.
     #[command(flatten)]
     pub vault: vault::sink::RestoreArgs,
+    /// ClickHouse's.
     #[command(flatten)]
     pub clickhouse: clickhouse::sink::RestoreArgs,
+    /// The command engine's.
     #[command(flatten)]
     pub command: command::sink::RestoreArgs,
 }
@@ -201,18 +189,18 @@ impl RestoreFlags {
     /// configuration error.
     pub fn sink(
         &self,
-        engine: &str,
+        engine: &Engine,
         common: &RestoreCommon,
     ) -> Result<Box<dyn Sink>, SourceFailure> {
         let given = [
-            ("postgres", self.postgres.given()),
-            (vault::ENGINE, self.vault.given()),
-            (clickhouse::ENGINE, self.clickhouse.given()),
-            (command::ENGINE, self.command.given()),
+            (Engine::Postgres, self.postgres.given()),
+            (Engine::Vault, self.vault.given()),
+            (Engine::Clickhouse, self.clickhouse.given()),
+            (Engine::Command, self.command.given()),
         ];
         if let Some((owner, flag)) = given
             .iter()
-            .find_map(|(owner, flag)| flag.filter(|_| *owner != engine).map(|f| (owner, f)))
+            .find_map(|(owner, flag)| flag.filter(|_| owner != engine).map(|f| (owner, f)))
         {
             return Err(format!(
                 "{flag} is for {owner} backups; this backup is of engine {engine}"
@@ -220,13 +208,14 @@ impl RestoreFlags {
             .into());
         }
         match engine {
-            "postgres" => self.postgres.sink(common),
-            vault::ENGINE => self.vault.sink(common),
-            clickhouse::ENGINE => self.clickhouse.sink(common),
-            command::ENGINE => self.command.sink(common),
-            other => Err(format!(
-                "restoring {other} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
-                ENGINES.join(", ")
+            Engine::Postgres => self.postgres.sink(common),
+            Engine::Vault => self.vault.sink(common),
+            Engine::Clickhouse => self.clickhouse.sink(common),
+            Engine::Command => self.command.sink(common),
+            Engine::Unknown(other) => Err(format!(
+                "restoring {} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
+                crate::catalog::printable(other),
+                Engine::known_names()
             )
             .into()),
         }
@@ -248,12 +237,8 @@ mod tests {
         let cmd = Cli::command();
         let mut subcommands: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         subcommands.sort_unstable();
-        let mut names = ENGINES.to_vec();
+        let mut names: Vec<&str> = ENGINES.iter().map(Engine::as_str).collect();
         names.sort_unstable();
         assert_eq!(subcommands, names);
-        assert!(validate("postgress")
-            .unwrap_err()
-            .to_string()
-            .contains("vault, postgres, clickhouse"));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::dump::{stores_data, TableDdl};
+use super::schema::{stores_data, TableDdl};
 
 /// Restore phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

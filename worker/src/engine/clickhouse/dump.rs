@@ -5,17 +5,14 @@
 
 use std::io::{self, BufReader, Read, Write};
 
-use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
-
 use super::native::{self, NativeError};
-use super::{
-    quote_ident, quote_str, ChClient, ChError, ChTarget, FORMAT_NATIVE, FORMAT_SCHEMA,
-    SYSTEM_DATABASES,
-};
+use super::schema::{stores_data, DataFormat, DatabaseDdl, Facts, Schema, TableDdl};
+use super::{quote_ident, quote_str, ChClient, ChError, ChTarget, SYSTEM_DATABASES};
+use crate::catalog::PartFormat;
 use crate::catalog::TableCount;
 use crate::engine::{encode_name, BackupRun, PartSpec};
 use crate::pipeline::encode::{EncodeError, SourceError};
+use futures::{StreamExt, TryStreamExt};
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]
@@ -26,101 +23,6 @@ pub struct DumpOptions {
     pub exclude: Vec<String>,
     /// Tables dumped at once.
     pub parallel: usize,
-}
-
-/// The schema part's content.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Schema {
-    pub server_version: String,
-    pub databases: Vec<DatabaseDdl>,
-    pub tables: Vec<TableDdl>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatabaseDdl {
-    pub name: String,
-    pub create: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TableDdl {
-    pub database: String,
-    pub name: String,
-    pub engine: String,
-    pub create: String,
-    /// Columns the data part holds, in order (ALIAS and MATERIALIZED columns are computed
-    /// again on insert, so they are left out); empty for tables without data of their own.
-    pub columns: Vec<String>,
-    /// Name of the data part, for tables that store rows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub part: Option<String>,
-    /// Format of the data part (backups older than this field hold Native).
-    #[serde(default, skip_serializing_if = "DataFormat::is_native")]
-    pub data_format: DataFormat,
-    /// The table's UUID on servers that have one (Atomic databases name a materialized
-    /// view's inner table `.inner_id.<the view's uuid>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-}
-
-/// How a table's rows are dumped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    /// Native, walked by [`native`]: compact and fast.
-    #[default]
-    Native,
-    /// TabSeparated ([`super::tsv`]), for tables with a column no size rule walks.
-    Tsv,
-}
-
-impl DataFormat {
-    fn is_native(&self) -> bool {
-        *self == DataFormat::Native
-    }
-
-    /// The format that can carry columns of these types with exact row counts.
-    pub fn for_types<'a>(types: impl IntoIterator<Item = &'a str>) -> Self {
-        if types.into_iter().all(|t| native::parse_type(t).is_ok()) {
-            DataFormat::Native
-        } else {
-            DataFormat::Tsv
-        }
-    }
-
-    /// The name ClickHouse knows the format by.
-    pub fn clickhouse_name(self) -> &'static str {
-        match self {
-            DataFormat::Native => "Native",
-            DataFormat::Tsv => "TabSeparated",
-        }
-    }
-
-    /// The part format recorded in the manifest.
-    pub fn part_format(self) -> &'static str {
-        match self {
-            DataFormat::Native => FORMAT_NATIVE,
-            DataFormat::Tsv => super::FORMAT_TSV,
-        }
-    }
-
-    /// The format of a part, from its manifest entry.
-    pub fn of_part(format: &str) -> Option<Self> {
-        match format {
-            FORMAT_NATIVE => Some(DataFormat::Native),
-            super::FORMAT_TSV => Some(DataFormat::Tsv),
-            _ => None,
-        }
-    }
-}
-
-/// Engines whose tables hold rows of their own (views, Distributed, Merge, Null… do not).
-pub fn stores_data(engine: &str) -> bool {
-    engine.ends_with("MergeTree")
-        || matches!(
-            engine,
-            "Log" | "TinyLog" | "StripeLog" | "Memory" | "Set" | "Join"
-        )
 }
 
 /// Errors of a ClickHouse backup.
@@ -347,34 +249,6 @@ pub async fn list_tables(
         .collect()
 }
 
-/// Manifest fact: tables with a TTL clause (comma-separated `db.table`), so a count
-/// comparison can tell expired rows from lost ones without decrypting the schema.
-pub const FACT_TTL_TABLES: &str = "ttl_tables";
-
-/// Manifest fact: materialized views' inner tables, as a JSON object `{"db.inner": "view"}`,
-/// so counts can be compared after a restore gave the inner table another name.
-pub const FACT_INNER_TABLES: &str = "inner_tables";
-
-/// The inner tables recorded in a manifest: `db.inner` → view name.
-pub fn inner_tables(
-    manifest: &crate::catalog::Manifest,
-) -> std::collections::BTreeMap<String, String> {
-    manifest
-        .facts
-        .get(FACT_INNER_TABLES)
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default()
-}
-
-/// The `db.table` names with a TTL clause recorded in a manifest.
-pub fn ttl_tables(manifest: &crate::catalog::Manifest) -> Vec<&str> {
-    manifest
-        .facts
-        .get(FACT_TTL_TABLES)
-        .map(|t| t.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
-}
-
 /// Backs up the selected databases into `run`; returns the server version and the facts.
 ///
 /// # Errors
@@ -383,7 +257,7 @@ pub async fn dump(
     run: &BackupRun<'_>,
     target: &ChTarget,
     opts: &DumpOptions,
-) -> Result<(String, std::collections::BTreeMap<String, String>), DumpError> {
+) -> Result<(String, Facts), DumpError> {
     let client = ChClient::new(target)?;
     let schema = read_schema(&client, opts).await?;
     tracing::info!(
@@ -395,7 +269,7 @@ pub async fn dump(
     let json = serde_json::to_vec_pretty(&schema).expect("schema serializes");
     let spec = PartSpec {
         name: "schema".into(),
-        format: FORMAT_SCHEMA,
+        format: PartFormat::ClickhouseSchema,
         extension: "json",
         database: None,
     };
@@ -418,30 +292,22 @@ pub async fn dump(
         .buffer_unordered(opts.parallel.max(1))
         .try_collect::<Vec<()>>()
         .await?;
-    let ttl: Vec<String> = schema
-        .tables
-        .iter()
-        .filter(|t| t.part.is_some() && super::ddl::has_ttl(&t.create))
-        .map(|t| format!("{}.{}", t.database, t.name))
-        .collect();
-    let mut facts = std::collections::BTreeMap::new();
-    if !ttl.is_empty() {
-        facts.insert(FACT_TTL_TABLES.to_string(), ttl.join(","));
-    }
-    let inner: std::collections::BTreeMap<String, String> = schema
-        .tables
-        .iter()
-        .filter_map(|t| {
-            super::ddl::owner_of(t, &schema.tables)
-                .map(|mv| (format!("{}.{}", t.database, t.name), mv.name.clone()))
-        })
-        .collect();
-    if !inner.is_empty() {
-        facts.insert(
-            FACT_INNER_TABLES.to_string(),
-            serde_json::to_string(&inner).expect("map serializes"),
-        );
-    }
+    let facts = Facts {
+        ttl_tables: schema
+            .tables
+            .iter()
+            .filter(|t| t.part.is_some() && super::ddl::has_ttl(&t.create))
+            .map(|t| format!("{}.{}", t.database, t.name))
+            .collect(),
+        inner_tables: schema
+            .tables
+            .iter()
+            .filter_map(|t| {
+                super::ddl::owner_of(t, &schema.tables)
+                    .map(|mv| (format!("{}.{}", t.database, t.name), mv.name.clone()))
+            })
+            .collect(),
+    };
     Ok((schema.server_version, facts))
 }
 

@@ -10,6 +10,7 @@ pub mod ddl;
 pub mod dump;
 pub mod native;
 pub mod restore;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod tsv;
@@ -22,13 +23,6 @@ use reqwest::StatusCode;
 use crate::engine::transport_reason;
 use url::Url;
 
-/// Engine name in the store layout and manifests.
-pub const ENGINE: &str = "clickhouse";
-/// Part formats.
-pub const FORMAT_SCHEMA: &str = "clickhouse-schema-json";
-pub const FORMAT_NATIVE: &str = "clickhouse-native";
-/// TabSeparated data, for tables with a column the Native walker cannot walk.
-pub const FORMAT_TSV: &str = "clickhouse-tsv";
 /// Databases that belong to the server, never to a backup.
 pub const SYSTEM_DATABASES: [&str; 3] = ["system", "INFORMATION_SCHEMA", "information_schema"];
 

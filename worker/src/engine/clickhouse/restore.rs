@@ -22,8 +22,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::ddl::{self, Phase};
-use super::dump::{glob, list_tables, DataFormat, ListedTable, Schema, TableDdl};
+use super::dump::{glob, list_tables, ListedTable};
+use super::schema::{DataFormat, Schema, TableDdl};
 use super::{quote_ident, quote_str, ChClient, ChError};
+use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, TableCount};
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
@@ -192,7 +194,7 @@ pub async fn read_schema(
     progress: &dyn Progress,
 ) -> Result<Schema, RestoreError> {
     let (manifest, part) = (schema.manifest(), schema.part());
-    if part.format != super::FORMAT_SCHEMA {
+    if part.format != PartFormat::ClickhouseSchema {
         return Err(RestoreError::BadSchema(format!(
             "part {} is not the schema part",
             part.name

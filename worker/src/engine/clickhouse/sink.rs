@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 
 use super::restore::{self, Replicated, RestoreOptions};
-use super::{ChClient, ChTarget, FORMAT_SCHEMA};
+use super::{ChClient, ChTarget};
+use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part, TableCount};
 use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
 use crate::pipeline::keys::Identities;
@@ -116,7 +117,8 @@ impl Sink for ChSink {
             .collect();
         // A view's inner table may have another name on this server (`.inner_id.<uuid>`
         // after a restore into an Atomic database): find it through its view.
-        let inner = super::dump::inner_tables(manifest);
+        let facts: super::schema::Facts = manifest.facts.read()?;
+        let inner = &facts.inner_tables;
         let mut live = Vec::new();
         for t in &backup {
             let name = match inner.get(&format!("{}.{}", t.schema, t.name)) {
@@ -134,7 +136,7 @@ impl Sink for ChSink {
             }
         }
         let mut rows = verify::compare_counts(&backup, &live, self.common.max_diff);
-        verify::allow_ttl_expiry(&mut rows, &super::dump::ttl_tables(manifest));
+        verify::allow_ttl_expiry(&mut rows, &facts.ttl_tables);
         Ok(vec![RestoredCounts {
             heading: manifest.target.clone(),
             against: self.target.to_string(),
@@ -146,7 +148,7 @@ impl Sink for ChSink {
         let schema = manifest
             .parts
             .iter()
-            .find(|p| p.format == FORMAT_SCHEMA)
+            .find(|p| p.format == PartFormat::ClickhouseSchema)
             .ok_or_else(|| format!("backup {} has no schema part", manifest.backup_ref()))?;
         Ok(vec![schema])
     }
@@ -221,7 +223,8 @@ impl Sink for ChSink {
             .cloned()
             .collect();
         let mut rows = verify::compare_counts(&restored, &counts, self.common.max_diff);
-        verify::allow_ttl_expiry(&mut rows, &super::dump::ttl_tables(manifest));
+        let facts: super::schema::Facts = manifest.facts.read()?;
+        verify::allow_ttl_expiry(&mut rows, &facts.ttl_tables);
         Ok(RestoredCounts {
             heading: manifest.target.clone(),
             against: self.target.to_string(),

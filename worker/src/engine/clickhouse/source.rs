@@ -55,7 +55,7 @@ impl Source for ChSource {
         let (server_version, facts) = dump::dump(run, &self.target, &self.opts).await?;
         Ok(DumpOutcome {
             server_version,
-            facts,
+            facts: crate::catalog::Facts::of(&facts),
         })
     }
 }

@@ -13,14 +13,16 @@
 pub mod sink;
 pub mod source;
 
-/// Engine name in the store layout and manifests.
-pub const ENGINE: &str = "command";
-/// Part format: a command's standard output, as it printed it.
-pub const FORMAT_STDOUT: &str = "command-stdout";
-/// Manifest fact: the command line, as a JSON array of strings.
-pub const FACT_ARGV: &str = "argv";
-/// Manifest fact: hex sha256 of the plaintext (what the command printed).
-pub const FACT_PLAINTEXT_SHA256: &str = "plaintext_sha256";
+/// What a command backup records in the manifest's `facts`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    /// The command line (never its environment), stored as a JSON array of strings.
+    #[serde(default, with = "crate::catalog::facts::json_text")]
+    pub argv: Vec<String>,
+    /// Hex sha256 of the plaintext (what the command printed).
+    #[serde(default)]
+    pub plaintext_sha256: String,
+}
 
 /// Checks a decrypted part against the recorded plaintext sha256 (`verify --identity`).
 ///
@@ -28,16 +30,20 @@ pub const FACT_PLAINTEXT_SHA256: &str = "plaintext_sha256";
 /// A read error, or a digest that differs from the manifest's.
 pub fn check_plaintext(
     r: &mut dyn std::io::Read,
-    facts: &std::collections::BTreeMap<String, String>,
+    facts: &crate::catalog::Facts,
 ) -> Result<(), String> {
     use sha2::Digest;
     let expected = facts
-        .get(FACT_PLAINTEXT_SHA256)
-        .ok_or("the manifest records no plaintext sha256")?;
+        .read::<Facts>()
+        .map_err(|e| e.to_string())?
+        .plaintext_sha256;
+    if expected.is_empty() {
+        return Err("the manifest records no plaintext sha256".into());
+    }
     let mut hasher = sha2::Sha256::new();
     std::io::copy(r, &mut HashWriter(&mut hasher)).map_err(|e| e.to_string())?;
     let found = hex::encode(hasher.finalize());
-    if &found == expected {
+    if found == expected {
         Ok(())
     } else {
         Err(format!(

@@ -6,7 +6,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use sha2::Digest;
 
-use super::{FACT_PLAINTEXT_SHA256, FORMAT_STDOUT};
+use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part};
 use crate::engine::child::StdinChild;
 use crate::engine::{RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
@@ -79,7 +79,7 @@ impl Sink for CommandSink {
         let part = manifest
             .parts
             .iter()
-            .find(|p| p.format == FORMAT_STDOUT)
+            .find(|p| p.format == PartFormat::CommandStdout)
             .ok_or_else(|| {
                 format!(
                     "backup {} has no command output part",
@@ -121,7 +121,8 @@ impl Sink for CommandSink {
     ) -> Result<RestoredCounts, SourceFailure> {
         let part = verified[0];
         let (manifest, meta) = (part.manifest(), part.part().clone());
-        let expected = manifest.facts.get(FACT_PLAINTEXT_SHA256).cloned();
+        let expected =
+            Some(manifest.facts.read::<super::Facts>()?.plaintext_sha256).filter(|s| !s.is_empty());
         let backup = manifest.backup_ref().to_string();
         let (plain, bar) = open_plaintext(store, part, identities, progress).await?;
         let argv = match &self.destination {

@@ -5,7 +5,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use sha2::Digest;
 
-use super::{FACT_ARGV, FACT_PLAINTEXT_SHA256, FORMAT_STDOUT};
+use crate::catalog::PartFormat;
 use crate::engine::{child, BackupRun, DumpOutcome, PartSpec, Source, SourceFailure};
 
 /// Flags of `worker backup command`.
@@ -62,7 +62,7 @@ impl Source for CommandSource {
         let cancel = run.cancel_token().clone();
         let spec = PartSpec {
             name: "stdout".into(),
-            format: FORMAT_STDOUT,
+            format: PartFormat::CommandStdout,
             extension: "out",
             database: None,
         };
@@ -90,11 +90,10 @@ impl Source for CommandSource {
             .unwrap_or_default();
         Ok(DumpOutcome {
             server_version: program,
-            facts: [
-                (FACT_ARGV.to_string(), serde_json::to_string(&self.argv)?),
-                (FACT_PLAINTEXT_SHA256.to_string(), sha),
-            ]
-            .into(),
+            facts: crate::catalog::Facts::of(&super::Facts {
+                argv: self.argv.clone(),
+                plaintext_sha256: sha,
+            }),
         })
     }
 }

@@ -11,13 +11,10 @@
 use std::path::PathBuf;
 
 use super::{count_tables, PgError, PgTarget};
+use crate::catalog::PartFormat;
 use crate::engine::child;
 use crate::engine::{encode_name, BackupRun, PartSpec};
 use crate::pipeline::encode::{EncodeError, SourceError};
-
-/// Part format names recorded in manifests.
-pub const FORMAT_CUSTOM: &str = "pg_dump-custom";
-pub const FORMAT_SQL: &str = "sql";
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +67,7 @@ pub async fn dump(
             .envs(source.child_env(databases.first().map_or("postgres", String::as_str)));
         let spec = PartSpec {
             name: "globals".into(),
-            format: FORMAT_SQL,
+            format: PartFormat::Sql,
             extension: "sql",
             database: None,
         };
@@ -112,7 +109,7 @@ async fn dump_database(
     let part_name = format!("db-{}", encode_name(db));
     let spec = PartSpec {
         name: part_name.clone(),
-        format: FORMAT_CUSTOM,
+        format: PartFormat::PgDumpCustom,
         extension: "pgdump",
         database: Some(db.to_string()),
     };

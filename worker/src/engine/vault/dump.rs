@@ -3,19 +3,43 @@
 //! and count what verify will compare. One part, `raft.snap.zst.age`; by hand it is
 //! `age -d | zstd -d > raft.snap` and `bao operator raft snapshot restore raft.snap`.
 
-use std::collections::BTreeMap;
 use std::io;
 
+use serde::{Deserialize, Serialize};
+
 use super::snapshot;
-use super::{Auth, VaultClient, VaultError, VaultTarget, FORMAT_SNAPSHOT};
+use super::{Auth, VaultClient, VaultError, VaultTarget};
+use crate::catalog::facts::text;
+use crate::catalog::PartFormat;
 use crate::engine::{BackupRun, PartSpec};
 use crate::pipeline::encode::{EncodeError, SourceError};
 
-/// Manifest facts of a Vault backup.
-pub const FACT_CLUSTER_ID: &str = "cluster_id";
-pub const FACT_CLUSTER_NAME: &str = "cluster_name";
-pub const FACT_RAFT_INDEX: &str = "raft_index";
-pub const FACT_RAFT_TERM: &str = "raft_term";
+/// What a Vault backup records in the manifest's `facts`: whose snapshot it is, so a
+/// restore can tell a rebuild of the same cluster from another cluster, and how far its
+/// raft log had come.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The cluster's id (`sys/health`), when the server reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The cluster's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// Raft index of the snapshot (decimal text).
+    #[serde(
+        default,
+        with = "text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raft_index: Option<u64>,
+    /// Raft term of the snapshot (decimal text).
+    #[serde(
+        default,
+        with = "text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raft_term: Option<u64>,
+}
 
 /// Errors of a Vault backup.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +57,10 @@ pub enum DumpError {
 /// What the manifest records besides the part.
 #[derive(Debug, Clone)]
 pub struct DumpOutcome {
+    /// The server's version (`sys/health`).
     pub server_version: String,
-    pub facts: BTreeMap<String, String>,
+    /// The facts of the snapshot.
+    pub facts: Facts,
 }
 
 /// Takes one snapshot into `run`. The caller commits the run only if this succeeds.
@@ -55,7 +81,7 @@ pub async fn dump(
     let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
         name: "raft".into(),
-        format: FORMAT_SNAPSHOT,
+        format: PartFormat::VaultSnapshot,
         extension: "snap",
         database: None,
     };
@@ -79,17 +105,31 @@ pub async fn dump(
     );
     run.record_tables("raft", counts);
 
-    let mut out = BTreeMap::new();
-    if let Some(id) = health.cluster_id {
-        out.insert(FACT_CLUSTER_ID.to_string(), id);
-    }
-    if let Some(name) = health.cluster_name {
-        out.insert(FACT_CLUSTER_NAME.to_string(), name);
-    }
-    out.insert(FACT_RAFT_INDEX.to_string(), facts.index.to_string());
-    out.insert(FACT_RAFT_TERM.to_string(), facts.term.to_string());
     Ok(DumpOutcome {
         server_version: health.version,
-        facts: out,
+        facts: Facts {
+            cluster_id: health.cluster_id,
+            cluster_name: health.cluster_name,
+            raft_index: Some(facts.index),
+            raft_term: Some(facts.term),
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_keep_the_wire_form_of_earlier_manifests() {
+        let stored = crate::catalog::Facts::from([
+            ("cluster_id", "8c0a…"),
+            ("raft_index", "35"),
+            ("raft_term", "3"),
+        ]);
+        let facts: Facts = stored.read().unwrap();
+        assert_eq!(facts.raft_index, Some(35));
+        assert_eq!(facts.cluster_name, None);
+        assert_eq!(crate::catalog::Facts::of(&facts), stored);
+    }
 }

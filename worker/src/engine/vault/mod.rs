@@ -22,13 +22,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part, TableCount};
 use crate::engine::transport_reason;
 
-/// Engine name in the store layout and manifests.
-pub const ENGINE: &str = "vault";
-/// Part format of a raft snapshot (gzip'd tar, as `bao operator raft snapshot save` writes).
-pub const FORMAT_SNAPSHOT: &str = "vault-raft-snapshot";
 /// The snapshot endpoint (`read` to save, `update` to restore).
 pub const SNAPSHOT_PATH: &str = "sys/storage/raft/snapshot";
 /// Where a pod's service-account token is mounted.
@@ -37,6 +34,9 @@ pub const DEFAULT_K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 /// Errors talking to Vault, each with the next step.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// The backup's facts do not read (a hand-edited manifest).
+    #[error(transparent)]
+    Facts(#[from] crate::catalog::FactsError),
     #[error("no Vault address: set VAULT_ADDR (e.g. https://vault.vault.svc:8200)")]
     NoAddr,
     #[error("{url:?} is not a Vault address: {reason} (expected http(s)://host:port)")]
@@ -685,7 +685,7 @@ pub fn snapshot_part(manifest: &Manifest) -> Result<&Part, VaultError> {
     manifest
         .parts
         .iter()
-        .find(|p| p.format == FORMAT_SNAPSHOT)
+        .find(|p| p.format == PartFormat::VaultSnapshot)
         .ok_or_else(|| VaultError::NotVaultBackup {
             backup: manifest.backup_ref().to_string(),
         })

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 
-use super::dump::FACT_CLUSTER_ID;
 use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
 use crate::catalog::Manifest;
 use crate::pipeline::keys::Identities;
@@ -66,8 +65,8 @@ pub struct RestorePlan {
     pub client: VaultClient,
     pub health: Health,
     active_time: Option<String>,
-    pub backup_cluster: Option<String>,
-    pub raft_index: Option<String>,
+    /// What the backup recorded about its cluster.
+    pub backup: super::dump::Facts,
 }
 
 impl RestorePlan {
@@ -77,15 +76,17 @@ impl RestorePlan {
             self.client.addr(),
             self.health.cluster_id.as_deref().unwrap_or("?"),
             self.health.version,
-            self.backup_cluster.as_deref().unwrap_or("?"),
-            self.raft_index.as_deref().unwrap_or("?"),
+            self.backup.cluster_id.as_deref().unwrap_or("?"),
+            self.backup
+                .raft_index
+                .map_or_else(|| "?".into(), |i| i.to_string()),
         )
     }
 
     /// True when the server is another cluster than the one backed up: its unseal keys
     /// most likely differ, so a restore needs `--force` and then the old keys.
     pub fn other_cluster(&self) -> bool {
-        self.backup_cluster.is_some() && self.backup_cluster != self.health.cluster_id
+        self.backup.cluster_id.is_some() && self.backup.cluster_id != self.health.cluster_id
     }
 }
 
@@ -106,8 +107,7 @@ pub async fn plan(
         client: active,
         health,
         active_time: leader.active_time,
-        backup_cluster: manifest.facts.get(FACT_CLUSTER_ID).cloned(),
-        raft_index: manifest.facts.get(super::dump::FACT_RAFT_INDEX).cloned(),
+        backup: manifest.facts.read()?,
     })
 }
 
@@ -235,7 +235,8 @@ async fn wait_active(
 }
 
 fn cluster_note(plan: &RestorePlan) -> String {
-    plan.backup_cluster
+    plan.backup
+        .cluster_id
         .as_deref()
         .map(|c| format!(" (cluster id {c})"))
         .unwrap_or_default()

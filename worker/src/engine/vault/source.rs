@@ -80,7 +80,7 @@ impl Source for VaultSource {
         let outcome = dump::dump(run, &self.target, &self.auth).await?;
         Ok(DumpOutcome {
             server_version: outcome.server_version,
-            facts: outcome.facts,
+            facts: crate::catalog::Facts::of(&outcome.facts),
         })
     }
 }
