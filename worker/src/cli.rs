@@ -247,7 +247,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// One JSON document.
     Json,
+    /// Aligned columns for people.
     Text,
 }
 

@@ -18,6 +18,8 @@
 //! - [`progress`]: a small reporting trait so the plugin can draw bars while `worker` stays quiet.
 //! - [`shutdown`]: the cancellation signal that turns SIGTERM into aborted uploads.
 
+#![deny(missing_docs)]
+
 pub mod catalog;
 pub mod cli;
 pub mod engine;

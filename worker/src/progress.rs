@@ -12,7 +12,9 @@ pub trait Progress: Send + Sync {
 
 /// One operation's progress.
 pub trait ProgressBar: Send + Sync {
+    /// `bytes` more were processed.
     fn inc(&self, bytes: u64);
+    /// The work is done; the bar may disappear.
     fn finish(&self);
 }
 

@@ -17,55 +17,93 @@ use crate::store::{ReadStore, StoreError};
 /// A failed check of one backup part.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The part's object is missing.
     #[error("part {part} of backup {backup} is missing from the store; the backup is damaged, use another one")]
-    Missing { backup: String, part: String },
+    Missing {
+        /// The backup (`engine/target/id`).
+        backup: String,
+        /// The part's file name.
+        part: String,
+    },
+    /// The object's size differs from the manifest's.
     #[error("part {part} of backup {backup} is {found} bytes but the manifest recorded {expected}; the object was truncated or replaced, use another backup")]
     SizeMismatch {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// What the manifest (or the writer) recorded.
         expected: u64,
+        /// What is there.
         found: u64,
     },
+    /// The object's sha256 differs from the manifest's.
     #[error("part {part} of backup {backup} has sha256 {found}, the manifest recorded {expected}; the object is corrupt, use another backup")]
     HashMismatch {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// What the manifest (or the writer) recorded.
         expected: String,
+        /// What is there.
         found: String,
     },
+    /// No given identity matches the backup's recipients.
     #[error("no identity in {identity_file} matches backup {backup} (encrypted to {recipients}); pass the key for one of those recipients with --identity")]
     WrongKey {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The identity file(s) tried.
         identity_file: String,
+        /// The recipients the backup was encrypted to.
         recipients: String,
     },
     // The cause is part of the sentence (the hint follows it), so it is not also a
     // `source()`: `{:#}` would print it twice.
+    /// The part does not decrypt or decompress.
     #[error("part {part} of backup {backup} does not decrypt: {cause}; use another backup")]
     Undecodable {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// The underlying error.
         cause: DecodeError,
     },
+    /// The plaintext's size differs from the manifest's.
     #[error("part {part} of backup {backup} holds {found} plaintext bytes, the manifest recorded {expected}; use another backup")]
     PlaintextSize {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// What the manifest (or the writer) recorded.
         expected: u64,
+        /// What is there.
         found: u64,
     },
+    /// The plaintext failed its format's content check.
     #[error("part {part} of backup {backup} decrypts, but its content is not usable: {reason}; use another backup")]
     BadContent {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The object cannot be read as a stored object (a symlink, FIFO, oversized).
     #[error("part {part} of backup {backup} cannot be read as a stored object ({cause}); the store was tampered with, use another backup")]
     Unreadable {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The part's file name.
         part: String,
+        /// The underlying error.
         cause: Box<StoreError>,
     },
+    /// The store failed.
     #[error(transparent)]
     Store(StoreError),
 }
@@ -475,8 +513,11 @@ pub struct CountRow {
     /// The schema (or database) and table name apart, for display that quotes each.
     #[serde(skip)]
     pub parts: (String, String),
+    /// Rows the backup recorded (none: the table is new).
     pub backup_rows: Option<u64>,
+    /// Rows found now (none: the table is missing).
     pub live_rows: Option<u64>,
+    /// Whether the difference is within `--max-diff` (or explained).
     pub ok: bool,
     /// Why a difference is accepted (e.g. rows past a TTL).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,7 @@ impl BackupId {
             .and_utc()
     }
 
+    /// The id as text, e.g. `20261122T020000Z-7f3a9c`.
     pub fn as_str(&self) -> &str {
         &self.0
     }

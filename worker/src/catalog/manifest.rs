@@ -31,6 +31,7 @@ pub struct Manifest {
     pub server_version: String,
     /// age public keys the parts are encrypted to; one of their identities restores.
     pub recipients: Vec<String>,
+    /// The stored objects, in the order they were written.
     pub parts: Vec<Part>,
     /// Engine-specific facts about the source, e.g. a Vault cluster's id and raft index.
     /// Read them typed with [`Facts::read`] and the engine's own struct.

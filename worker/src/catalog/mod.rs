@@ -50,8 +50,11 @@ const CONCURRENT_READS: usize = 16;
 /// Where one backup lives: engine, target and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackupRef {
+    /// Engine name (first key segment).
     pub engine: String,
+    /// Target name (second key segment).
     pub target: String,
+    /// The backup's id (third key segment).
     pub id: BackupId,
 }
 
@@ -61,10 +64,12 @@ impl BackupRef {
         format!("{}/{}/{}", self.engine, self.target, self.id)
     }
 
+    /// Key of the backup's `manifest.json`.
     pub fn manifest_key(&self) -> String {
         format!("{}/{MANIFEST_FILE}", self.dir())
     }
 
+    /// Key of one of the backup's parts.
     pub fn part_key(&self, file: &str) -> String {
         format!("{}/{file}", self.dir())
     }
@@ -79,28 +84,52 @@ impl fmt::Display for BackupRef {
 /// Errors while finding or reading backups.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Nothing matches the selector and filter (the text says what was asked).
     #[error(
         "no complete backup matches {0}; run `kubectl dr list --all` to see what the store holds"
     )]
     NoBackup(String),
+    /// The selector is neither `latest` nor a backup id.
     #[error(transparent)]
     BadId(#[from] BadBackupId),
+    /// An `--engine` this build does not know, and the store holds none of its backups.
     #[error("unknown engine {name:?}; known engines: {}", Engine::known_names())]
-    UnknownEngine { name: String },
+    UnknownEngine {
+        /// The name as given.
+        name: String,
+    },
+    /// `latest` without `--engine`/`--target` in a store of several series (the text lists them).
     #[error("`latest` is ambiguous: the store holds backups of {0}; pass --engine and --target")]
     Ambiguous(String),
+    /// An explicitly selected backup whose manifest fails its checks.
     #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --all shows them all)")]
     Damaged {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The object key.
         key: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// A manifest of a format version newer than this build reads.
     #[error("manifest {key} has format version {version}, newer than this tool understands ({FORMAT_VERSION}); upgrade kubectl-dr")]
-    TooNew { key: String, version: u32 },
+    TooNew {
+        /// The object key.
+        key: String,
+        /// The format version found.
+        version: u32,
+    },
+    /// An engine or target name that cannot be a key segment.
     #[error("invalid {kind} name {name:?}: use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")]
-    BadName { kind: &'static str, name: String },
+    BadName {
+        /// What the name is for (engine, target).
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+    },
 }
 
 impl CatalogError {
@@ -144,7 +173,9 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), CatalogError>
 /// Restricts a scan to one engine and/or target.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Only this engine's backups.
     pub engine: Option<String>,
+    /// Only this target's backups.
     pub target: Option<String>,
 }
 
@@ -179,9 +210,11 @@ impl fmt::Display for Filter {
 /// One backup directory found by listing the store.
 #[derive(Debug, Clone)]
 pub struct ScannedBackup {
+    /// Where it lives.
     pub backup: BackupRef,
     /// Sum of the sizes of every object in the directory, manifest included.
     pub size_bytes: u64,
+    /// Keys of every object under its directory (the manifest included).
     pub objects: Vec<String>,
     /// False for a backup that never committed (or is still running).
     pub complete: bool,
@@ -295,8 +328,11 @@ pub async fn scan_pending(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Its manifest is present and passed every check: the only kind anything trusts.
     Complete,
+    /// No manifest: still running, or failed before its commit.
     Incomplete,
+    /// A manifest that fails its checks (see the module doc).
     Damaged,
 }
 
@@ -313,7 +349,9 @@ impl fmt::Display for Status {
 /// A scanned backup with its manifest read and checked.
 #[derive(Debug, Clone)]
 pub struct Inspected {
+    /// What the listing found.
     pub scanned: ScannedBackup,
+    /// Complete, incomplete or damaged.
     pub status: Status,
     /// The checked manifest of a complete backup.
     pub manifest: Option<Manifest>,

@@ -18,17 +18,30 @@ const BUF_SIZE: usize = 256 * 1024;
 /// A client tool that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
+    /// The program could not be started (not installed, not executable).
     #[error("cannot start {program}: {cause}; install it or point --pg-bin-dir at it")]
-    Spawn { program: String, cause: io::Error },
+    Spawn {
+        /// The program.
+        program: String,
+        /// The underlying error.
+        cause: io::Error,
+    },
+    /// The program exited non-zero or was killed.
     #[error("{program} {status}: {stderr}")]
     Failed {
+        /// The program.
         program: String,
+        /// How it ended (exit code or signal).
         status: String,
+        /// The end of what it wrote to stderr.
         stderr: String,
     },
+    /// Copying the program's output failed.
     #[error("streaming {program}'s output failed")]
     Stream {
+        /// The program.
         program: String,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },

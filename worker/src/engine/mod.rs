@@ -124,17 +124,24 @@ pub async fn backup(
 /// Why a backup did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupFailed {
+    /// The backup could not start (a bad target name).
     #[error("cannot start the backup")]
     Start(#[source] SourceFailure),
+    /// The engine's dump failed.
     #[error("backup {backup} failed; nothing was committed and earlier backups are untouched")]
     Dump {
+        /// The backup that failed.
         backup: BackupRef,
+        /// The engine's error.
         #[source]
         source: SourceFailure,
     },
+    /// The commit failed.
     #[error("writing the manifest of {backup} failed; the backup stays invisible")]
     Commit {
+        /// The backup that failed.
         backup: BackupRef,
+        /// Why the commit failed.
         #[source]
         source: CommitError,
     },
@@ -303,10 +310,12 @@ impl<'a> BackupRun<'a> {
         })
     }
 
+    /// Where this backup is written.
     pub fn backup(&self) -> &BackupRef {
         &self.backup
     }
 
+    /// Cancelled on shutdown: long producers check it to stop early.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
     }
@@ -421,14 +430,20 @@ impl<'a> BackupRun<'a> {
 /// these.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
+    /// Writing or reading back the manifest failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The manifest would fail its own check (a bug).
     #[error("the manifest would be invalid ({0}); this is a bug, please report it")]
     Invalid(String),
+    /// The manifest read back differs from what was written.
     #[error("the manifest read back from {key} differs from what was written ({read} bytes read, {written} written); check the store's free space and health")]
     ReadBack {
+        /// The object key.
         key: String,
+        /// Bytes written.
         written: usize,
+        /// Bytes read back.
         read: usize,
     },
 }

@@ -54,12 +54,15 @@ pub struct Backup<A: clap::Args> {
     #[arg(long, env = "DR_TARGET")]
     pub target: String,
 
+    /// The engine's own flags.
     #[command(flatten)]
     pub engine: A,
 
+    /// The age public keys.
     #[command(flatten)]
     pub recipients: RecipientArgs,
 
+    /// Compression settings.
     #[command(flatten)]
     pub encoding: EncodingArgs,
 }

@@ -67,12 +67,19 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// Errors decrypting or decompressing a part.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// No identity matches any of the object's recipients.
     #[error("no identity in {identity_file} matches this object")]
-    WrongKey { identity_file: String },
+    WrongKey {
+        /// The identity file(s) tried.
+        identity_file: String,
+    },
+    /// No age header.
     #[error("the object is not an age file (no valid age header in its first 64 KiB)")]
     NotAge,
+    /// Authentication of the ciphertext or decompression failed.
     #[error("the object is damaged or truncated: {0}")]
     Corrupt(String),
+    /// The download failed.
     #[error("reading the object from the store failed: {0}")]
     Transport(String),
 }
@@ -80,7 +87,9 @@ pub enum DecodeError {
 /// Size and hash of the ciphertext, known once it has been read to the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CiphertextStats {
+    /// Bytes read.
     pub bytes: u64,
+    /// Hex sha256 of them.
     pub sha256: String,
 }
 
@@ -99,6 +108,7 @@ pub struct HashingReader<R> {
 }
 
 impl<R: Read> HashingReader<R> {
+    /// Hashes what `inner` yields, ticking `progress` when given.
     pub fn new(inner: R, progress: Option<Arc<dyn ProgressBar>>) -> Self {
         HashingReader {
             inner,
@@ -262,6 +272,7 @@ impl PlainReader {
         }
     }
 
+    /// Plaintext bytes read so far.
     pub fn plaintext_bytes(&self) -> u64 {
         self.plaintext_bytes
     }

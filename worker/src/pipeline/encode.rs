@@ -21,7 +21,9 @@ use crate::store::{BodyChunk, StoreError, WriteStore};
 /// How parts are encoded.
 #[derive(Debug, Clone)]
 pub struct EncodeSettings {
+    /// The age public keys each part is encrypted to.
     pub recipients: Vec<x25519::Recipient>,
+    /// Compression before encryption.
     pub compression: Compression,
     /// zstd level; 1–3 keeps up with a dump on one core, higher trades speed for size.
     pub zstd_level: i32,
@@ -32,8 +34,11 @@ pub struct EncodeSettings {
 /// What was stored for one part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartStats {
+    /// Bytes the producer wrote.
     pub plaintext_bytes: u64,
+    /// Bytes stored.
     pub ciphertext_bytes: u64,
+    /// Hex sha256 of the stored bytes.
     pub ciphertext_sha256: String,
 }
 
@@ -43,8 +48,10 @@ pub enum EncodeError {
     /// The producer failed; its error says why (e.g. pg_dump's stderr).
     #[error(transparent)]
     Source(Box<dyn std::error::Error + Send + Sync>),
+    /// Compression or encryption failed.
     #[error("compressing or encrypting the stream failed")]
     Encode(#[source] io::Error),
+    /// The upload failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

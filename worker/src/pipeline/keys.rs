@@ -10,20 +10,40 @@ use age::x25519;
 /// Errors reading keys.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// No recipient at all.
     #[error("no age recipients given; pass --recipient age1… (public key from `age-keygen -y key.txt`) or set DR_RECIPIENTS or DR_RECIPIENTS_FILE")]
     NoRecipients,
+    /// A private key where a public one belongs (refused so secrets stay off the backup side).
     #[error("a private age key was given as a recipient ({origin}); the backup side needs only the public key: run `age-keygen -y` on the key file and pass its age1… output")]
-    SecretAsRecipient { origin: String },
+    SecretAsRecipient {
+        /// Where it came from (a flag or a file).
+        origin: String,
+    },
+    /// Text that is not an age X25519 recipient.
     #[error("{text:?} from {origin} is not an X25519 age recipient (expected age1…, as printed by age-keygen)")]
-    BadRecipient { origin: String, text: String },
+    BadRecipient {
+        /// Where it came from (a flag or a file).
+        origin: String,
+        /// The text given.
+        text: String,
+    },
+    /// A key file cannot be read.
     #[error("cannot read {what} file {}", path.display())]
     Read {
+        /// What was being done or read.
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// A file without an age identity.
     #[error("{} holds no usable age identity (expected AGE-SECRET-KEY-1… lines, as written by age-keygen)", path.display())]
-    BadIdentity { path: PathBuf },
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No `--identity`.
     #[error("no identity given; pass --identity FILE (or set DR_IDENTITY_FILE) with the age key the backups were encrypted to")]
     NoIdentity,
 }
@@ -69,6 +89,7 @@ pub fn read_recipients_file(path: &Path) -> Result<Vec<x25519::Recipient>, KeyEr
 /// blocking decode thread can own a handle.
 #[derive(Clone)]
 pub struct Identities {
+    /// The file they came from, for messages.
     pub path: PathBuf,
     keys: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
 }
@@ -111,6 +132,7 @@ impl Identities {
         })
     }
 
+    /// Each identity, for age's decryptor.
     pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)
     }

@@ -25,11 +25,17 @@ use crate::catalog::{BackupId, Status};
 /// How many backups to keep, per engine and target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
+    /// Keep the newest N.
     pub keep_last: u32,
+    /// Keep the newest of each of the last N hours that have one.
     pub keep_hourly: u32,
+    /// Keep the newest of each of the last N days that have one.
     pub keep_daily: u32,
+    /// Keep the newest of each of the last N ISO weeks that have one.
     pub keep_weekly: u32,
+    /// Keep the newest of each of the last N months that have one.
     pub keep_monthly: u32,
+    /// Keep the newest of each of the last N years that have one.
     pub keep_yearly: u32,
     /// Keep everything this close to the newest complete backup.
     pub keep_within: Option<Duration>,
@@ -58,6 +64,7 @@ impl Default for RetentionPolicy {
 /// A policy that cannot be applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
+    /// A policy without any keep rule (it would delete everything).
     #[error("no keep rule given: pass at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly or --keep-within (e.g. --keep-daily 7 --keep-weekly 4)")]
     NoRule,
 }
@@ -65,7 +72,9 @@ pub enum PolicyError {
 /// A backup as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The backup.
     pub id: BackupId,
+    /// What the catalog found.
     pub status: Status,
     /// Why a damaged backup is damaged (shown in its reasons).
     pub problem: Option<String>,
@@ -74,7 +83,9 @@ pub struct Candidate {
 /// The largest share of a target's good backups one prune may delete.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxDelete {
+    /// At most this many backups.
     Backups(u64),
+    /// At most this share of the series' complete backups.
     Percent(f64),
 }
 
@@ -118,8 +129,11 @@ impl std::fmt::Display for MaxDelete {
 /// What happens to one backup, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// The backup.
     pub id: BackupId,
+    /// Kept or deleted.
     pub keep: bool,
+    /// Why (every rule that keeps it, or why it goes).
     pub reasons: Vec<String>,
 }
 

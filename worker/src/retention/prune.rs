@@ -24,14 +24,20 @@ const CONCURRENT_DELETES: usize = 16;
 /// One backup and what the policy decided for it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanItem {
+    /// Its engine.
     pub engine: String,
+    /// Its target.
     pub target: String,
+    /// Keep or delete, and why.
     #[serde(flatten)]
     pub decision: Decision,
+    /// Complete, incomplete or damaged.
     pub status: Status,
     /// True for a complete backup (kept for scripts written before `status`).
     pub complete: bool,
+    /// Bytes its objects take.
     pub size_bytes: u64,
+    /// Keys of its objects.
     #[serde(skip)]
     pub objects: Vec<String>,
 }
@@ -90,13 +96,24 @@ pub fn plan_inspected(
 /// A plan prune will not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneRefused {
+    /// The plan would delete a series' last complete backup.
     #[error("prune refused: the plan deletes every complete backup of {series} ({good} of {good}); nothing was deleted. The policy never plans that by itself: check the backups with `kubectl dr list --all`")]
-    LastGood { series: String, good: usize },
+    LastGood {
+        /// The series (`engine/target`).
+        series: String,
+        /// Its complete backups.
+        good: usize,
+    },
+    /// The plan would delete more than `--max-delete` allows.
     #[error("prune refused: the plan deletes {delete} of the {good} complete backups of {series}, more than --max-delete {max} allows; nothing was deleted. Check the decisions with --dry-run, then raise --max-delete (e.g. --max-delete 100%) if they are intended")]
     TooMany {
+        /// The series (`engine/target`).
         series: String,
+        /// Complete backups the plan deletes.
         delete: usize,
+        /// Its complete backups.
         good: usize,
+        /// The `--max-delete` limit.
         max: MaxDelete,
     },
 }
@@ -136,8 +153,11 @@ pub fn check_plan(items: &[PlanItem], max: MaxDelete) -> Result<(), PruneRefused
 /// What a prune run did.
 #[derive(Debug, Default, Serialize)]
 pub struct PruneOutcome {
+    /// Backups deleted.
     pub deleted_backups: usize,
+    /// Objects deleted.
     pub deleted_objects: usize,
+    /// Bytes freed.
     pub freed_bytes: u64,
     /// Unfinished uploads older than the grace period that were aborted.
     pub aborted_uploads: usize,

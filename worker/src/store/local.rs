@@ -28,6 +28,7 @@ use super::{
 /// Marks in-flight files; listing skips them (they are the local twin of a multipart upload).
 const PARTIAL_MARK: &str = ".partial-";
 
+/// A store in a local directory (`file:///…`): tests, the demo, a mounted volume.
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// Key relative to the store's prefix.
     pub key: String,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -32,76 +34,149 @@ pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 /// store then aborts instead of committing a truncated object.
 #[derive(Debug)]
 pub enum BodyChunk {
+    /// The next bytes.
     Data(Bytes),
+    /// The producer finished; the upload may complete.
     End,
 }
 
 /// Errors from any store. Messages name the store and key and say what to check.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No such object.
     #[error("{key} not found in {location}")]
-    NotFound { location: String, key: String },
+    NotFound {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+        /// The object key.
+        key: String,
+    },
+    /// No answer from the store.
     #[error("cannot reach {location}: {detail}; check the endpoint (AWS_ENDPOINT_URL / --store) and the network")]
-    Unreachable { location: String, detail: String },
+    Unreachable {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+        /// What the server or the system said.
+        detail: String,
+    },
+    /// The credentials or the bucket policy refuse the operation.
     #[error(
         "{location} refused {op} of {key}: {detail}; check the credentials and the bucket policy"
     )]
     Denied {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The operation (e.g. `put`, `list`).
         op: &'static str,
+        /// The object key.
         key: String,
+        /// What the server or the system said.
         detail: String,
     },
+    /// Any other failure of an operation.
     #[error("{op} {key} in {location} failed: {detail}")]
     Failed {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The operation (e.g. `put`, `list`).
         op: &'static str,
+        /// The object key.
         key: String,
+        /// What the server or the system said.
         detail: String,
     },
+    /// A local file operation failed.
     #[error("{op} {path} failed")]
     Io {
+        /// The operation (e.g. `put`, `list`).
         op: &'static str,
+        /// The file.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// The upload was aborted by a shutdown.
     #[error(
         "upload of {key} to {location} was cancelled (shutdown requested); nothing was committed"
     )]
-    Cancelled { location: String, key: String },
+    Cancelled {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+        /// The object key.
+        key: String,
+    },
+    /// The producer stopped without finishing; the upload was aborted.
     #[error(
         "upload of {key} to {location} stopped before its producer finished; nothing was committed"
     )]
-    Incomplete { location: String, key: String },
+    Incomplete {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+        /// The object key.
+        key: String,
+    },
+    /// The store cannot do this (e.g. list unfinished uploads).
     #[error("{location} cannot {op}: {detail}")]
     Unsupported {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The operation (e.g. `put`, `list`).
         op: &'static str,
+        /// What the server or the system said.
         detail: String,
     },
+    /// A `--store` that is neither s3:// nor file://.
     #[error("invalid store {url:?}: {reason}; use s3://bucket/prefix or file:///absolute/dir")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A store that does not exist (only a backup creates one).
     #[error("store {location} does not exist; check --store / DR_STORE for a typo (a backup creates a missing directory, list/verify/restore/prune never do)")]
-    Missing { location: String },
+    Missing {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+    },
+    /// A key that could resolve outside its backup's directory.
     #[error("refusing object name {key:?} in {location}: it could leave its backup's directory (only names that match the layout in docs/FORMAT.md are used)")]
-    BadKey { location: String, key: String },
+    BadKey {
+        /// The store (bucket and prefix, or directory).
+        location: String,
+        /// The object key.
+        key: String,
+    },
+    /// A local object that is a symlink, FIFO or directory.
     #[error("{key} in {location} is not a regular file ({what}); refusing to read it")]
     NotRegular {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The object key.
         key: String,
+        /// What was being done or read.
         what: &'static str,
     },
+    /// An object larger than the reader accepts.
     #[error("{key} in {location} is larger than {limit} bytes; refusing to read it whole")]
     TooLarge {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The object key.
         key: String,
+        /// The largest size read, in bytes.
         limit: u64,
     },
+    /// The store holds fewer or more bytes than were written.
     #[error("the store {location} reported {key} as {found} bytes after it was written, but {expected} were sent; nothing was committed, check the store's free space and health")]
     ShortWrite {
+        /// The store (bucket and prefix, or directory).
         location: String,
+        /// The object key.
         key: String,
+        /// What the manifest (or the writer) recorded.
         expected: u64,
+        /// What is there.
         found: u64,
     },
 }
@@ -241,9 +316,11 @@ pub trait WriteStore: ReadStore {
 /// An upload that was started and never completed nor aborted (a crashed writer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingUpload {
+    /// Key it was meant for.
     pub key: String,
     /// Store-specific handle (S3 upload id, local temporary file name).
     pub handle: String,
+    /// When it was started.
     pub started: chrono::DateTime<chrono::Utc>,
 }
 
@@ -274,8 +351,18 @@ pub struct S3Options {
 /// A parsed `--store` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
-    S3 { bucket: String, prefix: String },
-    Local { root: std::path::PathBuf },
+    /// An S3 bucket and key prefix.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix (may be empty).
+        prefix: String,
+    },
+    /// A local directory.
+    Local {
+        /// The directory.
+        root: std::path::PathBuf,
+    },
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -319,7 +406,9 @@ impl std::str::FromStr for StoreUrl {
 /// worst possible answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
+    /// list, verify, restore, prune: a missing store is an error (a typo).
     MustExist,
+    /// backup: create the directory.
     CreateIfMissing,
 }
 

@@ -52,6 +52,7 @@ pub fn part_size(part_number: i32) -> usize {
     (BASE_PART_SIZE << doublings).min(MAX_PART_SIZE)
 }
 
+/// A store in an S3 bucket under a key prefix (AWS, MinIO, Ceph, R2…).
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
@@ -88,6 +89,7 @@ impl S3Store {
         Self::new(Client::from_conf(conf.build()), bucket, prefix)
     }
 
+    /// A store on `bucket` under `prefix`, with a configured client.
     pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
         let prefix = prefix.trim_matches('/').to_string();
         let location = if prefix.is_empty() {

@@ -28,16 +28,27 @@ pub struct DumpOptions {
 /// Errors of a ClickHouse backup.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    /// Talking to the server failed.
     #[error(transparent)]
     Ch(#[from] ChError),
+    /// The selection matches no database or table.
     #[error("nothing to back up on {addr} ({asked}); check --database")]
-    Nothing { addr: String, asked: String },
+    Nothing {
+        /// The server's address.
+        addr: String,
+        /// What was asked for.
+        asked: String,
+    },
+    /// One table's data part failed.
     #[error("backing up table {table} failed")]
     Table {
+        /// The table (`db.table`).
         table: String,
+        /// The underlying error.
         #[source]
         source: EncodeError,
     },
+    /// Storing the schema part failed.
     #[error("storing the schema failed")]
     Schema(#[source] EncodeError),
 }
@@ -185,8 +196,11 @@ pub async fn read_schema(client: &ChClient, opts: &DumpOptions) -> Result<Schema
 /// A row of `system.tables`.
 #[derive(Debug, Clone)]
 pub struct ListedTable {
+    /// Its database.
     pub database: String,
+    /// Its name.
     pub name: String,
+    /// Its engine (`MergeTree`, `View`…).
     pub engine: String,
     /// `create_table_query` (empty unless asked for).
     pub create: String,

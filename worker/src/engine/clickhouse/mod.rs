@@ -29,24 +29,51 @@ pub const SYSTEM_DATABASES: [&str; 3] = ["system", "INFORMATION_SCHEMA", "inform
 /// Errors talking to ClickHouse, each with the next step.
 #[derive(Debug, thiserror::Error)]
 pub enum ChError {
+    /// `CLICKHOUSE_URL` is not set.
     #[error("no ClickHouse address: set CLICKHOUSE_URL (e.g. http://clickhouse.signoz.svc:8123)")]
     NoUrl,
+    /// The address is not an http(s) URL.
     #[error("{url:?} is not a ClickHouse HTTP address: {reason} (expected http(s)://host:8123)")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The password file cannot be read.
     #[error("cannot read the password file {path}: {reason}")]
-    PasswordFile { path: String, reason: String },
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No answer, or no connection, within the timeout.
     #[error("cannot reach ClickHouse at {addr}: {reason}; check the address (the HTTP port, usually 8123) and the network policy")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        /// The server's address.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server refused the user or password.
     #[error("ClickHouse at {addr} refused user {user}: {message}; check CLICKHOUSE_USER and CLICKHOUSE_PASSWORD / CLICKHOUSE_PASSWORD_FILE")]
     Auth {
+        /// The server's address.
         addr: String,
+        /// The user name.
         user: String,
+        /// The server's message.
         message: String,
     },
+    /// The server answered a query with an error.
     #[error("ClickHouse at {addr} failed {what}: {message}")]
     Query {
+        /// The server's address.
         addr: String,
+        /// What was being done or read.
         what: String,
+        /// The server's message.
         message: String,
     },
 }
@@ -54,7 +81,9 @@ pub enum ChError {
 /// Where a ClickHouse server is and who we are there. The password never prints.
 #[derive(Clone)]
 pub struct ChTarget {
+    /// The HTTP(S) endpoint, without credentials.
     pub url: Url,
+    /// The user name.
     pub user: String,
     password: Option<String>,
 }
@@ -179,6 +208,7 @@ impl ChClient {
         })
     }
 
+    /// The server's address, for messages (never with credentials).
     pub fn addr(&self) -> String {
         self.target.to_string()
     }

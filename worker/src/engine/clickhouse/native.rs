@@ -33,14 +33,24 @@ use std::io::{self, BufRead, Read};
 /// Why a Native stream is not a complete result.
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
+    /// The server wrote an exception into the result (it failed after it started sending).
     #[error("ClickHouse reported an error in the middle of the result: {0}")]
     ServerException(String),
+    /// The result ends inside a block.
     #[error("the result is cut short: {0}")]
     Truncated(String),
+    /// The bytes are not a Native result.
     #[error("the result is not valid Native format: {0}")]
     Malformed(String),
+    /// A column type no size rule covers (the dump then uses TabSeparated).
     #[error("column {column} has type {type_name}, which this version cannot walk; exclude the table or file an issue")]
-    UnsupportedType { column: String, type_name: String },
+    UnsupportedType {
+        /// The column.
+        column: String,
+        /// Its type.
+        type_name: String,
+    },
+    /// Reading the result failed.
     #[error(transparent)]
     Io(io::Error),
 }
@@ -48,20 +58,30 @@ pub enum NativeError {
 /// What a walked stream held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NativeStats {
+    /// Rows walked.
     pub rows: u64,
+    /// Blocks walked.
     pub blocks: u64,
+    /// Bytes read.
     pub bytes: u64,
 }
 
 /// A column type, as far as its size on the wire is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wire {
+    /// A fixed number of bytes per row (numbers, dates, UUIDs, FixedString).
     Fixed(usize),
+    /// A varint length, then that many bytes.
     String,
+    /// A null map (one byte per row), then the inner column.
     Nullable(Box<Wire>),
+    /// Cumulative offsets (u64 per row), then the inner column for all elements.
     Array(Box<Wire>),
+    /// An array of key/value tuples: offsets, then the keys column, then the values column.
     Map(Box<Wire>, Box<Wire>),
+    /// Each element's column in turn.
     Tuple(Vec<Wire>),
+    /// A dictionary and indexes, in the prefix and data passes.
     LowCardinality(Box<Wire>),
     /// Variants in the order the type name lists them (ClickHouse prints them sorted, and
     /// discriminators index that order).

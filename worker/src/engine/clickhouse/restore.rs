@@ -51,6 +51,7 @@ pub struct RestoreOptions {
     pub tables: Vec<String>,
     /// Restore database `old` as `new`.
     pub database_map: BTreeMap<String, String>,
+    /// What to do with Replicated tables (`--replicated`).
     pub replicated: Replicated,
     /// Drop and recreate tables that exist.
     pub clean: bool,
@@ -59,29 +60,49 @@ pub struct RestoreOptions {
 /// Errors of a ClickHouse restore.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Talking to the server failed.
     #[error(transparent)]
     Ch(#[from] ChError),
     // Not transparent: the VerifyError must stay in the error chain, where the exit code
     // (1 for a backup that fails a check, even mid-restore) looks for it.
+    /// A part failed its check while it streamed (exit 1).
     #[error("reading the backup")]
     Verify(#[from] VerifyError),
+    /// The schema part does not parse.
     #[error("the backup's schema part is unreadable: {0}")]
     BadSchema(String),
+    /// `--table` patterns that match nothing in the backup.
     #[error("no table of backup {backup} matches {patterns:?}; it has: {available}")]
     NoMatch {
+        /// The backup (`engine/target/id`).
         backup: String,
+        /// The patterns given.
         patterns: Vec<String>,
+        /// What the backup holds.
         available: String,
     },
+    /// Replicated tables and no `--replicated` choice.
     #[error("{tables} use Replicated engines; choose --replicated convert (single-node MergeTree engines) or --replicated keep (same Keeper paths and macros on the target)")]
-    ReplicatedPolicy { tables: String },
+    ReplicatedPolicy {
+        /// The tables concerned.
+        tables: String,
+    },
+    /// Tables that would receive rows already hold some (no `--clean`).
     #[error("these tables already hold rows on {addr}: {tables}; restore under another name (--database-map old=new) or pass --clean to drop and recreate them")]
-    NotEmpty { addr: String, tables: String },
+    NotEmpty {
+        /// The server's address.
+        addr: String,
+        /// The tables concerned.
+        tables: String,
+    },
+    /// Loading one table failed.
     #[error(
         "loading {table} failed; tables loaded before it stay (rerun with --clean to start over)"
     )]
     Load {
+        /// The table (`db.table`).
         table: String,
+        /// The underlying error.
         #[source]
         source: Box<RestoreError>,
     },
@@ -90,10 +111,13 @@ pub enum RestoreError {
 /// One object to create (and maybe load).
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
+    /// When in the restore it happens.
     pub phase: Phase,
     /// Target database and name.
     pub database: String,
+    /// The table's name.
     pub name: String,
+    /// The table's engine.
     pub engine: String,
     /// The DDL to run, after renaming and policies.
     pub create: String,
@@ -103,6 +127,7 @@ pub struct Step {
     pub exists: bool,
     /// Data to load: the part name and the columns it holds.
     pub part: Option<String>,
+    /// Columns of the data part, in order (the INSERT's column list).
     pub columns: Vec<String>,
     /// For a materialized view: its inner table's part (loaded after the view exists).
     pub inner_part: Option<InnerPart>,
@@ -115,7 +140,9 @@ pub struct Step {
 pub struct InnerPart {
     /// The inner table's name in the backup (its counts are recorded under it).
     pub backed_up_as: String,
+    /// The data part's name.
     pub part: String,
+    /// Its columns, in order.
     pub columns: Vec<String>,
 }
 
@@ -151,13 +178,16 @@ pub async fn inner_table(client: &ChClient, db: &str, view: &str) -> Result<Stri
 /// The whole restore, decided before anything changes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// Database renames, backup name to restored name.
     pub databases: Vec<(String, String)>,
+    /// What is created and loaded, in order.
     pub steps: Vec<Step>,
     /// What the restore changes on the way (e.g. an Ordinary database created as Atomic).
     pub notes: Vec<String>,
 }
 
 impl Plan {
+    /// The plan as lines for people, one per step.
     pub fn describe(&self) -> Vec<String> {
         self.notes
             .iter()
@@ -178,6 +208,7 @@ impl Plan {
             .collect()
     }
 
+    /// Whether the plan drops something (`--clean` over existing tables).
     pub fn is_destructive(&self) -> bool {
         self.steps.iter().any(|s| s.drop_first)
     }

@@ -30,14 +30,19 @@ pub struct DumpOptions {
 /// Errors of a PostgreSQL backup.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    /// Connecting or counting failed.
     #[error(transparent)]
     Pg(#[from] PgError),
+    /// One database's part failed.
     #[error("backing up database {database} failed")]
     Part {
+        /// The database.
         database: String,
+        /// The underlying error.
         #[source]
         source: EncodeError,
     },
+    /// The `--globals` part failed.
     #[error("backing up roles and tablespaces (--globals) failed")]
     Globals(#[source] EncodeError),
 }

@@ -24,23 +24,43 @@ use crate::catalog::TableCount;
 /// Errors talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
+    /// No connection (address, credentials, TLS).
     #[error("cannot connect to {target}: {detail}; check the host, port, user and password (PGPASSWORD or PGPASSWORD_FILE)")]
-    Connect { target: String, detail: String },
-    #[error("{what} on {target} failed: {detail}")]
-    Query {
-        what: &'static str,
+    Connect {
+        /// The server.
         target: String,
+        /// What the server or the system said.
         detail: String,
     },
+    /// A query failed.
+    #[error("{what} on {target} failed: {detail}")]
+    Query {
+        /// What was being done or read.
+        what: &'static str,
+        /// The server.
+        target: String,
+        /// What the server or the system said.
+        detail: String,
+    },
+    /// The `--to` URL does not parse.
     #[error(
         "invalid PostgreSQL URL {url:?}: {reason} (expected postgres://user@host:port/database)"
     )]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The password file cannot be read.
     #[error("cannot read the password file {}: {cause}", path.display())]
     PasswordFile {
+        /// The file.
         path: PathBuf,
+        /// The underlying error.
         cause: std::io::Error,
     },
+    /// No database to connect to.
     #[error("no database given: pass --database or set PGDATABASE")]
     NoDatabase,
 }
@@ -48,10 +68,14 @@ pub enum PgError {
 /// Where a PostgreSQL server is and who we are on it. The password is never shown.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgTarget {
+    /// Host name or address.
     pub host: String,
+    /// TCP port.
     pub port: u16,
+    /// Role to connect as.
     pub user: String,
     password: Option<String>,
+    /// Database named in the URL, if any.
     pub dbname: Option<String>,
 }
 

@@ -25,28 +25,37 @@ pub struct RestoreOptions {
     pub clean: bool,
     /// Restore ownership and grants (needs the roles to exist, e.g. from the globals part).
     pub keep_owners: bool,
+    /// Where pg_restore and psql are (`--pg-bin-dir`); PATH when unset.
     pub bin_dir: Option<PathBuf>,
 }
 
 /// Errors of a restore. The target is unchanged whenever one is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Connecting or querying failed.
     #[error(transparent)]
     Pg(#[from] PgError),
+    /// The target database already holds tables (no `--clean`).
     #[error("database {database} on {server} already has {tables} table(s); restore into a new database (--to …/NEWDB) or pass --clean to drop and recreate what the backup contains")]
     NotEmpty {
+        /// The database.
         database: String,
+        /// The server.
         server: String,
+        /// The tables concerned.
         tables: usize,
     },
     // Not transparent: the VerifyError must stay in the error chain, where the exit code
     // (1 for a backup that fails a check, even mid-restore) looks for it.
+    /// A part failed its check while it streamed (exit 1).
     #[error("reading the backup")]
     Verify(#[from] VerifyError),
+    /// pg_restore (or psql for the globals) failed.
     #[error(
         "pg_restore failed; the target was left unchanged (the restore runs as one transaction)"
     )]
     Tool(#[source] ChildError),
+    /// Reading from the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -54,10 +63,15 @@ pub enum RestoreError {
 /// What a restore will do, shown to the user before anything happens.
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
+    /// The server.
     pub target: PgTarget,
+    /// The database restored into.
     pub database: String,
+    /// Whether it exists already.
     pub exists: bool,
+    /// Tables it holds now.
     pub existing_tables: usize,
+    /// Whether `--clean` drops and recreates it.
     pub clean: bool,
 }
 
@@ -67,6 +81,7 @@ impl RestorePlan {
         self.exists && self.existing_tables > 0
     }
 
+    /// One line for people: what will be replaced or created.
     pub fn describe(&self) -> String {
         match (self.exists, self.existing_tables) {
             (false, _) => format!("create database {} on {} (from template0) and restore into it", self.database, self.target),

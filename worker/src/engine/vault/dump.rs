@@ -44,11 +44,15 @@ pub struct Facts {
 /// Errors of a Vault backup.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
+    /// Talking to Vault failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The snapshot could not be stored or failed its shape check.
     #[error("storing the raft snapshot of {addr} failed")]
     Snapshot {
+        /// The server's address.
         addr: String,
+        /// The underlying error.
         #[source]
         source: EncodeError,
     },

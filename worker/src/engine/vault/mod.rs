@@ -37,51 +37,106 @@ pub enum VaultError {
     /// The backup's facts do not read (a hand-edited manifest).
     #[error(transparent)]
     Facts(#[from] crate::catalog::FactsError),
+    /// `VAULT_ADDR` is not set.
     #[error("no Vault address: set VAULT_ADDR (e.g. https://vault.vault.svc:8200)")]
     NoAddr,
+    /// The address is not an http(s) URL.
     #[error("{url:?} is not a Vault address: {reason} (expected http(s)://host:port)")]
-    BadUrl { url: String, reason: String },
-    #[error("no Vault token: set VAULT_TOKEN or VAULT_TOKEN_FILE, or log in with Kubernetes auth (--k8s-role)")]
-    NoToken,
-    #[error("cannot read {what} {path}: {reason}")]
-    File {
-        what: &'static str,
-        path: PathBuf,
+    BadUrl {
+        /// The address as given.
+        url: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// No token and no Kubernetes auth role.
+    #[error("no Vault token: set VAULT_TOKEN or VAULT_TOKEN_FILE, or log in with Kubernetes auth (--k8s-role)")]
+    NoToken,
+    /// A token, CA or service-account file cannot be read.
+    #[error("cannot read {what} {path}: {reason}")]
+    File {
+        /// What was being done or read.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No answer, or no connection, within the timeout.
     #[error("cannot reach Vault at {addr}: {reason}; check the address, the network policy and that the server runs")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        /// The server's address.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node is sealed.
     #[error("Vault at {addr} is sealed; unseal it (bao operator unseal, with the threshold of unseal keys) and retry")]
-    Sealed { addr: String },
+    Sealed {
+        /// The server's address.
+        addr: String,
+    },
+    /// The node is not initialised.
     #[error(
         "Vault at {addr} is not initialised; initialise and unseal it first (bao operator init)"
     )]
-    NotInitialized { addr: String },
+    NotInitialized {
+        /// The server's address.
+        addr: String,
+    },
+    /// Only a standby is reachable.
     #[error("Vault at {addr} is a standby node and the active node ({leader}) cannot be used: a standby's snapshot is broken; point the address at the active node")]
-    Standby { addr: String, leader: String },
+    Standby {
+        /// The server's address.
+        addr: String,
+        /// The active node's address.
+        leader: String,
+    },
+    /// The token is invalid, expired or revoked.
     #[error("Vault at {addr} rejected the token (invalid, expired or revoked); issue a new one or check VAULT_TOKEN / VAULT_TOKEN_FILE")]
-    BadToken { addr: String },
+    BadToken {
+        /// The server's address.
+        addr: String,
+    },
+    /// The token's policy lacks a capability.
     #[error("the token may not {capability} {path} on {addr}; add to its policy: path \"{path}\" {{ capabilities = [\"{capability}\"] }}")]
     PermissionDenied {
+        /// The server's address.
         addr: String,
+        /// The missing capability.
         capability: &'static str,
+        /// The file.
         path: String,
     },
+    /// Kubernetes auth refused the login.
     #[error("Kubernetes auth at auth/{mount} on {addr} rejected role {role:?}: {reason}; check that the role exists and binds this pod's service account and namespace (bao read auth/{mount}/role/{role})")]
     K8sLoginRejected {
+        /// The server's address.
         addr: String,
+        /// The auth mount.
         mount: String,
+        /// The role.
         role: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The backup has no raft snapshot part.
     #[error("backup {backup} holds no raft snapshot; pick a Vault backup (kubectl dr list --engine vault)")]
-    NotVaultBackup { backup: String },
+    NotVaultBackup {
+        /// The backup (`engine/target/id`).
+        backup: String,
+    },
+    /// Any other error answer of the API.
     #[error("Vault at {addr} answered {status} to {method} {path}: {message}")]
     Api {
+        /// The server's address.
         addr: String,
+        /// The HTTP method.
         method: String,
+        /// The file.
         path: String,
+        /// How it ended (exit code or signal).
         status: u16,
+        /// The server's message.
         message: String,
     },
 }
@@ -91,6 +146,7 @@ pub enum VaultError {
 pub struct Token(String);
 
 impl Token {
+    /// Wraps a token read from the environment or a file.
     pub fn new(token: impl Into<String>) -> Self {
         Token(token.into().trim().to_string())
     }
@@ -143,11 +199,15 @@ impl fmt::Debug for Token {
 /// How the worker gets its token.
 #[derive(Debug, Clone)]
 pub enum Auth {
+    /// A token given directly (VAULT_TOKEN, a file).
     Token(Token),
     /// `POST auth/<mount>/login` with the pod's service-account JWT.
     Kubernetes {
+        /// The Vault role bound to the service account.
         role: String,
+        /// The auth mount (`kubernetes` unless changed).
         mount: String,
+        /// The service-account token file.
         jwt_path: PathBuf,
     },
 }
@@ -155,7 +215,9 @@ pub enum Auth {
 /// Where a Vault server is: its API address and, for private CAs, a CA bundle.
 #[derive(Debug, Clone)]
 pub struct VaultTarget {
+    /// The node's address (any node: the active one is found).
     pub addr: Url,
+    /// A private CA to trust (`VAULT_CACERT`).
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -223,13 +285,19 @@ fn redact_url(url: &str) -> String {
 /// themselves.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Health {
+    /// Whether the node is initialised.
     pub initialized: bool,
+    /// Whether it is sealed.
     pub sealed: bool,
+    /// Whether it is a standby.
     pub standby: bool,
+    /// The server's version.
     #[serde(default)]
     pub version: String,
+    /// The cluster's id, once initialised.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The cluster's name.
     #[serde(default)]
     pub cluster_name: Option<String>,
 }
@@ -237,10 +305,13 @@ pub struct Health {
 /// `sys/leader`: which node is active, and since when (a restore resets that time).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Leader {
+    /// Whether the node asked is the active one.
     #[serde(default)]
     pub is_self: bool,
+    /// The active node's API address.
     #[serde(default)]
     pub leader_address: String,
+    /// Since when it is active.
     #[serde(default)]
     pub active_time: Option<String>,
 }
@@ -294,10 +365,12 @@ impl VaultClient {
         })
     }
 
+    /// The node's address, for messages.
     pub fn addr(&self) -> &str {
         self.addr.as_str().trim_end_matches('/')
     }
 
+    /// The same client, using `token`.
     pub fn with_token(mut self, token: Token) -> Self {
         self.token = Some(token);
         self

@@ -36,33 +36,61 @@ pub struct RestoreOptions {
 /// Errors of a Vault restore.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Talking to Vault failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
     // Not transparent: the VerifyError must stay in the error chain, where the exit code
     // (1 for a backup that fails a check, even mid-restore) looks for it.
+    /// The snapshot failed its check while it streamed (exit 1).
     #[error("reading the backup")]
     Verify(#[from] VerifyError),
+    /// Reading from the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server refused a snapshot of another cluster without `--force`.
     #[error("Vault at {addr} refused the snapshot ({message}); nothing was changed. The backup comes from a cluster with other unseal keys (a rebuilt cluster): pass --force to restore it anyway, then unseal with the backed-up cluster's keys")]
-    ForceNeeded { addr: String, message: String },
+    ForceNeeded {
+        /// The server's address.
+        addr: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Sending the snapshot failed.
     #[error("sending the snapshot to {addr} failed: {reason}")]
-    Send { addr: String, reason: String },
+    Send {
+        /// The server's address.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Restored, but the node stays sealed (it needs the backed-up cluster's unseal keys).
     #[error("the snapshot was restored, but Vault at {addr} is still sealed after {waited}: unseal it with the unseal keys of the backed-up cluster{cluster} (not this server's old keys), then compare counts with `kubectl dr verify {backup} --against {addr}`")]
     StillSealed {
+        /// The server's address.
         addr: String,
+        /// How long it was waited for.
         waited: String,
+        /// The backed-up cluster's id, when known.
         cluster: String,
+        /// The backup (`engine/target/id`).
         backup: String,
     },
+    /// Sent, but the node did not become active again.
     #[error("the snapshot was sent, but Vault at {addr} did not become active again within {waited}; check the server's log (a failed restore seals the node)")]
-    NotActive { addr: String, waited: String },
+    NotActive {
+        /// The server's address.
+        addr: String,
+        /// How long it was waited for.
+        waited: String,
+    },
 }
 
 /// What a restore will do, shown before anything happens.
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
+    /// The active node, with the restore token.
     pub client: VaultClient,
+    /// The node's health before the restore.
     pub health: Health,
     active_time: Option<String>,
     /// What the backup recorded about its cluster.
@@ -70,6 +98,7 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
+    /// One line for people: what will be replaced.
     pub fn describe(&self) -> String {
         format!(
             "REPLACE all data of Vault at {} (cluster {}, version {}) with the raft snapshot of cluster {} at raft index {}",

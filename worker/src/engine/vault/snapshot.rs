@@ -19,14 +19,22 @@ const REQUIRED: [&str; 4] = ["meta.json", "state.bin", "SHA256SUMS", "SHA256SUMS
 /// Why a snapshot is not a usable raft snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// No bytes at all.
     #[error("the snapshot is empty")]
     Empty,
+    /// Not a gzip'd tar, or cut short.
     #[error("the snapshot is not a gzip'd tar archive or is cut short: {0}")]
     Malformed(String),
+    /// A file every raft snapshot has is missing.
     #[error("the snapshot lacks {0}")]
     MissingFile(&'static str),
+    /// A file does not match its SHA256SUMS line.
     #[error("the snapshot's {file} does not match its SHA256SUMS (the snapshot is damaged)")]
-    SumMismatch { file: String },
+    SumMismatch {
+        /// The file inside the snapshot.
+        file: String,
+    },
+    /// meta.json does not parse.
     #[error("the snapshot's meta.json is unreadable: {0}")]
     BadMeta(String),
 }
@@ -36,6 +44,7 @@ pub enum SnapshotError {
 pub struct SnapshotFacts {
     /// Raft index and term the snapshot was taken at.
     pub index: u64,
+    /// Raft term of the snapshot.
     pub term: u64,
     /// Size of `state.bin` (the key/value state) in bytes.
     pub state_bytes: u64,
@@ -123,8 +132,10 @@ impl From<SnapshotError> for Failure {
 /// An inspection that could not finish, or that found a bad snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotInspectError {
+    /// The snapshot is not one.
     #[error(transparent)]
     Bad(#[from] SnapshotError),
+    /// Copying it on failed.
     #[error(transparent)]
     Io(io::Error),
 }
