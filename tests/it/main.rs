@@ -14,6 +14,8 @@
 //!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
 //! - `manifests`: our rules (non-root, read-only root, Forbid, no identity…) on every rendered
 //!   kustomize overlay.
+//! - `monitoring`: alert rules under promtool, dashboard queries and `KubeDrBackupFailed` on
+//!   a real Prometheus, metrics on a real Pushgateway, the dead man's switch.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
 //!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
@@ -23,6 +25,7 @@ mod command;
 mod compat;
 mod durability;
 mod manifests;
+mod monitoring;
 mod pipeline;
 mod postgres;
 mod prune;

@@ -211,13 +211,21 @@ pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
 /// Maps an error chain to an exit code and prints it (unless `quiet`: the caller logged it
 /// already, e.g. as a JSON line); a closed stdout (`| head`) is success.
 pub fn report(err: &anyhow::Error, quiet: bool) -> ExitCode {
-    if err.chain().any(|c| c.is::<StdoutClosed>()) {
-        return ExitCode::SUCCESS;
-    }
-    if !quiet {
+    let code = outcome_code(err);
+    if code != 0 && !quiet {
         eprintln!("error: {err:#}");
     }
-    ExitCode::from(exit_code(err))
+    ExitCode::from(code)
+}
+
+/// The exit code an error ends the program with: 0 for a closed stdout (the reader had
+/// enough), else [`exit_code`].
+pub fn outcome_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|c| c.is::<StdoutClosed>()) {
+        0
+    } else {
+        exit_code(err)
+    }
 }
 
 /// 1 when the chain holds a failed check, else 2.
@@ -255,11 +263,20 @@ pub enum LogFormat {
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(format: LogFormat, default_level: &str) {
+    init_logging_to(format, default_level, std::io::stderr);
+}
+
+/// [`init_logging`] through `writer` (e.g. a [`crate::observe::tail::LogTail`], which
+/// writes to stderr and keeps the end for the ping).
+pub fn init_logging_to<W>(format: LogFormat, default_level: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

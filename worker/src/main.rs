@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use drkit::catalog::Manifest;
 use drkit::cli::{self, LogFormat, StoreArgs};
 use drkit::engine::registry::BackupCommand;
+use drkit::observe::ping::{self, Ping};
+use drkit::observe::push::{self, Pushgateway};
+use drkit::observe::tail::LogTail;
 use drkit::retention::prune;
 
 /// Take encrypted, verified database backups into S3 (or a directory).
@@ -15,6 +19,11 @@ use drkit::retention::prune;
 /// Each backup streams the database's own dump through zstd and age (to public keys only)
 /// into the store, then writes manifest.json with sizes, sha256 sums and exact row counts.
 /// A backup without a manifest never happened: a failed run leaves nothing visible.
+///
+/// Monitoring: with --pushgateway (DR_PUSHGATEWAY_URL) every backup and prune pushes its
+/// metrics (kube_dr_backup_*, kube_dr_prune_deleted_backups) to a Prometheus Pushgateway;
+/// with DR_PING_URL (a healthchecks.io-style URL, from a Secret) each run pings
+/// <url>/start and then <url>/<exit code> with the log's tail. Neither can fail a backup.
 ///
 /// Exit codes: 0 ok, 2 the backup failed (nothing committed).
 #[derive(Debug, Parser)]
@@ -40,6 +49,12 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
+
+    /// Push metrics to this Prometheus Pushgateway after each backup and prune (e.g.
+    /// http://pushgateway.monitoring:9091); one group per engine and target. A push that
+    /// fails is a warning, never a failed backup.
+    #[arg(long, value_name = "URL", env = "DR_PUSHGATEWAY_URL", global = true)]
+    pushgateway: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,47 +97,89 @@ struct PruneArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.log_format == LogFormat::Json;
-    cli::init_logging(cli.log_format, "info");
+    let tail = LogTail::default();
+    cli::init_logging_to(cli.log_format, "info", tail.clone());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    runtime.block_on(async move {
+        let ping = Ping::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the dead man's switch is off");
+            None
+        });
+        // Beside the run, not before it: a hanging monitor never holds up a backup.
+        let started = ping
+            .clone()
+            .map(|p| tokio::spawn(async move { p.start().await }));
+        let result = run(cli).await;
+        let code = result.as_ref().err().map_or(0, cli::outcome_code);
+        if let Err(e) = &result {
             if json {
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    exit_code = cli::exit_code(&e),
-                    "failed"
-                );
+                tracing::error!(error = format!("{e:#}"), exit_code = code, "failed");
+            } else {
+                tail.push(format!("error: {e:#}\n").as_bytes());
             }
-            cli::report(&e, json)
         }
-    }
+        if let (Some(ping), Some(started)) = (ping, started) {
+            let limit = started.await.unwrap_or(ping::DEFAULT_BODY_LIMIT);
+            ping.finish(code, tail.last(limit)).await;
+        }
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => cli::report(&e, json),
+        }
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cancel = drkit::shutdown::on_signals();
+    let gateway = cli.pushgateway.as_deref().and_then(|url| {
+        Pushgateway::new(url)
+            .map_err(|e| tracing::warn!(error = %e, "metrics will not be pushed"))
+            .ok()
+    });
     match cli.command {
-        Command::Prune(args) => prune(&cli.store, args).await,
+        Command::Prune(args) => prune(&cli.store, args, gateway.as_ref()).await,
         Command::Backup(command) => {
-            let parts = command.into_parts().map_err(|e| anyhow::anyhow!(e))?;
-            let settings = parts.encoding.settings(&parts.recipients)?;
-            let store = cli.store.open_for_backup().await?;
-            let manifest = drkit::engine::backup(
-                store.as_ref(),
-                parts.engine,
-                &parts.target,
-                settings,
-                parts.source.as_ref(),
-                cancel,
-            )
-            .await?;
-            cli::print_line(&manifest.id)?;
+            let (engine, target) = command.series();
+            let target = target.to_string();
+            let attempt = chrono::Utc::now();
+            let clock = std::time::Instant::now();
+            let result = backup(&cli.store, command, cancel).await;
+            if let Some(gateway) = &gateway {
+                let metrics = push::backup_metrics(attempt, clock.elapsed(), result.as_ref().ok());
+                gateway
+                    .push_or_warn(engine.as_str(), &target, &metrics)
+                    .await;
+            }
+            cli::print_line(&result?.id)?;
             Ok(())
         }
     }
 }
 
-async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
+async fn backup(
+    store: &StoreArgs,
+    command: BackupCommand,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Manifest> {
+    let parts = command.into_parts().map_err(|e| anyhow::anyhow!(e))?;
+    let settings = parts.encoding.settings(&parts.recipients)?;
+    let store = store.open_for_backup().await?;
+    Ok(drkit::engine::backup(
+        store.as_ref(),
+        parts.engine,
+        &parts.target,
+        settings,
+        parts.source.as_ref(),
+        cancel,
+    )
+    .await?)
+}
+
+async fn prune(
+    store: &StoreArgs,
+    args: PruneArgs,
+    gateway: Option<&Pushgateway>,
+) -> anyhow::Result<()> {
     let policy = args.retention.policy();
     policy.validate()?;
     if let Some(e) = &args.engine {
@@ -155,6 +212,18 @@ async fn prune(store: &StoreArgs, args: PruneArgs) -> anyhow::Result<()> {
         prune::execute(store.as_ref(), &items, &mut outcome)
             .await
             .context("pruning stopped part-way; rerun it to finish (a half-deleted backup has no manifest and is removed next time)")?;
+        if let Some(gateway) = gateway {
+            for series in items.chunk_by(|a, b| (&a.engine, &a.target) == (&b.engine, &b.target)) {
+                let deleted = series.iter().filter(|i| !i.decision.keep).count();
+                gateway
+                    .push_or_warn(
+                        &series[0].engine,
+                        &series[0].target,
+                        &push::prune_metrics(deleted),
+                    )
+                    .await;
+            }
+        }
     }
     let stale = prune::abort_stale_uploads(
         store.as_ref(),

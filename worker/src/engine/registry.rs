@@ -138,6 +138,17 @@ pub struct Parts {
 }
 
 impl BackupCommand {
+    /// The engine and `--target` (known before the source is built, so a backup that
+    /// cannot even start is still reported for its series).
+    pub fn series(&self) -> (Engine, &str) {
+        match self {
+            BackupCommand::Postgres(b) => (Engine::Postgres, &b.target),
+            BackupCommand::Vault(b) => (Engine::Vault, &b.target),
+            BackupCommand::Clickhouse(b) => (Engine::Clickhouse, &b.target),
+            BackupCommand::Command(b) => (Engine::Command, &b.target),
+        }
+    }
+
     /// Builds the engine's source from its flags and environment.
     ///
     /// # Errors
