@@ -44,7 +44,7 @@ struct Cli {
     store: StoreArgs,
 
     /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     no_progress: bool,
 
     /// Log format on stderr.
@@ -53,7 +53,8 @@ struct Cli {
         value_enum,
         default_value = "text",
         env = "DR_LOG_FORMAT",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     log_format: LogFormat,
 }

@@ -305,6 +305,13 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order(server: Server
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(server.count(&copy, "events").await, 100_000);
+    // The count table says what it compares: the backup, the rename, the server.
+    assert!(
+        stdout(&out).starts_with("clickhouse/")
+            && stdout(&out).contains(&format!(" db {db} → {copy} vs {url}")),
+        "{}",
+        stdout(&out)
+    );
 
     for d in [&db, &copy] {
         server.ch(&format!("DROP DATABASE {d}")).await;

@@ -431,3 +431,140 @@ async fn local_directory_store_and_globals() {
     drop_database(&db).await;
     drop_database(&restored).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_globals_creates_the_roles_first_and_a_rerun_skips_them() {
+    let (db, owner, member) = (unique("glob"), unique("glob_owner"), unique("glob_member"));
+    let (first, second) = (unique("glob_r1"), unique("glob_r2"));
+    create_database(&db).await;
+    let admin = pg_connect("postgres").await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owner} NOLOGIN CREATEDB; CREATE ROLE {member} LOGIN; GRANT {owner} TO {member};"
+        ))
+        .await
+        .unwrap();
+    pg_connect(&db)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 50); ALTER TABLE t OWNER TO {owner};"
+        ))
+        .await
+        .unwrap();
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    backup_postgres(&store, &keys, "glob", &db, &["--globals"]);
+    // The rebuild: the database and its roles are gone.
+    drop_database(&db).await;
+    admin
+        .batch_execute(&format!("DROP ROLE {member}; DROP ROLE {owner};"))
+        .await
+        .unwrap();
+
+    let restore = |to: &str, extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--store",
+            store.url(),
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            to,
+            "--keep-owners",
+        ];
+        args.extend_from_slice(extra);
+        run("kubectl-dr", &args, &[])
+    };
+    let out = restore(&pg_url(&first), &["--globals"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("roles: created") && said.contains(&owner) && said.contains(&member),
+        "{said}"
+    );
+    assert!(said.contains("no role passwords"), "{said}");
+    // The count table is headed by what it compares: backup and database, and the server.
+    let heading = stdout(&out).lines().next().unwrap_or_default().to_string();
+    assert!(
+        heading.starts_with("postgres/glob/")
+            && heading.contains(&format!(" db {db} vs postgres://"))
+            && heading.ends_with(&format!("/{first}")),
+        "{heading}"
+    );
+    let row = admin
+        .query_one(
+            "SELECT r.rolcreatedb, r.rolcanlogin, m.rolcanlogin FROM pg_roles r, pg_roles m WHERE r.rolname = $1 AND m.rolname = $2",
+            &[&owner, &member],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
+        (true, false, true)
+    );
+    let member_of: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_auth_members WHERE roleid = (SELECT oid FROM pg_roles WHERE rolname = $1) AND member = (SELECT oid FROM pg_roles WHERE rolname = $2)",
+            &[&owner, &member],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(member_of, 1);
+    let table_owner: String = pg_connect(&first)
+        .await
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 't'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table_owner, owner);
+
+    // Again, into another database: the roles exist now and are skipped, not an error.
+    let out = restore(&pg_url(&second), &["--globals"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("existing and skipped") && said.contains(&owner),
+        "{said}"
+    );
+    assert!(said.contains("roles: created none"), "{said}");
+
+    // A backup without a globals part: refused before anything is touched.
+    let (plain_db, third) = (unique("glob_plain"), unique("glob_r3"));
+    create_database(&plain_db).await;
+    let (store2, keys2) = (TestStore::local(), Keys::generate());
+    backup_postgres(&store2, &keys2, "glob", &plain_db, &[]);
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "latest",
+            "--store",
+            store2.url(),
+            "-i",
+            keys2.identity.to_str().unwrap(),
+            "--to",
+            &pg_url(&third),
+            "--globals",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no globals part"), "{}", stderr(&out));
+    assert!(!database_exists(&third).await);
+
+    for d in [&first, &second, &plain_db] {
+        drop_database(d).await;
+    }
+    admin
+        .batch_execute(&format!("DROP ROLE {member}; DROP ROLE {owner};"))
+        .await
+        .unwrap();
+}

@@ -20,12 +20,24 @@ pub struct StoreArgs {
     /// Backup store: s3://bucket/prefix or file:///absolute/dir. S3 credentials, region and
     /// endpoint come from the standard AWS variables (AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
-    #[arg(long, env = "DR_STORE", value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "DR_STORE",
+        value_name = "URL",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub store: Option<String>,
 
     /// Use path-style S3 addressing (bucket in the path). Default: on when AWS_ENDPOINT_URL
     /// is set (MinIO, Ceph, R2…), off for AWS.
-    #[arg(long, env = "DR_S3_PATH_STYLE", value_name = "BOOL", global = true)]
+    #[arg(
+        long,
+        env = "DR_S3_PATH_STYLE",
+        value_name = "BOOL",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub s3_path_style: Option<bool>,
 }
 
@@ -278,8 +290,10 @@ where
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // No `target` field: it would be tracing's module path, and in this tool `target`
+    // means the backup's --target (log lines name it inside `backup`).
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_target(false).init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
 }

@@ -46,14 +46,21 @@ struct Cli {
         value_enum,
         default_value = "json",
         env = "DR_LOG_FORMAT",
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     log_format: LogFormat,
 
     /// Push metrics to this Prometheus Pushgateway after each backup and prune (e.g.
     /// http://pushgateway.monitoring:9091); one group per engine and target. A push that
     /// fails is a warning, never a failed backup.
-    #[arg(long, value_name = "URL", env = "DR_PUSHGATEWAY_URL", global = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DR_PUSHGATEWAY_URL",
+        global = true,
+        help_heading = "Global options"
+    )]
     pushgateway: Option<String>,
 }
 

@@ -19,7 +19,8 @@ use crate::cluster::{jobs, ClusterArgs};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct BackupCmd {
-    /// Engine (postgres, vault) or CronJob name.
+    /// An engine name (the CronJob labelled kube-dr.io/engine=NAME, e.g. postgres) or a
+    /// CronJob name.
     cronjob: String,
 
     #[command(flatten)]

@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use crate::output;
 
-/// The comparison of one database.
+/// The comparison of one backup (or one database of it) with a server.
 #[derive(Debug, Serialize)]
 pub struct DatabaseCounts {
-    pub database: String,
+    /// What of the backup is compared (`postgres/prod/ID db app`).
+    pub compared: String,
     pub against: String,
     pub max_diff: String,
     pub ok: bool,
@@ -17,9 +18,9 @@ pub struct DatabaseCounts {
 }
 
 impl DatabaseCounts {
-    pub fn new(database: &str, against: String, max: MaxDiff, tables: Vec<CountRow>) -> Self {
+    pub fn new(compared: &str, against: String, max: MaxDiff, tables: Vec<CountRow>) -> Self {
         DatabaseCounts {
-            database: database.to_string(),
+            compared: compared.to_string(),
             against,
             max_diff: max.to_string(),
             ok: tables.iter().all(|r| r.ok),
@@ -58,8 +59,8 @@ impl DatabaseCounts {
             })
             .collect();
         drkit::cli::print_line(format_args!(
-            "database {} vs {}",
-            output::quoted_name(&self.database),
+            "{} vs {}",
+            drkit::catalog::printable(&self.compared),
             self.against
         ))?;
         output::print_table(

@@ -270,6 +270,7 @@ struct Forwarded {
     max_diff: MaxDiff,
     clean: bool,
     keep_owners: bool,
+    globals: bool,
     dry_run: bool,
 }
 
@@ -285,6 +286,7 @@ impl Forwarded {
             max_diff: cmd.max_diff,
             clean: cmd.clean,
             keep_owners: cmd.engines.postgres.keep_owners,
+            globals: cmd.engines.postgres.globals,
             dry_run: cmd.dry_run,
         }
     }
@@ -311,6 +313,7 @@ impl Forwarded {
         for (flag, on) in [
             ("--clean", self.clean),
             ("--keep-owners", self.keep_owners),
+            ("--globals", self.globals),
             ("--dry-run", self.dry_run),
         ] {
             if on {
@@ -370,6 +373,7 @@ mod tests {
                 max_diff: MaxDiff::Percent(10.0),
                 clean: true,
                 keep_owners: true,
+                globals: true,
                 dry_run: true,
             },
             Forwarded {
@@ -382,6 +386,7 @@ mod tests {
                 max_diff: MaxDiff::Rows(250),
                 clean: false,
                 keep_owners: false,
+                globals: false,
                 dry_run: false,
             },
         ];

@@ -174,7 +174,9 @@ pub struct Confirm {
 /// The counts a restore compares: what the backup recorded against what the target holds.
 #[derive(Debug)]
 pub struct RestoredCounts {
-    /// What was restored (e.g. the database name), for the report's heading.
+    /// What of the backup is compared, for the report's heading: the backup and, where it
+    /// has several, the database (`postgres/prod/ID db app`; `clickhouse/signoz/ID db
+    /// logs → logs_copy` after a rename).
     pub heading: String,
     /// Where it was restored to.
     pub against: String,

@@ -138,7 +138,7 @@ impl Sink for ChSink {
         let mut rows = verify::compare_counts(&backup, &live, self.common.max_diff);
         verify::allow_ttl_expiry(&mut rows, &facts.ttl_tables);
         Ok(vec![RestoredCounts {
-            heading: manifest.target.clone(),
+            heading: heading(manifest, &self.opts.database_map),
             against: self.target.to_string(),
             rows,
         }])
@@ -226,9 +226,22 @@ impl Sink for ChSink {
         let facts: super::schema::Facts = manifest.facts.read()?;
         verify::allow_ttl_expiry(&mut rows, &facts.ttl_tables);
         Ok(RestoredCounts {
-            heading: manifest.target.clone(),
+            heading: heading(manifest, &self.opts.database_map),
             against: self.target.to_string(),
             rows,
         })
+    }
+}
+
+/// `clickhouse/T/ID`, plus the databases' new names after a `--database-map`.
+fn heading(manifest: &Manifest, map: &std::collections::BTreeMap<String, String>) -> String {
+    let renames: Vec<String> = map
+        .iter()
+        .map(|(from, to)| format!("{from} → {to}"))
+        .collect();
+    if renames.is_empty() {
+        manifest.backup_ref().to_string()
+    } else {
+        format!("{} db {}", manifest.backup_ref(), renames.join(", "))
     }
 }

@@ -197,7 +197,7 @@ impl Sink for CommandSink {
             manifest.backup_ref()
         ));
         Ok(RestoredCounts {
-            heading: manifest.target.clone(),
+            heading: manifest.backup_ref().to_string(),
             against: "the command's output".into(),
             rows: Vec::new(),
         })

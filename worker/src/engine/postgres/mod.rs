@@ -10,6 +10,7 @@
 //! through their environment: a password never appears in argv, logs or messages.
 
 pub mod dump;
+pub mod globals;
 pub mod restore;
 pub mod sink;
 pub mod source;

@@ -50,7 +50,7 @@ pub enum RestoreError {
     /// A part failed its check while it streamed (exit 1).
     #[error("reading the backup")]
     Verify(#[from] VerifyError),
-    /// pg_restore (or psql for the globals) failed.
+    /// pg_restore failed.
     #[error(
         "pg_restore failed; the target was left unchanged (the restore runs as one transaction)"
     )]
@@ -58,6 +58,9 @@ pub enum RestoreError {
     /// Reading from the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// psql failed on the globals part (roles, tablespaces).
+    #[error("restoring the globals (roles, tablespaces) failed; with one transaction nothing of them was applied, and no database was restored")]
+    Globals(#[source] ChildError),
 }
 
 /// What a restore will do, shown to the user before anything happens.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::restore::{self, RestoreOptions};
 use super::PgTarget;
-use crate::catalog::{Manifest, Part};
+use crate::catalog::{Manifest, Part, PartFormat};
 use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
@@ -18,9 +18,18 @@ use crate::verify::{self, Verified};
 #[command(next_help_heading = "PostgreSQL")]
 #[group(id = "postgres_restore")]
 pub struct RestoreArgs {
-    /// Keep the dump's owners and grants (the roles must exist: restore the globals first).
+    /// Keep the dump's owners and grants (the roles must exist: add --globals to restore
+    /// them first).
     #[arg(long)]
     pub keep_owners: bool,
+
+    /// First restore the backup's roles and tablespaces (its globals part, from `worker
+    /// backup postgres --globals`) with psql. Roles that exist are reported and skipped;
+    /// with --clean their attributes (LOGIN, CREATEDB…, settings) are reset to the
+    /// backup's, except the role this restore connects as. Backups hold no role passwords:
+    /// set them afterwards (ALTER ROLE … PASSWORD).
+    #[arg(long)]
+    pub globals: bool,
 
     /// Directory holding pg_restore (default: PATH).
     #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
@@ -32,13 +41,14 @@ pub struct PgSink {
     common: RestoreCommon,
     to: PgTarget,
     opts: RestoreOptions,
+    globals: bool,
     plan: Option<restore::RestorePlan>,
 }
 
 impl RestoreArgs {
     /// The first PostgreSQL-only flag given, for refusing it on another engine's backup.
     pub fn given(&self) -> Option<&'static str> {
-        self.keep_owners.then_some("--keep-owners")
+        (self.keep_owners.then_some("--keep-owners")).or(self.globals.then_some("--globals"))
     }
 
     /// # Errors
@@ -52,9 +62,27 @@ impl RestoreArgs {
                 keep_owners: self.keep_owners,
                 bin_dir: self.pg_bin_dir.clone(),
             },
+            globals: self.globals,
             plan: None,
         }))
     }
+}
+
+/// The globals part (roles, tablespaces).
+///
+/// # Errors
+/// A backup taken without `--globals`.
+pub fn globals_part(manifest: &Manifest) -> Result<&Part, String> {
+    manifest
+        .parts
+        .iter()
+        .find(|p| p.format == PartFormat::Sql && p.database.is_none())
+        .ok_or_else(|| {
+            format!(
+                "backup {} has no globals part (it was taken without `worker backup postgres --globals`); leave out --globals and create the roles by hand",
+                manifest.backup_ref()
+            )
+        })
 }
 
 /// The database part a restore reads: the one named by `--database`, or the only one.
@@ -144,7 +172,7 @@ impl Sink for PgSink {
             let client = target.connect(&db).await?;
             let live = super::count_tables(&client, &target).await?;
             out.push(RestoredCounts {
-                heading: backed_up.to_string(),
+                heading: format!("{} db {backed_up}", manifest.backup_ref()),
                 against: target.to_string(),
                 rows: verify::compare_counts(&part.tables, &live, self.common.max_diff),
             });
@@ -153,7 +181,11 @@ impl Sink for PgSink {
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
-        Ok(vec![pick_part(manifest, self.common.database.as_deref())?])
+        let mut parts = vec![pick_part(manifest, self.common.database.as_deref())?];
+        if self.globals {
+            parts.push(globals_part(manifest)?);
+        }
+        Ok(parts)
     }
 
     async fn plan<'m>(
@@ -173,7 +205,19 @@ impl Sink for PgSink {
             ),
             word: plan.database.clone(),
         });
-        let lines = vec![format!("plan: {}", plan.describe())];
+        let mut lines = Vec::new();
+        if self.globals {
+            lines.push(format!(
+                "plan: first restore the roles and tablespaces of the globals part on {} ({})",
+                plan.target.with_dbname(""),
+                if self.opts.clean {
+                    "existing roles get the backup's attributes, except the role connecting"
+                } else {
+                    "existing ones are skipped"
+                }
+            ));
+        }
+        lines.push(format!("plan: {}", plan.describe()));
         self.plan = Some(plan);
         Ok(RestorePlan {
             lines,
@@ -192,6 +236,13 @@ impl Sink for PgSink {
     ) -> Result<RestoredCounts, SourceFailure> {
         let plan = self.plan.as_ref().ok_or("restore before plan")?;
         let part = verified[0];
+        if let Some(globals) = verified.iter().find(|v| v.part().format == PartFormat::Sql) {
+            let outcome = super::globals::restore(
+                &self.to, store, *globals, identities, &self.opts, progress,
+            )
+            .await?;
+            say(&outcome.describe());
+        }
         let counts = restore::run(plan, store, part, identities, &self.opts, progress).await?;
         say(&format!(
             "restored {} into {}",
@@ -199,11 +250,11 @@ impl Sink for PgSink {
             plan.target
         ));
         Ok(RestoredCounts {
-            heading: part
-                .part()
-                .database
-                .clone()
-                .unwrap_or_else(|| plan.database.clone()),
+            heading: format!(
+                "{} db {}",
+                part.manifest().backup_ref(),
+                part.part().database.as_deref().unwrap_or(&plan.database)
+            ),
             against: plan.target.to_string(),
             rows: verify::compare_counts(&part.part().tables, &counts, self.common.max_diff),
         })

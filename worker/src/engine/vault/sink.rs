@@ -100,7 +100,7 @@ impl Sink for VaultSink {
         let live = active.counts().await?;
         let part = snapshot_part(manifest)?;
         Ok(vec![RestoredCounts {
-            heading: manifest.target.clone(),
+            heading: manifest.backup_ref().to_string(),
             against: active.addr().to_string(),
             rows: verify::compare_counts(&part.tables, &live, self.common.max_diff),
         }])
@@ -176,7 +176,7 @@ impl Sink for VaultSink {
             .into()
         })?;
         Ok(RestoredCounts {
-            heading: manifest.target.clone(),
+            heading: manifest.backup_ref().to_string(),
             against: plan.client.addr().to_string(),
             rows: verify::compare_counts(&part.part().tables, &live, self.common.max_diff),
         })
