@@ -21,11 +21,15 @@ export PATH="$root/target/debug:$PATH"
 # `kubectl dr` when kubectl is installed (plugin discovery needs no cluster), else the binary.
 if command -v kubectl >/dev/null; then dr() { kubectl dr "$@"; }; else dr() { kubectl-dr "$@"; }; fi
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-step "creating an age key pair; the worker only ever sees the public half"
-age-keygen -o "$work/key.txt" 2>/dev/null
-recipient=$(age-keygen -y "$work/key.txt")
+# The demo's key stays (beside the services, never in git) so its backups can be used again.
+key=$root/.dr-services/demo-key.txt
+if [ ! -f "$key" ]; then
+  step "creating an age key pair in $key; the worker only ever sees the public half"
+  (umask 077; age-keygen -o "$key" 2>/dev/null)
+else
+  step "reusing the demo's age key $key; the worker only ever sees the public half"
+fi
+recipient=$(age-keygen -y "$key")
 echo "recipient: $recipient"
 
 db=shop_demo
@@ -54,10 +58,10 @@ step "kubectl dr list"
 dr list
 
 step "kubectl dr verify latest --identity … --against the live database"
-dr verify latest --identity "$work/key.txt" --against "postgres://$PGUSER@$PGHOST:$PGPORT/$db"
+dr verify latest --identity "$key" --against "postgres://$PGUSER@$PGHOST:$PGPORT/$db"
 
-step "kubectl dr restore latest --to a new database ${db}_restored"
-dr restore latest --database "$db" --identity "$work/key.txt" --to "postgres://$PGUSER@$PGHOST:$PGPORT/${db}_restored"
+step "kubectl dr restore latest --globals --to a new database ${db}_restored (roles first: existing ones are skipped)"
+dr restore latest --database "$db" --globals --identity "$key" --to "postgres://$PGUSER@$PGHOST:$PGPORT/${db}_restored"
 
 export VAULT_ADDR=$DR_DEMO_VAULT_ADDR VAULT_TOKEN_FILE=$DR_DEMO_VAULT_TOKEN_FILE
 vault() { curl -fsS -H "X-Vault-Token: $(cat "$VAULT_TOKEN_FILE")" "$@"; }
@@ -74,11 +78,11 @@ step "kubectl dr list"
 dr list
 
 step "kubectl dr verify latest --engine vault --identity … --against the live server"
-dr verify latest --engine vault --identity "$work/key.txt" --against "$VAULT_ADDR"
+dr verify latest --engine vault --identity "$key" --against "$VAULT_ADDR"
 
 step "deleting secret app/db2, then kubectl dr restore latest --engine vault"
 vault -X DELETE "$VAULT_ADDR/v1/demo-kv/metadata/app/db2"
-dr restore latest --engine vault --identity "$work/key.txt" --to "$VAULT_ADDR" --yes
+dr restore latest --engine vault --identity "$key" --to "$VAULT_ADDR" --yes
 echo "app/db2 after the restore: $(vault "$VAULT_ADDR/v1/demo-kv/data/app/db2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["data"])')"
 
 # ClickHouse 26 (the engine of chdb-core behind scripts/chdb-front.py) with a SigNoz-like
@@ -109,11 +113,18 @@ CLICKHOUSE_URL=$CH26 DR_LOG_FORMAT=text worker backup clickhouse --target demo-s
   --database signoz_logs --database signoz_traces --database signoz_metrics --recipient "$recipient"
 
 step "kubectl dr verify latest --engine clickhouse --against the live server"
-dr verify latest --engine clickhouse --identity "$work/key.txt" --against "$CH26"
+dr verify latest --engine clickhouse --identity "$key" --against "$CH26"
 
 step "kubectl dr restore latest --engine clickhouse --database-map signoz_*=signoz_*_restored"
-dr restore latest --engine clickhouse --identity "$work/key.txt" --to "$CH26" --yes \
+dr restore latest --engine clickhouse --identity "$key" --to "$CH26" --yes \
   --database-map signoz_logs=signoz_logs_restored --database-map signoz_traces=signoz_traces_restored \
   --database-map signoz_metrics=signoz_metrics_restored
 
 step "done: backed up, verified and restored; counts match"
+cat <<EOF
+The backups stay in $DR_STORE; look at them again with
+  . .dr-services/env && export DR_STORE=$DR_STORE
+  $(command -v kubectl >/dev/null && echo "kubectl dr" || echo "target/debug/kubectl-dr") list
+  $(command -v kubectl >/dev/null && echo "kubectl dr" || echo "target/debug/kubectl-dr") verify latest --engine postgres --identity $key
+Stop the services with: scripts/services.sh stop   (their data stays in .dr-services/)
+EOF

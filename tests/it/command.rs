@@ -270,17 +270,10 @@ async fn a_plaintext_that_differs_from_the_recorded_sha256_fails_the_restore() {
 }
 
 /// Every engine of the registry is named in both binaries' help (texts that list engines by
-/// hand fall behind; this catches it): as a `worker backup` subcommand, and by its display
-/// name in the plugin's help and in `restore --help`.
+/// hand fall behind; this catches it): by its display name in both top-level helps and in
+/// `restore --help`, and as a `worker backup` subcommand.
 #[test]
 fn every_engine_is_in_both_binaries_help() {
-    let display = |engine: &str| match engine {
-        "postgres" => "postgresql",
-        "vault" => "vault/openbao",
-        "clickhouse" => "clickhouse",
-        "command" => "command output",
-        other => panic!("no display name for engine {other}: add it here and to the help texts"),
-    };
     let out = run("worker", &["backup", "--help"], &[]);
     for engine in drkit::engine::registry::ENGINES {
         assert!(
@@ -289,14 +282,39 @@ fn every_engine_is_in_both_binaries_help() {
             stdout(&out)
         );
     }
-    for args in [vec!["--help"], vec!["restore", "--help"]] {
-        let out = run("kubectl-dr", &args, &[]);
+    for (bin, args) in [
+        ("worker", vec!["--help"]),
+        ("kubectl-dr", vec!["--help"]),
+        ("kubectl-dr", vec!["restore", "--help"]),
+    ] {
+        let out = run(bin, &args, &[]);
         let help = stdout(&out).to_lowercase();
         for engine in drkit::engine::registry::ENGINES {
             assert!(
-                help.contains(display(engine.as_str())),
-                "kubectl-dr {args:?} does not name {engine}:\n{help}"
+                help.contains(&engine.display_name().to_lowercase()),
+                "{bin} {args:?} does not name {}:\n{help}",
+                engine.display_name()
             );
         }
+    }
+}
+
+/// In the worker's JSON logs `target` means one thing, the backup's --target: the tracing
+/// module path is left out, and the backup is named inside `backup`.
+#[test]
+fn json_logs_have_no_tracing_target() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup(&store, &keys, &["echo", "hi"], &[("DR_LOG_FORMAT", "json")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "backup committed"
+        && l["backup"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("command/cmd/"))));
+    for l in &lines {
+        assert!(l.get("target").is_none(), "{l}");
     }
 }

@@ -12,6 +12,7 @@
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
 //! - `clickhouse`: backup → verify → restore under another name with views and Distributed
 //!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
+//! - `install`: scripts/install.sh and the krew archive and manifest of scripts/release.sh.
 //! - `manifests`: our rules (non-root, read-only root, Forbid, no identity…) on every rendered
 //!   kustomize overlay.
 //! - `monitoring`: alert rules under promtool, dashboard queries and `KubeDrBackupFailed` on
@@ -24,6 +25,7 @@ mod clickhouse;
 mod command;
 mod compat;
 mod durability;
+mod install;
 mod manifests;
 mod monitoring;
 mod pipeline;

@@ -28,7 +28,8 @@ use crate::output::{self, Format};
 /// PostgreSQL (--to postgres://…): pg_restore runs as one transaction (a failure leaves the
 /// target unchanged), then ANALYZE. A missing database is created from template0. A
 /// database that already has tables is refused unless --clean, which drops and recreates
-/// the objects the backup contains (asks for confirmation unless --yes).
+/// the objects the backup contains (asks for confirmation unless --yes). --globals first
+/// restores the roles of the backup's globals part (psql; existing roles are skipped).
 ///
 /// ClickHouse (--to http(s)://…:8123, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)):
 /// databases, then tables and their rows (as INSERT … FORMAT Native), then materialized
@@ -53,6 +54,8 @@ use crate::output::{self, Format};
 ///     --to postgres://postgres@127.0.0.1:5432/app_restored
 ///   kubectl dr restore 20261122T020000Z-7f3a9c --identity key.txt --database app \
 ///     --to postgres://postgres@db:5432/app --clean --yes
+///   kubectl dr restore latest --target prod --identity key.txt --globals --keep-owners \
+///     --to postgres://postgres@db:5432/app
 ///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore latest --engine vault --identity key.txt \
 ///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
 ///   kubectl dr restore latest --engine clickhouse --identity key.txt --to http://clickhouse:8123 \

@@ -106,6 +106,19 @@ named! {
     }
 }
 
+impl Engine {
+    /// The name people know it by, as help texts and the krew description write it.
+    pub fn display_name(&self) -> &str {
+        match self {
+            Engine::Vault => "Vault/OpenBao",
+            Engine::Postgres => "PostgreSQL",
+            Engine::Clickhouse => "ClickHouse",
+            Engine::Command => "command output",
+            Engine::Unknown(name) => name,
+        }
+    }
+}
+
 named! {
     /// What a part's plaintext is (the manifest's `format`).
     PartFormat {
