@@ -124,7 +124,7 @@ step "done: backed up, verified and restored; counts match"
 cat <<EOF
 The backups stay in $DR_STORE; look at them again with
   . .dr-services/env && export DR_STORE=$DR_STORE
-  $(command -v kubectl >/dev/null && echo "kubectl dr" || echo "target/debug/kubectl-dr") list
-  $(command -v kubectl >/dev/null && echo "kubectl dr" || echo "target/debug/kubectl-dr") verify latest --engine postgres --identity $key
+  target/debug/kubectl-dr list          # or kubectl dr …, after scripts/install.sh
+  target/debug/kubectl-dr verify latest --engine postgres --identity $key
 Stop the services with: scripts/services.sh stop   (their data stays in .dr-services/)
 EOF
