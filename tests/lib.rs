@@ -332,6 +332,40 @@ pub async fn database_exists(name: &str) -> bool {
         .is_some()
 }
 
+/// `worker backup command --target TARGET --store … -r KEY -- ARGV…`, with `env`.
+pub fn backup_command(
+    store: &TestStore,
+    keys: &Keys,
+    target: &str,
+    argv: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut args = vec![
+        "backup",
+        "command",
+        "--target",
+        target,
+        "--store",
+        store.url(),
+        "-r",
+        &keys.recipient,
+        "--",
+    ];
+    args.extend_from_slice(argv);
+    run("worker", &args, env)
+}
+
+/// `kubectl-dr list -o json --store …`: exit 0, and the rows.
+pub fn list_json(store: &TestStore) -> serde_json::Value {
+    let out = run(
+        "kubectl-dr",
+        &["list", "-o", "json", "--store", store.url()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("list -o json prints JSON")
+}
+
 /// Runs `worker backup postgres` for `db` into `store` and returns the new backup id.
 pub fn backup_postgres(
     store: &TestStore,

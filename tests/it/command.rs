@@ -15,19 +15,7 @@ fn backup(
     argv: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut args = vec![
-        "backup",
-        "command",
-        "--target",
-        "cmd",
-        "--store",
-        store.url(),
-        "-r",
-        &keys.recipient,
-        "--",
-    ];
-    args.extend_from_slice(argv);
-    run("worker", &args, env)
+    backup_command(store, keys, "cmd", argv, env)
 }
 
 /// `kubectl dr restore ID -i IDENTITY --store … DESTINATION…`.

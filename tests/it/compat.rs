@@ -35,13 +35,7 @@ fn key() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_of_every_engine_from_before_still_list_and_verify() {
     let t = store();
-    let out = run(
-        "kubectl-dr",
-        &["list", "-o", "json", "--store", t.url()],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list_json(&t);
     let engines: Vec<(&str, &str)> = rows
         .as_array()
         .unwrap()
@@ -222,13 +216,7 @@ fn with_a_newer_engine() -> TestStore {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgrade() {
     let t = with_a_newer_engine();
-    let out = run(
-        "kubectl-dr",
-        &["list", "-o", "json", "--store", t.url()],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list_json(&t);
     assert!(
         rows.as_array()
             .unwrap()

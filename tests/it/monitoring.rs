@@ -133,28 +133,6 @@ async fn pushed(target: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn command_backup(
-    store: &TestStore,
-    keys: &Keys,
-    target: &str,
-    argv: &[&str],
-    env: &[(&str, &str)],
-) -> std::process::Output {
-    let mut args = vec![
-        "backup",
-        "command",
-        "--target",
-        target,
-        "--store",
-        store.url(),
-        "-r",
-        &keys.recipient,
-        "--",
-    ];
-    args.extend_from_slice(argv);
-    run("worker", &args, env)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_pushes_every_metric_and_a_failure_keeps_the_last_success() {
     let (store, keys) = (TestStore::local(), Keys::generate());
@@ -162,7 +140,7 @@ async fn a_backup_pushes_every_metric_and_a_failure_keeps_the_last_success() {
     let gateway = svc("DR_TEST_PUSHGATEWAY");
     let env = [("DR_PUSHGATEWAY_URL", gateway.as_str())];
 
-    let out = command_backup(&store, &keys, &target, &["sh", "-c", "seq 1 5000"], &env);
+    let out = backup_command(&store, &keys, &target, &["sh", "-c", "seq 1 5000"], &env);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("metrics pushed"), "{}", stderr(&out));
     let first = pushed(&target).await;
@@ -182,7 +160,7 @@ async fn a_backup_pushes_every_metric_and_a_failure_keeps_the_last_success() {
     assert!((now - first[push::LAST_SUCCESS]).abs() < 120.0, "{first:?}");
 
     std::thread::sleep(Duration::from_millis(1100));
-    let out = command_backup(&store, &keys, &target, &["false"], &env);
+    let out = backup_command(&store, &keys, &target, &["false"], &env);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     let second = pushed(&target).await;
     assert_eq!(second[push::SUCCESS], 0.0);
@@ -196,7 +174,7 @@ async fn a_backup_pushes_every_metric_and_a_failure_keeps_the_last_success() {
 
     // A second good backup, then a prune that deletes one: its metric joins the group and
     // the backup metrics stay.
-    let out = command_backup(&store, &keys, &target, &["sh", "-c", "seq 1 10"], &env);
+    let out = backup_command(&store, &keys, &target, &["sh", "-c", "seq 1 10"], &env);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = run(
         "worker",
@@ -225,7 +203,7 @@ async fn an_unreachable_gateway_never_fails_the_backup() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let out = command_backup(
+    let out = backup_command(
         &store,
         &keys,
         "mon-down",
@@ -253,7 +231,7 @@ async fn prometheus_fires_backup_failed_from_the_pushed_metrics() {
     let (store, keys) = (TestStore::local(), Keys::generate());
     let target = unique("mon-fail");
     let gateway = svc("DR_TEST_PUSHGATEWAY");
-    let out = command_backup(
+    let out = backup_command(
         &store,
         &keys,
         &target,
@@ -327,7 +305,7 @@ async fn the_dead_mans_switch_pings_start_and_end_with_the_exit_code_and_log_tai
     let (store, keys) = (TestStore::local(), Keys::generate());
     let (server, seen) = ping_server(10_000).await;
     let url = format!("{server}/secret-check-uuid");
-    let out = command_backup(
+    let out = backup_command(
         &store,
         &keys,
         "mon-ping",
@@ -358,7 +336,7 @@ async fn the_dead_mans_switch_pings_start_and_end_with_the_exit_code_and_log_tai
     let (server, seen) = ping_server(400).await;
     let url = format!("{server}/check-2");
     let noisy = "for i in $(seq 1 200); do echo \"noise $i\" >&2; done; echo 'boom: the state lock is held' >&2; exit 3";
-    let out = command_backup(
+    let out = backup_command(
         &store,
         &keys,
         "mon-ping",
@@ -387,7 +365,7 @@ async fn a_hanging_ping_endpoint_costs_at_most_its_timeout() {
         std::thread::sleep(Duration::from_secs(60));
     });
     let started = Instant::now();
-    let out = command_backup(
+    let out = backup_command(
         &store,
         &keys,
         "mon-hang",
