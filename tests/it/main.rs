@@ -17,6 +17,8 @@
 //!   kustomize overlay.
 //! - `monitoring`: alert rules under promtool, dashboard queries and `KubeDrBackupFailed` on
 //!   a real Prometheus, metrics on a real Pushgateway, the dead man's switch.
+//! - `redis`: Redis round trip of every type through a replica-style backup and a
+//!   primary-style restore, on real redis-servers; refusals and damaged input.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
 //!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
@@ -31,5 +33,6 @@ mod monitoring;
 mod pipeline;
 mod postgres;
 mod prune;
+mod redis;
 mod store;
 mod vault;

@@ -194,13 +194,13 @@ pub async fn check_part(
             // Content checks read the manifest's facts (a small map): cloned only for parts
             // that have a check, never the whole manifest per part.
             let content_check = crate::engine::registry::content_check(&part.format)
-                .map(|check| (check, manifest.facts.clone()));
+                .map(|check| (check, manifest.facts.clone(), part.tables.clone()));
             let result = tokio::task::spawn_blocking(move || {
                 let mut plain = PlainReader::open(hashing, &ids, compression)?;
                 let mut verdict = Ok(());
-                if let Some((check, facts)) = content_check {
+                if let Some((check, facts, tables)) = content_check {
                     let mut read = plain.as_read();
-                    verdict = check(&mut read, &facts);
+                    verdict = check(&mut read, &facts, &tables);
                     if let Some(e) = read.take_error() {
                         return Err(e);
                     }

@@ -45,6 +45,12 @@ use crate::output::{self, Format};
 /// command says so and waits (--wait) while you unseal, then compares counts using
 /// --restored-token-file (a token of the backed-up cluster).
 ///
+/// Redis/Valkey (--to redis://…, REDIS_PASSWORD or REDIS_PASSWORD_FILE): online, without
+/// the server's files: this process listens (--listen, an address the server can reach)
+/// and becomes the server's primary for one full sync, then sends REPLICAOF NO ONE; the
+/// server is a primary again whatever happened. It replaces every key, so a server with
+/// keys needs --clean. A server older than the backup's RDB version is refused.
+///
 /// Command output (--to - or --to-command -- CMD…): the plaintext goes to stdout or into
 /// the command's stdin, its last chunk held back until its size and sha256 matched the
 /// manifest; a failing command fails the restore.
@@ -58,6 +64,8 @@ use crate::output::{self, Format};
 ///     --to postgres://postgres@db:5432/app
 ///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore latest --engine vault --identity key.txt \
 ///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
+///   REDIS_PASSWORD_FILE=pw.txt kubectl dr restore latest --engine redis --identity key.txt \
+///     --to redis://redis-master.redis.svc:6379 --clean --listen 10.0.3.17:6380
 ///   kubectl dr restore latest --engine clickhouse --identity key.txt --to http://clickhouse:8123 \
 ///     --replicated convert --database-map signoz_logs=signoz_logs_restored
 ///   kubectl dr restore latest --identity key.txt --to postgres://postgres@db.shop:5432/app \

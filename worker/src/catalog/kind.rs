@@ -101,6 +101,8 @@ named! {
         Postgres = "postgres",
         /// ClickHouse databases over HTTP.
         Clickhouse = "clickhouse",
+        /// Redis and Valkey RDB snapshots.
+        Redis = "redis",
         /// Whatever a command prints on stdout.
         Command = "command",
     }
@@ -114,6 +116,7 @@ impl Engine {
             Engine::Postgres => "PostgreSQL",
             Engine::Clickhouse => "ClickHouse",
             Engine::Command => "command output",
+            Engine::Redis => "Redis/Valkey",
             Engine::Unknown(name) => name,
         }
     }
@@ -136,6 +139,8 @@ named! {
         ClickhouseTsv = "clickhouse-tsv",
         /// A command's standard output, as it printed it.
         CommandStdout = "command-stdout",
+        /// A Redis/Valkey RDB snapshot, as a primary sends it to a replica.
+        RedisRdb = "redis-rdb",
     }
 }
 
@@ -153,11 +158,11 @@ mod tests {
         for format in PartFormat::KNOWN {
             assert_eq!(&PartFormat::from(format.as_str()), format);
         }
-        let future: Engine = serde_json::from_str("\"redis-cluster\"").unwrap();
-        assert_eq!(future, Engine::Unknown("redis-cluster".into()));
+        let future: Engine = serde_json::from_str("\"etcd\"").unwrap();
+        assert_eq!(future, Engine::Unknown("etcd".into()));
         assert!(!future.is_known());
-        assert_eq!(serde_json::to_string(&future).unwrap(), "\"redis-cluster\"");
-        assert_eq!(future.to_string(), "redis-cluster");
+        assert_eq!(serde_json::to_string(&future).unwrap(), "\"etcd\"");
+        assert_eq!(future.to_string(), "etcd");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod child;
 pub mod clickhouse;
 pub mod command;
 pub mod postgres;
+pub mod redis;
 pub mod registry;
 pub mod vault;
 

@@ -7,7 +7,9 @@
 
 use clap::Subcommand;
 
-use super::{clickhouse, command, postgres, vault, RestoreCommon, Sink, Source, SourceFailure};
+use super::{
+    clickhouse, command, postgres, redis, vault, RestoreCommon, Sink, Source, SourceFailure,
+};
 use crate::catalog::{Engine, Facts, PartFormat};
 use crate::cli::{EncodingArgs, RecipientArgs};
 
@@ -16,28 +18,31 @@ pub const ENGINES: &[Engine] = Engine::KNOWN;
 
 /// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
 /// formats that can prove their own consistency; `Err` says what is wrong.
-/// It gets the manifest's `facts` (e.g. a recorded plaintext sha256).
-pub type ContentCheck = fn(&mut dyn std::io::Read, &Facts) -> Result<(), String>;
+/// It gets the manifest's `facts` (e.g. a recorded plaintext sha256) and the part's
+/// recorded counts.
+pub type ContentCheck =
+    fn(&mut dyn std::io::Read, &Facts, &[crate::catalog::TableCount]) -> Result<(), String>;
 
 /// The content check for a part format, if its engine has one.
 pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {
     Some(match format {
-        PartFormat::VaultSnapshot => |r, _| {
+        PartFormat::VaultSnapshot => |r, _, _| {
             vault::snapshot::inspect(r, None)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        PartFormat::ClickhouseNative => |r, _| {
+        PartFormat::ClickhouseNative => |r, _, _| {
             clickhouse::native::walk(std::io::BufReader::with_capacity(256 * 1024, r), |_| {})
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        PartFormat::ClickhouseTsv => |r, _| {
+        PartFormat::ClickhouseTsv => |r, _, _| {
             clickhouse::tsv::walk(std::io::BufReader::with_capacity(256 * 1024, r), None)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
-        PartFormat::CommandStdout => command::check_plaintext,
+        PartFormat::CommandStdout => |r, facts, _| command::check_plaintext(r, facts),
+        PartFormat::RedisRdb => redis::check_rdb,
         // Checked when restored (pg_restore, the server) or not checkable alone.
         PartFormat::PgDumpCustom
         | PartFormat::Sql
@@ -121,6 +126,17 @@ pub enum BackupCommand {
     ///   worker backup command --target pvc-data -- tar -C /data -cf - .
     #[command(verbatim_doc_comment)]
     Command(Backup<command::source::BackupArgs>),
+    /// Back up Redis or Valkey: the RDB snapshot a replica would get, walked as it streams.
+    ///
+    /// Connection: REDIS_URL (redis://[user@]host:6379), the password from REDIS_PASSWORD or
+    /// REDIS_PASSWORD_FILE. The user needs the SYNC and REPLCONF commands (an ACL user with
+    /// `+sync +replconf +ping +info +auth`, or the default user). The RDB's CRC64 is checked
+    /// and its keys and expires counted per database while it streams.
+    ///
+    /// Example:
+    ///   REDIS_URL=redis://redis-master.redis.svc:6379 worker backup redis --target cache
+    #[command(verbatim_doc_comment)]
+    Redis(Backup<redis::source::BackupArgs>),
 }
 
 /// A backup command taken apart: the engine's name, the common flags and its source.
@@ -146,6 +162,7 @@ impl BackupCommand {
             BackupCommand::Vault(b) => (Engine::Vault, &b.target),
             BackupCommand::Clickhouse(b) => (Engine::Clickhouse, &b.target),
             BackupCommand::Command(b) => (Engine::Command, &b.target),
+            BackupCommand::Redis(b) => (Engine::Redis, &b.target),
         }
     }
 
@@ -172,6 +189,7 @@ impl BackupCommand {
             BackupCommand::Vault(b) => parts(Engine::Vault, b, |a| a.source()),
             BackupCommand::Clickhouse(b) => parts(Engine::Clickhouse, b, |a| a.source()),
             BackupCommand::Command(b) => parts(Engine::Command, b, |a| a.source()),
+            BackupCommand::Redis(b) => parts(Engine::Redis, b, |a| a.source()),
         }
     }
 }
@@ -192,6 +210,9 @@ pub struct RestoreFlags {
     /// The command engine's.
     #[command(flatten)]
     pub command: command::sink::RestoreArgs,
+    /// Redis's.
+    #[command(flatten)]
+    pub redis: redis::sink::RestoreArgs,
 }
 
 impl RestoreFlags {
@@ -211,6 +232,7 @@ impl RestoreFlags {
             (Engine::Vault, self.vault.given()),
             (Engine::Clickhouse, self.clickhouse.given()),
             (Engine::Command, self.command.given()),
+            (Engine::Redis, self.redis.given()),
         ];
         if let Some((owner, flag)) = given
             .iter()
@@ -226,6 +248,7 @@ impl RestoreFlags {
             Engine::Vault => self.vault.sink(common),
             Engine::Clickhouse => self.clickhouse.sink(common),
             Engine::Command => self.command.sink(common),
+            Engine::Redis => self.redis.sink(common),
             Engine::Unknown(other) => Err(format!(
                 "restoring {} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
                 crate::catalog::printable(other),

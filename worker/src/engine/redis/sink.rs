@@ -1,0 +1,248 @@
+//! `kubectl dr restore|verify … --to|--against redis://…`: the Redis [`Sink`] and its flags.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::source::Facts;
+use super::{primary, Conn, RedisTarget, ServerVersion};
+use crate::catalog::{Manifest, Part, PartFormat, TableCount};
+use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{self, open_plaintext, Verified};
+
+/// Redis flags of `kubectl dr restore`.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Redis")]
+#[group(id = "redis_restore")]
+pub struct RestoreArgs {
+    /// Where this process listens for the target's replication connection (it poses as
+    /// the target's primary for one sync): an address the server can reach. Default: this
+    /// machine's address on its connection to the server, any free port. In a cluster Job,
+    /// the pod IP.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// How long to wait for the target to connect back and load the snapshot.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub redis_wait: Duration,
+}
+
+impl RestoreArgs {
+    /// The first Redis-only flag given, for refusing it on another engine's backup.
+    pub fn given(&self) -> Option<&'static str> {
+        self.listen.as_ref().map(|_| "--listen")
+    }
+
+    /// # Errors
+    /// A malformed `--to` URL, an unreadable password file.
+    pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
+        Ok(Box::new(RedisSink {
+            target: RedisTarget::from_url(&common.to)?,
+            common: common.clone(),
+            listen: self.listen.clone(),
+            wait: self.redis_wait,
+            server: None,
+            existing: Vec::new(),
+        }))
+    }
+}
+
+/// A Redis server to restore into or count.
+pub struct RedisSink {
+    target: RedisTarget,
+    common: RestoreCommon,
+    listen: Option<String>,
+    wait: Duration,
+    server: Option<ServerVersion>,
+    existing: Vec<TableCount>,
+}
+
+/// The RDB part of a backup.
+fn rdb_part(manifest: &Manifest) -> Result<&Part, String> {
+    manifest
+        .parts
+        .iter()
+        .find(|p| p.format == PartFormat::RedisRdb)
+        .ok_or_else(|| format!("backup {} has no RDB part", manifest.backup_ref()))
+}
+
+fn keys_of(counts: &[TableCount]) -> u64 {
+    counts
+        .iter()
+        .filter(|c| c.name == "keys")
+        .map(|c| c.rows)
+        .sum()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SourceFailure> + Send + 'static,
+) -> Result<T, SourceFailure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("redis thread panicked")
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
+        let target = self.target.clone();
+        let (server, existing) = blocking(move || {
+            let mut c = target.connect()?;
+            Ok((c.server()?, c.keyspace()?))
+        })
+        .await?;
+        self.server = Some(server);
+        self.existing = existing;
+        Ok(())
+    }
+
+    async fn live_counts(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
+        let part = rdb_part(manifest)?;
+        Ok(vec![RestoredCounts {
+            heading: manifest.backup_ref().to_string(),
+            against: self.target.to_string(),
+            rows: verify::compare_counts(&part.tables, &self.existing, self.common.max_diff),
+        }])
+    }
+
+    fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        Ok(vec![rdb_part(manifest)?])
+    }
+
+    async fn plan<'m>(
+        &mut self,
+        _store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        _first: &[Verified<'m>],
+        _identities: &Identities,
+        _progress: &dyn Progress,
+    ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let server = self.server.clone().ok_or("plan before probe")?;
+        let facts: Facts = manifest.facts.read()?;
+        super::check_rdb_compatible(facts.rdb_version, &server)?;
+        let keys = keys_of(&self.existing);
+        if keys > 0 && !self.common.clean {
+            return Err(format!(
+                "{} ({server}) already holds {keys} key(s); a restore replaces them all (a full sync), so pass --clean, or restore into an empty server; nothing was changed",
+                self.target
+            )
+            .into());
+        }
+        let what = format!(
+            "REPLACE all keys of {} ({server}, {keys} key(s) now) with the RDB snapshot of {} (RDB {}), by a full sync from this machine",
+            self.target,
+            manifest.backup_ref(),
+            facts.rdb_version
+        );
+        Ok(RestorePlan {
+            lines: vec![format!("plan: {what}")],
+            confirm: (keys > 0).then(|| Confirm {
+                what: format!("this restore replaces the {keys} key(s) of {}", self.target),
+                prompt: format!("This replaces every key of {}.", self.target),
+                word: "replace".into(),
+            }),
+            more_parts: Vec::new(),
+        })
+    }
+
+    async fn restore(
+        &mut self,
+        store: &dyn ReadStore,
+        verified: &[Verified<'_>],
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let part = verified[0];
+        let (manifest, meta) = (part.manifest(), part.part().clone());
+        let backup = manifest.backup_ref().to_string();
+        let (plain, bar) = open_plaintext(store, part, identities, progress).await?;
+        let (target, listen, wait) = (self.target.clone(), self.listen.clone(), self.wait);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let work = blocking(move || {
+            let mut control = target.connect()?;
+            let listener = match &listen {
+                Some(addr) => TcpListener::bind(addr)?,
+                None => TcpListener::bind((control.socket().local_addr()?.ip(), 0))?,
+            };
+            let advertised = listener.local_addr()?;
+            let _ = tx.send(format!(
+                "serving the snapshot at {advertised}: REPLICAOF {} {} on {}",
+                advertised.ip(),
+                advertised.port(),
+                target
+            ));
+            control.call(&[
+                b"REPLICAOF",
+                advertised.ip().to_string().as_bytes(),
+                advertised.port().to_string().as_bytes(),
+            ])?;
+            // Whatever happens from here on, the target ends as a primary again.
+            let outcome = sync_and_wait(&mut control, &listener, wait, plain, &backup, &meta);
+            let promoted = control.call(&[b"REPLICAOF", b"NO", b"ONE"]);
+            outcome?;
+            promoted?;
+            let role = control.info("replication")?;
+            if !role.iter().any(|(k, v)| k == "role" && v == "master") {
+                return Err(format!(
+                    "{target} did not become a primary again; run REPLICAOF NO ONE on it"
+                )
+                .into());
+            }
+            Ok(control.keyspace()?)
+        });
+        tokio::pin!(work);
+        let counts = loop {
+            tokio::select! {
+                Some(line) = rx.recv() => say(&line),
+                done = &mut work => break done?,
+            }
+        };
+        bar.finish();
+        say(&format!(
+            "restored {} into {}; it is a primary again",
+            manifest.backup_ref(),
+            self.target
+        ));
+        Ok(RestoredCounts {
+            heading: manifest.backup_ref().to_string(),
+            against: self.target.to_string(),
+            rows: verify::compare_counts(&part.part().tables, &counts, self.common.max_diff),
+        })
+    }
+}
+
+/// Serves the sync, then waits until the target reports the link up and its load done.
+fn sync_and_wait(
+    control: &mut Conn,
+    listener: &TcpListener,
+    wait: Duration,
+    plain: crate::pipeline::decode::PlainReader,
+    backup: &str,
+    part: &Part,
+) -> Result<(), SourceFailure> {
+    let started = Instant::now();
+    let _link = primary::serve(listener, wait, plain, backup, part)?;
+    loop {
+        let info = control.info("replication")?;
+        let get = |k: &str| info.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("master_link_status") == Some("up") && get("master_sync_in_progress") == Some("0") {
+            return Ok(());
+        }
+        if started.elapsed() > wait {
+            return Err(format!(
+                "{} did not finish loading the snapshot within {wait:?} (--redis-wait); its log says why",
+                control.addr()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
