@@ -3,7 +3,8 @@
 # database, back it up (pg_dump → zstd → age → S3), list, verify (integrity, decryption,
 # row counts), restore into a new database and compare the counts; then the same for
 # OpenBao (raft snapshot → verify → delete secrets → restore → secrets back) and ClickHouse 26
-# (a SigNoz-like schema: logs, traces, metrics with their views → restore under other names).
+# (a SigNoz-like schema: logs, traces, metrics with their views → restore under other names)
+# and Redis (RDB as a replica gets it → FLUSHALL → restore as its primary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -119,6 +120,36 @@ step "kubectl dr restore latest --engine clickhouse --database-map signoz_*=sign
 dr restore latest --engine clickhouse --identity "$key" --to "$CH26" --yes \
   --database-map signoz_logs=signoz_logs_restored --database-map signoz_traces=signoz_traces_restored \
   --database-map signoz_metrics=signoz_metrics_restored
+
+step "starting a Redis (redis-server, password-protected) with keys of every type"
+redis_dir=$(mktemp -d)
+redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis_pw=demo-Redis-Secret
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" --save "" --appendonly no \
+  --repl-diskless-sync-delay 0 --requirepass "$redis_pw" --logfile "$redis_dir/log" --daemonize yes --pidfile "$redis_dir/pid"
+trap 'kill "$(cat "$redis_dir/pid" 2>/dev/null)" 2>/dev/null; rm -rf "$redis_dir"' EXIT
+rcli() { REDISCLI_AUTH=$redis_pw redis-cli -p "$redis_port" "$@"; }
+for _ in $(seq 1 50); do [ "$(rcli ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
+rcli mset user:1 ann user:2 bob >/dev/null
+rcli hset session:42 user ann cart 3 >/dev/null
+rcli expire session:42 3600 >/dev/null
+rcli rpush queue a b c >/dev/null
+rcli zadd leaderboard 10 ann 7 bob >/dev/null
+rcli xadd events '*' kind login user ann >/dev/null
+export REDIS_URL=redis://127.0.0.1:$redis_port REDIS_PASSWORD=$redis_pw
+rcli info keyspace | tail -n +2
+
+step "worker backup redis  (the RDB a replica would get; CRC64 and keys per db checked as it streams)"
+DR_LOG_FORMAT=text worker backup redis --target demo-cache --recipient "$recipient"
+
+step "kubectl dr verify latest --engine redis --against the live server"
+dr verify latest --engine redis --identity "$key" --against "$REDIS_URL"
+
+step "FLUSHALL, then kubectl dr restore latest --engine redis --clean (a full sync from this machine)"
+rcli flushall >/dev/null
+rcli set written-after-the-disaster 1 >/dev/null
+dr restore latest --engine redis --identity "$key" --to "$REDIS_URL" --clean --yes
+echo "user:1 after the restore: $(rcli get user:1); session:42 expires in $(rcli ttl session:42) s; role: $(rcli info replication | grep -o 'role:[a-z]*')"
 
 step "done: backed up, verified and restored; counts match"
 cat <<EOF
