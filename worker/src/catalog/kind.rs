@@ -171,6 +171,9 @@ mod tests {
         engines.push(Engine::Unknown("aaa".into()));
         engines.sort();
         let names: Vec<&str> = engines.iter().map(Engine::as_str).collect();
-        assert_eq!(names, ["aaa", "clickhouse", "command", "postgres", "vault"]);
+        assert_eq!(
+            names,
+            ["aaa", "clickhouse", "command", "postgres", "redis", "vault"]
+        );
     }
 }
