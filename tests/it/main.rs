@@ -13,6 +13,8 @@
 //! - `clickhouse`: backup → verify → restore under another name with views and Distributed
 //!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
 //! - `install`: scripts/install.sh and the krew archive and manifest of scripts/release.sh.
+//! - `kubernetes`: the Kubernetes engine against a scripted API server (discovery, lists,
+//!   stripping, counts, apply order, a forbidden kind).
 //! - `manifests`: our rules (non-root, read-only root, Forbid, no identity…) on every rendered
 //!   kustomize overlay.
 //! - `monitoring`: alert rules under promtool, dashboard queries and `KubeDrBackupFailed` on
@@ -28,6 +30,7 @@ mod command;
 mod compat;
 mod durability;
 mod install;
+mod kubernetes;
 mod manifests;
 mod monitoring;
 mod pipeline;

@@ -114,7 +114,7 @@ fn violations(obj: &Value) -> Vec<String> {
         return bad;
     };
     if get(pod, "automountServiceAccountToken").and_then(Value::as_bool) != Some(false) {
-        fail("automountServiceAccountToken must be false (the worker calls no Kubernetes API)");
+        fail("automountServiceAccountToken must be false (a job that calls the API gets a projected, short-lived token)");
     }
     if get(pod, "securityContext.runAsNonRoot").and_then(Value::as_bool) != Some(true) {
         fail("pod securityContext.runAsNonRoot must be true");
@@ -203,9 +203,13 @@ fn every_overlay_renders_and_keeps_the_rules() {
             overlay.display()
         );
         for o in &objects {
+            let cluster_scoped = matches!(
+                get(o, "kind").and_then(Value::as_str),
+                Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
+            );
             assert_eq!(
                 get(o, "metadata.namespace").and_then(Value::as_str),
-                (get(o, "kind").and_then(Value::as_str) != Some("Namespace")).then_some("kube-dr"),
+                (!cluster_scoped).then_some("kube-dr"),
                 "{}: {}",
                 overlay.display(),
                 name_of(o)
@@ -217,6 +221,22 @@ fn every_overlay_renders_and_keeps_the_rules() {
     assert!(full
         .iter()
         .any(|o| name_of(o) == "CronJob/kube-dr-clickhouse"));
+    // The Kubernetes backup may only read: no verb but get and list, no wildcard.
+    let role = full
+        .iter()
+        .find(|o| name_of(o) == "ClusterRole/kube-dr-kubernetes-read")
+        .expect("the kubernetes component's ClusterRole");
+    for rule in get(role, "rules").and_then(Value::as_sequence).unwrap() {
+        let verbs: Vec<&str> = get(rule, "verbs")
+            .and_then(Value::as_sequence)
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(verbs, ["get", "list"], "{rule:?}");
+        let resources = serde_yaml::to_string(get(rule, "resources").unwrap()).unwrap();
+        assert!(!resources.contains('*'), "{resources}");
+    }
 }
 
 #[test]

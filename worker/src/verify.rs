@@ -401,6 +401,43 @@ fn feed(
     }
 }
 
+/// Reads a verified part's plaintext chunk by chunk into `write`, holding the last chunk
+/// back until the whole part matched its manifest entry (size and sha256 of the stored
+/// object, plaintext size): a consumer never receives all of a damaged part.
+///
+/// # Errors
+/// [`VerifyError`] for a part that fails its check (boxed), or `write`'s own error.
+pub fn stream_withheld(
+    mut plain: PlainReader,
+    backup: &str,
+    part: &Part,
+    mut write: impl FnMut(&[u8]) -> Result<(), crate::engine::SourceFailure>,
+) -> Result<(), crate::engine::SourceFailure> {
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = plain
+            .read_chunk(&mut buf)
+            .map_err(|cause| VerifyError::Undecodable {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+                cause,
+            })?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        if let Some(previous) = held.replace(buf) {
+            write(&previous)?;
+        }
+    }
+    finish_checked(plain, backup, part)?;
+    if let Some(last) = held {
+        write(&last)?;
+    }
+    Ok(())
+}
+
 /// Reads what is left of a part (so truncation shows) and checks size, sha256 and plaintext
 /// size against the manifest: the last step of every restore stream.
 ///

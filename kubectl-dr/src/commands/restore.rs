@@ -51,6 +51,10 @@ use crate::output::{self, Format};
 /// server is a primary again whatever happened. It replaces every key, so a server with
 /// keys needs --clean. A server older than the backup's RDB version is refused.
 ///
+/// Kubernetes objects (--to -): every kind's YAML on stdout in apply order (CRDs,
+/// Namespaces, ServiceAccounts, Secrets, ConfigMaps, PVCs, Services, workloads, the rest,
+/// Argo CD last), for `| kubectl apply --server-side -f -`.
+///
 /// Command output (--to - or --to-command -- CMD…): the plaintext goes to stdout or into
 /// the command's stdin, its last chunk held back until its size and sha256 matched the
 /// manifest; a failing command fails the restore.

@@ -97,6 +97,8 @@ named! {
     Engine {
         /// Vault or OpenBao raft snapshots.
         Vault = "vault",
+        /// The cluster's own objects (YAML per kind).
+        Kubernetes = "kubernetes",
         /// PostgreSQL databases (pg_dump) and roles.
         Postgres = "postgres",
         /// ClickHouse databases over HTTP.
@@ -117,6 +119,7 @@ impl Engine {
             Engine::Clickhouse => "ClickHouse",
             Engine::Command => "command output",
             Engine::Redis => "Redis/Valkey",
+            Engine::Kubernetes => "Kubernetes objects",
             Engine::Unknown(name) => name,
         }
     }
@@ -141,6 +144,8 @@ named! {
         CommandStdout = "command-stdout",
         /// A Redis/Valkey RDB snapshot, as a primary sends it to a replica.
         RedisRdb = "redis-rdb",
+        /// Kubernetes objects of one kind, a YAML stream.
+        KubernetesYaml = "kubernetes-yaml",
     }
 }
 
@@ -173,7 +178,15 @@ mod tests {
         let names: Vec<&str> = engines.iter().map(Engine::as_str).collect();
         assert_eq!(
             names,
-            ["aaa", "clickhouse", "command", "postgres", "redis", "vault"]
+            [
+                "aaa",
+                "clickhouse",
+                "command",
+                "kubernetes",
+                "postgres",
+                "redis",
+                "vault"
+            ]
         );
     }
 }

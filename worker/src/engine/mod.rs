@@ -34,6 +34,7 @@
 pub mod child;
 pub mod clickhouse;
 pub mod command;
+pub mod kubernetes;
 pub mod postgres;
 pub mod redis;
 pub mod registry;

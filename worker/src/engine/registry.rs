@@ -8,7 +8,8 @@
 use clap::Subcommand;
 
 use super::{
-    clickhouse, command, postgres, redis, vault, RestoreCommon, Sink, Source, SourceFailure,
+    clickhouse, command, kubernetes, postgres, redis, vault, RestoreCommon, Sink, Source,
+    SourceFailure,
 };
 use crate::catalog::{Engine, Facts, PartFormat};
 use crate::cli::{EncodingArgs, RecipientArgs};
@@ -43,6 +44,7 @@ pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {
         },
         PartFormat::CommandStdout => |r, facts, _| command::check_plaintext(r, facts),
         PartFormat::RedisRdb => redis::check_rdb,
+        PartFormat::KubernetesYaml => kubernetes::check_yaml,
         // Checked when restored (pg_restore, the server) or not checkable alone.
         PartFormat::PgDumpCustom
         | PartFormat::Sql
@@ -137,6 +139,19 @@ pub enum BackupCommand {
     ///   REDIS_URL=redis://redis-master.redis.svc:6379 worker backup redis --target cache
     #[command(verbatim_doc_comment)]
     Redis(Backup<redis::source::BackupArgs>),
+    /// Back up the cluster's own objects: one YAML part per kind, stripped of what the old
+    /// cluster assigned (uid, resourceVersion, managedFields, status, owner references…).
+    ///
+    /// The cluster: the pod's service account (a ClusterRole with get and list on the kinds,
+    /// manifests/kubernetes), or KUBECONFIG. Service-account token Secrets are left out;
+    /// Secrets are only in the encrypted parts, their number in the manifest.
+    ///
+    /// Examples:
+    ///   worker backup kubernetes --target cluster-a
+    ///   worker backup kubernetes --target argocd --namespace argocd \
+    ///     --kinds applications.argoproj.io,appprojects.argoproj.io,secrets,configmaps
+    #[command(verbatim_doc_comment)]
+    Kubernetes(Backup<kubernetes::source::BackupArgs>),
 }
 
 /// A backup command taken apart: the engine's name, the common flags and its source.
@@ -163,6 +178,7 @@ impl BackupCommand {
             BackupCommand::Clickhouse(b) => (Engine::Clickhouse, &b.target),
             BackupCommand::Command(b) => (Engine::Command, &b.target),
             BackupCommand::Redis(b) => (Engine::Redis, &b.target),
+            BackupCommand::Kubernetes(b) => (Engine::Kubernetes, &b.target),
         }
     }
 
@@ -190,6 +206,7 @@ impl BackupCommand {
             BackupCommand::Clickhouse(b) => parts(Engine::Clickhouse, b, |a| a.source()),
             BackupCommand::Command(b) => parts(Engine::Command, b, |a| a.source()),
             BackupCommand::Redis(b) => parts(Engine::Redis, b, |a| a.source()),
+            BackupCommand::Kubernetes(b) => parts(Engine::Kubernetes, b, |a| a.source()),
         }
     }
 }
@@ -213,6 +230,9 @@ pub struct RestoreFlags {
     /// Redis's.
     #[command(flatten)]
     pub redis: redis::sink::RestoreArgs,
+    /// Kubernetes's.
+    #[command(flatten)]
+    pub kubernetes: kubernetes::sink::RestoreArgs,
 }
 
 impl RestoreFlags {
@@ -233,6 +253,7 @@ impl RestoreFlags {
             (Engine::Clickhouse, self.clickhouse.given()),
             (Engine::Command, self.command.given()),
             (Engine::Redis, self.redis.given()),
+            (Engine::Kubernetes, self.kubernetes.given()),
         ];
         if let Some((owner, flag)) = given
             .iter()
@@ -249,6 +270,7 @@ impl RestoreFlags {
             Engine::Clickhouse => self.clickhouse.sink(common),
             Engine::Command => self.command.sink(common),
             Engine::Redis => self.redis.sink(common),
+            Engine::Kubernetes => self.kubernetes.sink(common),
             Engine::Unknown(other) => Err(format!(
                 "restoring {} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
                 crate::catalog::printable(other),
