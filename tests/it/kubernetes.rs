@@ -38,9 +38,58 @@ fn list(items: Vec<Value>, next: &str) -> Value {
     json!({"kind": "List", "metadata": {"continue": next}, "items": items})
 }
 
+/// The API's discovery documents (Argo CD's group fails unless `argo`).
+fn discovery(path: &str, argo: bool) -> Option<(u16, Vec<u8>)> {
+    let ok = |v: Value| Some((200, serde_json::to_vec(&v).unwrap()));
+    match path {
+        "/api/v1" => ok(resources(&[
+            ("namespaces", "Namespace", false),
+            ("configmaps", "ConfigMap", true),
+            ("secrets", "Secret", true),
+            ("serviceaccounts", "ServiceAccount", true),
+            ("services", "Service", true),
+            ("persistentvolumeclaims", "PersistentVolumeClaim", true),
+            ("pods/log", "Pod", true),
+        ])),
+        "/apis" => ok(json!({"kind": "APIGroupList", "groups": [
+            {"name": "apps", "preferredVersion": {"groupVersion": "apps/v1"}},
+            {"name": "batch", "preferredVersion": {"groupVersion": "batch/v1"}},
+            {"name": "networking.k8s.io", "preferredVersion": {"groupVersion": "networking.k8s.io/v1"}},
+            {"name": "apiextensions.k8s.io", "preferredVersion": {"groupVersion": "apiextensions.k8s.io/v1"}},
+            {"name": "metrics.k8s.io", "preferredVersion": {"groupVersion": "metrics.k8s.io/v1beta1"}},
+            {"name": "argoproj.io", "preferredVersion": {"groupVersion": "argoproj.io/v1alpha1"}}
+        ]})),
+        "/apis/apps/v1" => ok(resources(&[
+            ("deployments", "Deployment", true),
+            ("statefulsets", "StatefulSet", true),
+            ("deployments/scale", "Scale", true),
+        ])),
+        "/apis/batch/v1" => ok(resources(&[
+            ("cronjobs", "CronJob", true),
+            ("jobs", "Job", true),
+        ])),
+        "/apis/networking.k8s.io/v1" => ok(resources(&[("ingresses", "Ingress", true)])),
+        "/apis/apiextensions.k8s.io/v1" => ok(resources(&[(
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+        )])),
+        "/apis/argoproj.io/v1alpha1" if argo => ok(resources(&[
+            ("applications", "Application", true),
+            ("appprojects", "AppProject", true),
+            ("applicationsets", "ApplicationSet", true),
+        ])),
+        "/apis/argoproj.io/v1alpha1" => Some((
+            503,
+            br#"{"kind":"Status","code":503,"message":"service unavailable"}"#.to_vec(),
+        )),
+        _ => None,
+    }
+}
+
 /// A cluster: two namespaces, two Secrets (one a service-account token) over two pages, a
 /// ConfigMap, a Service, a Deployment; Argo CD's group fails discovery.
-async fn fake_cluster(forbid_secrets: bool) -> (String, Seen) {
+async fn fake_cluster(forbid_secrets: bool, argo: bool) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let log = seen.clone();
     let url = fake_http(move |method, path, _body| {
@@ -49,28 +98,7 @@ async fn fake_cluster(forbid_secrets: bool) -> (String, Seen) {
         let empty = || ok(list(vec![], ""));
         match path {
             "/version" => ok(json!({"gitVersion": "v1.33.1"})),
-            "/api/v1" => ok(resources(&[
-                ("namespaces", "Namespace", false),
-                ("configmaps", "ConfigMap", true),
-                ("secrets", "Secret", true),
-                ("serviceaccounts", "ServiceAccount", true),
-                ("services", "Service", true),
-                ("persistentvolumeclaims", "PersistentVolumeClaim", true),
-                ("pods/log", "Pod", true),
-            ])),
-            "/apis" => ok(json!({"kind": "APIGroupList", "groups": [
-                {"name": "apps", "preferredVersion": {"groupVersion": "apps/v1"}},
-                {"name": "batch", "preferredVersion": {"groupVersion": "batch/v1"}},
-                {"name": "networking.k8s.io", "preferredVersion": {"groupVersion": "networking.k8s.io/v1"}},
-                {"name": "apiextensions.k8s.io", "preferredVersion": {"groupVersion": "apiextensions.k8s.io/v1"}},
-                {"name": "metrics.k8s.io", "preferredVersion": {"groupVersion": "metrics.k8s.io/v1beta1"}},
-                {"name": "argoproj.io", "preferredVersion": {"groupVersion": "argoproj.io/v1alpha1"}}
-            ]})),
-            "/apis/apps/v1" => ok(resources(&[("deployments", "Deployment", true), ("statefulsets", "StatefulSet", true), ("deployments/scale", "Scale", true)])),
-            "/apis/batch/v1" => ok(resources(&[("cronjobs", "CronJob", true), ("jobs", "Job", true)])),
-            "/apis/networking.k8s.io/v1" => ok(resources(&[("ingresses", "Ingress", true)])),
-            "/apis/apiextensions.k8s.io/v1" => ok(resources(&[("customresourcedefinitions", "CustomResourceDefinition", false)])),
-            "/apis/argoproj.io/v1alpha1" => (503, br#"{"kind":"Status","code":503,"message":"service unavailable"}"#.to_vec()),
+            p if discovery(p, argo).is_some() => discovery(p, argo).unwrap(),
             "/api/v1/namespaces?limit=500" => ok(list(vec![object("shop", None, json!({})), object("kube-dr", None, json!({}))], "")),
             "/api/v1/secrets?limit=500" if forbid_secrets => (403, br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"secrets is forbidden: User \"system:serviceaccount:kube-dr:kube-dr-kubernetes\" cannot list resource \"secrets\""}"#.to_vec()),
             "/api/v1/secrets?limit=500" => ok(list(
@@ -83,6 +111,8 @@ async fn fake_cluster(forbid_secrets: bool) -> (String, Seen) {
             )),
             "/api/v1/configmaps?limit=500" => ok(list(vec![object("settings", Some("shop"), json!({"data": {"mode": "prod"}}))], "")),
             "/api/v1/services?limit=500" => ok(list(vec![object("web", Some("shop"), json!({"spec": {"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7"], "ports": [{"port": 80}]}}))], "")),
+            "/apis/argoproj.io/v1alpha1/applications?limit=500" => ok(list(vec![object("shop-app", Some("argocd"), json!({"apiVersion": "x", "spec": {"project": "shop"}}))].into_iter().map(|mut a| { a["metadata"]["finalizers"] = json!(["resources-finalizer.argocd.argoproj.io"]); a }).collect(), "")),
+            "/apis/argoproj.io/v1alpha1/appprojects?limit=500" => ok(list(vec![object("shop", Some("argocd"), json!({"spec": {}}))], "")),
             "/apis/apps/v1/deployments?limit=500" => ok(list(vec![object("web", Some("shop"), json!({"spec": {"replicas": 2}}))], "")),
             p if p.ends_with("?limit=500") => empty(),
             _ => (404, br#"{"kind":"Status","code":404,"message":"not found"}"#.to_vec()),
@@ -127,7 +157,7 @@ fn backup(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn objects_are_discovered_listed_stripped_and_come_back_in_apply_order() {
-    let (url, seen) = fake_cluster(false).await;
+    let (url, seen) = fake_cluster(false, false).await;
     let config = kubeconfig(&url);
     let (store, keys) = (TestStore::local(), Keys::generate());
     let out = backup(&config, &store, &keys);
@@ -248,7 +278,7 @@ async fn objects_are_discovered_listed_stripped_and_come_back_in_apply_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forbidden_kind_names_the_rule_it_needs_and_commits_nothing() {
-    let (url, _) = fake_cluster(true).await;
+    let (url, _) = fake_cluster(true, false).await;
     let config = kubeconfig(&url);
     let (store, keys) = (TestStore::local(), Keys::generate());
     let out = backup(&config, &store, &keys);
@@ -260,4 +290,131 @@ async fn a_forbidden_kind_names_the_rule_it_needs_and_commits_nothing() {
         "{err}"
     );
     assert!(store.files().iter().all(|f| !f.ends_with("manifest.json")));
+}
+
+type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A new cluster to restore into: discovery as above, the objects at `existing` paths
+/// present (all of them with `all_exist`), every PATCH recorded and then present.
+async fn target_cluster(existing: &[&str], all_exist: bool) -> (String, Calls) {
+    let calls: Calls = Arc::default();
+    let log = calls.clone();
+    let present: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(existing.iter().map(|s| s.to_string()).collect()));
+    let url = fake_http(move |method, path, body| {
+        log.lock().unwrap().push((method.to_string(), path.to_string(), body.to_string()));
+        if let Some(reply) = discovery(path, true) {
+            return reply;
+        }
+        if path == "/version" {
+            return (200, br#"{"gitVersion":"v1.34.0"}"#.to_vec());
+        }
+        let object = path.split('?').next().unwrap().to_string();
+        match method {
+            "PATCH" => {
+                present.lock().unwrap().push(object);
+                (200, body.as_bytes().to_vec())
+            }
+            _ if all_exist || present.lock().unwrap().contains(&object) => (200, br#"{"kind":"X"}"#.to_vec()),
+            _ => (404, br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec()),
+        }
+    })
+    .await;
+    (url, calls)
+}
+
+fn patches(calls: &Calls) -> Vec<(String, Value)> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, _, _)| m == "PATCH")
+        .map(|(_, p, b)| (p.clone(), serde_json::from_str(b).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_applies_in_order_skips_what_exists_and_drops_the_argo_finalizer() {
+    let (source, _) = fake_cluster(false, true).await;
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup(&kubeconfig(&source), &store, &keys);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let identity = keys.identity.to_str().unwrap();
+    let restore = |config: &tempfile::NamedTempFile, extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "-i",
+            identity,
+            "--store",
+            store.url(),
+            "--to",
+            "cluster",
+        ];
+        args.extend_from_slice(extra);
+        run(
+            "kubectl-dr",
+            &args,
+            &[("KUBECONFIG", config.path().to_str().unwrap())],
+        )
+    };
+
+    // A new cluster that already has namespace kube-dr; shop is renamed to shop2.
+    let (url, calls) = target_cluster(&["/api/v1/namespaces/kube-dr"], false).await;
+    let config = kubeconfig(&url);
+    let out = restore(&config, &["--namespace-map", "shop=shop2"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("1 existing skipped") && said.contains("without resources-finalizer"),
+        "{said}"
+    );
+    let applied = patches(&calls);
+    let paths: Vec<&str> = applied
+        .iter()
+        .map(|(p, _)| p.split('?').next().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/shop2",
+            "/api/v1/namespaces/shop2/secrets/db-credentials",
+            "/api/v1/namespaces/shop2/configmaps/settings",
+            "/api/v1/namespaces/shop2/services/web",
+            "/apis/apps/v1/namespaces/shop2/deployments/web",
+            "/apis/argoproj.io/v1alpha1/namespaces/argocd/appprojects/shop",
+            "/apis/argoproj.io/v1alpha1/namespaces/argocd/applications/shop-app",
+        ]
+    );
+    for (path, body) in &applied {
+        assert!(path.ends_with("?fieldManager=kube-dr&force=true"), "{path}");
+        assert!(body["metadata"].get("resourceVersion").is_none(), "{body}");
+    }
+    let app = &applied.last().unwrap().1;
+    assert_eq!(app["metadata"]["finalizers"], json!([]), "{app}");
+    assert_eq!(applied[1].1["data"]["password"], "czNjcjN0LVZhbHVl");
+    // Counts per kind after the apply: everything is there.
+    assert!(
+        stdout(&out).contains("core.secrets") && !stdout(&out).contains("MISSING"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Again into a cluster that has it all: nothing applied, nothing changed.
+    let (url, calls) = target_cluster(&[], true).await;
+    let config = kubeconfig(&url);
+    let out = restore(&config, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(patches(&calls).is_empty(), "{:?}", patches(&calls));
+    // --clean replaces them (after a confirmation, here --yes).
+    let out = restore(&config, &["--clean", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(patches(&calls).len(), 8, "{:?}", patches(&calls));
+
+    // --dry-run: the plan, no write.
+    let (url, calls) = target_cluster(&[], false).await;
+    let out = restore(&kubeconfig(&url), &["--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("8 new"), "{}", stderr(&out));
+    assert!(patches(&calls).is_empty());
 }

@@ -51,9 +51,11 @@ use crate::output::{self, Format};
 /// server is a primary again whatever happened. It replaces every key, so a server with
 /// keys needs --clean. A server older than the backup's RDB version is refused.
 ///
-/// Kubernetes objects (--to -): every kind's YAML on stdout in apply order (CRDs,
-/// Namespaces, ServiceAccounts, Secrets, ConfigMaps, PVCs, Services, workloads, the rest,
-/// Argo CD last), for `| kubectl apply --server-side -f -`.
+/// Kubernetes objects (--to cluster, the kubeconfig's current context, or cluster:CONTEXT;
+/// your own credentials): server-side apply in dependency order (CRDs, Namespaces,
+/// ServiceAccounts, Secrets, ConfigMaps, PVCs, Services, workloads, the rest, Argo CD
+/// last); existing objects are skipped unless --clean; --namespace-map renames; restored
+/// Argo CD Applications lose their cascading resources-finalizer. --to - writes the YAML.
 ///
 /// Command output (--to - or --to-command -- CMD…): the plaintext goes to stdout or into
 /// the command's stdin, its last chunk held back until its size and sha256 matched the
@@ -70,6 +72,7 @@ use crate::output::{self, Format};
 ///     --to https://vault.vault.svc:8200 --force --restored-token-file old-root.txt
 ///   REDIS_PASSWORD_FILE=pw.txt kubectl dr restore latest --engine redis --identity key.txt \
 ///     --to redis://redis-master.redis.svc:6379 --clean --listen 10.0.3.17:6380
+///   kubectl dr restore latest --engine kubernetes --identity key.txt --to cluster --dry-run
 ///   kubectl dr restore latest --engine clickhouse --identity key.txt --to http://clickhouse:8123 \
 ///     --replicated convert --database-map signoz_logs=signoz_logs_restored
 ///   kubectl dr restore latest --identity key.txt --to postgres://postgres@db.shop:5432/app \

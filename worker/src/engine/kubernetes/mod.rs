@@ -6,11 +6,11 @@
 //!   objects listed page by page and stripped of what belongs to the old cluster ([`strip`]),
 //!   with their number per kind in the manifest. Service-account token Secrets are left
 //!   out; Secrets are only ever in the encrypted parts.
-//! - [`sink`]: `kubectl dr restore ID --engine kubernetes --to -`: every part's YAML on
-//!   stdout, in the order objects must be applied (CRDs, Namespaces, ServiceAccounts,
-//!   Secrets, ConfigMaps, PVCs, Services, workloads, the rest; Argo CD AppProjects before
-//!   Applications), for `kubectl apply --server-side -f -`. Applying it from the plugin
-//!   itself is not built yet.
+//! - [`sink`]: `kubectl dr restore ID --engine kubernetes --to cluster`: server-side apply
+//!   in dependency order (CRDs, Namespaces, ServiceAccounts, Secrets, ConfigMaps, PVCs,
+//!   Services, workloads, the rest; Argo CD AppProjects before Applications), existing
+//!   objects skipped unless `--clean`, `--namespace-map`, Argo CD's cascading finalizer
+//!   dropped, counts per kind compared afterwards; `--to -` writes the YAML to stdout.
 
 pub mod sink;
 pub mod source;

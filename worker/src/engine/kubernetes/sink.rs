@@ -1,47 +1,111 @@
-//! `kubectl dr restore ID --engine kubernetes --to -`: the [`Sink`] that writes every
-//! part's objects to stdout in apply order, for `kubectl apply --server-side -f -`. Each
-//! part is verified first, as for every engine, and its last chunk held back until it
-//! matched. Applying from the plugin (server-side apply, `--clean`, `--namespace-map`, the
-//! Argo CD finalizer rule) is not built yet; the destination says so.
+//! `kubectl dr restore ID --engine kubernetes --to cluster|cluster:CONTEXT|-`: the
+//! Kubernetes [`Sink`].
+//!
+//! Into a cluster (the kubeconfig's current context, or the one named): every part is
+//! verified and decrypted while planning, the objects are renamed by `--namespace-map`,
+//! and each is looked up: one that exists is skipped unless `--clean`, which replaces it.
+//! Objects are then applied in dependency order (CRDs, Namespaces, ServiceAccounts, Secrets,
+//! ConfigMaps, PVCs, Services, workloads, the rest, Argo CD AppProjects before
+//! Applications) with server-side apply under the field manager `kube-dr`. Restored Argo CD
+//! Applications lose their `resources-finalizer.argocd.argoproj.io`, so deleting one never
+//! cascades into live resources. Afterwards every object is looked up again and counted
+//! per kind against the manifest.
+//!
+//! To stdout (`--to -`): the YAML in the same order, for `kubectl apply -f -`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use super::apply_rank;
-use crate::catalog::{Manifest, Part, PartFormat};
-use crate::engine::{RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
+use crate::catalog::{Manifest, Part, PartFormat, TableCount};
+use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::ReadStore;
-use crate::verify::{open_plaintext, stream_withheld, Verified};
+use crate::verify::{self, open_plaintext, stream_withheld, Verified};
 
-/// Kubernetes flags of `kubectl dr restore` (none yet: `--to -` is the destination).
+/// The finalizer that makes deleting an Argo CD Application delete its live resources.
+pub const ARGO_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
+
+/// The field manager of every apply.
+const FIELD_MANAGER: &str = "kube-dr";
+
+/// Kubernetes flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct RestoreArgs {}
+#[command(next_help_heading = "Kubernetes")]
+#[group(id = "kubernetes_restore")]
+pub struct RestoreArgs {
+    /// Restore the objects of namespace OLD into NEW (repeatable); the Namespace object
+    /// itself is renamed too.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    pub namespace_map: Vec<(String, String)>,
+}
+
+fn parse_mapping(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| format!("{text:?} is not OLD=NEW"))
+}
 
 impl RestoreArgs {
-    /// The first Kubernetes-only flag given (none exist yet).
+    /// The first Kubernetes-only flag given.
     pub fn given(&self) -> Option<&'static str> {
-        None
+        (!self.namespace_map.is_empty()).then_some("--namespace-map")
     }
 
     /// # Errors
-    /// A destination other than `-`.
+    /// A destination that is neither `-` nor `cluster[:CONTEXT]`.
     pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
-        if common.to != "-" {
-            return Err(format!(
-                "Kubernetes backups restore as YAML on stdout for now: --to - | kubectl apply --server-side -f - (applying from kubectl dr itself is not built yet; --to {:?} is not a destination)",
-                common.to
-            )
-            .into());
-        }
-        Ok(Box::new(KubernetesSink))
+        let destination = match common.to.as_str() {
+            "-" => Destination::Stdout,
+            "cluster" => Destination::Cluster(None),
+            other => match other.strip_prefix("cluster:") {
+                Some(context) if !context.is_empty() => Destination::Cluster(Some(context.to_string())),
+                _ => {
+                    return Err(format!(
+                        "--to {other:?} is not a Kubernetes destination: use cluster (the kubeconfig's current context), cluster:CONTEXT, or - (YAML on stdout)"
+                    )
+                    .into())
+                }
+            },
+        };
+        Ok(Box::new(KubernetesSink {
+            destination,
+            common: common.clone(),
+            namespace_map: self.namespace_map.iter().cloned().collect(),
+            client: None,
+            planned: Vec::new(),
+        }))
     }
 }
 
-/// Writes the objects to stdout.
-pub struct KubernetesSink;
+enum Destination {
+    Stdout,
+    Cluster(Option<String>),
+}
+
+/// One object to apply, decided in the plan.
+struct Planned {
+    /// The part (kind) it came from, for counting.
+    part: String,
+    object: Value,
+    /// Its API path (without query).
+    path: String,
+    exists: bool,
+}
+
+/// Restores Kubernetes objects.
+pub struct KubernetesSink {
+    destination: Destination,
+    common: RestoreCommon,
+    namespace_map: BTreeMap<String, String>,
+    client: Option<kube::Client>,
+    planned: Vec<Planned>,
+}
 
 /// The YAML parts of a backup, in apply order.
 fn ordered(manifest: &Manifest) -> Vec<&Part> {
@@ -54,9 +118,96 @@ fn ordered(manifest: &Manifest) -> Vec<&Part> {
     parts
 }
 
+fn api_error(e: kube::Error, what: &str) -> SourceFailure {
+    match &e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "{what}: forbidden ({}); the restore runs with your own credentials: they need get and patch on it",
+            status.message
+        )
+        .into(),
+        _ => format!("{what}: {e}").into(),
+    }
+}
+
+/// Renames namespaces and drops the Argo CD finalizer; returns whether it dropped one.
+fn prepare(object: &mut Value, map: &BTreeMap<String, String>) -> bool {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let meta = &mut object["metadata"];
+    if kind == "Namespace" {
+        if let Some(new) = meta["name"].as_str().and_then(|n| map.get(n)) {
+            meta["name"] = Value::String(new.clone());
+        }
+    } else if let Some(new) = meta["namespace"].as_str().and_then(|n| map.get(n)) {
+        meta["namespace"] = Value::String(new.clone());
+    }
+    if kind != "Application" {
+        return false;
+    }
+    let Some(finalizers) = meta.get_mut("finalizers").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    let before = finalizers.len();
+    finalizers.retain(|f| f != ARGO_FINALIZER);
+    before != finalizers.len()
+}
+
+/// `kind` → (plural, namespaced) for one group version, from discovery.
+async fn kinds_of(
+    client: &kube::Client,
+    group_version: &str,
+) -> Result<BTreeMap<String, (String, bool)>, SourceFailure> {
+    let path = if group_version.contains('/') {
+        format!("/apis/{group_version}")
+    } else {
+        format!("/api/{group_version}")
+    };
+    let list: Value = client
+        .request(http::Request::get(&path).body(Vec::new())?)
+        .await
+        .map_err(|e| api_error(e, &format!("discovering {group_version}")))?;
+    Ok(list["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| !r["name"].as_str().unwrap_or("/").contains('/'))
+        .filter_map(|r| {
+            Some((
+                r["kind"].as_str()?.to_string(),
+                (
+                    r["name"].as_str()?.to_string(),
+                    r["namespaced"].as_bool().unwrap_or(false),
+                ),
+            ))
+        })
+        .collect())
+}
+
 #[async_trait]
 impl Sink for KubernetesSink {
     async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
+        let Destination::Cluster(context) = &self.destination else {
+            return Ok(());
+        };
+        let no_cluster = |e: &dyn std::fmt::Display| -> SourceFailure {
+            format!("no Kubernetes cluster to restore into ({e}); check KUBECONFIG and the context")
+                .into()
+        };
+        let mut config = match context {
+            Some(c) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                context: Some(c.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| no_cluster(&e))?,
+            None => kube::Config::infer().await.map_err(|e| no_cluster(&e))?,
+        };
+        config.default_retry = false;
+        let client = kube::Client::try_from(config).map_err(|e| no_cluster(&e))?;
+        let _: Value = client
+            .request(http::Request::get("/version").body(Vec::new())?)
+            .await
+            .map_err(|e| api_error(e, "reaching the API server"))?;
+        self.client = Some(client);
         Ok(())
     }
 
@@ -64,7 +215,7 @@ impl Sink for KubernetesSink {
         &mut self,
         _manifest: &Manifest,
     ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        Err("--against does not apply to Kubernetes backups yet; verify --identity counts the objects of every part".into())
+        Err("--against does not apply to Kubernetes backups; verify --identity counts the objects of every part, and a restore compares them after applying".into())
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
@@ -77,23 +228,116 @@ impl Sink for KubernetesSink {
 
     async fn plan<'m>(
         &mut self,
-        _store: &dyn ReadStore,
+        store: &dyn ReadStore,
         _manifest: &'m Manifest,
         first: &[Verified<'m>],
-        _identities: &Identities,
-        _progress: &dyn Progress,
+        identities: &Identities,
+        progress: &dyn Progress,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
         let objects: u64 = first
             .iter()
             .flat_map(|v| &v.part().tables)
             .map(|t| t.rows)
             .sum();
+        let Some(client) = self.client.clone() else {
+            return Ok(RestorePlan {
+                lines: vec![format!(
+                    "plan: write {objects} object(s) of {} kind(s) to stdout in apply order: pipe into kubectl apply --server-side -f -",
+                    first.len()
+                )],
+                ..RestorePlan::default()
+            });
+        };
+        let mut parts = first.to_vec();
+        parts.sort_by_key(|v| (apply_rank(&v.part().name), v.part().name.clone()));
+        let mut discovered: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+        let mut finalizers = 0;
+        for v in parts {
+            let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
+            let (plain, bar) = open_plaintext(store, v, identities, progress).await?;
+            let yaml = tokio::task::spawn_blocking(move || {
+                let mut yaml = Vec::new();
+                stream_withheld(plain, &backup, &part, |d| {
+                    yaml.extend_from_slice(d);
+                    Ok(())
+                })
+                .map(|()| yaml)
+            })
+            .await
+            .expect("decode thread panicked")?;
+            bar.finish();
+            // Parsed first: the YAML parser may not be held across an await.
+            let docs: Vec<Value> = {
+                use serde::Deserialize;
+                let mut docs = Vec::new();
+                for doc in serde_yaml::Deserializer::from_slice(&yaml) {
+                    let value = serde_yaml::Value::deserialize(doc)?;
+                    if !value.is_null() {
+                        docs.push(serde_json::to_value(value)?);
+                    }
+                }
+                docs
+            };
+            for mut object in docs {
+                if prepare(&mut object, &self.namespace_map) {
+                    finalizers += 1;
+                }
+                let api_version = object["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let kind = object["kind"].as_str().unwrap_or_default().to_string();
+                if !discovered.contains_key(&api_version) {
+                    discovered.insert(api_version.clone(), kinds_of(&client, &api_version).await?);
+                }
+                let (plural, namespaced) = discovered[&api_version].get(&kind).cloned().ok_or_else(|| {
+                    format!("the cluster does not serve {kind} ({api_version}): restore its CRD first (it is in the backup if --kinds took customresourcedefinitions)")
+                })?;
+                let base = if api_version.contains('/') {
+                    format!("/apis/{api_version}")
+                } else {
+                    format!("/api/{api_version}")
+                };
+                let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                let path = match object["metadata"]["namespace"].as_str() {
+                    Some(ns) if namespaced => format!("{base}/namespaces/{ns}/{plural}/{name}"),
+                    _ => format!("{base}/{plural}/{name}"),
+                };
+                let exists = match client
+                    .request_text(http::Request::get(&path).body(Vec::new())?)
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(kube::Error::Api(s)) if s.code == 404 => false,
+                    Err(e) => return Err(api_error(e, &format!("looking up {path}"))),
+                };
+                self.planned.push(Planned {
+                    part: v.part().name.clone(),
+                    object,
+                    path,
+                    exists,
+                });
+            }
+        }
+        let existing = self.planned.iter().filter(|p| p.exists).count();
+        let mut lines = vec![format!(
+            "plan: apply {} object(s) with server-side apply (field manager {FIELD_MANAGER}): {} new, {existing} existing {}",
+            self.planned.len(),
+            self.planned.len() - existing,
+            if self.common.clean { "REPLACED (--clean)" } else { "skipped (--clean replaces them)" }
+        )];
+        if finalizers > 0 {
+            lines.push(format!("note: {finalizers} Argo CD Application(s) are restored without {ARGO_FINALIZER}, so deleting one never deletes live resources; add it back once the cluster is trusted"));
+        }
+        let confirm = (self.common.clean && existing > 0).then(|| Confirm {
+            what: format!("this restore replaces {existing} existing object(s)"),
+            prompt: format!("This replaces {existing} object(s) that exist in the cluster."),
+            word: "replace".into(),
+        });
         Ok(RestorePlan {
-            lines: vec![format!(
-                "plan: write {objects} object(s) of {} kind(s) to stdout in apply order (CRDs, Namespaces, ServiceAccounts, Secrets, ConfigMaps, PVCs, Services, workloads, the rest, Argo CD last): pipe into kubectl apply --server-side -f -",
-                first.len()
-            )],
-            ..RestorePlan::default()
+            lines,
+            confirm,
+            more_parts: Vec::new(),
         })
     }
 
@@ -105,36 +349,113 @@ impl Sink for KubernetesSink {
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
     ) -> Result<RestoredCounts, SourceFailure> {
-        let mut parts = verified.to_vec();
-        parts.sort_by_key(|v| (apply_rank(&v.part().name), v.part().name.clone()));
-        for v in &parts {
-            let (manifest, part) = (v.manifest(), v.part().clone());
-            let backup = manifest.backup_ref().to_string();
-            let (plain, bar) = open_plaintext(store, *v, identities, progress).await?;
-            tokio::task::spawn_blocking(move || {
-                let stdout = std::io::stdout();
-                stream_withheld(plain, &backup, &part, |data| {
-                    stdout.lock().write_all(data).map_err(|e| -> SourceFailure {
-                        format!(
-                            "writing the objects to stdout failed ({e}): the restore is incomplete"
-                        )
-                        .into()
+        let manifest = verified[0].manifest();
+        let Some(client) = self.client.clone() else {
+            let mut parts = verified.to_vec();
+            parts.sort_by_key(|v| (apply_rank(&v.part().name), v.part().name.clone()));
+            for v in &parts {
+                let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
+                let (plain, bar) = open_plaintext(store, *v, identities, progress).await?;
+                tokio::task::spawn_blocking(move || {
+                    let stdout = std::io::stdout();
+                    stream_withheld(plain, &backup, &part, |data| {
+                        stdout.lock().write_all(data).map_err(|e| -> SourceFailure {
+                            format!("writing the objects to stdout failed ({e}): the restore is incomplete").into()
+                        })
                     })
                 })
-            })
-            .await
-            .expect("restore thread panicked")?;
-            bar.finish();
+                .await
+                .expect("restore thread panicked")?;
+                bar.finish();
+            }
+            say(&format!(
+                "wrote the objects of {} to stdout",
+                manifest.backup_ref()
+            ));
+            return Ok(RestoredCounts {
+                heading: manifest.backup_ref().to_string(),
+                against: "stdout".into(),
+                rows: Vec::new(),
+            });
+        };
+        let (mut applied, mut skipped) = (0usize, 0usize);
+        for p in &self.planned {
+            if p.exists && !self.common.clean {
+                skipped += 1;
+                continue;
+            }
+            let request = http::Request::patch(format!(
+                "{}?fieldManager={FIELD_MANAGER}&force=true",
+                p.path
+            ))
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body(serde_json::to_vec(&p.object)?)?;
+            client
+                .request_text(request)
+                .await
+                .map_err(|e| api_error(e, &format!("applying {}", p.path)))?;
+            applied += 1;
         }
-        let manifest = verified[0].manifest();
         say(&format!(
-            "wrote the objects of {} to stdout",
-            manifest.backup_ref()
+            "applied {applied} object(s); {skipped} existing left as they were{}",
+            if skipped > 0 {
+                " (--clean replaces them)"
+            } else {
+                ""
+            }
         ));
+        // Count what is there now, per kind, against the manifest.
+        let mut present: BTreeMap<&str, u64> = BTreeMap::new();
+        for p in &self.planned {
+            match client
+                .request_text(http::Request::get(&p.path).body(Vec::new())?)
+                .await
+            {
+                Ok(_) => *present.entry(p.part.as_str()).or_default() += 1,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    present.entry(p.part.as_str()).or_default();
+                }
+                Err(e) => return Err(api_error(e, &format!("looking up {}", p.path))),
+            }
+        }
+        let mut backed_up = Vec::new();
+        let mut live = Vec::new();
+        for part in ordered(manifest) {
+            for t in &part.tables {
+                backed_up.push(t.clone());
+                live.push(TableCount {
+                    rows: present.get(part.name.as_str()).copied().unwrap_or(0),
+                    ..t.clone()
+                });
+            }
+        }
+        let against = match &self.destination {
+            Destination::Cluster(Some(c)) => format!("cluster {c}"),
+            _ => "the current cluster".into(),
+        };
         Ok(RestoredCounts {
             heading: manifest.backup_ref().to_string(),
-            against: "stdout".into(),
-            rows: Vec::new(),
+            against,
+            rows: verify::compare_counts(&backed_up, &live, self.common.max_diff),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn namespaces_are_renamed_and_the_argo_finalizer_dropped() {
+        let map = BTreeMap::from([("shop".to_string(), "shop2".to_string())]);
+        let mut ns = json!({"kind": "Namespace", "metadata": {"name": "shop"}});
+        assert!(!prepare(&mut ns, &map));
+        assert_eq!(ns["metadata"]["name"], "shop2");
+        let mut app = json!({"kind": "Application", "metadata": {"name": "a", "namespace": "shop",
+            "finalizers": [ARGO_FINALIZER, "other"]}});
+        assert!(prepare(&mut app, &map));
+        assert_eq!(app["metadata"]["finalizers"], json!(["other"]));
+        assert_eq!(app["metadata"]["namespace"], "shop2");
     }
 }
