@@ -57,6 +57,7 @@ install_tools() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v openssl >/dev/null || missing+=(openssl)   # the Redis TLS test's certificates
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"

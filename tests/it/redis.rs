@@ -15,6 +15,8 @@ const PASSWORD: &str = "redis-Test-Secret-5150";
 struct Server {
     port: u16,
     password: Option<&'static str>,
+    /// The CA file, for a TLS-only server.
+    tls: Option<std::path::PathBuf>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -34,9 +36,10 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
+        let tls = extra.contains(&"--tls-ca-cert-file");
         let mut cmd = Command::new("redis-server");
         cmd.args([
-            "--port",
+            if tls { "--tls-port" } else { "--port" },
             &port.to_string(),
             "--bind",
             "127.0.0.1",
@@ -49,6 +52,11 @@ impl Server {
         .arg("--logfile")
         .arg(dir.path().join("log"))
         .args(extra)
+        .args(if tls {
+            &["--port", "0", "--tls-auth-clients", "no"][..]
+        } else {
+            &[][..]
+        })
         .stdout(Stdio::null());
         if let Some(p) = password {
             cmd.args(["--requirepass", p]);
@@ -56,9 +64,14 @@ impl Server {
         let child = cmd
             .spawn()
             .expect("redis-server (Debian, installed by scripts/services.sh)");
+        let tls = extra
+            .iter()
+            .position(|a| *a == "--tls-ca-cert-file")
+            .map(|i| std::path::PathBuf::from(extra[i + 1]));
         let server = Server {
             port,
             password,
+            tls,
             child,
             _dir: dir,
         };
@@ -72,7 +85,12 @@ impl Server {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -80,13 +98,19 @@ impl Server {
         if let Some(p) = self.password {
             env.push(("REDIS_PASSWORD", p.to_string()));
         }
+        if let Some(ca) = &self.tls {
+            env.push(("REDIS_CACERT", ca.display().to_string()));
+        }
         env
     }
 
     fn cli(&self, db: u32, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &self.port.to_string(), "-n", &db.to_string()])
-            .args(args);
+        cmd.args(["-p", &self.port.to_string(), "-n", &db.to_string()]);
+        if let Some(ca) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        cmd.args(args);
         if let Some(p) = self.password {
             cmd.env("REDISCLI_AUTH", p);
         }
@@ -421,4 +445,88 @@ async fn a_cut_part_is_refused_before_the_target_is_touched() {
     assert!(target
         .cli(0, &["INFO", "replication"])
         .contains("role:master"));
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn certificates(dir: &std::path::Path) {
+    let sh = format!(
+        "cd '{}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca \
+         && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > ext \
+         && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext",
+        dir.display()
+    );
+    let out = Command::new("sh").args(["-c", &sh]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_server_backs_up_and_restores_and_an_unknown_ca_is_named() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let file = |f: &str| certs.path().join(f).display().to_string();
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let server = Server::start(
+        Some(PASSWORD),
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+        ],
+    );
+    server.seed();
+    let before = server.canonical();
+    let (store, keys) = (TestStore::local(), Keys::generate());
+
+    // Without the private CA: the handshake fails and says where to look.
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "redis",
+            "--target",
+            "cache",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("REDIS_URL", &server.url()), ("REDIS_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("REDIS_CACERT"), "{}", stderr(&out));
+
+    let out = backup(&server, &store, &keys);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = dr(
+        &server,
+        &store,
+        &keys,
+        &["verify", "latest", "--against", &server.url()],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    server.cli(0, &["FLUSHALL"]);
+    server.cli(0, &["SET", "after", "1"]);
+    let out = dr(
+        &server,
+        &store,
+        &keys,
+        &[
+            "restore",
+            "latest",
+            "--to",
+            &server.url(),
+            "--clean",
+            "--yes",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(server.canonical(), before);
 }

@@ -12,8 +12,9 @@
 //!   the target is a primary again whatever happened. A target whose RDB version is older
 //!   than the backup's is refused before anything changes.
 //!
-//! Connection: `REDIS_URL` (`redis://[user@]host:port`), the password from `REDIS_PASSWORD`
-//! or `REDIS_PASSWORD_FILE`, never from the URL or argv.
+//! Connection: `REDIS_URL` (`redis://[user@]host:port`, or `rediss://` for TLS, verified
+//! against the system's roots or `REDIS_CACERT`), the password from `REDIS_PASSWORD` or
+//! `REDIS_PASSWORD_FILE`, never from the URL or argv.
 
 pub mod primary;
 pub mod rdb;
@@ -95,6 +96,10 @@ pub struct RedisTarget {
     pub port: u16,
     /// ACL user (`default` when absent).
     pub user: Option<String>,
+    /// `rediss://`: TLS, verified against the system's roots or `REDIS_CACERT`.
+    pub tls: bool,
+    /// A private CA for TLS (`REDIS_CACERT`).
+    pub ca_cert: Option<std::path::PathBuf>,
     password: Option<String>,
 }
 
@@ -106,9 +111,10 @@ impl std::fmt::Debug for RedisTarget {
 
 impl std::fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.user {
-            Some(u) => write!(f, "redis://{u}@{}:{}", self.host, self.port),
-            None => write!(f, "redis://{}:{}", self.host, self.port),
+            Some(u) => write!(f, "{scheme}://{u}@{}:{}", self.host, self.port),
+            None => write!(f, "{scheme}://{}:{}", self.host, self.port),
         }
     }
 }
@@ -143,11 +149,11 @@ impl RedisTarget {
             url: shown.clone(),
             reason: reason.into(),
         };
-        match parsed.scheme() {
-            "redis" => {}
-            "rediss" => return Err(bad("TLS (rediss://) is not supported by this version; reach the server over a TLS sidecar or inside the cluster network")),
-            _ => return Err(bad("not redis://")),
-        }
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            _ => return Err(bad("not redis:// or rediss://")),
+        };
         if parsed.password().is_some() {
             return Err(bad(
                 "no password in the URL; use REDIS_PASSWORD or REDIS_PASSWORD_FILE",
@@ -176,6 +182,8 @@ impl RedisTarget {
         };
         Ok(RedisTarget {
             host,
+            tls,
+            ca_cert: std::env::var_os("REDIS_CACERT").map(Into::into),
             port: parsed.port().unwrap_or(6379),
             user: Some(parsed.username())
                 .filter(|u| !u.is_empty())
@@ -220,12 +228,15 @@ impl RedisTarget {
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .and_then(|()| stream.set_nodelay(true))
             .map_err(|e| unreachable(e.to_string()))?;
+        let raw = stream.try_clone().map_err(|e| unreachable(e.to_string()))?;
+        let stream = if self.tls {
+            Stream::Tls(Box::new(self.tls_stream(stream)?))
+        } else {
+            Stream::Plain(stream)
+        };
         let mut conn = Conn {
-            reader: BufReader::with_capacity(
-                256 * 1024,
-                stream.try_clone().map_err(|e| unreachable(e.to_string()))?,
-            ),
-            writer: stream,
+            reader: BufReader::with_capacity(256 * 1024, stream),
+            raw,
             addr: self.addr(),
         };
         if let Some(password) = &self.password {
@@ -261,6 +272,91 @@ impl RedisTarget {
     }
 }
 
+impl RedisTarget {
+    fn tls_stream(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, RedisError> {
+        use rustls_pki_types::pem::PemObject;
+        let tls_error = |reason: String| RedisError::Unreachable {
+            addr: self.addr(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_cert {
+            Some(path) => {
+                for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
+                    tls_error(format!("cannot read REDIS_CACERT {}: {e}", path.display()))
+                })? {
+                    let cert = cert
+                        .map_err(|e| tls_error(format!("REDIS_CACERT {}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| tls_error(format!("REDIS_CACERT {}: {e}", path.display())))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| tls_error(format!("{} is not a TLS server name: {e}", self.host)))?;
+        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| tls_error(e.to_string()))?;
+        let mut tcp = tcp;
+        // The handshake here, so a certificate problem is named as one.
+        while connection.is_handshaking() {
+            connection.complete_io(&mut tcp).map_err(|e| {
+                tls_error(format!(
+                    "the TLS handshake failed ({e}); check REDIS_CACERT (the CA that signed the server's certificate) and that the host name in REDIS_URL is in the certificate"
+                ))
+            })?;
+        }
+        Ok(rustls::StreamOwned::new(connection, tcp))
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+pub enum Stream {
+    /// `redis://`.
+    Plain(TcpStream),
+    /// `rediss://`.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// One RESP reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -288,9 +384,10 @@ impl Reply {
 
 /// A connection speaking RESP2, blocking (each caller runs on a blocking thread).
 pub struct Conn {
-    /// Buffered reads; the replication stream is read through it too.
-    pub reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// Buffered reads (writes go through it too); the replication stream is read here.
+    pub reader: BufReader<Stream>,
+    /// The TCP socket under it, for timeouts and addresses.
+    raw: TcpStream,
     addr: String,
 }
 
@@ -305,7 +402,7 @@ impl Conn {
 
     /// The socket, e.g. to change its timeouts or learn the local address.
     pub fn socket(&self) -> &TcpStream {
-        &self.writer
+        &self.raw
     }
 
     fn io_error(&self, e: std::io::Error) -> RedisError {
@@ -336,7 +433,12 @@ impl Conn {
             out.extend_from_slice(a);
             out.extend_from_slice(b"\r\n");
         }
-        self.writer.write_all(&out).map_err(|e| self.io_error(e))
+        let written = self
+            .reader
+            .get_mut()
+            .write_all(&out)
+            .and_then(|()| self.reader.get_mut().flush());
+        written.map_err(|e| self.io_error(e))
     }
 
     /// Sends a command and reads its reply; an error reply is [`RedisError::Command`].
@@ -619,7 +721,8 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("secret"));
-        assert!(RedisTarget::from_url("rediss://h").is_err());
+        assert!(RedisTarget::from_url("rediss://h").unwrap().tls);
+        assert!(RedisTarget::from_url("http://h").is_err());
         let t = RedisTarget::from_url("redis://backup@redis.redis.svc").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("redis.redis.svc", 6379));
         assert_eq!(t.to_string(), "redis://backup@redis.redis.svc:6379");
