@@ -357,62 +357,53 @@ pub fn verified_body(
     (body, feeding)
 }
 
+/// Why [`feed`] stopped early.
+enum FeedStop {
+    Check(VerifyError),
+    /// The request ended first; its own error tells why.
+    Closed,
+}
+
+impl From<VerifyError> for FeedStop {
+    fn from(e: VerifyError) -> Self {
+        FeedStop::Check(e)
+    }
+}
+
 fn feed(
-    mut plain: PlainReader,
+    plain: PlainReader,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
     backup: &str,
     part: &Part,
 ) -> Result<(), VerifyError> {
-    let undecodable = |source| VerifyError::Undecodable {
-        backup: backup.to_string(),
-        part: part.name.clone(),
-        cause: source,
-    };
-    let result = (|| -> Result<Option<bytes::Bytes>, VerifyError> {
-        let mut held: Option<bytes::Bytes> = None;
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            if let Some(previous) = held.replace(bytes::Bytes::from(buf)) {
-                if tx.blocking_send(Ok(previous)).is_err() {
-                    // The request ended early; its own error tells why.
-                    return Ok(None);
-                }
-            }
-        }
-        finish_checked(plain, backup, part)?;
-        Ok(held)
-    })();
-    match result {
-        Ok(last) => {
-            if let Some(last) = last {
-                let _ = tx.blocking_send(Ok(last));
-            }
-            Ok(())
-        }
-        Err(e) => {
+    let sent = stream_withheld(plain, backup, part, |chunk, _last| {
+        tx.blocking_send(Ok(bytes::Bytes::copy_from_slice(chunk)))
+            .map_err(|_| FeedStop::Closed)
+    });
+    match sent {
+        Ok(()) | Err(FeedStop::Closed) => Ok(()),
+        Err(FeedStop::Check(e)) => {
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
             Err(e)
         }
     }
 }
 
-/// Reads a verified part's plaintext chunk by chunk into `write`, holding the last chunk
-/// back until the whole part matched its manifest entry (size and sha256 of the stored
-/// object, plaintext size): a consumer never receives all of a damaged part.
+/// The one "check before the end" rule of every restore stream: reads a verified part's
+/// plaintext chunk by chunk into `write(chunk, last)`, holding the last chunk back until the
+/// whole part matched its manifest entry (size and sha256 of the stored object, plaintext
+/// size). `write` sees the chunks in order; the call with `last` set comes only after the
+/// check (with an empty chunk for an empty part), so a consumer can run its own final check
+/// there before releasing it, and never receives all of a damaged part.
 ///
 /// # Errors
-/// [`VerifyError`] for a part that fails its check (boxed), or `write`'s own error.
-pub fn stream_withheld(
+/// The part's [`VerifyError`], or `write`'s own error.
+pub fn stream_withheld<E: From<VerifyError>>(
     mut plain: PlainReader,
     backup: &str,
     part: &Part,
-    mut write: impl FnMut(&[u8]) -> Result<(), crate::engine::SourceFailure>,
-) -> Result<(), crate::engine::SourceFailure> {
+    mut write: impl FnMut(&[u8], bool) -> Result<(), E>,
+) -> Result<(), E> {
     let mut held: Option<Vec<u8>> = None;
     loop {
         let mut buf = vec![0u8; 256 * 1024];
@@ -428,14 +419,11 @@ pub fn stream_withheld(
         }
         buf.truncate(n);
         if let Some(previous) = held.replace(buf) {
-            write(&previous)?;
+            write(&previous, false)?;
         }
     }
     finish_checked(plain, backup, part)?;
-    if let Some(last) = held {
-        write(&last)?;
-    }
-    Ok(())
+    write(held.as_deref().unwrap_or_default(), true)
 }
 
 /// Reads what is left of a part (so truncation shows) and checks size, sha256 and plaintext

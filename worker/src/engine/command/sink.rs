@@ -13,7 +13,7 @@ use crate::engine::{RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFail
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::ReadStore;
-use crate::verify::{finish_checked, open_plaintext, Verified, VerifyError};
+use crate::verify::{open_plaintext, stream_withheld, Verified, VerifyError};
 
 /// Command flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -130,7 +130,6 @@ impl Sink for CommandSink {
             Destination::Stdout => None,
         };
         let fed = tokio::task::spawn_blocking(move || -> Result<u64, SourceFailure> {
-            let mut plain = plain;
             let mut child = match &argv {
                 Some(argv) => {
                     let mut cmd = std::process::Command::new(&argv[0]);
@@ -140,49 +139,29 @@ impl Sink for CommandSink {
                 None => None,
             };
             let stdout = std::io::stdout();
-            let mut write = |data: &[u8]| -> Result<(), SourceFailure> {
+            let mut hasher = sha2::Sha256::new();
+            stream_withheld(plain, &backup, &meta, |data, last| -> Result<(), SourceFailure> {
+                hasher.update(data);
+                if last {
+                    // The recorded plaintext sha256 is this engine's own final check.
+                    let found = hex::encode(hasher.clone().finalize());
+                    if let Some(expected) = expected.as_ref().filter(|e| **e != found) {
+                        return Err(Box::new(VerifyError::BadContent {
+                            backup: backup.clone(),
+                            part: meta.name.clone(),
+                            reason: format!(
+                                "the plaintext has sha256 {found}, the manifest recorded {expected}"
+                            ),
+                        }));
+                    }
+                }
                 match child.as_mut() {
                     Some(c) => Ok(c.write_all(data)?),
                     None => stdout.lock().write_all(data).map_err(|e| -> SourceFailure {
                         format!("writing the plaintext to stdout failed ({e}): the restore is incomplete").into()
                     }),
                 }
-            };
-            // The last chunk is held back until the whole part matched its manifest entry.
-            let mut hasher = sha2::Sha256::new();
-            let mut held: Option<Vec<u8>> = None;
-            loop {
-                let mut buf = vec![0u8; 256 * 1024];
-                let n = plain
-                    .read_chunk(&mut buf)
-                    .map_err(|cause| VerifyError::Undecodable {
-                        backup: backup.clone(),
-                        part: meta.name.clone(),
-                        cause,
-                    })?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                hasher.update(&buf);
-                if let Some(previous) = held.replace(buf) {
-                    write(&previous)?;
-                }
-            }
-            finish_checked(plain, &backup, &meta)?;
-            let found = hex::encode(hasher.finalize());
-            if let Some(expected) = expected.filter(|e| *e != found) {
-                return Err(Box::new(VerifyError::BadContent {
-                    backup: backup.clone(),
-                    part: meta.name.clone(),
-                    reason: format!(
-                        "the plaintext has sha256 {found}, the manifest recorded {expected}"
-                    ),
-                }));
-            }
-            if let Some(last) = held {
-                write(&last)?;
-            }
+            })?;
             if let Some(c) = child {
                 c.close()?;
             }

@@ -36,6 +36,93 @@ pub const DEFAULT_KINDS: &[&str] = &[
     "applicationsets.argoproj.io",
 ];
 
+/// One kind as discovery found it.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// `plural[.group]`, the part's name.
+    pub name: String,
+    /// The API group (empty for the core API).
+    pub group: String,
+    /// The plural resource name, e.g. `deployments`.
+    pub plural: String,
+    /// e.g. `apps/v1` or `v1`.
+    pub group_version: String,
+    /// e.g. `Deployment`.
+    pub kind: String,
+    /// Whether its objects live in namespaces.
+    pub namespaced: bool,
+}
+
+impl Resource {
+    /// The API path of its group version: `/api/v1` or `/apis/<group>/<version>`.
+    pub fn base(&self) -> String {
+        api_base(&self.group_version)
+    }
+
+    /// The API path of one object.
+    pub fn object_path(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => {
+                format!("{}/namespaces/{ns}/{}/{name}", self.base(), self.plural)
+            }
+            _ => format!("{}/{}/{name}", self.base(), self.plural),
+        }
+    }
+}
+
+/// `/api/v1` for the core group version, `/apis/<gv>` for the others.
+pub fn api_base(group_version: &str) -> String {
+    if group_version.contains('/') {
+        format!("/apis/{group_version}")
+    } else {
+        format!("/api/{group_version}")
+    }
+}
+
+/// A GET through the kube client (auth, TLS, timeouts), as JSON.
+///
+/// # Errors
+/// kube's error, for the caller to explain with its context.
+pub async fn api_get(client: &kube::Client, path: &str) -> Result<Value, kube::Error> {
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    client.request::<Value>(request).await
+}
+
+/// The kinds of one group version (`v1` or `apps/v1`), subresources left out.
+///
+/// # Errors
+/// kube's error.
+pub async fn discover_group(
+    client: &kube::Client,
+    group_version: &str,
+) -> Result<Vec<Resource>, kube::Error> {
+    let group = group_version.split_once('/').map_or("", |(g, _)| g);
+    let list = api_get(client, &api_base(group_version)).await?;
+    Ok(list["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let plural = r["name"].as_str()?;
+            // Subresources (deployments/scale) are not objects of their own.
+            (!plural.contains('/')).then(|| Resource {
+                name: if group.is_empty() {
+                    plural.to_string()
+                } else {
+                    format!("{plural}.{group}")
+                },
+                group: group.to_string(),
+                plural: plural.to_string(),
+                group_version: group_version.to_string(),
+                kind: r["kind"].as_str().unwrap_or_default().to_string(),
+                namespaced: r["namespaced"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect())
+}
+
 /// Metadata fields that belong to the old cluster's copy of an object.
 const STRIPPED_METADATA: &[&str] = &[
     "uid",

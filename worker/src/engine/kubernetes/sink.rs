@@ -19,7 +19,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::apply_rank;
+use super::{apply_rank, discover_group, Resource};
 use crate::catalog::{Manifest, Part, PartFormat, TableCount};
 use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
 use crate::pipeline::keys::Identities;
@@ -151,37 +151,6 @@ fn prepare(object: &mut Value, map: &BTreeMap<String, String>) -> bool {
     before != finalizers.len()
 }
 
-/// `kind` → (plural, namespaced) for one group version, from discovery.
-async fn kinds_of(
-    client: &kube::Client,
-    group_version: &str,
-) -> Result<BTreeMap<String, (String, bool)>, SourceFailure> {
-    let path = if group_version.contains('/') {
-        format!("/apis/{group_version}")
-    } else {
-        format!("/api/{group_version}")
-    };
-    let list: Value = client
-        .request(http::Request::get(&path).body(Vec::new())?)
-        .await
-        .map_err(|e| api_error(e, &format!("discovering {group_version}")))?;
-    Ok(list["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| !r["name"].as_str().unwrap_or("/").contains('/'))
-        .filter_map(|r| {
-            Some((
-                r["kind"].as_str()?.to_string(),
-                (
-                    r["name"].as_str()?.to_string(),
-                    r["namespaced"].as_bool().unwrap_or(false),
-                ),
-            ))
-        })
-        .collect())
-}
-
 #[async_trait]
 impl Sink for KubernetesSink {
     async fn probe(&mut self, _manifest: &Manifest) -> Result<(), SourceFailure> {
@@ -248,16 +217,15 @@ impl Sink for KubernetesSink {
                 ..RestorePlan::default()
             });
         };
-        let mut parts = first.to_vec();
-        parts.sort_by_key(|v| (apply_rank(&v.part().name), v.part().name.clone()));
-        let mut discovered: BTreeMap<String, BTreeMap<String, (String, bool)>> = BTreeMap::new();
+        // `first` is in apply order: it is `first_parts`, verified.
+        let mut discovered: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
         let mut finalizers = 0;
-        for v in parts {
+        for &v in first {
             let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
             let (plain, bar) = open_plaintext(store, v, identities, progress).await?;
             let yaml = tokio::task::spawn_blocking(move || {
                 let mut yaml = Vec::new();
-                stream_withheld(plain, &backup, &part, |d| {
+                stream_withheld(plain, &backup, &part, |d, _| -> Result<(), SourceFailure> {
                     yaml.extend_from_slice(d);
                     Ok(())
                 })
@@ -288,21 +256,18 @@ impl Sink for KubernetesSink {
                     .to_string();
                 let kind = object["kind"].as_str().unwrap_or_default().to_string();
                 if !discovered.contains_key(&api_version) {
-                    discovered.insert(api_version.clone(), kinds_of(&client, &api_version).await?);
+                    let kinds = discover_group(&client, &api_version)
+                        .await
+                        .map_err(|e| api_error(e, &format!("discovering {api_version}")))?;
+                    discovered.insert(api_version.clone(), kinds);
                 }
-                let (plural, namespaced) = discovered[&api_version].get(&kind).cloned().ok_or_else(|| {
+                let resource = discovered[&api_version].iter().find(|r| r.kind == kind).ok_or_else(|| {
                     format!("the cluster does not serve {kind} ({api_version}): restore its CRD first (it is in the backup if --kinds took customresourcedefinitions)")
                 })?;
-                let base = if api_version.contains('/') {
-                    format!("/apis/{api_version}")
-                } else {
-                    format!("/api/{api_version}")
-                };
-                let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let path = match object["metadata"]["namespace"].as_str() {
-                    Some(ns) if namespaced => format!("{base}/namespaces/{ns}/{plural}/{name}"),
-                    _ => format!("{base}/{plural}/{name}"),
-                };
+                let path = resource.object_path(
+                    object["metadata"]["namespace"].as_str(),
+                    object["metadata"]["name"].as_str().unwrap_or_default(),
+                );
                 let exists = match client
                     .request_text(http::Request::get(&path).body(Vec::new())?)
                     .await
@@ -351,14 +316,13 @@ impl Sink for KubernetesSink {
     ) -> Result<RestoredCounts, SourceFailure> {
         let manifest = verified[0].manifest();
         let Some(client) = self.client.clone() else {
-            let mut parts = verified.to_vec();
-            parts.sort_by_key(|v| (apply_rank(&v.part().name), v.part().name.clone()));
-            for v in &parts {
+            // In apply order: `verified` is `first_parts`, checked.
+            for v in verified {
                 let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
                 let (plain, bar) = open_plaintext(store, *v, identities, progress).await?;
                 tokio::task::spawn_blocking(move || {
                     let stdout = std::io::stdout();
-                    stream_withheld(plain, &backup, &part, |data| {
+                    stream_withheld(plain, &backup, &part, |data, _| {
                         stdout.lock().write_all(data).map_err(|e| -> SourceFailure {
                             format!("writing the objects to stdout failed ({e}): the restore is incomplete").into()
                         })

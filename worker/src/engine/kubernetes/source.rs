@@ -5,7 +5,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{left_out, strip, DEFAULT_KINDS};
+use super::{api_get, discover_group, left_out, strip, Resource, DEFAULT_KINDS};
 use crate::catalog::{PartFormat, TableCount};
 use crate::engine::{BackupRun, DumpOutcome, PartSpec, Source, SourceFailure};
 
@@ -46,78 +46,22 @@ pub struct KubernetesSource {
     args: BackupArgs,
 }
 
-/// One kind as discovery found it.
-#[derive(Debug, Clone)]
-struct Resource {
-    /// `plural[.group]`, the part's name.
-    name: String,
-    group: String,
-    plural: String,
-    group_version: String,
-    kind: String,
-    namespaced: bool,
-}
-
-impl Resource {
-    fn base(&self) -> String {
-        if self.group.is_empty() {
-            format!("/api/{}", self.group_version)
-        } else {
-            format!("/apis/{}", self.group_version)
-        }
-    }
-}
-
 async fn get(client: &kube::Client, path: &str, what: &str) -> Result<Value, SourceFailure> {
-    let request = http::Request::get(path).body(Vec::new())?;
-    client
-        .request::<Value>(request)
+    api_get(client, path)
         .await
-        .map_err(|e| explain(e, what))
+        .map_err(|e| explain(e, what, None))
 }
 
-fn explain(e: kube::Error, what: &str) -> SourceFailure {
+fn explain(e: kube::Error, what: &str, rule: Option<String>) -> SourceFailure {
     match &e {
-        kube::Error::Api(status) if status.code == 403 => {
-            format!("{what}: forbidden ({})", status.message).into()
-        }
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "{what}: forbidden ({}){}",
+            status.message,
+            rule.map(|r| format!("; {r}")).unwrap_or_default()
+        )
+        .into(),
         _ => format!("{what}: {e}; check that the Kubernetes API server is reachable (in a pod: the service account's token is mounted; outside: KUBECONFIG)").into(),
     }
-}
-
-/// Resources of one group version (`/api/v1` or `/apis/g/v`).
-async fn group_resources(
-    client: &kube::Client,
-    group: &str,
-    group_version: &str,
-) -> Result<Vec<Resource>, SourceFailure> {
-    let path = if group.is_empty() {
-        format!("/api/{group_version}")
-    } else {
-        format!("/apis/{group_version}")
-    };
-    let list = get(client, &path, &format!("discovering {group_version}")).await?;
-    Ok(list["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            let plural = r["name"].as_str()?;
-            // Subresources (deployments/scale) are not objects of their own.
-            (!plural.contains('/')).then(|| Resource {
-                name: if group.is_empty() {
-                    plural.to_string()
-                } else {
-                    format!("{plural}.{group}")
-                },
-                group: group.to_string(),
-                plural: plural.to_string(),
-                group_version: group_version.to_string(),
-                kind: r["kind"].as_str().unwrap_or_default().to_string(),
-                namespaced: r["namespaced"].as_bool().unwrap_or(false),
-            })
-        })
-        .collect())
 }
 
 /// The kinds to take: discovery of the core API and of each group a wanted kind belongs
@@ -127,7 +71,9 @@ async fn discover(
     wanted: &[String],
     explicit: bool,
 ) -> Result<Vec<Resource>, SourceFailure> {
-    let mut found = group_resources(client, "", "v1").await?;
+    let mut found = discover_group(client, "v1")
+        .await
+        .map_err(|e| explain(e, "discovering v1", None))?;
     let groups = get(client, "/apis", "discovering API groups").await?;
     for g in groups["groups"].as_array().into_iter().flatten() {
         let name = g["name"].as_str().unwrap_or_default();
@@ -140,7 +86,7 @@ async fn discover(
         let Some(gv) = g["preferredVersion"]["groupVersion"].as_str() else {
             continue;
         };
-        match group_resources(client, name, gv).await {
+        match discover_group(client, gv).await {
             Ok(r) => found.extend(r),
             Err(e) => {
                 tracing::warn!(group = gv, error = %e, "API group skipped: its discovery failed")
@@ -198,15 +144,9 @@ async fn list_into(
                     &url::form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>(),
                 );
             }
-            let page = get(client, &query, &format!("listing {}", r.name))
+            let page = api_get(client, &query)
                 .await
-                .map_err(|e| -> SourceFailure {
-                    if e.to_string().contains("forbidden") {
-                        format!("{e}; {}", missing_rule(r)).into()
-                    } else {
-                        e
-                    }
-                })?;
+                .map_err(|e| explain(e, &format!("listing {}", r.name), Some(missing_rule(r))))?;
             for item in page["items"].as_array().into_iter().flatten() {
                 let mut object = item.clone();
                 if r.plural == "namespaces" && !namespaces.is_empty() {

@@ -16,7 +16,7 @@ use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
 use crate::store::{ReadStore, StoreError};
-use crate::verify::{finish_checked, open_plaintext, Verified, VerifyError};
+use crate::verify::{open_plaintext, stream_withheld, Verified, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -216,31 +216,18 @@ pub async fn run(
     Ok(count_tables(&client, &plan.target).await?)
 }
 
-/// Decrypts into pg_restore's stdin; closes it (letting pg_restore commit) only after the
-/// whole object was read and its size and sha256 matched the manifest.
+/// Decrypts into pg_restore's stdin; its last chunk, and the EOF that lets pg_restore
+/// commit, come only after the whole object matched the manifest (size, sha256).
 fn feed(
-    mut plain: PlainReader,
+    plain: PlainReader,
     cmd: std::process::Command,
     backup: &str,
     part: &Part,
 ) -> Result<(), RestoreError> {
-    let undecodable = |source| {
-        RestoreError::Verify(VerifyError::Undecodable {
-            backup: backup.to_string(),
-            part: part.name.clone(),
-            cause: source,
-        })
-    };
     let mut restore = StdinChild::spawn(cmd).map_err(RestoreError::Tool)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
-        if n == 0 {
-            break;
-        }
-        restore.write_all(&buf[..n]).map_err(RestoreError::Tool)?;
-    }
-    finish_checked(plain, backup, part)?;
+    stream_withheld(plain, backup, part, |chunk, _| {
+        restore.write_all(chunk).map_err(RestoreError::Tool)
+    })?;
     let warnings = restore.close().map_err(RestoreError::Tool)?;
     if !warnings.is_empty() {
         tracing::warn!(pg_restore = %warnings, "pg_restore warnings");

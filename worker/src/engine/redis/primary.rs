@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::catalog::Part;
 use crate::pipeline::decode::PlainReader;
-use crate::verify::{finish_checked, VerifyError};
+use crate::verify::{stream_withheld, VerifyError};
 
 /// Why serving the sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ fn read_command(r: &mut impl std::io::BufRead) -> std::io::Result<Vec<String>> {
 pub fn serve(
     listener: &TcpListener,
     wait: Duration,
-    mut plain: PlainReader,
+    plain: PlainReader,
     backup: &str,
     part: &Part,
 ) -> Result<TcpStream, ServeError> {
@@ -107,30 +107,14 @@ pub fn serve(
         .collect();
     writer
         .write_all(format!("+FULLRESYNC {replid} 0\r\n${}\r\n", part.plaintext_bytes).as_bytes())?;
-    // Every chunk but the last goes out at once; the last only after the check.
-    let mut held: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let undecodable = |cause| VerifyError::Undecodable {
-        backup: backup.to_string(),
-        part: part.name.clone(),
-        cause,
-    };
-    loop {
-        let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
-        if n == 0 {
-            break;
-        }
-        if !held.is_empty() {
-            writer.write_all(&held)?;
-        }
-        held.clear();
-        held.extend_from_slice(&buf[..n]);
-    }
-    if let Err(e) = finish_checked(plain, backup, part) {
+    // Every chunk but the last goes out at once; the last only after the check. A part that
+    // fails it cuts the connection: the replica then keeps its data.
+    if let Err(e) = stream_withheld(plain, backup, part, |chunk, _| {
+        writer.write_all(chunk).map_err(ServeError::Io)
+    }) {
         let _ = stream.shutdown(std::net::Shutdown::Both);
-        return Err(e.into());
+        return Err(e);
     }
-    writer.write_all(&held)?;
     writer.flush()?;
     // The replica now sends REPLCONF ACK every second; read and drop them so its
     // buffers never fill while the caller waits for the link.
