@@ -208,7 +208,12 @@ fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
 }
 
 fn backup(server: &Server, store: &TestStore, keys: &Keys) -> std::process::Output {
-    let env = server.env();
+    backup_with(store, keys, &env_refs(&server.env()))
+}
+
+/// `worker backup redis --target cache` with this environment (the server's address and
+/// credentials, or deliberately wrong ones).
+fn backup_with(store: &TestStore, keys: &Keys, env: &[(&str, &str)]) -> std::process::Output {
     run(
         "worker",
         &[
@@ -221,7 +226,7 @@ fn backup(server: &Server, store: &TestStore, keys: &Keys) -> std::process::Outp
             "-r",
             &keys.recipient,
         ],
-        &env_refs(&env),
+        env,
     )
 }
 
@@ -310,18 +315,9 @@ async fn a_wrong_password_fails_and_a_disk_based_sync_works() {
     let server = Server::start(Some(PASSWORD), &["--repl-diskless-sync", "no"]);
     server.cli(0, &["SET", "k", "v"]);
     let (store, keys) = (TestStore::local(), Keys::generate());
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "redis",
-            "--target",
-            "cache",
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
+    let out = backup_with(
+        &store,
+        &keys,
         &[
             ("REDIS_URL", &server.url()),
             ("REDIS_PASSWORD", "wrong-Guess-77"),
@@ -384,20 +380,7 @@ async fn a_server_that_cuts_the_sync_commits_nothing() {
         }
     });
     let (store, keys) = (TestStore::local(), Keys::generate());
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "redis",
-            "--target",
-            "cache",
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
-        &[("REDIS_URL", &url)],
-    );
+    let out = backup_with(&store, &keys, &[("REDIS_URL", &url)]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("nothing was committed"),
@@ -486,18 +469,9 @@ async fn a_tls_server_backs_up_and_restores_and_an_unknown_ca_is_named() {
     let (store, keys) = (TestStore::local(), Keys::generate());
 
     // Without the private CA: the handshake fails and says where to look.
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "redis",
-            "--target",
-            "cache",
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-        ],
+    let out = backup_with(
+        &store,
+        &keys,
         &[("REDIS_URL", &server.url()), ("REDIS_PASSWORD", PASSWORD)],
     );
     assert_eq!(code(&out), 2, "{}", stderr(&out));

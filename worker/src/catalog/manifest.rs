@@ -198,6 +198,11 @@ impl Manifest {
         }
     }
 
+    /// The first part of `format` (an engine's schema, snapshot or output part).
+    pub fn part_of(&self, format: &PartFormat) -> Option<&Part> {
+        self.parts.iter().find(|p| p.format == *format)
+    }
+
     /// Total stored bytes of all parts ([`Manifest::check`] guarantees the sum fits).
     pub fn size_bytes(&self) -> u64 {
         self.parts

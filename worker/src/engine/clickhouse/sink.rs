@@ -146,9 +146,7 @@ impl Sink for ChSink {
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
         let schema = manifest
-            .parts
-            .iter()
-            .find(|p| p.format == PartFormat::ClickhouseSchema)
+            .part_of(&PartFormat::ClickhouseSchema)
             .ok_or_else(|| format!("backup {} has no schema part", manifest.backup_ref()))?;
         Ok(vec![schema])
     }

@@ -77,9 +77,7 @@ impl Sink for CommandSink {
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
         let part = manifest
-            .parts
-            .iter()
-            .find(|p| p.format == PartFormat::CommandStdout)
+            .part_of(&PartFormat::CommandStdout)
             .ok_or_else(|| {
                 format!(
                     "backup {} has no command output part",

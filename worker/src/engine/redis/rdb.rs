@@ -340,9 +340,11 @@ impl<R: Read> Input<'_, R> {
 /// # Errors
 /// Not an RDB, cut short, a checksum mismatch, a type this walker does not know, I/O.
 pub fn walk<R: Read>(input: R, tee: Option<&mut dyn Write>) -> Result<RdbSummary, RdbError> {
+    // Opcodes and lengths are taken a few bytes at a time: copy them on in batches.
+    let mut buffered = tee.map(|t| io::BufWriter::with_capacity(256 * 1024, t));
     let mut r = Input {
         inner: input,
-        tee,
+        tee: buffered.as_mut().map(|b| b as &mut dyn Write),
         crc: Crc64::default(),
         pos: 0,
         scratch: Vec::new(),
@@ -434,6 +436,10 @@ pub fn walk<R: Read>(input: R, tee: Option<&mut dyn Write>) -> Result<RdbSummary
         }
     }
     summary.bytes = r.pos;
+    drop(r);
+    if let Some(b) = buffered.as_mut() {
+        b.flush()?;
+    }
     Ok(summary)
 }
 

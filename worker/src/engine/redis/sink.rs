@@ -64,9 +64,7 @@ pub struct RedisSink {
 /// The RDB part of a backup.
 fn rdb_part(manifest: &Manifest) -> Result<&Part, String> {
     manifest
-        .parts
-        .iter()
-        .find(|p| p.format == PartFormat::RedisRdb)
+        .part_of(&PartFormat::RedisRdb)
         .ok_or_else(|| format!("backup {} has no RDB part", manifest.backup_ref()))
 }
 

@@ -756,9 +756,7 @@ impl VaultClient {
 /// [`VaultError::NotVaultBackup`] for a manifest without one.
 pub fn snapshot_part(manifest: &Manifest) -> Result<&Part, VaultError> {
     manifest
-        .parts
-        .iter()
-        .find(|p| p.format == PartFormat::VaultSnapshot)
+        .part_of(&PartFormat::VaultSnapshot)
         .ok_or_else(|| VaultError::NotVaultBackup {
             backup: manifest.backup_ref().to_string(),
         })
