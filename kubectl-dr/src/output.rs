@@ -35,10 +35,15 @@ pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Resu
 /// # Errors
 /// Write errors (a closed stdout is [`drkit::cli::StdoutClosed`]).
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    write_table(headers, rows).map_err(drkit::cli::stdout_error)
+    write_table(&mut std::io::stdout().lock(), headers, rows).map_err(drkit::cli::stdout_error)
 }
 
-fn write_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+/// [`print_table`] on stderr (progress of a longer run whose stdout holds its summary).
+pub fn eprint_table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    Ok(write_table(&mut std::io::stderr().lock(), headers, rows)?)
+}
+
+fn write_table(out: &mut dyn Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -48,7 +53,6 @@ fn write_table(headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let numeric: Vec<bool> = (0..headers.len())
         .map(|i| !rows.is_empty() && rows.iter().all(|r| is_number(&r[i])))
         .collect();
-    let mut out = std::io::stdout().lock();
     let mut line = |cells: Vec<&str>| -> std::io::Result<()> {
         let text: Vec<String> = cells
             .iter()

@@ -12,14 +12,14 @@ use sha2::{Digest, Sha256};
 
 /// One of the two test servers.
 #[derive(Clone)]
-struct Server {
-    url: String,
+pub(crate) struct Server {
+    pub(crate) url: String,
     /// ClickHouse 26's engine (chdb): Atomic databases, no clusters.
     modern: bool,
 }
 
 impl Server {
-    fn legacy() -> Server {
+    pub(crate) fn legacy() -> Server {
         Server {
             url: svc("CLICKHOUSE_URL"),
             modern: false,
@@ -34,7 +34,7 @@ impl Server {
     }
 
     /// Runs a query as the test user and returns the body (panics on an error status).
-    async fn ch(&self, sql: &str) -> String {
+    pub(crate) async fn ch(&self, sql: &str) -> String {
         let (status, body) = self.ch_try(sql).await;
         assert_eq!(status, 200, "{sql}\n{body}");
         body
@@ -630,14 +630,14 @@ async fn replicated_tables_need_a_policy_and_convert_creates(server: Server) {
 
 /// A ClickHouse 26 engine of its own, on a free port with an empty data directory: the
 /// "fresh server" of a rebuild. Stopped when dropped.
-struct FreshServer {
+pub(crate) struct FreshServer {
     child: std::process::Child,
     _data: tempfile::TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl FreshServer {
-    async fn start() -> FreshServer {
+    pub(crate) async fn start() -> FreshServer {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -675,7 +675,7 @@ impl FreshServer {
         panic!("the fresh ClickHouse 26 engine did not start");
     }
 
-    fn server(&self) -> Server {
+    pub(crate) fn server(&self) -> Server {
         Server {
             url: self.url.clone(),
             modern: true,

@@ -19,6 +19,8 @@
 //!   kustomize overlay.
 //! - `monitoring`: alert rules under promtool, dashboard queries and `KubeDrBackupFailed` on
 //!   a real Prometheus, metrics on a real Pushgateway, the dead man's switch.
+//! - `rebuild`: `restore --all` onto fresh servers (order, summary, RTO, a damaged part,
+//!   `--resume`) and `worker drill` into `__drill` scratch databases (metrics, refusals).
 //! - `redis`: Redis round trip of every type through a replica-style backup and a
 //!   primary-style restore, on real redis-servers; refusals and damaged input.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
@@ -36,6 +38,7 @@ mod monitoring;
 mod pipeline;
 mod postgres;
 mod prune;
+mod rebuild;
 mod redis;
 mod store;
 mod vault;

@@ -86,7 +86,7 @@ fn backup_vault(store: &TestStore, keys: &Keys, extra: &[&str], env: &[(&str, &s
     run("worker", &args, env)
 }
 
-fn backup(bao: &Bao, store: &TestStore, keys: &Keys, token: &str) -> Output {
+pub(crate) fn backup(bao: &Bao, store: &TestStore, keys: &Keys, token: &str) -> Output {
     backup_vault(
         store,
         keys,
@@ -96,7 +96,7 @@ fn backup(bao: &Bao, store: &TestStore, keys: &Keys, token: &str) -> Output {
 }
 
 /// Every seeded secret reads back identical with `token`.
-async fn assert_secrets(bao: &Bao, token: &str) {
+pub(crate) async fn assert_secrets(bao: &Bao, token: &str) {
     for (path, data) in seeded_secrets() {
         assert_eq!(
             bao.read_secret(token, path).await,

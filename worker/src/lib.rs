@@ -15,6 +15,9 @@
 //! - [`pipeline`]: the streaming stages between a database and a store, and the age keys.
 //! - [`engine`]: one module per database; each knows how to dump, restore and count.
 //! - [`verify`]: integrity checks and count comparison, shared by `verify` and `restore`.
+//! - [`rebuild`]: the order of work of every restore, and of many at once (`restore --all`,
+//!   `worker drill`).
+//! - [`drill`]: `worker drill`, the scheduled restore into scratch destinations.
 //! - [`observe`]: metrics for a Prometheus Pushgateway and a dead man's switch ping.
 //! - [`progress`]: a small reporting trait so the plugin can draw bars while `worker` stays quiet.
 //! - [`shutdown`]: the cancellation signal that turns SIGTERM into aborted uploads.
@@ -23,10 +26,12 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod drill;
 pub mod engine;
 pub mod observe;
 pub mod pipeline;
 pub mod progress;
+pub mod rebuild;
 pub mod retention;
 pub mod shutdown;
 pub mod store;

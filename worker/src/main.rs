@@ -26,7 +26,8 @@ use drkit::retention::prune;
 /// with DR_PING_URL (a healthchecks.io-style URL, from a Secret) each run pings
 /// <url>/start and then <url>/<exit code> with the log's tail. Neither can fail a backup.
 ///
-/// Exit codes: 0 ok, 2 the backup failed (nothing committed).
+/// Exit codes: 0 ok, 1 a drill found differing counts or a damaged part, 2 the backup (or
+/// prune, or drill) failed to run; a failed backup commits nothing.
 #[derive(Debug, Parser)]
 #[command(
     verbatim_doc_comment,
@@ -83,6 +84,66 @@ enum Command {
     ///   worker prune --keep-daily 7 --keep-weekly 4 --keep-monthly 6
     #[command(verbatim_doc_comment)]
     Prune(PruneArgs),
+    /// Restore the newest backup of each target into scratch destinations, compare the
+    /// counts, drop what was created: the weekly proof that a rebuild would work.
+    ///
+    /// PostgreSQL databases are restored into <database>__drill on the --to postgres server
+    /// and ClickHouse databases into <database>__drill on the --to clickhouse server; Redis
+    /// goes to a scratch server (--to redis=…, empty or marked as the drill's own). Whatever
+    /// happens, the scratch databases are dropped afterwards. The drill never touches another
+    /// name: a URL that names a database is refused, and a scratch name that exists without
+    /// the drill's mark (its comment, marker table or marker key) is refused.
+    ///
+    /// Vault/OpenBao, Kubernetes objects and command output, and any engine without a --to,
+    /// get every part's integrity and content check (a raft snapshot's own sums, the
+    /// YAML, the recorded sha256) and are reported as "not restored". A Vault snapshot is
+    /// not restored by a CronJob: on another cluster it needs the backed-up cluster's
+    /// unseal keys, which must not live in the cluster.
+    ///
+    /// Needs the private key (--identity / DR_IDENTITY_FILE, mounted only into the drill's
+    /// pod). With --pushgateway it pushes kube_dr_drill_success,
+    /// kube_dr_drill_duration_seconds and kube_dr_drill_last_timestamp_seconds per engine
+    /// and target (job kube_dr_drill).
+    ///
+    /// Exit codes: 0 every drill passed, 1 a count differs or a part is damaged, 2 the drill
+    /// could not run (a destination, permissions, a refused name).
+    ///
+    /// Example (a weekly CronJob):
+    ///   worker drill --to postgres=postgres://drill@db.shop:5432 \
+    ///     --to clickhouse=http://clickhouse.signoz:8123 --max-diff 0
+    #[command(verbatim_doc_comment)]
+    Drill(Box<DrillArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct DrillArgs {
+    /// Scratch destinations, ENGINE=URL or ENGINE/TARGET=URL (postgres, clickhouse,
+    /// redis); repeatable. Passwords come from the engines' usual variables (PGPASSWORD(_FILE),
+    /// CLICKHOUSE_PASSWORD(_FILE), REDIS_PASSWORD(_FILE)).
+    #[arg(
+        long,
+        value_name = "ENGINE=URL",
+        env = "DR_DRILL_TO",
+        value_delimiter = ','
+    )]
+    to: Vec<String>,
+    /// Only backups of this engine.
+    #[arg(long)]
+    engine: Option<String>,
+    /// Only backups of this target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Largest per-table count difference accepted: rows or percent.
+    #[arg(long, default_value = "0", value_name = "N|P%")]
+    max_diff: drkit::verify::MaxDiff,
+    #[command(flatten)]
+    identity: cli::IdentityArgs,
+    #[command(flatten)]
+    postgres: drkit::engine::postgres::sink::RestoreArgs,
+    #[command(flatten)]
+    clickhouse: drkit::engine::clickhouse::sink::RestoreArgs,
+    #[command(flatten)]
+    redis: drkit::engine::redis::sink::RestoreArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Prune(args) => prune(&cli.store, args, gateway.as_ref()).await,
+        Command::Drill(args) => drill(&cli.store, *args, gateway.as_ref()).await,
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
@@ -181,6 +243,117 @@ async fn backup(
         cancel,
     )
     .await?)
+}
+
+async fn drill(
+    store: &StoreArgs,
+    args: DrillArgs,
+    gateway: Option<&Pushgateway>,
+) -> anyhow::Result<()> {
+    use drkit::drill::{self, Verdict};
+    anyhow::ensure!(
+        !args.postgres.globals && args.clickhouse.database_map.is_empty(),
+        "--globals and --database-map do not apply to a drill: it restores no roles, and names its scratch databases itself (<database>__drill)"
+    );
+    let identities = args.identity.require()?;
+    let mut destinations = drkit::rebuild::Destinations::default();
+    for entry in &args.to {
+        destinations.add(entry)?;
+    }
+    for e in drkit::catalog::Engine::KNOWN {
+        if !drill::RESTORED.contains(e) {
+            let probe = drkit::catalog::BackupRef {
+                engine: e.to_string(),
+                target: "any".into(),
+                id: drkit::catalog::BackupId::new(chrono::Utc::now()),
+            };
+            anyhow::ensure!(
+                destinations.of(&probe).is_none(),
+                "--to {e}=…: the drill restores PostgreSQL, ClickHouse and Redis into scratch destinations; {e} backups get their integrity and content checks (a Vault snapshot restore would need the backed-up cluster's unseal keys, which a CronJob must not hold)"
+            );
+        }
+    }
+    let filter = drkit::catalog::Filter {
+        engine: args.engine.clone(),
+        target: args.target.clone(),
+    };
+    if let Some(e) = &filter.engine {
+        drkit::catalog::validate_name("engine", e)?;
+    }
+    if let Some(t) = &filter.target {
+        drkit::catalog::validate_name("target", t)?;
+    }
+    let store = store.open().await?;
+    let manifests = drkit::rebuild::latest_backups(store.as_ref(), &filter, None).await?;
+    let flags = drkit::engine::registry::RestoreFlags {
+        postgres: args.postgres.clone(),
+        clickhouse: args.clickhouse.clone(),
+        redis: args.redis.clone(),
+        ..Default::default()
+    };
+    let drill = drill::Drill {
+        store: store.as_ref(),
+        identities: &identities,
+        destinations: &destinations,
+        flags: &flags,
+        max_diff: args.max_diff,
+    };
+    let gateway = gateway.map(|g| g.for_job(push::DRILL_JOB));
+    let mut reports = Vec::new();
+    for m in &manifests {
+        tracing::info!(backup = %m.backup_ref(), "drill started");
+        let report = drill.run(m).await;
+        match report.verdict {
+            Verdict::Passed => tracing::info!(
+                backup = %report.backup,
+                restored = report.restored,
+                seconds = format!("{:.1}", report.seconds),
+                "drill passed: {}",
+                report.detail
+            ),
+            _ => tracing::error!(
+                backup = %report.backup,
+                verdict = ?report.verdict,
+                differences = report.differences.join("; "),
+                "drill failed: {}",
+                report.detail
+            ),
+        }
+        if let Some(g) = &gateway {
+            g.push_or_warn(
+                &report.engine,
+                &report.target,
+                &drill::metrics(&report, chrono::Utc::now()),
+            )
+            .await;
+        }
+        cli::print_line(serde_json::to_string(&report)?)?;
+        reports.push(report);
+    }
+    let count = |v: Verdict| reports.iter().filter(|r| r.verdict == v).count();
+    let (bad, failed) = (
+        count(Verdict::Mismatch) + count(Verdict::Damaged),
+        count(Verdict::Failed),
+    );
+    if bad > 0 {
+        return Err(cli::CheckFailed(format!(
+            "{bad} of {} drill(s) found differing counts or damaged parts{}; see the log above",
+            reports.len(),
+            if failed > 0 {
+                format!(" and {failed} could not run")
+            } else {
+                String::new()
+            }
+        ))
+        .into());
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} drill(s) could not run; see the log above",
+        reports.len()
+    );
+    tracing::info!(drills = reports.len(), "every drill passed");
+    Ok(())
 }
 
 async fn prune(

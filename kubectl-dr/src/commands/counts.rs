@@ -30,6 +30,12 @@ impl DatabaseCounts {
 
     /// Prints the table (stdout) and a one-line verdict (stderr).
     pub fn print(&self) -> anyhow::Result<()> {
+        self.print_to(false)
+    }
+
+    /// [`DatabaseCounts::print`], the table on stderr when `stderr` (a step of a longer
+    /// run, whose stdout holds its summary).
+    pub fn print_to(&self, stderr: bool) -> anyhow::Result<()> {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
         let rows: Vec<Vec<String>> = self
             .tables
@@ -58,15 +64,19 @@ impl DatabaseCounts {
                 ]
             })
             .collect();
-        drkit::cli::print_line(format_args!(
+        let heading = format!(
             "{} vs {}",
             drkit::catalog::printable(&self.compared),
             self.against
-        ))?;
-        output::print_table(
-            &["TABLE", "BACKUP ROWS", "LIVE ROWS", "DIFF", "STATUS"],
-            &rows,
-        )?;
+        );
+        let headers = ["TABLE", "BACKUP ROWS", "LIVE ROWS", "DIFF", "STATUS"];
+        if stderr {
+            eprintln!("{heading}");
+            output::eprint_table(&headers, &rows)?;
+        } else {
+            drkit::cli::print_line(heading)?;
+            output::print_table(&headers, &rows)?;
+        }
         let bad = self.tables.iter().filter(|r| !r.ok).count();
         if bad == 0 {
             eprintln!(

@@ -5,6 +5,7 @@ mod counts;
 mod list;
 mod prune;
 mod restore;
+mod restore_all;
 mod status;
 mod verify;
 

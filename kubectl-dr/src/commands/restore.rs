@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use drkit::catalog::{Engine, Manifest, Part};
+use drkit::catalog::{Engine, Manifest};
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
 use drkit::engine::RestoreCommon;
 use drkit::progress::Progress;
+use drkit::rebuild;
 use drkit::store::ReadStore;
-use drkit::verify::{self, MaxDiff, Verified};
+use drkit::verify::MaxDiff;
 
 use super::counts::DatabaseCounts;
 use super::FilterArgs;
@@ -80,21 +81,24 @@ use crate::output::{self, Format};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
-    /// Backup id, or `latest`.
-    backup: String,
+    /// Backup id, or `latest` (with --all: not given).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    backup: Option<String>,
 
     #[command(flatten)]
-    filter: FilterArgs,
+    pub(super) filter: FilterArgs,
 
     #[command(flatten)]
-    identity: IdentityArgs,
+    pub(super) identity: IdentityArgs,
 
     /// Where to restore: postgres://user@host:port[/db] (default database: the backed-up
     /// one's name; password from PGPASSWORD or PGPASSWORD_FILE), http(s)://vault:8200
     /// (token from VAULT_TOKEN or VAULT_TOKEN_FILE), http(s)://clickhouse:8123
-    /// (CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)), or - (stdout, command backups).
-    #[arg(long, value_name = "URL", required_unless_present = "to_command")]
-    to: Option<String>,
+    /// (CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)), redis://host:6379, cluster[:CONTEXT],
+    /// or - (stdout, command backups). With --all: ENGINE=URL or ENGINE/TARGET=URL,
+    /// repeatable.
+    #[arg(long, value_name = "URL", required_unless_present_any = ["to_command", "all", "plan"])]
+    pub(super) to: Vec<String>,
 
     /// Which database of a multi-database backup to restore (ClickHouse: restore the tables
     /// of this database only).
@@ -103,26 +107,27 @@ pub struct RestoreCmd {
 
     /// Drop and recreate the objects the backup contains where they exist (asks unless --yes).
     #[arg(long)]
-    clean: bool,
+    pub(super) clean: bool,
 
     /// Do not ask before dropping or replacing data.
     #[arg(long, short = 'y')]
-    yes: bool,
+    pub(super) yes: bool,
 
     /// Check the backup and the target, print what would happen, change nothing.
     #[arg(long)]
-    dry_run: bool,
+    pub(super) dry_run: bool,
 
-    /// Largest per-table count difference accepted after the restore: rows or percent.
-    #[arg(long, default_value = "0", value_name = "N|P%")]
-    max_diff: MaxDiff,
+    /// Largest per-table count difference accepted after the restore: rows or percent
+    /// (default 0; the runbooks' rollback rule is 10%).
+    #[arg(long, value_name = "N|P%")]
+    pub(super) max_diff: Option<MaxDiff>,
 
     #[command(flatten)]
-    engines: RestoreFlags,
+    pub(super) engines: RestoreFlags,
 
     /// Output format of the final count comparison.
     #[arg(long, short = 'o', value_enum, default_value_t)]
-    output: Format,
+    pub(super) output: Format,
 
     /// PostgreSQL: run the restore as a Job in the cluster, next to the database, from the
     /// engine's backup CronJob (same image, store settings and credentials). The identity
@@ -141,22 +146,55 @@ pub struct RestoreCmd {
 
     #[command(flatten)]
     cluster: ClusterArgs,
+
+    /// Restore the newest backup of every target in the store (or of those --engine and
+    /// --target choose), each to its --to ENGINE=URL, in the rebuild order: Vault/OpenBao,
+    /// Kubernetes objects, PostgreSQL, ClickHouse, Redis, command output.
+    #[arg(long, help_heading = "Rebuild (--all)", conflicts_with_all = ["database", "in_cluster"])]
+    pub(super) all: bool,
+
+    /// With --all: the newest backups made before TIME (RFC 3339, a date, or a duration
+    /// ago such as 36h) instead of the newest.
+    #[arg(long, value_name = "TIME", requires = "all", help_heading = "Rebuild (--all)", value_parser = super::restore_all::parse_before)]
+    pub(super) before: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// With --all: a YAML file with the destinations (`to:` a map of ENGINE or
+    /// ENGINE/TARGET to URL), and optionally `maxDiff:` and `globals:`; --to adds to it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "all",
+        help_heading = "Rebuild (--all)"
+    )]
+    pub(super) plan: Option<std::path::PathBuf>,
+
+    /// With --all: continue the run recorded in --state, with the same backups, skipping
+    /// the steps it verified.
+    #[arg(long, requires = "all", help_heading = "Rebuild (--all)")]
+    pub(super) resume: bool,
+
+    /// With --all: where the run records its chosen backups and verified steps.
+    #[arg(long, value_name = "FILE", requires = "all", help_heading = "Rebuild (--all)", default_value = super::restore_all::DEFAULT_STATE_FILE)]
+    pub(super) state: std::path::PathBuf,
 }
 
 impl RestoreCmd {
     pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+        if self.all {
+            return self.run_all(store, progress).await;
+        }
         let identities = self.identity.require()?;
         if self.in_cluster {
             return self.in_cluster(store).await;
         }
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let manifest = super::resolve(store, &self.backup, &self.filter).await?;
+        let manifest = super::resolve(store, self.selector(), &self.filter).await?;
         let common = RestoreCommon {
-            to: self.to.clone().unwrap_or_default(),
+            to: self.single_to()?,
             database: self.database.clone(),
             clean: self.clean,
-            max_diff: self.max_diff,
+            max_diff: self.max_diff.unwrap_or_default(),
         };
         let mut sink = self
             .engines
@@ -167,37 +205,32 @@ impl RestoreCmd {
             .await
             .map_err(anyhow::Error::from_boxed)
             .with_context(|| format!("checking --to {} before restoring", common.to))?;
-        let mut verified = Vec::new();
-        for part in sink
-            .first_parts(&manifest)
-            .map_err(anyhow::Error::from_boxed)?
-        {
-            verified.push(check_first(store, &manifest, part, progress).await?);
-        }
-        let plan = sink
-            .plan(store, &manifest, &verified, &identities, progress)
-            .await
-            .map_err(anyhow::Error::from_boxed)?;
-        for part in plan.more_parts {
-            if !verified.iter().any(|v| v.part().name == part.name) {
-                verified.push(check_first(store, &manifest, part, progress).await?);
-            }
-        }
-        for line in &plan.lines {
+        let step = rebuild::Step {
+            manifest: &manifest,
+            database: self.database.clone(),
+            to: common.to.clone(),
+            globals: self.engines.postgres.globals,
+        };
+        let say = |m: &str| eprintln!("{m}");
+        let mut checked = rebuild::Checked::default();
+        let prepared =
+            rebuild::prepare(step, sink, &mut checked, store, &identities, progress, &say)
+                .await
+                .map_err(anyhow::Error::from_boxed)?;
+        for line in &prepared.lines {
             eprintln!("{line}");
         }
         if self.dry_run {
             eprintln!("dry run: backup verified, target inspected, nothing changed");
             return Ok(());
         }
-        if let Some(c) = &plan.confirm {
+        if let Some(c) = &prepared.confirm {
             if !self.yes {
                 super::confirm(&c.what, &c.prompt, &c.word)?;
             }
         }
-        let say = |m: &str| eprintln!("{m}");
-        let counts = sink
-            .restore(store, &verified, &identities, progress, &say)
+        let counts = prepared
+            .run(store, &identities, progress, &say)
             .await
             .map_err(anyhow::Error::from_boxed)?;
         if counts.rows.is_empty() {
@@ -205,14 +238,35 @@ impl RestoreCmd {
             // the stream ended); stdout may be the restored data itself.
             return Ok(());
         }
-        let report =
-            DatabaseCounts::new(&counts.heading, counts.against, self.max_diff, counts.rows);
+        let report = DatabaseCounts::new(
+            &counts.heading,
+            counts.against,
+            common.max_diff,
+            counts.rows,
+        );
         self.report(&manifest, &report)
+    }
+
+    fn selector(&self) -> &str {
+        self.backup.as_deref().unwrap_or("latest")
+    }
+
+    /// The one `--to` of a single restore.
+    fn single_to(&self) -> anyhow::Result<String> {
+        match self.to.as_slice() {
+            [] => Ok(String::new()),
+            [one] => Ok(one.clone()),
+            _ => anyhow::bail!(
+                "--to is given {} times; restoring several backups at once is --all (with --to ENGINE=URL each)",
+                self.to.len()
+            ),
+        }
     }
 
     /// Runs this same restore as a Job in the cluster and reports its outcome.
     async fn in_cluster(&self, store: &StoreArgs) -> anyhow::Result<()> {
-        let to = self.to.as_deref().unwrap_or_default();
+        let to = self.single_to()?;
+        let to = to.as_str();
         let engine = match (&self.filter.engine, to.split_once("://").map(|(s, _)| s)) {
             (Some(e), _) => Engine::from(e.as_str()),
             (None, Some("postgres" | "postgresql")) => Engine::Postgres,
@@ -295,13 +349,13 @@ struct Forwarded {
 impl Forwarded {
     fn of(cmd: &RestoreCmd, engine: &str, store: Option<String>) -> Self {
         Forwarded {
-            backup: cmd.backup.clone(),
-            to: cmd.to.clone().unwrap_or_default(),
+            backup: cmd.selector().to_string(),
+            to: cmd.to.first().cloned().unwrap_or_default(),
             engine: engine.to_string(),
             target: cmd.filter.target.clone(),
             database: cmd.database.clone(),
             store,
-            max_diff: cmd.max_diff,
+            max_diff: cmd.max_diff.unwrap_or_default(),
             clean: cmd.clean,
             keep_owners: cmd.engines.postgres.keep_owners,
             globals: cmd.engines.postgres.globals,
@@ -340,23 +394,6 @@ impl Forwarded {
         }
         args
     }
-}
-
-/// The safety rule of every restore: every byte of the part matches the manifest before
-/// anything else happens.
-async fn check_first<'m>(
-    store: &dyn ReadStore,
-    manifest: &'m Manifest,
-    part: &'m Part,
-    progress: &dyn Progress,
-) -> anyhow::Result<Verified<'m>> {
-    eprintln!(
-        "checking {} part {} ({})",
-        manifest.backup_ref(),
-        part.name,
-        output::human_bytes(part.ciphertext_bytes)
-    );
-    Ok(verify::check_before_restore(store, manifest, part, progress).await?)
 }
 
 #[cfg(test)]

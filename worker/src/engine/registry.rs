@@ -264,6 +264,19 @@ impl RestoreFlags {
             )
             .into());
         }
+        self.build(engine, common)
+    }
+
+    /// The restore role of `engine` without refusing other engines' flags (a run over
+    /// several engines, where each engine takes its own).
+    ///
+    /// # Errors
+    /// An engine this build cannot restore, the engine's own configuration error.
+    pub fn build(
+        &self,
+        engine: &Engine,
+        common: &RestoreCommon,
+    ) -> Result<Box<dyn Sink>, SourceFailure> {
         match engine {
             Engine::Postgres => self.postgres.sink(common),
             Engine::Vault => self.vault.sink(common),

@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use url::Url;
 
-/// The job label of every group.
+/// The job label of the backups' and prunes' groups.
 pub const JOB: &str = "kube_dr";
+
+/// The job label of the drill's groups (`worker drill`).
+pub const DRILL_JOB: &str = "kube_dr_drill";
 
 /// Whole time one push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +59,7 @@ pub enum PushError {
 pub struct Pushgateway {
     base: Url,
     client: reqwest::Client,
+    job: &'static str,
 }
 
 impl Pushgateway {
@@ -91,7 +95,20 @@ impl Pushgateway {
             .timeout(PUSH_TIMEOUT)
             .build()
             .map_err(|e| bad(&e.to_string()))?;
-        Ok(Pushgateway { base, client })
+        Ok(Pushgateway {
+            base,
+            client,
+            job: JOB,
+        })
+    }
+
+    /// The same gateway, pushing into groups of another job label (the drill's
+    /// [`DRILL_JOB`], so its pushes never refresh the backups' groups).
+    pub fn for_job(&self, job: &'static str) -> Pushgateway {
+        Pushgateway {
+            job,
+            ..self.clone()
+        }
     }
 
     /// The gateway's address, for messages.
@@ -110,7 +127,7 @@ impl Pushgateway {
         target: &str,
         metrics: &[Metric],
     ) -> Result<(), PushError> {
-        let path = group_path(engine, target);
+        let path = group_path_in(self.job, engine, target);
         let url = self.base.join(&path).map_err(|e| PushError::Failed {
             url: self.url().into(),
             reason: e.to_string(),
@@ -144,7 +161,7 @@ impl Pushgateway {
         match self.push(engine, target, metrics).await {
             Ok(()) => tracing::info!(
                 pushgateway = %self.url(),
-                group = %group_path(engine, target),
+                group = %group_path_in(self.job, engine, target),
                 metrics = metrics.len(),
                 "metrics pushed"
             ),
@@ -175,8 +192,13 @@ fn label_segment(name: &str, value: &str) -> String {
 
 /// The group's path under the gateway: `metrics/job/kube_dr/engine/E/target/T`.
 pub fn group_path(engine: &str, target: &str) -> String {
+    group_path_in(JOB, engine, target)
+}
+
+/// [`group_path`] under another job label.
+pub fn group_path_in(job: &str, engine: &str, target: &str) -> String {
     format!(
-        "metrics/job/{JOB}/{}/{}",
+        "metrics/job/{job}/{}/{}",
         label_segment("engine", engine),
         label_segment("target", target)
     )

@@ -11,6 +11,7 @@ pub mod dump;
 pub mod native;
 pub mod restore;
 pub mod schema;
+pub mod scratch;
 pub mod sink;
 pub mod source;
 pub mod tsv;

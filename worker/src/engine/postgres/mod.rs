@@ -12,6 +12,7 @@
 pub mod dump;
 pub mod globals;
 pub mod restore;
+pub mod scratch;
 pub mod sink;
 pub mod source;
 

@@ -18,6 +18,7 @@
 
 pub mod primary;
 pub mod rdb;
+pub mod scratch;
 pub mod sink;
 pub mod source;
 

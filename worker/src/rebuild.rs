@@ -1,0 +1,540 @@
+//! Restoring many backups as one run: `kubectl dr restore --all` (the rebuild day) and
+//! `worker drill` (the weekly proof that the rebuild would work). Both choose the newest
+//! backup of every series, map each to a destination, check every part before anything is
+//! touched, then restore them one engine after another in [`Engine::KNOWN`] order: Vault
+//! (it holds every other secret), the cluster's objects, then the databases.
+//!
+//! A single `kubectl dr restore` goes through the same [`prepare`] and [`Prepared::run`],
+//! so there is one order of work for one backup or for all of them: probe the destination,
+//! verify the parts the engine needs, let the engine plan (and verify the parts the plan
+//! adds), confirm, restore, compare counts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{self, BackupRef, CatalogError, Engine, Filter, Manifest, Part};
+use crate::engine::{
+    registry::RestoreFlags, Confirm, RestoreCommon, RestoredCounts, Sink, SourceFailure,
+};
+use crate::pipeline::keys::Identities;
+use crate::progress::Progress;
+use crate::store::ReadStore;
+use crate::verify::{self, Verified, VerifyError};
+
+/// Where a destination applies: every backup of an engine, or one target's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DestinationKey {
+    /// The engine.
+    pub engine: Engine,
+    /// Only this target's backups (`ENGINE/TARGET=URL`).
+    pub target: Option<String>,
+}
+
+impl fmt::Display for DestinationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Some(t) => write!(f, "{}/{t}", self.engine),
+            None => write!(f, "{}", self.engine),
+        }
+    }
+}
+
+/// A malformed `--to ENGINE=URL` (or plan file entry).
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?}: {reason} (expected ENGINE=URL or ENGINE/TARGET=URL, e.g. postgres=postgres://postgres@db:5432)")]
+pub struct BadDestination {
+    /// The text as given, without anything after `=` (a URL may hold a password).
+    pub given: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DestinationKey {
+    /// Parses `ENGINE` or `ENGINE/TARGET`; the engine must be one this build restores.
+    ///
+    /// # Errors
+    /// [`BadDestination`] for an unknown engine or an invalid target name.
+    pub fn parse(text: &str) -> Result<Self, BadDestination> {
+        let bad = |reason: String| BadDestination {
+            given: text.to_string(),
+            reason,
+        };
+        let (engine, target) = match text.split_once('/') {
+            Some((e, t)) => (e, Some(t.to_string())),
+            None => (text, None),
+        };
+        let engine = Engine::from(engine);
+        if !engine.is_known() {
+            return Err(bad(format!(
+                "unknown engine; known engines: {}",
+                Engine::known_names()
+            )));
+        }
+        if let Some(t) = &target {
+            catalog::validate_name("target", t).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(DestinationKey { engine, target })
+    }
+
+    fn matches(&self, b: &BackupRef) -> bool {
+        self.engine == *b.engine.as_str() && self.target.as_ref().is_none_or(|t| *t == b.target)
+    }
+}
+
+/// Where each engine's (or target's) backups go: `--to ENGINE=URL` and `--to
+/// ENGINE/TARGET=URL`, a target's entry winning over its engine's.
+#[derive(Debug, Clone, Default)]
+pub struct Destinations(BTreeMap<DestinationKey, String>);
+
+impl Destinations {
+    /// Adds `ENGINE[/TARGET]=URL`; a later entry for the same key replaces the earlier one
+    /// (command-line entries are added after a plan file's).
+    ///
+    /// # Errors
+    /// [`BadDestination`].
+    pub fn add(&mut self, entry: &str) -> Result<(), BadDestination> {
+        let (key, url) = entry.split_once('=').ok_or_else(|| BadDestination {
+            given: entry.to_string(),
+            reason: "no '='".into(),
+        })?;
+        self.insert(key, url)
+    }
+
+    /// Adds one entry given as key and URL (a plan file's map).
+    ///
+    /// # Errors
+    /// [`BadDestination`].
+    pub fn insert(&mut self, key: &str, url: &str) -> Result<(), BadDestination> {
+        let parsed = DestinationKey::parse(key.trim())?;
+        if url.trim().is_empty() {
+            return Err(BadDestination {
+                given: key.to_string(),
+                reason: "empty URL".into(),
+            });
+        }
+        self.0.insert(parsed, url.trim().to_string());
+        Ok(())
+    }
+
+    /// The destination of one backup: its target's entry, else its engine's.
+    pub fn of(&self, b: &BackupRef) -> Option<&str> {
+        let mut found: Option<(&DestinationKey, &String)> = None;
+        for (k, v) in &self.0 {
+            if k.matches(b) && (found.is_none() || k.target.is_some()) {
+                found = Some((k, v));
+            }
+        }
+        found.map(|(_, v)| v.as_str())
+    }
+
+    /// True when nothing was given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, for messages (URLs with their passwords replaced).
+    pub fn describe(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={}", redact(v)))
+            .collect()
+    }
+}
+
+/// A URL with its password (if any) replaced, safe for messages and state files.
+pub fn redact(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        Ok(_) | Err(_) => text.to_string(),
+    }
+}
+
+/// The position of an engine in a full restore: Vault, Kubernetes objects, PostgreSQL,
+/// ClickHouse, Redis, command output; engines this build does not know come last.
+pub fn restore_rank(engine: &Engine) -> usize {
+    Engine::KNOWN
+        .iter()
+        .position(|e| e == engine)
+        .unwrap_or(Engine::KNOWN.len())
+}
+
+/// The newest complete backup of every series matching `filter`, made before `before`
+/// when given, in restore order ([`restore_rank`], then target).
+///
+/// # Errors
+/// The store's listing and reading errors; [`CatalogError::NoBackup`] when nothing matches.
+pub async fn latest_backups(
+    store: &dyn ReadStore,
+    filter: &Filter,
+    before: Option<DateTime<Utc>>,
+) -> Result<Vec<Manifest>, CatalogError> {
+    let mut series: BTreeMap<(String, String), Vec<catalog::ScannedBackup>> = BTreeMap::new();
+    for b in catalog::scan(store, filter).await? {
+        if before.is_some_and(|t| b.backup.id.created_at() >= t) {
+            continue;
+        }
+        series
+            .entry((b.backup.engine.clone(), b.backup.target.clone()))
+            .or_default()
+            .push(b);
+    }
+    let mut out = Vec::new();
+    for (_, candidates) in series {
+        if let (Some(m), _) = catalog::newest_complete(store, candidates).await? {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        return Err(CatalogError::NoBackup(match before {
+            Some(t) => format!("{filter} made before {}", t.to_rfc3339()),
+            None => filter.to_string(),
+        }));
+    }
+    sort_for_restore(&mut out);
+    Ok(out)
+}
+
+/// Sorts manifests into restore order.
+pub fn sort_for_restore(manifests: &mut [Manifest]) {
+    manifests.sort_by(|a, b| {
+        (restore_rank(&a.engine), &a.target).cmp(&(restore_rank(&b.engine), &b.target))
+    });
+}
+
+/// One restore of a run: a backup (for PostgreSQL, one database of it) and its destination.
+#[derive(Debug, Clone)]
+pub struct Step<'m> {
+    /// The backup.
+    pub manifest: &'m Manifest,
+    /// PostgreSQL: the database part this step restores.
+    pub database: Option<String>,
+    /// The destination URL as given (may hold a password: show [`Step::shown_to`]).
+    pub to: String,
+    /// PostgreSQL: restore the backup's globals (roles) first.
+    pub globals: bool,
+}
+
+impl Step<'_> {
+    /// A stable name for the step (state files, reports): `engine/target/id[/database]`.
+    pub fn key(&self) -> String {
+        let b = self.manifest.backup_ref();
+        match &self.database {
+            Some(db) => format!("{b}/{}", crate::engine::encode_name(db)),
+            None => b.to_string(),
+        }
+    }
+
+    /// The destination, safe to show.
+    pub fn shown_to(&self) -> String {
+        redact(&self.to)
+    }
+
+    /// Bytes this step reads from the store.
+    pub fn stored_bytes(&self) -> u64 {
+        self.parts().map(|p| p.ciphertext_bytes).sum()
+    }
+
+    /// The parts this step restores (its database's and, with globals, the globals part;
+    /// every part for other engines).
+    pub fn parts(&self) -> impl Iterator<Item = &Part> + '_ {
+        self.manifest
+            .parts
+            .iter()
+            .filter(move |p| match &self.database {
+                Some(db) => {
+                    p.database.as_deref() == Some(db) || (self.globals && p.database.is_none())
+                }
+                None => true,
+            })
+    }
+
+    /// The flags common to every engine for this step. `clean` is passed to the engines
+    /// that have a choice (a Vault restore always replaces everything and refuses it).
+    pub fn common(&self, clean: bool, max_diff: verify::MaxDiff) -> RestoreCommon {
+        RestoreCommon {
+            to: self.to.clone(),
+            database: self.database.clone(),
+            clean: clean && self.manifest.engine != Engine::Vault,
+            max_diff,
+        }
+    }
+
+    /// The engine's flags for this step: `flags` with the step's globals choice.
+    pub fn flags(&self, flags: &RestoreFlags) -> RestoreFlags {
+        let mut flags = flags.clone();
+        flags.postgres.globals = self.globals;
+        flags
+    }
+}
+
+/// Why the backups cannot be turned into steps.
+#[derive(Debug, thiserror::Error)]
+pub enum StepsError {
+    /// Chosen backups without a destination.
+    #[error("no destination for {}; add --to ENGINE=URL (or ENGINE/TARGET=URL) for each, or leave them out with --engine/--target", .0.join(", "))]
+    NoDestination(Vec<String>),
+    /// A PostgreSQL URL that names one database for a backup of several.
+    #[error("{backup} holds {count} databases ({databases}), but its destination {to} names one database; give the server without a database (postgres://user@host:5432) and each database goes to its namesake")]
+    OneDatabaseForMany {
+        /// The backup.
+        backup: String,
+        /// How many databases it holds.
+        count: usize,
+        /// Their names.
+        databases: String,
+        /// The destination (redacted).
+        to: String,
+    },
+}
+
+/// Turns the chosen backups into steps: one per backup, except PostgreSQL (one per
+/// database part, the globals restored with the first when `globals`).
+///
+/// # Errors
+/// [`StepsError`]: missing destinations (all named at once), a one-database URL for a
+/// backup of several.
+pub fn steps<'m>(
+    manifests: &'m [Manifest],
+    destinations: &Destinations,
+    globals: bool,
+) -> Result<Vec<Step<'m>>, StepsError> {
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for m in manifests {
+        let b = m.backup_ref();
+        let Some(to) = destinations.of(&b) else {
+            missing.push(format!("{}/{}", m.engine, m.target));
+            continue;
+        };
+        if m.engine != Engine::Postgres {
+            out.push(Step {
+                manifest: m,
+                database: None,
+                to: to.to_string(),
+                globals: false,
+            });
+            continue;
+        }
+        let dbs = m.databases();
+        let names_db = url::Url::parse(to).is_ok_and(|u| !u.path().trim_matches('/').is_empty());
+        if dbs.len() > 1 && names_db {
+            return Err(StepsError::OneDatabaseForMany {
+                backup: b.to_string(),
+                count: dbs.len(),
+                databases: dbs.join(", "),
+                to: redact(to),
+            });
+        }
+        let has_globals = crate::engine::postgres::sink::globals_part(m).is_ok();
+        for (i, db) in dbs.iter().enumerate() {
+            out.push(Step {
+                manifest: m,
+                database: Some(db.to_string()),
+                to: to.to_string(),
+                globals: globals && has_globals && i == 0,
+            });
+        }
+    }
+    if !missing.is_empty() {
+        return Err(StepsError::NoDestination(missing));
+    }
+    Ok(out)
+}
+
+/// Parts already checked in this run, so a part shared by steps (or checked up front) is
+/// read once.
+#[derive(Default)]
+pub struct Checked<'m> {
+    done: Vec<Verified<'m>>,
+}
+
+impl<'m> Checked<'m> {
+    /// The proof for `part`, checking it first (every byte against the manifest) when it
+    /// was not checked yet. `say` hears which part is read.
+    ///
+    /// # Errors
+    /// [`VerifyError`]: a missing, truncated or corrupt object.
+    pub async fn get(
+        &mut self,
+        store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        part: &'m Part,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<Verified<'m>, VerifyError> {
+        if let Some(v) = self
+            .done
+            .iter()
+            .find(|v| std::ptr::eq(v.manifest(), manifest) && v.part().name == part.name)
+        {
+            return Ok(*v);
+        }
+        say(&format!(
+            "checking {} part {} ({} bytes)",
+            manifest.backup_ref(),
+            part.name,
+            part.ciphertext_bytes
+        ));
+        let v = verify::check_before_restore(store, manifest, part, progress).await?;
+        self.done.push(v);
+        Ok(v)
+    }
+
+    /// Checks every part of `manifest` and that `identities` open each (the age header
+    /// only: a wrong key fails here, before any destination is touched).
+    ///
+    /// # Errors
+    /// [`VerifyError`], including [`VerifyError::WrongKey`].
+    pub async fn whole_backup(
+        &mut self,
+        store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<(), VerifyError> {
+        for part in &manifest.parts {
+            let v = self.get(store, manifest, part, progress, say).await?;
+            let (plain, bar) =
+                verify::open_plaintext(store, v, identities, &crate::progress::NoProgress).await?;
+            drop(plain);
+            bar.finish();
+        }
+        Ok(())
+    }
+}
+
+/// A step ready to run: destination probed, parts verified, the engine's plan made.
+pub struct Prepared<'m> {
+    /// The step.
+    pub step: Step<'m>,
+    sink: Box<dyn Sink>,
+    verified: Vec<Verified<'m>>,
+    /// The engine's plan, for people.
+    pub lines: Vec<String>,
+    /// Set when the plan drops or replaces data.
+    pub confirm: Option<Confirm>,
+}
+
+/// Prepares one step on a probed `sink`: verifies the parts the engine needs (through
+/// `checked`), lets it plan against the destination (nothing is changed), and verifies the
+/// parts its plan adds.
+///
+/// # Errors
+/// A part that fails its check, the engine's refusal (a non-empty target without
+/// `--clean`, a wrong key, bad flags).
+pub async fn prepare<'m>(
+    step: Step<'m>,
+    mut sink: Box<dyn Sink>,
+    checked: &mut Checked<'m>,
+    store: &dyn ReadStore,
+    identities: &Identities,
+    progress: &dyn Progress,
+    say: &(dyn for<'s> Fn(&'s str) + Sync),
+) -> Result<Prepared<'m>, SourceFailure> {
+    let manifest = step.manifest;
+    let mut verified = Vec::new();
+    for part in sink.first_parts(manifest)? {
+        verified.push(checked.get(store, manifest, part, progress, say).await?);
+    }
+    let plan = sink
+        .plan(store, manifest, &verified, identities, progress)
+        .await?;
+    for part in plan.more_parts {
+        if !verified.iter().any(|v| v.part().name == part.name) {
+            verified.push(checked.get(store, manifest, part, progress, say).await?);
+        }
+    }
+    Ok(Prepared {
+        step,
+        sink,
+        verified,
+        lines: plan.lines,
+        confirm: plan.confirm,
+    })
+}
+
+impl Prepared<'_> {
+    /// Runs the planned restore; returns the counts to compare.
+    ///
+    /// # Errors
+    /// The engine's load errors; a part that fails its check while it streams.
+    pub async fn run(
+        mut self,
+        store: &dyn ReadStore,
+        identities: &Identities,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<RestoredCounts, SourceFailure> {
+        self.sink
+            .restore(store, &self.verified, identities, progress, say)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(engine: &str, target: &str) -> BackupRef {
+        BackupRef {
+            engine: engine.into(),
+            target: target.into(),
+            id: catalog::BackupId::new(Utc::now()),
+        }
+    }
+
+    #[test]
+    fn a_targets_destination_wins_over_its_engines() {
+        let mut d = Destinations::default();
+        d.add("postgres/prod=postgres://a").unwrap();
+        d.add("postgres=postgres://b").unwrap();
+        d.add("vault=http://v:8200").unwrap();
+        assert_eq!(d.of(&backup("postgres", "prod")), Some("postgres://a"));
+        assert_eq!(d.of(&backup("postgres", "stage")), Some("postgres://b"));
+        assert_eq!(d.of(&backup("vault", "x")), Some("http://v:8200"));
+        assert_eq!(d.of(&backup("redis", "x")), None);
+        d.add("postgres=postgres://c").unwrap();
+        assert_eq!(d.of(&backup("postgres", "stage")), Some("postgres://c"));
+    }
+
+    #[test]
+    fn bad_destinations_are_refused_without_echoing_the_url() {
+        for bad in [
+            "postgres",
+            "mysql=x://y",
+            "postgres/Prod=x://y",
+            "postgres= ",
+        ] {
+            let e = Destinations::default().add(bad).unwrap_err().to_string();
+            assert!(e.contains("ENGINE=URL"), "{e}");
+        }
+        let e = DestinationKey::parse("pg").unwrap_err().to_string();
+        assert!(e.contains("known engines"), "{e}");
+        let mut d = Destinations::default();
+        d.add("postgres=postgres://u:secret@h/db").unwrap();
+        assert!(!d.describe().concat().contains("secret"));
+    }
+
+    #[test]
+    fn engines_restore_in_the_rebuild_order() {
+        let order: Vec<usize> = [
+            "vault",
+            "kubernetes",
+            "postgres",
+            "clickhouse",
+            "redis",
+            "command",
+            "etcd",
+        ]
+        .iter()
+        .map(|e| restore_rank(&Engine::from(*e)))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    }
+}
