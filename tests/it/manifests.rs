@@ -68,6 +68,13 @@ fn violations(obj: &Value) -> Vec<String> {
     let name = name_of(obj);
     let kind = get(obj, "kind").and_then(Value::as_str).unwrap_or("");
     let mut fail = |what: &str| bad.push(format!("{name}: {what}"));
+    // The drill's CronJob is the one workload that may hold the age identity (it restores),
+    // and only from its own Secret.
+    let drill = kind == "CronJob"
+        && get(obj, "spec.jobTemplate.spec.template.metadata.labels")
+            .and_then(|l| l.get("app.kubernetes.io/component"))
+            .and_then(Value::as_str)
+            == Some("drill");
     let pod = match kind {
         "CronJob" => {
             if get(obj, "spec.concurrencyPolicy").and_then(Value::as_str) != Some("Forbid") {
@@ -127,6 +134,11 @@ fn violations(obj: &Value) -> Vec<String> {
     if get(pod, "hostNetwork").and_then(Value::as_bool) == Some(true) {
         fail("hostNetwork is not allowed");
     }
+    let volumes =
+        serde_yaml::to_string(get(pod, "volumes").unwrap_or(&Value::Null)).unwrap_or_default();
+    if volumes.contains("kube-dr-drill-identity") && !drill {
+        fail("only the drill's pod may mount the identity Secret kube-dr-drill-identity");
+    }
     let containers = get(pod, "containers")
         .and_then(Value::as_sequence)
         .cloned()
@@ -178,8 +190,13 @@ fn violations(obj: &Value) -> Vec<String> {
         }
         let env = serde_yaml::to_string(get(c, "env").unwrap_or(&Value::Null)).unwrap_or_default();
         check(
-            !env.contains("AGE-SECRET-KEY-") && !env.contains("DR_IDENTITY_FILE"),
-            "a backup container must not hold an age identity",
+            !env.contains("AGE-SECRET-KEY-"),
+            "an age identity must never be written into a manifest",
+        );
+        check(
+            !env.contains("DR_IDENTITY_FILE")
+                || (drill && volumes.contains("secretName: kube-dr-drill-identity")),
+            "a backup container must not hold an age identity (only the drill's, from Secret kube-dr-drill-identity)",
         );
     }
     bad
@@ -317,6 +334,18 @@ fn the_rules_catch_a_weakened_cronjob() {
         (
             "resources.limits.memory",
             Box::new(move |v| remove(first_container(v, container), "resources", "limits")),
+        ),
+        (
+            "only the drill's pod may mount",
+            Box::new(|v| {
+                let volumes = v["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+                    .as_sequence_mut()
+                    .unwrap();
+                volumes.push(
+                    serde_yaml::from_str("{name: k, secret: {secretName: kube-dr-drill-identity}}")
+                        .unwrap(),
+                );
+            }),
         ),
         (
             "age identity",
