@@ -4,7 +4,8 @@
 # row counts), restore into a new database and compare the counts; then the same for
 # OpenBao (raft snapshot → verify → delete secrets → restore → secrets back) and ClickHouse 26
 # (a SigNoz-like schema: logs, traces, metrics with their views → restore under other names)
-# and Redis (RDB as a replica gets it → FLUSHALL → restore as its primary).
+# and Redis (RDB as a replica gets it → FLUSHALL → restore as its primary); finally the weekly
+# drill (`worker drill`) over all of them, into scratch databases it drops again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -151,7 +152,11 @@ rcli set written-after-the-disaster 1 >/dev/null
 dr restore latest --engine redis --identity "$key" --to "$REDIS_URL" --clean --yes
 echo "user:1 after the restore: $(rcli get user:1); session:42 expires in $(rcli ttl session:42) s; role: $(rcli info replication | grep -o 'role:[a-z]*')"
 
-step "done: backed up, verified and restored; counts match"
+step "worker drill: every target's newest backup restored into <db>__drill scratch databases, counted, dropped (Vault and Redis: integrity and content checked)"
+DR_LOG_FORMAT=text worker drill --identity "$key" \
+  --to "postgres=postgres://$PGUSER@$PGHOST:$PGPORT" --to "clickhouse=$CH26" > /dev/null
+
+step "done: backed up, verified, restored and drilled; counts match"
 cat <<EOF
 The backups stay in $DR_STORE; look at them again with
   . .dr-services/env && export DR_STORE=$DR_STORE

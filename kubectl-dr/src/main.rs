@@ -24,8 +24,8 @@ use drkit::cli::{self, LogFormat, StoreArgs};
 /// Exit codes: 0 ok, 1 a check failed (integrity or row counts), 2 usage or operational error.
 ///
 /// After a rebuild:
-///   kubectl dr list --engine postgres
-///   kubectl dr verify latest --target prod --identity key.txt
+///   kubectl dr list
+///   kubectl dr restore --all --identity key.txt --plan rebuild.yaml   # every target, in order
 ///   kubectl dr restore latest --target prod --identity key.txt --to postgres://postgres@db:5432/app
 ///   kubectl dr status                         # are the nightly backups happening?
 #[derive(Debug, Parser)]

@@ -62,6 +62,15 @@ use crate::output::{self, Format};
 /// the command's stdin, its last chunk held back until its size and sha256 matched the
 /// manifest; a failing command fails the restore.
 ///
+/// The rebuild day (--all): the newest backup of every target (or --before TIME), each to
+/// its --to ENGINE=URL / ENGINE/TARGET=URL (or a --plan file), in the order Vault/OpenBao,
+/// Kubernetes objects, PostgreSQL (one step per database; --globals first), ClickHouse,
+/// Redis, command output. Every destination is probed, every part of every backup checked
+/// and every restore planned before anything changes; one confirmation; each step prints
+/// its counts; a summary with the RTO ends the run (stdout, -o json|yaml). The first failed
+/// step stops it: fix the cause and rerun with --resume (state in --state, default
+/// ./kubectl-dr-rebuild.json; the same backups, verified steps skipped).
+///
 /// Examples:
 ///   kubectl dr restore latest --target prod --identity key.txt \
 ///     --to postgres://postgres@127.0.0.1:5432/app_restored
@@ -78,6 +87,10 @@ use crate::output::{self, Format};
 ///     --replicated convert --database-map signoz_logs=signoz_logs_restored
 ///   kubectl dr restore latest --identity key.txt --to postgres://postgres@db.shop:5432/app \
 ///     --in-cluster --scale-down shop/deployment/app      # as a Job next to the database
+///   VAULT_TOKEN_FILE=new-root.txt kubectl dr restore --all --identity key.txt \
+///     --to vault=https://vault:8200 --to postgres=postgres://postgres@db:5432 \
+///     --to clickhouse=http://clickhouse:8123 --force --restored-token-file old-root.txt \
+///     --globals --max-diff 10%                           # the whole rebuild, in order
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
