@@ -26,7 +26,7 @@ impl Server {
         }
     }
 
-    fn modern() -> Server {
+    pub(crate) fn modern() -> Server {
         Server {
             url: svc("DR_CLICKHOUSE26_URL"),
             modern: true,

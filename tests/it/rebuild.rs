@@ -692,3 +692,44 @@ async fn the_drill_refuses_names_that_are_not_its_own() {
     drop_database(&a).await;
     drop_database(&b).await;
 }
+
+/// What users run today: a backup of ClickHouse 26 (through chDB) drilled on the same
+/// server, every scratch database marked, restored, counted and dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drill_on_clickhouse_26_leaves_nothing_behind() {
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let modern = crate::clickhouse::Server::modern();
+    let db = unique("dr26");
+    seed_clickhouse(&modern, &db).await;
+    backup_clickhouse(&modern, &store, &keys, "signoz", &db);
+    let to = format!("clickhouse={}", modern.url);
+    let out = run(
+        "worker",
+        &[
+            "drill",
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &to,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["verdict"], "passed", "{report}");
+    assert_eq!(report["restored"], true, "{report}");
+    assert!(
+        stderr(&out).contains(&format!("{db}__drill")),
+        "{}",
+        stderr(&out)
+    );
+    let left = modern
+        .ch(&format!(
+            "SELECT count() FROM system.databases WHERE name = '{db}__drill'"
+        ))
+        .await;
+    assert_eq!(left.trim(), "0");
+    modern.ch(&format!("DROP DATABASE {db}")).await;
+}

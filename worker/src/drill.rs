@@ -269,8 +269,7 @@ impl Drill<'_> {
             let flags = step.flags(self.flags);
             let result = self.step(step, &flags, checked).await;
             let dropped = postgres::scratch::release(&server, &scratch).await;
-            out.push(result?);
-            dropped?;
+            out.push(both(result, dropped)?);
         }
         Ok(out)
     }
@@ -326,13 +325,12 @@ impl Drill<'_> {
         };
         let mut dropped = Ok(());
         for scratch in &claimed {
-            if let Err(e) = clickhouse::scratch::release(&client, scratch).await {
-                dropped = Err(e);
-            }
+            dropped = both(
+                dropped,
+                clickhouse::scratch::release(&client, scratch).await,
+            );
         }
-        let counts = counts?;
-        dropped?;
-        Ok(vec![counts])
+        Ok(vec![both(counts, dropped)?])
     }
 
     async fn redis<'m>(
@@ -351,9 +349,25 @@ impl Drill<'_> {
         };
         let result = self.step(step, self.flags, checked).await;
         let emptied = redis::scratch::release(&target).await;
-        let counts = result?;
-        emptied?;
-        Ok(vec![counts])
+        Ok(vec![both(result, emptied)?])
+    }
+}
+
+/// The outcome of a step and of the cleanup after it: the step's error first (it decides
+/// the verdict), and a failed cleanup is never lost: logged beside a step error, returned
+/// alone otherwise (a scratch database left behind fails the drill).
+fn both<T>(
+    step: Result<T, SourceFailure>,
+    cleanup: Result<(), SourceFailure>,
+) -> Result<T, SourceFailure> {
+    match (step, cleanup) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(c)) => Err(c),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => {
+            tracing::error!(error = %c, "cleaning up after a failed drill step failed too; drop the scratch database by hand");
+            Err(e)
+        }
     }
 }
 

@@ -498,7 +498,9 @@ impl RestoreCmd {
                 )
             });
             if let Some(r) = &report {
-                r.print_to(true)?;
+                // Progress on stderr: an unwritable terminal must not stop a run between
+                // a restored step and its record.
+                let _ = r.print_to(true);
             }
             let ok = report.as_ref().is_none_or(|r| r.ok);
             let tables = report.as_ref().map_or(0, |r| r.tables.len());
@@ -529,7 +531,15 @@ impl RestoreCmd {
                 finished_at: Utc::now(),
                 tables,
             });
-            state.save(&state_path)?;
+            // Without its record a step would be redone by --resume: stop here (a full
+            // disk), whatever comes next.
+            if let Err(e) = state.save(&state_path) {
+                failure = Some(e.context(format!(
+                    "step {}/{total} was restored and verified, but the run cannot record it; free the space, then --resume repeats that step (give it --clean)",
+                    i + 1
+                )));
+                break;
+            }
         }
         if let Some(e) = &failure {
             state.failed = Some(
@@ -539,7 +549,10 @@ impl RestoreCmd {
                     .unwrap_or_default()
                     .to_string(),
             );
-            state.save(&state_path)?;
+            // The step's own error is what the exit code and the message must carry.
+            if let Err(save) = state.save(&state_path) {
+                eprintln!("warning: {save:#}");
+            }
         }
         let last = state.done.iter().map(|d| d.finished_at).max();
         let summary = Summary {
@@ -551,12 +564,13 @@ impl RestoreCmd {
             ok: failure.is_none(),
             steps: reports,
         };
-        summary.print(self.output)?;
+        // A summary nobody reads (a closed stdout) never hides a failed run.
+        let printed = summary.print(self.output);
         match failure {
             Some(e) => Err(e.context(format!(
                 "fix the cause, then run the same command with --resume: the steps verified so far (in {shown_state}) are skipped"
             ))),
-            None => Ok(()),
+            None => printed,
         }
     }
 }
