@@ -718,3 +718,80 @@ pub async fn pg_fingerprint(client: &Client) -> Vec<(String, i64, String)> {
     }
     out
 }
+
+/// A running command whose stderr is read line by line as a person at the terminal would:
+/// for commands that pause until someone acts (a Vault restore waiting to be unsealed).
+/// Use from multi-threaded tests (the reads block in place).
+pub struct Watched {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// What stderr said so far.
+    pub stderr: String,
+}
+
+impl Watched {
+    /// Spawns `cmd` with stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Watched {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        Watched {
+            child,
+            lines,
+            stderr: String::new(),
+        }
+    }
+
+    /// Reads stderr until a line contains `needle`; false when the command ended first.
+    pub fn until(&mut self, needle: &str) -> bool {
+        tokio::task::block_in_place(|| {
+            for line in self.lines.by_ref() {
+                let line = line.unwrap();
+                self.stderr.push_str(&line);
+                self.stderr.push('\n');
+                if line.contains(needle) {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+
+    /// Reads the rest and waits: the exit status, stdout, and all of stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read;
+        tokio::task::block_in_place(|| {
+            for line in self.lines.by_ref() {
+                self.stderr.push_str(&line.unwrap());
+                self.stderr.push('\n');
+            }
+            let mut out = String::new();
+            self.child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            (self.child.wait().unwrap(), out, self.stderr)
+        })
+    }
+}
+
+/// The Pushgateway's lines of metrics named `prefix…` for one target.
+pub async fn pushed_lines(prefix: &str, target: &str) -> Vec<String> {
+    let text = reqwest::get(format!("{}/metrics", svc("DR_TEST_PUSHGATEWAY")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("target=\"{target}\"");
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&label))
+        .map(String::from)
+        .collect()
+}

@@ -112,15 +112,9 @@ async fn the_dashboards_queries_are_valid_on_the_real_prometheus() {
 
 /// The Pushgateway's current value of each kube_dr metric of one target.
 async fn pushed(target: &str) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", svc("DR_TEST_PUSHGATEWAY")))
+    pushed_lines("kube_dr_", target)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let label = format!("target=\"{target}\"");
-    text.lines()
-        .filter(|l| l.starts_with("kube_dr_") && l.contains(&label))
+        .iter()
         .map(|l| {
             assert!(
                 l.contains("job=\"kube_dr\"") && l.contains("engine=\"command\""),

@@ -5,9 +5,6 @@
 //! `worker drill` into `__drill` scratch databases, with its metrics, a flipped byte, and
 //! the names it must refuse.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::Stdio;
-
 use dr_tests::bao::Bao;
 use dr_tests::*;
 use serde_json::Value;
@@ -134,7 +131,7 @@ async fn a_rebuild_onto_fresh_servers_restores_everything_in_order_with_the_rto(
     )
     .unwrap();
     let to_vault = format!("vault={}", fresh_bao.addr);
-    let mut restore = command(
+    let mut restore = Watched::spawn(command(
         "kubectl-dr",
         &[
             "restore",
@@ -160,49 +157,19 @@ async fn a_rebuild_onto_fresh_servers_restores_everything_in_order_with_the_rto(
             store.url(),
         ],
         &[("VAULT_TOKEN", &fresh_bao.root_token)],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    ));
     // The run pauses after Vault's restore for the old cluster's unseal key, as it would
     // for a person.
-    let mut lines = BufReader::new(restore.stderr.take().unwrap()).lines();
-    let (asked, mut err, lines) = tokio::task::spawn_blocking(move || {
-        let mut seen = String::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("is sealed after the restore") {
-                return (true, seen, lines);
-            }
-        }
-        (false, seen, lines)
-    })
-    .await
-    .unwrap();
-    assert!(asked, "never asked to unseal: {err}");
+    let asked = restore.until("is sealed after the restore");
+    assert!(asked, "never asked to unseal: {}", restore.stderr);
     // Nothing after Vault has started yet.
-    assert!(!err.contains("==> step 2/"), "{err}");
+    assert!(
+        !restore.stderr.contains("==> step 2/"),
+        "{}",
+        restore.stderr
+    );
     fresh_bao.unseal(&bao.unseal_key).await;
-    let (status, out) = tokio::task::spawn_blocking(move || {
-        for line in lines {
-            err.push_str(&line.unwrap());
-            err.push('\n');
-        }
-        let mut out = String::new();
-        restore
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        (restore.wait().unwrap(), (out, err))
-    })
-    .await
-    .unwrap();
-    let (out, err) = out;
+    let (status, out, err) = restore.finish();
     eprintln!("{err}");
     assert_eq!(status.code(), Some(0), "{out}\n{err}");
     let summary: Value = serde_json::from_str(&out).expect("json summary");
@@ -472,17 +439,7 @@ async fn a_failed_step_resumes_without_redoing_the_verified_ones() {
 
 /// The drill's metrics of one target on the test Pushgateway.
 async fn drill_metrics(target: &str) -> Vec<String> {
-    let text = reqwest::get(format!("{}/metrics", svc("DR_TEST_PUSHGATEWAY")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let label = format!("target=\"{target}\"");
-    text.lines()
-        .filter(|l| l.starts_with("kube_dr_drill_") && l.contains(&label))
-        .map(String::from)
-        .collect()
+    pushed_lines("kube_dr_drill_", target).await
 }
 
 async fn scratch_left(legacy: &Server) -> (usize, usize) {

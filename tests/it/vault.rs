@@ -4,8 +4,7 @@
 //! failures the issue names (sealed server, bad token, missing capability, damaged part,
 //! wrong key), each losing nothing.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use dr_tests::bao::{seeded_secrets, Bao};
 use dr_tests::*;
@@ -221,7 +220,7 @@ async fn restore_into_a_fresh_cluster_with_force_then_unseal_with_the_old_keys()
     // while we unseal with the backed-up cluster's key.
     let old_root = f.bao.dir.path().join("old-root.txt");
     std::fs::write(&old_root, &f.bao.root_token).unwrap();
-    let mut restore = command(
+    let mut restore = Watched::spawn(command(
         "kubectl-dr",
         &[
             "restore",
@@ -242,51 +241,20 @@ async fn restore_into_a_fresh_cluster_with_force_then_unseal_with_the_old_keys()
             f.store.url(),
         ],
         &[("VAULT_TOKEN", &fresh.root_token)],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    ));
     // Read the command's stderr until it asks for the old keys, as a person would.
-    let mut lines = BufReader::new(restore.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let asked = tokio::task::spawn_blocking(move || {
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("is sealed after the restore") {
-                return (true, seen, lines);
-            }
-        }
-        (false, seen, lines)
-    })
-    .await
-    .unwrap();
-    let (asked, mut err, lines) = asked;
-    assert!(asked, "never asked to unseal: {err}");
+    let asked = restore.until("is sealed after the restore");
+    assert!(asked, "never asked to unseal: {}", restore.stderr);
     assert!(
-        err.contains("unseal keys of the backed-up cluster"),
-        "{err}"
+        restore
+            .stderr
+            .contains("unseal keys of the backed-up cluster"),
+        "{}",
+        restore.stderr
     );
     assert!(fresh.sealed().await);
     fresh.unseal(&f.bao.unseal_key).await;
-    let (status, out) = tokio::task::spawn_blocking(move || {
-        for line in lines {
-            err.push_str(&line.unwrap());
-            err.push('\n');
-        }
-        let mut out = String::new();
-        restore
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        (restore.wait().unwrap(), out)
-    })
-    .await
-    .unwrap();
+    let (status, out, _) = restore.finish();
     assert_eq!(status.code(), Some(0), "{out}");
     let report: Value = serde_json::from_str(&out).expect("json report");
     assert_eq!(report["ok"], true, "{report}");

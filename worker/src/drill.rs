@@ -256,7 +256,6 @@ impl Drill<'_> {
         let mut out = Vec::new();
         for db in manifest.databases() {
             let scratch = scratch_name(db);
-            check_scratch_name(&scratch)?;
             postgres::scratch::claim(&server, &scratch).await?;
             let mut scratch_url = url::Url::parse(url)?;
             scratch_url.set_path(&format!("/{scratch}"));

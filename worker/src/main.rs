@@ -260,18 +260,13 @@ async fn drill(
     for entry in &args.to {
         destinations.add(entry)?;
     }
-    for e in drkit::catalog::Engine::KNOWN {
-        if !drill::RESTORED.contains(e) {
-            let probe = drkit::catalog::BackupRef {
-                engine: e.to_string(),
-                target: "any".into(),
-                id: drkit::catalog::BackupId::new(chrono::Utc::now()),
-            };
-            anyhow::ensure!(
-                destinations.of(&probe).is_none(),
-                "--to {e}=…: the drill restores PostgreSQL, ClickHouse and Redis into scratch destinations; {e} backups get their integrity and content checks (a Vault snapshot restore would need the backed-up cluster's unseal keys, which a CronJob must not hold)"
-            );
-        }
+    if let Some(e) = destinations
+        .engines()
+        .find(|e| !drill::RESTORED.contains(e))
+    {
+        anyhow::bail!(
+            "--to {e}=…: the drill restores PostgreSQL, ClickHouse and Redis into scratch destinations; {e} backups get their integrity and content checks (a Vault snapshot restore would need the backed-up cluster's unseal keys, which a CronJob must not hold)"
+        );
     }
     let filter = drkit::catalog::Filter {
         engine: args.engine.clone(),

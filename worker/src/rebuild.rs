@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, BackupRef, CatalogError, Engine, Filter, Manifest, Part};
 use crate::engine::{
-    registry::RestoreFlags, Confirm, RestoreCommon, RestoredCounts, Sink, SourceFailure,
+    redact_url, registry::RestoreFlags, Confirm, RestoreCommon, RestoredCounts, Sink, SourceFailure,
 };
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
@@ -120,13 +120,16 @@ impl Destinations {
 
     /// The destination of one backup: its target's entry, else its engine's.
     pub fn of(&self, b: &BackupRef) -> Option<&str> {
-        let mut found: Option<(&DestinationKey, &String)> = None;
-        for (k, v) in &self.0 {
-            if k.matches(b) && (found.is_none() || k.target.is_some()) {
-                found = Some((k, v));
-            }
-        }
-        found.map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(|(k, _)| k.matches(b))
+            .max_by_key(|(k, _)| k.target.is_some())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The engines that have an entry.
+    pub fn engines(&self) -> impl Iterator<Item = &Engine> {
+        self.0.keys().map(|k| &k.engine)
     }
 
     /// True when nothing was given.
@@ -138,19 +141,8 @@ impl Destinations {
     pub fn describe(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|(k, v)| format!("{k}={}", redact(v)))
+            .map(|(k, v)| format!("{k}={}", redact_url(v)))
             .collect()
-    }
-}
-
-/// A URL with its password (if any) replaced, safe for messages and state files.
-pub fn redact(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("REDACTED"));
-            u.to_string()
-        }
-        Ok(_) | Err(_) => text.to_string(),
     }
 }
 
@@ -231,7 +223,7 @@ impl Step<'_> {
 
     /// The destination, safe to show.
     pub fn shown_to(&self) -> String {
-        redact(&self.to)
+        redact_url(&self.to)
     }
 
     /// Bytes this step reads from the store.
@@ -327,7 +319,7 @@ pub fn steps<'m>(
                 backup: b.to_string(),
                 count: dbs.len(),
                 databases: dbs.join(", "),
-                to: redact(to),
+                to: redact_url(to),
             });
         }
         let has_globals = crate::engine::postgres::sink::globals_part(m).is_ok();
@@ -385,8 +377,9 @@ impl<'m> Checked<'m> {
         Ok(v)
     }
 
-    /// Checks every part of `manifest` and that `identities` open each (the age header
-    /// only: a wrong key fails here, before any destination is touched).
+    /// Checks every part of `manifest`, and that `identities` open the backup (one part's
+    /// age header: every part of a backup is encrypted to the same recipients, the
+    /// manifest's); a wrong key fails here, before any destination is touched.
     ///
     /// # Errors
     /// [`VerifyError`], including [`VerifyError::WrongKey`].
@@ -398,8 +391,12 @@ impl<'m> Checked<'m> {
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
     ) -> Result<(), VerifyError> {
+        let mut first = None;
         for part in &manifest.parts {
             let v = self.get(store, manifest, part, progress, say).await?;
+            first.get_or_insert(v);
+        }
+        if let Some(v) = first {
             let (plain, bar) =
                 verify::open_plaintext(store, v, identities, &crate::progress::NoProgress).await?;
             drop(plain);

@@ -484,6 +484,21 @@ pub(crate) fn transport_reason(e: &dyn std::error::Error) -> String {
     reason
 }
 
+/// A URL with its password (if any) replaced, safe for messages, reports and state files.
+/// Text that is not a URL (`cluster`, `-`) stays as it is, unless it holds an `@` (a
+/// malformed URL may still carry a password).
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) if text.contains('@') => "(unparsable URL)".to_string(),
+        Err(_) => text.to_string(),
+    }
+}
+
 /// Makes any database name usable inside an object name: bytes outside `[A-Za-z0-9._-]`
 /// become `%XX`, so `my db/2` and `my_db_2` can never collide.
 pub fn encode_name(name: &str) -> String {

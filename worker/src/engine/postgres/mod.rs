@@ -142,7 +142,7 @@ impl PgTarget {
     /// [`PgError::BadUrl`] for anything else.
     pub fn from_url(text: &str) -> Result<Self, PgError> {
         let bad = |reason: &str| PgError::BadUrl {
-            url: redact_url(text),
+            url: crate::engine::redact_url(text),
             reason: reason.to_string(),
         };
         let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
@@ -286,18 +286,6 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// A URL with its password (if any) replaced, safe for messages.
-pub fn redact_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("REDACTED"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(unparsable URL)".to_string(),
-    }
 }
 
 /// The server's own words for an error, without tokio-postgres' generic prefix.

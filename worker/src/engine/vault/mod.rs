@@ -229,7 +229,7 @@ impl VaultTarget {
     /// [`VaultError::BadUrl`].
     pub fn from_url(url: &str) -> Result<Self, VaultError> {
         let bad = |reason: &str| VaultError::BadUrl {
-            url: redact_url(url),
+            url: crate::engine::redact_url(url),
             reason: reason.to_string(),
         };
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
@@ -268,16 +268,6 @@ impl VaultTarget {
 impl fmt::Display for VaultTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.addr.as_str().trim_end_matches('/'))
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 
