@@ -32,6 +32,36 @@ pub fn services() -> &'static HashMap<String, String> {
     })
 }
 
+/// The suite's minisign key pair: every `worker` signs with it (DR_SIGNING_KEY_FILE) and
+/// every reader trusts it (DR_SIGNERS), as in a real installation. Tests about signatures
+/// override either.
+pub struct SuiteSigner {
+    /// The unencrypted secret key file, as `minisign -G -W` writes it.
+    pub key_file: PathBuf,
+    /// The public key file (`minisign -V -p`).
+    pub pub_file: PathBuf,
+    /// The public key line (RW…).
+    pub public: String,
+}
+
+pub fn suite_signer() -> &'static SuiteSigner {
+    static SIGNER: OnceLock<SuiteSigner> = OnceLock::new();
+    SIGNER.get_or_init(|| {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().expect("minisign key");
+        let dir = std::env::temp_dir().join(format!("dr-suite-signer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("signer dir");
+        let key_file = dir.join("signing.key");
+        let pub_file = dir.join("signing.pub");
+        std::fs::write(&key_file, kp.sk.to_box(None).expect("box").into_string()).expect("key");
+        std::fs::write(&pub_file, kp.pk.to_box().expect("box").into_string()).expect("pub");
+        SuiteSigner {
+            key_file,
+            pub_file,
+            public: kp.pk.to_base64(),
+        }
+    })
+}
+
 pub fn svc(name: &str) -> String {
     services()
         .get(name)
@@ -250,6 +280,9 @@ fn with_services_env(cmd: &mut Command, env: &[(&str, &str)]) {
     for (k, v) in services() {
         cmd.env(k, v);
     }
+    let signer = suite_signer();
+    cmd.env("DR_SIGNING_KEY_FILE", &signer.key_file)
+        .env("DR_SIGNERS", &signer.public);
     cmd.env("DR_LOG_FORMAT", "text");
     for (k, v) in env {
         cmd.env(k, v);
@@ -484,15 +517,29 @@ pub async fn write_synthetic_backup(
             }],
             facts: Default::default(),
         };
+        let json = serde_json::to_vec(&m).expect("json");
+        sign_manifest(store, &b, &json).await;
         store
-            .put_bytes(
-                &b.manifest_key(),
-                bytes::Bytes::from(serde_json::to_vec(&m).expect("json")),
-            )
+            .put_bytes(&b.manifest_key(), bytes::Bytes::from(json))
             .await
             .expect("put manifest");
     }
     b
+}
+
+/// Writes `manifest.json.minisig` for these manifest bytes with the suite's key, as the
+/// worker does before it commits.
+pub async fn sign_manifest(
+    store: &dyn drkit::store::DeleteStore,
+    b: &drkit::catalog::BackupRef,
+    manifest: &[u8],
+) {
+    let key = drkit::catalog::SigningKey::from_file(&suite_signer().key_file).expect("suite key");
+    let sig = key.sign(manifest, b).expect("sign");
+    store
+        .put_bytes(&b.signature_key(), bytes::Bytes::from(sig))
+        .await
+        .expect("put signature");
 }
 
 /// A minimal HTTP/1.1 server on loopback for what no real server here can do (a Kubernetes

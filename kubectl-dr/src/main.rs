@@ -43,6 +43,9 @@ struct Cli {
     #[command(flatten)]
     store: StoreArgs,
 
+    #[command(flatten)]
+    signers: cli::SignerArgs,
+
     /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
     #[arg(long, global = true, help_heading = "Global options")]
     no_progress: bool,
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
     cli::init_logging(cli.log_format, "warn");
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let progress = progress::Bars::new(!cli.no_progress);
-    match runtime.block_on(cli.command.run(&cli.store, &progress)) {
+    match runtime.block_on(cli.command.run(&cli.store, &cli.signers, &progress)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => cli::report(&e, false),
     }

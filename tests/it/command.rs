@@ -222,7 +222,14 @@ async fn a_plaintext_that_differs_from_the_recorded_sha256_fails_the_restore() {
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     m["facts"]["plaintext_sha256"] = serde_json::json!("0".repeat(64));
-    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let bytes = serde_json::to_vec(&m).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    // Signed again, as a worker with this bug would have: the sha256 check is under test,
+    // not the signature (which alone would refuse the edit).
+    let b: drkit::catalog::BackupRef = serde_json::from_value::<drkit::catalog::Manifest>(m)
+        .unwrap()
+        .backup_ref();
+    sign_manifest(store.open().await.as_ref(), &b, &bytes).await;
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
     let identity = keys.identity.to_str().unwrap();

@@ -24,6 +24,20 @@ fn store() -> TestStore {
     t
 }
 
+/// These backups predate signing: every reader needs --allow-unsigned for them.
+const UNSIGNED: &[(&str, &str)] = &[("DR_ALLOW_UNSIGNED", "true")];
+
+/// `kubectl-dr list -o json` accepting unsigned backups.
+fn list_unsigned(t: &TestStore) -> serde_json::Value {
+    let out = run(
+        "kubectl-dr",
+        &["list", "-o", "json", "--store", t.url()],
+        UNSIGNED,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn key() -> String {
     repo_root()
         .join(FIXTURE)
@@ -35,7 +49,7 @@ fn key() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_of_every_engine_from_before_still_list_and_verify() {
     let t = store();
-    let rows = list_json(&t);
+    let rows = list_unsigned(&t);
     let engines: Vec<(&str, &str)> = rows
         .as_array()
         .unwrap()
@@ -48,6 +62,42 @@ async fn backups_of_every_engine_from_before_still_list_and_verify() {
             "{engine}: {engines:?}"
         );
     }
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["signature"]["state"] == "unsigned"),
+        "{rows}"
+    );
+    // Trusting only signed backups (the default once DR_SIGNERS is set), they are refused
+    // by name, with the way out; and list shows them as damaged, never as good ones.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "latest",
+            "--engine",
+            "postgres",
+            "--store",
+            t.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no signature") && stderr(&out).contains("--allow-unsigned"),
+        "{}",
+        stderr(&out)
+    );
+    let strict = list_json(&t);
+    assert!(
+        strict
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "damaged"),
+        "{strict}"
+    );
     for engine in ["postgres", "vault", "clickhouse", "command"] {
         let out = run(
             "kubectl-dr",
@@ -61,7 +111,7 @@ async fn backups_of_every_engine_from_before_still_list_and_verify() {
                 "--store",
                 t.url(),
             ],
-            &[],
+            UNSIGNED,
         );
         assert_eq!(out.status.code(), Some(0), "{engine}: {}", stderr(&out));
     }
@@ -85,7 +135,7 @@ async fn a_postgres_backup_from_before_restores() {
             "--to",
             &pg_url(&db),
         ],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let n: i64 = pg_connect(&db)
@@ -121,7 +171,7 @@ async fn a_clickhouse_backup_from_before_restores_on_both_servers() {
                 &map,
                 "--yes",
             ],
-            &[],
+            UNSIGNED,
         );
         assert_eq!(out.status.code(), Some(0), "{url}: {}", stderr(&out));
         let resp = reqwest::Client::new()
@@ -175,7 +225,7 @@ async fn a_command_backup_from_before_restores_to_stdout() {
             "--to",
             "-",
         ],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(out.stdout, command_plaintext());
@@ -216,7 +266,7 @@ fn with_a_newer_engine() -> TestStore {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgrade() {
     let t = with_a_newer_engine();
-    let rows = list_json(&t);
+    let rows = list_unsigned(&t);
     assert!(
         rows.as_array()
             .unwrap()
@@ -227,7 +277,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
     let out = run(
         "kubectl-dr",
         &["list", "--engine", "etcd", "--store", t.url()],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("etcd"), "{}", stdout(&out));
@@ -245,7 +295,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
             "--store",
             t.url(),
         ],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
@@ -263,7 +313,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
             "--to",
             "http://127.0.0.1:1",
         ],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -276,7 +326,7 @@ async fn a_newer_engines_backup_lists_and_verifies_and_its_restore_says_to_upgra
     let out = run(
         "kubectl-dr",
         &["list", "--engine", "etcdd", "--store", t.url()],
-        &[],
+        UNSIGNED,
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("unknown engine"), "{}", stderr(&out));

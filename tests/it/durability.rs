@@ -251,7 +251,10 @@ async fn forged(
     (b, m)
 }
 
+/// Writes a manifest signed with the suite's key: these tests are about what a manifest
+/// says, so the signature must not be what refuses it.
 async fn put_manifest(store: &dyn drkit::store::DeleteStore, b: &BackupRef, bytes: Vec<u8>) {
+    sign_manifest(store, b, &bytes).await;
     store
         .put_bytes(&b.manifest_key(), Bytes::from(bytes))
         .await

@@ -23,6 +23,8 @@
 //!   `--resume`) and `worker drill` into `__drill` scratch databases (metrics, refusals).
 //! - `redis`: Redis round trip of every type through a replica-style backup and a
 //!   primary-style restore, on real redis-servers; refusals and damaged input.
+//! - `signing`: a backup forged with the public key and bucket write access (unsigned,
+//!   signed by a stranger, or with a copied signature) is refused; `minisign -V` by hand.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
 //!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
@@ -40,5 +42,6 @@ mod postgres;
 mod prune;
 mod rebuild;
 mod redis;
+mod signing;
 mod store;
 mod vault;

@@ -20,6 +20,7 @@ fn settings(keys: &Keys, compression: Compression) -> EncodeSettings {
         compression,
         zstd_level: 3,
         zstd_threads: 2,
+        signing: None,
     }
 }
 

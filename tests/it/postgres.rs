@@ -124,7 +124,13 @@ async fn fingerprint(db: &str) -> BTreeMap<String, String> {
 
 async fn manifest(store: &TestStore, id: &str) -> Manifest {
     let s = store.open().await;
-    catalog::resolve(s.as_ref(), id, &Filter::default())
+    // Trusting only the suite's key: the worker must have signed what it wrote.
+    let trust = catalog::Trust {
+        signers: catalog::Signers::parse(&dr_tests::suite_signer().public, "test").unwrap(),
+        allow_unsigned: false,
+        enforce: true,
+    };
+    catalog::resolve(s.as_ref(), id, &Filter::default(), &trust)
         .await
         .expect("manifest")
 }

@@ -84,7 +84,13 @@ async fn prunes_one_target_and_nothing_else() {
     let left = keys_of(store.as_ref(), "postgres/a/").await;
     let expected: Vec<String> = a[4..]
         .iter()
-        .flat_map(|b| [b.part_key("db-app.pgdump.zst.age"), b.manifest_key()])
+        .flat_map(|b| {
+            [
+                b.part_key("db-app.pgdump.zst.age"),
+                b.manifest_key(),
+                b.signature_key(),
+            ]
+        })
         .collect();
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
@@ -128,7 +134,8 @@ async fn a_crash_between_manifest_and_parts_is_repaired() {
             .is_empty(),
         "orphaned parts remain"
     );
-    assert_eq!(keys_of(store.as_ref(), "postgres/c/").await.len(), 2);
+    // The newer backup: its part, signature and manifest.
+    assert_eq!(keys_of(store.as_ref(), "postgres/c/").await.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

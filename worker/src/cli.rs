@@ -9,7 +9,8 @@ use std::sync::Arc;
 use age::x25519;
 use clap::Args;
 
-use crate::catalog::CatalogError;
+use crate::catalog::signature::SignatureError;
+use crate::catalog::{CatalogError, Signers, SigningKey, Trust};
 use crate::pipeline::keys::{self, Identities, KeyError};
 use crate::store::{self, DeleteStore, OpenMode, S3Options, StoreUrl};
 use crate::verify::VerifyError;
@@ -158,7 +159,104 @@ impl EncodingArgs {
             },
             zstd_level: self.zstd_level,
             zstd_threads: self.zstd_threads,
+            signing: None,
         })
+    }
+}
+
+/// The key the worker signs manifests with.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Signing")]
+pub struct SigningArgs {
+    /// minisign secret key file (unencrypted: `minisign -G -W -s FILE`), from a Secret.
+    /// Every manifest is signed with it (manifest.json.minisig), so kubectl dr can tell
+    /// the worker's backups from ones planted by anyone else who can write to the bucket.
+    /// Without it backups are unsigned, and restores need --allow-unsigned.
+    #[arg(long, env = "DR_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+}
+
+impl SigningArgs {
+    /// `None` when no key was given.
+    ///
+    /// # Errors
+    /// An unreadable, password-protected or malformed key file.
+    pub fn load(&self) -> Result<Option<Arc<SigningKey>>, SignatureError> {
+        self.signing_key
+            .as_deref()
+            .map(|p| SigningKey::from_file(p).map(Arc::new))
+            .transpose()
+    }
+}
+
+/// The signatures a reading command accepts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Signatures")]
+pub struct SignerArgs {
+    /// Trusted minisign public keys: the key line (RW…) or a .pub file, repeatable or
+    /// separated by commas or newlines (several during a key rotation). Backups whose
+    /// manifest is not signed by one of them are refused (exit 1).
+    #[arg(
+        long = "signer",
+        env = "DR_SIGNERS",
+        value_name = "RW…|FILE",
+        global = true
+    )]
+    pub signers: Vec<String>,
+
+    /// Accept backups without a signature (made before signing existed), with a loud
+    /// warning. Backups signed by an unknown key or with an invalid signature are refused
+    /// all the same.
+    #[arg(long, env = "DR_ALLOW_UNSIGNED", global = true)]
+    pub allow_unsigned: bool,
+}
+
+impl SignerArgs {
+    fn signers(&self) -> Result<Signers, SignatureError> {
+        Signers::parse(&self.signers.join("\n"), "--signer/DR_SIGNERS")
+    }
+
+    /// The trust of a command that uses backups (verify, restore, drill, rekey): refuses
+    /// what no trusted key signed.
+    ///
+    /// # Errors
+    /// A malformed signer, or no signer at all without --allow-unsigned (usage: exit 2).
+    pub fn enforced(&self) -> anyhow::Result<Trust> {
+        let signers = self.signers()?;
+        anyhow::ensure!(
+            !signers.is_empty() || self.allow_unsigned,
+            "no signer to check backups against: pass --signer with the worker's minisign public key (RW…, or its .pub file) or set DR_SIGNERS; for backups made before signing existed, add --allow-unsigned"
+        );
+        if self.allow_unsigned {
+            tracing::warn!("--allow-unsigned: backups without a valid signature are accepted; anyone with write access to the bucket can make such a backup");
+        }
+        Ok(Trust {
+            signers,
+            allow_unsigned: self.allow_unsigned,
+            enforce: true,
+        })
+    }
+
+    /// The trust of a command that only shows or counts backups (list; prune without
+    /// signers): with signers it is [`SignerArgs::enforced`], without it reports only.
+    ///
+    /// # Errors
+    /// A malformed signer.
+    pub fn lenient(&self) -> anyhow::Result<Trust> {
+        let signers = self.signers()?;
+        if signers.is_empty() {
+            Ok(Trust::report_only(signers))
+        } else {
+            self.enforced()
+        }
+    }
+
+    /// Shows signatures, refuses nothing (`list`).
+    ///
+    /// # Errors
+    /// A malformed signer.
+    pub fn report_only(&self) -> anyhow::Result<Trust> {
+        Ok(Trust::report_only(self.signers()?))
     }
 }
 

@@ -139,6 +139,8 @@ struct DrillArgs {
     #[command(flatten)]
     identity: cli::IdentityArgs,
     #[command(flatten)]
+    signers: cli::SignerArgs,
+    #[command(flatten)]
     postgres: drkit::engine::postgres::sink::RestoreArgs,
     #[command(flatten)]
     clickhouse: drkit::engine::clickhouse::sink::RestoreArgs,
@@ -158,6 +160,10 @@ struct PruneArgs {
     retention: cli::RetentionArgs,
     #[command(flatten)]
     limits: cli::PruneLimitArgs,
+    /// Trusted signers: with them, a backup no trusted key signed counts for nothing and
+    /// is never deleted (forged "newer" backups cannot push the genuine ones out).
+    #[command(flatten)]
+    signers: cli::SignerArgs,
     /// Log the decisions, delete nothing (a plan that would be refused is refused here too).
     #[arg(long)]
     dry_run: bool,
@@ -232,7 +238,8 @@ async fn backup(
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Manifest> {
     let parts = command.into_parts().map_err(|e| anyhow::anyhow!(e))?;
-    let settings = parts.encoding.settings(&parts.recipients)?;
+    let mut settings = parts.encoding.settings(&parts.recipients)?;
+    settings.signing = parts.signing.load()?;
     let store = store.open_for_backup().await?;
     Ok(drkit::engine::backup(
         store.as_ref(),
@@ -256,6 +263,7 @@ async fn drill(
         "--globals and --database-map do not apply to a drill: it restores no roles, and names its scratch databases itself (<database>__drill)"
     );
     let identities = args.identity.require()?;
+    let trust = args.signers.enforced()?;
     let mut destinations = drkit::rebuild::Destinations::default();
     for entry in &args.to {
         destinations.add(entry)?;
@@ -279,7 +287,7 @@ async fn drill(
         drkit::catalog::validate_name("target", t)?;
     }
     let store = store.open().await?;
-    let manifests = drkit::rebuild::latest_backups(store.as_ref(), &filter, None).await?;
+    let manifests = drkit::rebuild::latest_backups(store.as_ref(), &filter, None, &trust).await?;
     let flags = drkit::engine::registry::RestoreFlags {
         postgres: args.postgres.clone(),
         clickhouse: args.clickhouse.clone(),
@@ -373,9 +381,13 @@ async fn prune(
         engine: args.engine,
         target: args.target,
     };
+    let trust = args.signers.lenient()?;
+    if !trust.enforce {
+        tracing::warn!("no signers (DR_SIGNERS): prune cannot tell a forged backup from the worker's own; set DR_SIGNERS to the worker's public key");
+    }
     let store = store.open().await?;
     let now = chrono::Utc::now();
-    let items = prune::plan(store.as_ref(), &filter, &policy, now).await?;
+    let items = prune::plan(store.as_ref(), &filter, &policy, now, &trust).await?;
     for item in &items {
         tracing::info!(
             backup = %format!("{}/{}/{}", item.engine, item.target, item.decision.id),

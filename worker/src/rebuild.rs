@@ -164,6 +164,7 @@ pub async fn latest_backups(
     store: &dyn ReadStore,
     filter: &Filter,
     before: Option<DateTime<Utc>>,
+    trust: &catalog::Trust,
 ) -> Result<Vec<Manifest>, CatalogError> {
     let mut series: BTreeMap<(String, String), Vec<catalog::ScannedBackup>> = BTreeMap::new();
     for b in catalog::scan(store, filter).await? {
@@ -177,7 +178,7 @@ pub async fn latest_backups(
     }
     let mut out = Vec::new();
     for (_, candidates) in series {
-        if let (Some(m), _) = catalog::newest_complete(store, candidates).await? {
+        if let (Some(m), _) = catalog::newest_complete(store, candidates, trust).await? {
             out.push(m);
         }
     }

@@ -24,6 +24,11 @@ use crate::output::{self, Format};
 /// removes those after --grace), including uploads that never finished a single object.
 /// A store that does not exist is an error (exit 2), never "no backups".
 ///
+/// SIGNATURE says who signed each manifest: `ok KEYID` (a trusted signer, from --signer /
+/// DR_SIGNERS), `signed KEYID (not checked)` (no signer given), `unsigned`, `UNKNOWN KEY`
+/// or `INVALID`. With signers given, a backup they do not vouch for is shown as DAMAGED
+/// and treated like one: never `latest`, never counted or deleted by prune.
+///
 /// Examples:
 ///   kubectl dr list
 ///   kubectl dr list --engine postgres --target prod -o json
@@ -63,6 +68,8 @@ struct Row {
     tables: usize,
     rows: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<catalog::Signature>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retention: Option<Decision>,
@@ -96,6 +103,7 @@ fn describe(b: &Inspected) -> Row {
         databases: Vec::new(),
         tables: 0,
         rows: 0,
+        signature: b.signature.clone(),
         error: b.problem.clone(),
         retention: None,
     };
@@ -111,7 +119,7 @@ fn describe(b: &Inspected) -> Row {
 }
 
 impl ListCmd {
-    pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
+    pub async fn run(self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let filter = self.filter.filter()?;
@@ -123,7 +131,7 @@ impl ListCmd {
         }
         let policy = self.retention.policy();
         let inspected =
-            catalog::inspect_all(store, scanned, Utc::now(), policy.max_clock_skew).await?;
+            catalog::inspect_all(store, scanned, Utc::now(), policy.max_clock_skew, trust).await?;
         let decisions: HashMap<(String, String, String), (bool, Vec<String>)> =
             if self.retention.any() {
                 prune::plan_inspected(&inspected, &policy, Utc::now())
@@ -170,6 +178,7 @@ impl ListCmd {
             "SIZE",
             "DATABASES",
             "ROWS",
+            "SIGNATURE",
         ];
         if self.retention.any() {
             headers.extend(["RETENTION", "REASONS"]);
@@ -198,6 +207,9 @@ impl ListCmd {
                             .join(",")
                     },
                     r.rows.to_string(),
+                    r.signature
+                        .as_ref()
+                        .map_or_else(|| "-".into(), ToString::to_string),
                 ];
                 if let Some(d) = &r.retention {
                     cells.push(if d.keep {

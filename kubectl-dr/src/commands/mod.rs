@@ -13,7 +13,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use clap::{Args, Subcommand};
 use drkit::catalog::{self, Filter, Manifest};
-use drkit::cli::StoreArgs;
+use drkit::cli::{SignerArgs, StoreArgs};
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 
@@ -28,13 +28,18 @@ pub enum Command {
 }
 
 impl Command {
-    pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        store: &StoreArgs,
+        signers: &SignerArgs,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
         match self {
-            Command::List(cmd) => cmd.run(store).await,
-            Command::Verify(cmd) => cmd.run(store, progress).await,
-            Command::Restore(cmd) => cmd.run(store, progress).await,
-            Command::Prune(cmd) => cmd.run(store).await,
-            Command::Status(cmd) => cmd.run(store).await,
+            Command::List(cmd) => cmd.run(store, &signers.lenient()?).await,
+            Command::Verify(cmd) => cmd.run(store, &signers.enforced()?, progress).await,
+            Command::Restore(cmd) => cmd.run(store, signers, progress).await,
+            Command::Prune(cmd) => cmd.run(store, &signers.lenient()?).await,
+            Command::Status(cmd) => cmd.run(store, &signers.lenient()?).await,
             Command::Backup(cmd) => cmd.run().await,
         }
     }
@@ -74,8 +79,9 @@ async fn resolve(
     store: &dyn ReadStore,
     selector: &str,
     filter: &FilterArgs,
+    trust: &catalog::Trust,
 ) -> anyhow::Result<Manifest> {
-    Ok(catalog::resolve(store, selector, &filter.filter()?).await?)
+    Ok(catalog::resolve(store, selector, &filter.filter()?, trust).await?)
 }
 
 /// Asks the person at the terminal to type `expected` before something destructive; refuses

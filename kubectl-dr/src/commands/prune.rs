@@ -56,13 +56,13 @@ struct Report<'a> {
 }
 
 impl PruneCmd {
-    pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
+    pub async fn run(self, store: &StoreArgs, trust: &drkit::catalog::Trust) -> anyhow::Result<()> {
         let policy = self.retention.policy();
         policy.validate()?;
         let filter = self.filter.filter()?;
         let store = store.open().await?;
         let now = chrono::Utc::now();
-        let items = prune::plan(store.as_ref(), &filter, &policy, now).await?;
+        let items = prune::plan(store.as_ref(), &filter, &policy, now, trust).await?;
         let doomed = items.iter().filter(|i| !i.decision.keep).count();
         let cutoff = now - policy.incomplete_grace;
         // Listed (never aborted) here: aborting waits for the confirmation below.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use drkit::catalog::{Engine, Manifest};
-use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
+use drkit::catalog::{Engine, Manifest, Trust};
+use drkit::cli::{CheckFailed, IdentityArgs, SignerArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
 use drkit::engine::RestoreCommon;
 use drkit::progress::Progress;
@@ -192,17 +192,23 @@ pub struct RestoreCmd {
 }
 
 impl RestoreCmd {
-    pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        store: &StoreArgs,
+        signers: &SignerArgs,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
+        let trust = signers.enforced()?;
         if self.all {
-            return self.run_all(store, progress).await;
+            return self.run_all(store, &trust, progress).await;
         }
         let identities = self.identity.require()?;
         if self.in_cluster {
-            return self.in_cluster(store).await;
+            return self.in_cluster(store, &trust).await;
         }
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let manifest = super::resolve(store, self.selector(), &self.filter).await?;
+        let manifest = super::resolve(store, self.selector(), &self.filter, &trust).await?;
         let common = RestoreCommon {
             to: self.single_to()?,
             database: self.database.clone(),
@@ -277,7 +283,7 @@ impl RestoreCmd {
     }
 
     /// Runs this same restore as a Job in the cluster and reports its outcome.
-    async fn in_cluster(&self, store: &StoreArgs) -> anyhow::Result<()> {
+    async fn in_cluster(&self, store: &StoreArgs, trust: &Trust) -> anyhow::Result<()> {
         let to = self.single_to()?;
         let to = to.as_str();
         let engine = match (&self.filter.engine, to.split_once("://").map(|(s, _)| s)) {
@@ -296,7 +302,7 @@ impl RestoreCmd {
         );
         let identity_path = self.identity.identity.as_ref().expect("required above");
         let identity = std::fs::read(identity_path)?;
-        let args = Forwarded::of(self, engine.as_str(), store.store.clone()).to_args();
+        let args = Forwarded::of(self, engine.as_str(), store.store.clone(), trust).to_args();
         let client = self.cluster.client().await?;
         let ns = &self.cluster.namespace;
         let cronjob = jobs::find_cronjob(&client, ns, engine.as_str()).await?;
@@ -357,10 +363,13 @@ struct Forwarded {
     keep_owners: bool,
     globals: bool,
     dry_run: bool,
+    /// The trusted keys as key lines (a `.pub` path on this machine means nothing in a Job).
+    signers: Vec<String>,
+    allow_unsigned: bool,
 }
 
 impl Forwarded {
-    fn of(cmd: &RestoreCmd, engine: &str, store: Option<String>) -> Self {
+    fn of(cmd: &RestoreCmd, engine: &str, store: Option<String>, trust: &Trust) -> Self {
         Forwarded {
             backup: cmd.selector().to_string(),
             to: cmd.to.first().cloned().unwrap_or_default(),
@@ -373,6 +382,8 @@ impl Forwarded {
             keep_owners: cmd.engines.postgres.keep_owners,
             globals: cmd.engines.postgres.globals,
             dry_run: cmd.dry_run,
+            signers: trust.signers.key_lines(),
+            allow_unsigned: trust.allow_unsigned,
         }
     }
 
@@ -400,10 +411,14 @@ impl Forwarded {
             ("--keep-owners", self.keep_owners),
             ("--globals", self.globals),
             ("--dry-run", self.dry_run),
+            ("--allow-unsigned", self.allow_unsigned),
         ] {
             if on {
                 args.push(flag.to_string());
             }
+        }
+        for key in &self.signers {
+            args.extend(["--signer".to_string(), key.clone()]);
         }
         args
     }
@@ -415,8 +430,10 @@ mod tests {
     use clap::{Args, FromArgMatches};
 
     /// Parses `kubectl dr restore ARGS…` as the binary does (the store flag is global there).
-    fn parse(args: &[String]) -> (RestoreCmd, StoreArgs) {
-        let cmd = StoreArgs::augment_args(RestoreCmd::augment_args(clap::Command::new("restore")));
+    fn parse(args: &[String]) -> (RestoreCmd, StoreArgs, Trust) {
+        let cmd = SignerArgs::augment_args(StoreArgs::augment_args(RestoreCmd::augment_args(
+            clap::Command::new("restore"),
+        )));
         let matches = cmd
             .try_get_matches_from(
                 std::iter::once("restore".to_string()).chain(args.iter().cloned()),
@@ -425,6 +442,10 @@ mod tests {
         (
             RestoreCmd::from_arg_matches(&matches).unwrap(),
             StoreArgs::from_arg_matches(&matches).unwrap(),
+            SignerArgs::from_arg_matches(&matches)
+                .unwrap()
+                .enforced()
+                .unwrap(),
         )
     }
 
@@ -443,6 +464,11 @@ mod tests {
                 keep_owners: true,
                 globals: true,
                 dry_run: true,
+                signers: vec![
+                    "RWTWv4k1QdayQhD1oKUZfejZxKfQwbHh8yDJW21yOdwiGNAsaaTFWmE/".into(),
+                    "RWTT2uFFgAdMx1Ju3I2sT3PnbLiqAW1TFNLL1ovgQl+mC9HNe38Zm5kB".into(),
+                ],
+                allow_unsigned: false,
             },
             Forwarded {
                 backup: "20261122T020000Z-7f3a9c".into(),
@@ -456,11 +482,13 @@ mod tests {
                 keep_owners: false,
                 globals: false,
                 dry_run: false,
+                signers: Vec::new(),
+                allow_unsigned: true,
             },
         ];
         for f in cases {
-            let (cmd, store) = parse(&f.to_args());
-            assert_eq!(Forwarded::of(&cmd, &f.engine, store.store), f);
+            let (cmd, store, trust) = parse(&f.to_args());
+            assert_eq!(Forwarded::of(&cmd, &f.engine, store.store, &trust), f);
         }
     }
 }

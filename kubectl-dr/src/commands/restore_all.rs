@@ -230,6 +230,7 @@ impl RestoreCmd {
     pub(super) async fn run_all(
         &self,
         store_args: &StoreArgs,
+        trust: &catalog::Trust,
         progress: &dyn Progress,
     ) -> anyhow::Result<()> {
         let identities = self.identity.require()?;
@@ -297,11 +298,11 @@ impl RestoreCmd {
             let mut out = Vec::new();
             for b in &state.backups {
                 let b = parse_ref(b).with_context(|| format!("in {shown_state}"))?;
-                out.push(catalog::load_manifest(store, &b).await?);
+                out.push(catalog::load_manifest(store, &b, trust).await?);
             }
             out
         } else {
-            rebuild::latest_backups(store, &self.filter.filter()?, self.before).await?
+            rebuild::latest_backups(store, &self.filter.filter()?, self.before, trust).await?
         };
         rebuild::sort_for_restore(&mut manifests);
         state.backups = manifests

@@ -47,13 +47,14 @@ struct Report {
 /// series look fresh.
 async fn newest_complete(
     store: &dyn drkit::store::ReadStore,
+    trust: &catalog::Trust,
 ) -> anyhow::Result<Vec<catalog::BackupRef>> {
     let scanned = catalog::scan(store, &Filter::default()).await?;
     let mut out = Vec::new();
     for series in scanned.chunk_by(|a, b| {
         (&a.backup.engine, &a.backup.target) == (&b.backup.engine, &b.backup.target)
     }) {
-        if let (Some(m), _) = catalog::newest_complete(store, series.to_vec()).await? {
+        if let (Some(m), _) = catalog::newest_complete(store, series.to_vec(), trust).await? {
             out.push(m.backup_ref());
         }
     }
@@ -61,7 +62,7 @@ async fn newest_complete(
 }
 
 impl StatusCmd {
-    pub async fn run(self, store: &StoreArgs) -> anyhow::Result<()> {
+    pub async fn run(self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
         let client = self.cluster.client().await?;
         let ns = &self.cluster.namespace;
         let (cronjobs, jobs) = status::fetch(&client, ns).await?;
@@ -70,7 +71,7 @@ impl StatusCmd {
             "no kube-dr CronJobs in namespace {ns}; install them with `kubectl apply -k kustomize/overlays/…` or pass -n"
         );
         let backups = match &store.store {
-            Some(_) => Some(newest_complete(store.open().await?.as_ref()).await?),
+            Some(_) => Some(newest_complete(store.open().await?.as_ref(), trust).await?),
             None => None,
         };
         let now = Utc::now();

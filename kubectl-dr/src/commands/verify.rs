@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use drkit::catalog;
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
 use drkit::engine::RestoreCommon;
@@ -85,11 +86,16 @@ struct Report {
 }
 
 impl VerifyCmd {
-    pub async fn run(self, store: &StoreArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        store: &StoreArgs,
+        trust: &catalog::Trust,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
         let identities = self.identity.load()?;
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let manifest = super::resolve(store, &self.backup, &self.filter).await?;
+        let manifest = super::resolve(store, &self.backup, &self.filter, trust).await?;
         let table = self.output == Format::Table;
         // The server first: a typo in --against must not cost a full decryption pass.
         let mut against = match &self.against {

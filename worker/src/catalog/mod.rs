@@ -19,6 +19,7 @@ pub mod facts;
 mod id;
 mod kind;
 mod manifest;
+pub mod signature;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,7 @@ pub use facts::{Facts, FactsError};
 pub use id::{BackupId, BadBackupId};
 pub use kind::{Engine, PartFormat};
 pub use manifest::{part_file_is_valid, Compression, Manifest, Part, TableCount, FORMAT_VERSION};
+pub use signature::{Signature, Signers, SigningKey, Trust, SIGNATURE_FILE};
 
 use chrono::{DateTime, Duration, Utc};
 use futures::stream::{self, StreamExt};
@@ -67,6 +69,16 @@ impl BackupRef {
     /// Key of the backup's `manifest.json`.
     pub fn manifest_key(&self) -> String {
         format!("{}/{MANIFEST_FILE}", self.dir())
+    }
+
+    /// Key of the manifest's detached signature.
+    pub fn signature_key(&self) -> String {
+        format!("{}/{SIGNATURE_FILE}", self.dir())
+    }
+
+    /// Key of the previous manifest's signature, kept by `rekey` while it swaps manifests.
+    pub fn previous_signature_key(&self) -> String {
+        format!("{}/{}", self.dir(), signature::PREVIOUS_SIGNATURE_FILE)
     }
 
     /// Key of one of the backup's parts.
@@ -114,6 +126,24 @@ pub enum CatalogError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A backup whose signature the command's [`Trust`] does not accept (forged, altered,
+    /// signed by an unknown key, or unsigned).
+    #[error("backup {backup} {reason}")]
+    Untrusted {
+        /// The backup (`engine/target/id`).
+        backup: String,
+        /// What is wrong with its signature, naming the key id, and what to do.
+        reason: String,
+    },
+    /// Backups match, but every one was skipped as damaged or untrusted: a failed check
+    /// (exit 1), since the store holds something where good backups should be.
+    #[error("no usable backup matches {what}: {skipped} backup(s) skipped as damaged or untrusted (the warnings above say why; `kubectl dr list --all` shows them)")]
+    NoneUsable {
+        /// What was asked.
+        what: String,
+        /// How many were skipped.
+        skipped: usize,
+    },
     /// A manifest of a format version newer than this build reads.
     #[error("manifest {key} has format version {version}, newer than this tool understands ({FORMAT_VERSION}); upgrade kubectl-dr")]
     TooNew {
@@ -136,7 +166,12 @@ impl CatalogError {
     /// True when the backup itself is bad (exit 1), as opposed to a store that could not be
     /// read or a typo (exit 2).
     pub fn is_check_failure(&self) -> bool {
-        matches!(self, CatalogError::Damaged { .. })
+        matches!(
+            self,
+            CatalogError::Damaged { .. }
+                | CatalogError::Untrusted { .. }
+                | CatalogError::NoneUsable { .. }
+        )
     }
 }
 
@@ -355,8 +390,10 @@ pub struct Inspected {
     pub status: Status,
     /// The checked manifest of a complete backup.
     pub manifest: Option<Manifest>,
-    /// Why a backup is damaged.
+    /// Why a backup is damaged (or untrusted: a refused signature makes it damaged too).
     pub problem: Option<String>,
+    /// What the signature beside its manifest says (`None` when the manifest was not read).
+    pub signature: Option<Signature>,
 }
 
 /// Reads and checks the manifest of one scanned backup; a backup dated more than
@@ -371,20 +408,24 @@ pub async fn inspect(
     scanned: ScannedBackup,
     now: DateTime<Utc>,
     max_skew: Duration,
+    trust: &Trust,
 ) -> Result<Inspected, CatalogError> {
     let damaged = |scanned, problem: String| Inspected {
         scanned,
         status: Status::Damaged,
         manifest: None,
         problem: Some(problem),
+        signature: None,
+    };
+    let incomplete = |scanned| Inspected {
+        scanned,
+        status: Status::Incomplete,
+        manifest: None,
+        problem: None,
+        signature: None,
     };
     if !scanned.complete {
-        return Ok(Inspected {
-            scanned,
-            status: Status::Incomplete,
-            manifest: None,
-            problem: None,
-        });
+        return Ok(incomplete(scanned));
     }
     if scanned.manifest_bytes > MAX_MANIFEST_BYTES {
         let why = format!(
@@ -402,22 +443,26 @@ pub async fn inspect(
         );
         return Ok(damaged(scanned, why));
     }
-    match load_manifest(store, &scanned.backup).await {
-        Ok(m) => Ok(Inspected {
-            scanned,
-            status: Status::Complete,
-            manifest: Some(m),
-            problem: None,
+    match load_judged(store, &scanned.backup, &trust.signers).await {
+        Ok((m, sig)) => Ok(match trust.refusal(&sig) {
+            // A forgery counts for nothing and is never deleted, exactly like damage: a
+            // planted "newer" backup must not make prune delete the genuine ones.
+            Some(why) => Inspected {
+                signature: Some(sig),
+                ..damaged(scanned, format!("its manifest {why}"))
+            },
+            None => Inspected {
+                scanned,
+                status: Status::Complete,
+                manifest: Some(m),
+                problem: None,
+                signature: Some(sig),
+            },
         }),
         Err(CatalogError::Damaged { reason, .. }) => Ok(damaged(scanned, reason)),
         Err(e @ CatalogError::TooNew { .. }) => Ok(damaged(scanned, e.to_string())),
         // Listed a moment ago, gone now: deleted by a concurrent prune.
-        Err(CatalogError::Store(StoreError::NotFound { .. })) => Ok(Inspected {
-            scanned,
-            status: Status::Incomplete,
-            manifest: None,
-            problem: None,
-        }),
+        Err(CatalogError::Store(StoreError::NotFound { .. })) => Ok(incomplete(scanned)),
         Err(e) => Err(e),
     }
 }
@@ -431,9 +476,10 @@ pub async fn inspect_all(
     scanned: Vec<ScannedBackup>,
     now: DateTime<Utc>,
     max_skew: Duration,
+    trust: &Trust,
 ) -> Result<Vec<Inspected>, CatalogError> {
     stream::iter(scanned)
-        .map(|b| inspect(store, b, now, max_skew))
+        .map(|b| inspect(store, b, now, max_skew, trust))
         .buffered(CONCURRENT_READS)
         .collect::<Vec<_>>()
         .await
@@ -441,15 +487,73 @@ pub async fn inspect_all(
         .collect()
 }
 
-/// Reads and checks the manifest of one backup (size-capped, parsed, [`Manifest::check`]).
+/// Reads and checks the manifest of one backup (size-capped, parsed, [`Manifest::check`])
+/// and refuses it unless its signature satisfies `trust`.
 ///
 /// # Errors
-/// Store errors (including not found), [`CatalogError::TooNew`] for a newer format, and
-/// [`CatalogError::Damaged`] for anything a reader must not trust.
+/// Store errors (including not found), [`CatalogError::TooNew`] for a newer format,
+/// [`CatalogError::Damaged`] for anything a reader must not trust, and
+/// [`CatalogError::Untrusted`] for a signature `trust` refuses.
 pub async fn load_manifest(
     store: &dyn ReadStore,
     backup: &BackupRef,
+    trust: &Trust,
 ) -> Result<Manifest, CatalogError> {
+    let (manifest, sig) = load_judged(store, backup, &trust.signers).await?;
+    if let Some(reason) = trust.refusal(&sig) {
+        return Err(CatalogError::Untrusted {
+            backup: backup.to_string(),
+            reason: format!("is refused: its manifest {reason}"),
+        });
+    }
+    warn_if_unverified(trust, backup, &sig);
+    Ok(manifest)
+}
+
+/// The loud warning `--allow-unsigned` promises, once per backup actually used.
+fn warn_if_unverified(trust: &Trust, backup: &BackupRef, sig: &Signature) {
+    if trust.enforce && !matches!(sig, Signature::Valid { .. }) {
+        tracing::warn!(backup = %backup, signature = %sig, "USING A BACKUP WHOSE SIGNATURE WAS NOT VERIFIED (--allow-unsigned): anyone with write access to the bucket could have made it");
+    }
+}
+
+/// A signature file's bytes, `None` when there is none.
+async fn read_signature(store: &dyn ReadStore, key: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+    match store.get_bytes(key, signature::MAX_SIGNATURE_BYTES).await {
+        Ok(b) => Ok(Some(b)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        // Oversized: certainly not a signature, and judged as one that does not parse.
+        Err(StoreError::TooLarge { .. }) => Ok(Some(Vec::new())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The manifest with what its signature says, judged against `signers` (nothing refused).
+///
+/// # Errors
+/// As [`load_manifest`], without [`CatalogError::Untrusted`].
+pub async fn load_judged(
+    store: &dyn ReadStore,
+    backup: &BackupRef,
+    signers: &Signers,
+) -> Result<(Manifest, Signature), CatalogError> {
+    let (manifest, bytes) = load_unsigned(store, backup).await?;
+    let main = read_signature(store, &backup.signature_key()).await?;
+    let mut sig = signers.judge(&bytes, &[main.as_deref()]);
+    if !matches!(sig, Signature::Valid { .. } | Signature::NotChecked { .. }) {
+        // A rekey interrupted between its two writes: the old signature is still beside.
+        if let Some(prev) = read_signature(store, &backup.previous_signature_key()).await? {
+            sig = signers.judge(&bytes, &[main.as_deref(), Some(&prev)]);
+        }
+    }
+    Ok((manifest, sig))
+}
+
+/// The manifest and its exact bytes, checked but with no signature looked at.
+async fn load_unsigned(
+    store: &dyn ReadStore,
+    backup: &BackupRef,
+) -> Result<(Manifest, Vec<u8>), CatalogError> {
     let key = backup.manifest_key();
     let damaged = |reason: String| CatalogError::Damaged {
         backup: backup.to_string(),
@@ -486,7 +590,7 @@ pub async fn load_manifest(
     manifest
         .check(backup)
         .map_err(|why| damaged(format!("is invalid: {why}")))?;
-    Ok(manifest)
+    Ok((manifest, bytes))
 }
 
 /// The newest *complete* backup among `candidates` (one series): manifests are read newest
@@ -498,6 +602,7 @@ pub async fn load_manifest(
 pub async fn newest_complete(
     store: &dyn ReadStore,
     mut candidates: Vec<ScannedBackup>,
+    trust: &Trust,
 ) -> Result<(Option<Manifest>, usize), CatalogError> {
     candidates.retain(|b| b.complete);
     candidates.sort_by(|a, b| b.backup.id.cmp(&a.backup.id));
@@ -505,9 +610,12 @@ pub async fn newest_complete(
     let mut skipped = 0;
     for b in candidates {
         let shown = b.backup.to_string();
-        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW).await?;
+        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW, trust).await?;
         match checked.manifest {
             Some(m) => {
+                if let Some(sig) = &checked.signature {
+                    warn_if_unverified(trust, &checked.scanned.backup, sig);
+                }
                 if skipped > 0 {
                     tracing::warn!(
                         skipped,
@@ -518,7 +626,7 @@ pub async fn newest_complete(
                 return Ok((Some(m), skipped));
             }
             None => {
-                tracing::warn!(backup = %shown, problem = checked.problem.as_deref().unwrap_or("incomplete"), "skipping a damaged backup for `latest`");
+                tracing::warn!(backup = %shown, problem = checked.problem.as_deref().unwrap_or("incomplete"), "skipping a damaged or untrusted backup for `latest`");
                 skipped += 1;
             }
         }
@@ -539,6 +647,7 @@ pub async fn resolve(
     store: &dyn ReadStore,
     selector: &str,
     filter: &Filter,
+    trust: &Trust,
 ) -> Result<Manifest, CatalogError> {
     let wanted: Option<BackupId> = if selector == "latest" {
         None
@@ -565,16 +674,16 @@ pub async fn resolve(
         _ => return Err(CatalogError::Ambiguous(series.join(", "))),
     }
     if wanted.is_some() {
-        return load_manifest(store, &candidates[0].backup).await;
+        return load_manifest(store, &candidates[0].backup, trust).await;
     }
-    let (newest, skipped) = newest_complete(store, candidates).await?;
+    let (newest, skipped) = newest_complete(store, candidates, trust).await?;
     if let Some(m) = newest {
         return Ok(m);
     }
-    Err(CatalogError::NoBackup(format!(
-        "{} ({skipped} damaged backup(s) skipped)",
-        what()
-    )))
+    Err(CatalogError::NoneUsable {
+        what: what(),
+        skipped,
+    })
 }
 
 #[cfg(test)]

@@ -411,6 +411,22 @@ impl<'a> BackupRun<'a> {
         // A manifest readers would call damaged must never be written as a commit.
         manifest.check(&self.backup).map_err(CommitError::Invalid)?;
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        // The signature goes first: the manifest stays the commit, and a committed
+        // manifest never waits for its signature.
+        let signed = match &self.settings.signing {
+            Some(key) => {
+                let sig = key.sign(&json, &self.backup)?;
+                let sig_key = self.backup.signature_key();
+                self.store
+                    .put_bytes(&sig_key, Bytes::from(sig.clone()))
+                    .await?;
+                Some((sig_key, sig))
+            }
+            None => {
+                tracing::warn!(backup = %self.backup, "no signing key (DR_SIGNING_KEY_FILE): this backup is unsigned, and restoring it needs --allow-unsigned");
+                None
+            }
+        };
         let key = self.backup.manifest_key();
         self.store
             .put_bytes(&key, Bytes::from(json.clone()))
@@ -426,6 +442,19 @@ impl<'a> BackupRun<'a> {
                 read: back.len(),
             });
         }
+        if let Some((sig_key, sig)) = signed {
+            let back = self
+                .store
+                .get_bytes(&sig_key, catalog::signature::MAX_SIGNATURE_BYTES)
+                .await?;
+            if back != sig.as_bytes() {
+                return Err(CommitError::ReadBack {
+                    key: sig_key,
+                    written: sig.len(),
+                    read: back.len(),
+                });
+            }
+        }
         Ok(manifest)
     }
 }
@@ -437,6 +466,9 @@ pub enum CommitError {
     /// Writing or reading back the manifest failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The manifest could not be signed.
+    #[error(transparent)]
+    Sign(#[from] crate::catalog::signature::SignatureError),
     /// The manifest would fail its own check (a bug).
     #[error("the manifest would be invalid ({0}); this is a bug, please report it")]
     Invalid(String),

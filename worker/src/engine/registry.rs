@@ -12,7 +12,7 @@ use super::{
     SourceFailure,
 };
 use crate::catalog::{Engine, Facts, PartFormat};
-use crate::cli::{EncodingArgs, RecipientArgs};
+use crate::cli::{EncodingArgs, RecipientArgs, SigningArgs};
 
 /// Every engine of this build, in the order a full restore would take them.
 pub const ENGINES: &[Engine] = Engine::KNOWN;
@@ -72,6 +72,10 @@ pub struct Backup<A: clap::Args> {
     /// Compression settings.
     #[command(flatten)]
     pub encoding: EncodingArgs,
+
+    /// The manifest's signing key.
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 /// `worker backup <engine>`: one variant per engine.
@@ -164,6 +168,8 @@ pub struct Parts {
     pub recipients: RecipientArgs,
     /// Compression settings.
     pub encoding: EncodingArgs,
+    /// The manifest's signing key.
+    pub signing: SigningArgs,
     /// The configured source.
     pub source: Box<dyn Source>,
 }
@@ -197,6 +203,7 @@ impl BackupCommand {
                 target: b.target,
                 recipients: b.recipients,
                 encoding: b.encoding,
+                signing: b.signing,
                 source: source(b.engine)?,
             })
         }

@@ -29,6 +29,8 @@ pub struct EncodeSettings {
     pub zstd_level: i32,
     /// zstd worker threads; 0 compresses on the encoding thread itself.
     pub zstd_threads: u32,
+    /// Signs the manifest (`manifest.json.minisig`); `None` writes an unsigned backup.
+    pub signing: Option<std::sync::Arc<crate::catalog::SigningKey>>,
 }
 
 /// What was stored for one part.

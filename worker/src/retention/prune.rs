@@ -51,9 +51,10 @@ pub async fn plan(
     filter: &Filter,
     policy: &RetentionPolicy,
     now: DateTime<Utc>,
+    trust: &catalog::Trust,
 ) -> Result<Vec<PlanItem>, CatalogError> {
     let scanned = catalog::scan(store, filter).await?;
-    let inspected = catalog::inspect_all(store, scanned, now, policy.max_clock_skew).await?;
+    let inspected = catalog::inspect_all(store, scanned, now, policy.max_clock_skew, trust).await?;
     Ok(plan_inspected(&inspected, policy, now))
 }
 
