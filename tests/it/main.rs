@@ -3,6 +3,8 @@
 //!
 //! - `store`: the conformance suite every store implementation passes.
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
+//! - `object_lock`: Object Lock on moto: locked and default-retention backups are held by
+//!   prune until their date, no delete marker; a killed worker's upload is aborted.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
@@ -37,6 +39,7 @@ mod install;
 mod kubernetes;
 mod manifests;
 mod monitoring;
+mod object_lock;
 mod pipeline;
 mod postgres;
 mod prune;

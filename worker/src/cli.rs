@@ -49,18 +49,25 @@ impl StoreArgs {
     /// # Errors
     /// A missing or malformed URL, a missing or unusable local directory.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn DeleteStore>> {
-        self.open_with(OpenMode::MustExist).await
+        self.open_with(OpenMode::MustExist, None).await
     }
 
     /// Opens the store for a backup, creating a missing local directory.
     ///
     /// # Errors
     /// A missing or malformed URL, or a local directory that cannot be created.
-    pub async fn open_for_backup(&self) -> anyhow::Result<Arc<dyn DeleteStore>> {
-        self.open_with(OpenMode::CreateIfMissing).await
+    pub async fn open_for_backup(
+        &self,
+        lock: Option<store::ObjectLock>,
+    ) -> anyhow::Result<Arc<dyn DeleteStore>> {
+        self.open_with(OpenMode::CreateIfMissing, lock).await
     }
 
-    async fn open_with(&self, mode: OpenMode) -> anyhow::Result<Arc<dyn DeleteStore>> {
+    async fn open_with(
+        &self,
+        mode: OpenMode,
+        object_lock: Option<store::ObjectLock>,
+    ) -> anyhow::Result<Arc<dyn DeleteStore>> {
         let text = self.store.as_deref().ok_or_else(|| {
             anyhow::anyhow!(
                 "no store given: pass --store s3://bucket/prefix (or file:///dir), or set DR_STORE"
@@ -71,6 +78,7 @@ impl StoreArgs {
             &url,
             &S3Options {
                 path_style: self.s3_path_style,
+                object_lock,
             },
             mode,
         )
@@ -160,6 +168,39 @@ impl EncodingArgs {
             zstd_level: self.zstd_level,
             zstd_threads: self.zstd_threads,
             signing: None,
+        })
+    }
+}
+
+/// S3 Object Lock (WORM) for a backup's objects.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Object Lock")]
+pub struct LockArgs {
+    /// Write every object of the backup, manifest included, with S3 Object Lock in this
+    /// mode (the bucket must have Object Lock enabled). Until the date, nobody with the
+    /// bucket's keys can delete or overwrite them (compliance), or only those allowed to
+    /// bypass governance. A bucket with a default retention rule needs no flag.
+    #[arg(long, value_enum, env = "DR_OBJECT_LOCK", requires = "retain")]
+    pub object_lock: Option<store::LockMode>,
+
+    /// How long each object is locked from when it is written, e.g. 35d. Make it at least
+    /// as long as the retention policy keeps backups: prune reports what is still held and
+    /// deletes it in a later run.
+    #[arg(
+        long,
+        env = "DR_OBJECT_LOCK_RETAIN",
+        value_name = "DURATION",
+        requires = "object_lock"
+    )]
+    pub retain: Option<humantime::Duration>,
+}
+
+impl LockArgs {
+    /// The lock to apply, if any.
+    pub fn lock(&self) -> Option<store::ObjectLock> {
+        Some(store::ObjectLock {
+            mode: self.object_lock?,
+            retain: *self.retain?,
         })
     }
 }

@@ -240,7 +240,7 @@ async fn backup(
     let parts = command.into_parts().map_err(|e| anyhow::anyhow!(e))?;
     let mut settings = parts.encoding.settings(&parts.recipients)?;
     settings.signing = parts.signing.load()?;
-    let store = store.open_for_backup().await?;
+    let store = store.open_for_backup(parts.lock.lock()).await?;
     Ok(drkit::engine::backup(
         store.as_ref(),
         parts.engine,
@@ -432,9 +432,17 @@ async fn prune(
         tracing::warn!(note = %note, "unfinished uploads not checked");
     }
     let doomed = items.iter().filter(|i| !i.decision.keep).count();
+    for item in items.iter().filter(|i| i.held.is_some()) {
+        tracing::info!(
+            backup = %format!("{}/{}/{}", item.engine, item.target, item.decision.id),
+            held = %item.held.as_ref().expect("filtered"),
+            "held by object lock: kept"
+        );
+    }
     tracing::info!(
         backups = items.len(),
         delete = doomed,
+        held = items.iter().filter(|i| i.held.is_some()).count(),
         deleted = outcome.deleted_backups,
         objects = outcome.deleted_objects,
         freed_bytes = outcome.freed_bytes,

@@ -134,7 +134,9 @@ impl PruneCmd {
 
 fn decision_cells(item: &PlanItem) -> [String; 2] {
     [
-        if item.decision.keep {
+        if item.held.is_some() {
+            "held".into()
+        } else if item.decision.keep {
             "keep".into()
         } else {
             "DELETE".into()

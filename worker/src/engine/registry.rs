@@ -12,7 +12,7 @@ use super::{
     SourceFailure,
 };
 use crate::catalog::{Engine, Facts, PartFormat};
-use crate::cli::{EncodingArgs, RecipientArgs, SigningArgs};
+use crate::cli::{EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
 
 /// Every engine of this build, in the order a full restore would take them.
 pub const ENGINES: &[Engine] = Engine::KNOWN;
@@ -76,6 +76,10 @@ pub struct Backup<A: clap::Args> {
     /// The manifest's signing key.
     #[command(flatten)]
     pub signing: SigningArgs,
+
+    /// Object Lock for every object written.
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 /// `worker backup <engine>`: one variant per engine.
@@ -170,6 +174,8 @@ pub struct Parts {
     pub encoding: EncodingArgs,
     /// The manifest's signing key.
     pub signing: SigningArgs,
+    /// Object Lock for every object written.
+    pub lock: LockArgs,
     /// The configured source.
     pub source: Box<dyn Source>,
 }
@@ -204,6 +210,7 @@ impl BackupCommand {
                 recipients: b.recipients,
                 encoding: b.encoding,
                 signing: b.signing,
+                lock: b.lock,
                 source: source(b.engine)?,
             })
         }

@@ -7,8 +7,14 @@
 //!   more of them than `--max-delete` allows, before anything is deleted.
 //! - Only keys that listing returned, all under `<engine>/<target>/<id>/`, are ever deleted:
 //!   other targets and unrelated files in a shared bucket are out of reach by construction.
-//! - The manifest goes first, so the backup disappears atomically; its parts follow. A crash
-//!   in between leaves an incomplete backup whose id is old, so the next run removes it.
+//! - Object Lock: before anything is deleted, every object of every backup the policy would
+//!   delete is checked ([`ReadStore::hold`]); a backup with any object still retained or
+//!   under a legal hold is kept and reported as held, with the date. So prune never
+//!   attempts what the lock forbids, and never half-deletes a held backup.
+//! - The manifest goes first, then its parts (the signature among them). A crash in
+//!   between leaves an incomplete backup whose id is old, which the next run removes: the
+//!   other order would leave a manifest that lists missing parts, a backup that still
+//!   looks complete (and could be chosen as `latest`) but cannot be restored.
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -16,7 +22,7 @@ use serde::Serialize;
 
 use super::{Candidate, Decision, MaxDelete, RetentionPolicy};
 use crate::catalog::{self, CatalogError, Filter, Inspected, Status, MANIFEST_FILE};
-use crate::store::{DeleteStore, PendingUpload, ReadStore, StoreError};
+use crate::store::{DeleteStore, Hold, PendingUpload, ReadStore, StoreError};
 
 /// Deletions in flight at once.
 const CONCURRENT_DELETES: usize = 16;
@@ -37,6 +43,10 @@ pub struct PlanItem {
     pub complete: bool,
     /// Bytes its objects take.
     pub size_bytes: u64,
+    /// What keeps a backup the policy would delete: an object lock or a legal hold on one
+    /// of its objects (the latest date of them all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Hold>,
     /// Keys of its objects.
     #[serde(skip)]
     pub objects: Vec<String>,
@@ -55,7 +65,51 @@ pub async fn plan(
 ) -> Result<Vec<PlanItem>, CatalogError> {
     let scanned = catalog::scan(store, filter).await?;
     let inspected = catalog::inspect_all(store, scanned, now, policy.max_clock_skew, trust).await?;
-    Ok(plan_inspected(&inspected, policy, now))
+    let mut items = plan_inspected(&inspected, policy, now);
+    apply_holds(store, &mut items).await?;
+    Ok(items)
+}
+
+/// Keeps (and marks as held) every backup the policy would delete while any of its
+/// objects is locked.
+async fn apply_holds(store: &dyn ReadStore, items: &mut [PlanItem]) -> Result<(), StoreError> {
+    for item in items
+        .iter_mut()
+        .filter(|i| !i.decision.keep && i.status != Status::Damaged)
+    {
+        let holds: Vec<Result<Option<Hold>, StoreError>> = stream::iter(&item.objects)
+            .map(|key| store.hold(key))
+            .buffer_unordered(CONCURRENT_DELETES)
+            .collect()
+            .await;
+        let mut strongest: Option<Hold> = None;
+        for hold in holds {
+            let hold = match hold {
+                Ok(h) => h,
+                // Gone since the listing (a concurrent prune): nothing holds it.
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(h) = hold {
+                strongest = Some(match strongest {
+                    None => h,
+                    Some(s) => Hold {
+                        until: s.until.max(h.until),
+                        mode: s.mode.or(h.mode),
+                        legal_hold: s.legal_hold || h.legal_hold,
+                    },
+                });
+            }
+        }
+        if let Some(h) = strongest {
+            item.decision.keep = true;
+            item.decision
+                .reasons
+                .push(format!("held by {h}; a later prune deletes it"));
+            item.held = Some(h);
+        }
+    }
+    Ok(())
 }
 
 /// [`plan`] on backups already inspected (`list` shows the same decisions without reading
@@ -87,6 +141,7 @@ pub fn plan_inspected(
                 status: b.status,
                 complete: b.status == Status::Complete,
                 size_bytes: b.scanned.size_bytes,
+                held: None,
                 objects: b.scanned.objects.clone(),
             });
         }
@@ -256,6 +311,7 @@ mod tests {
             status,
             complete: status == Status::Complete,
             size_bytes: 1,
+            held: None,
             objects: vec![],
         }
     }

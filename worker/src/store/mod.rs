@@ -282,6 +282,16 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
         Ok(buf)
     }
 
+    /// What stops `key` from being deleted now (an object lock's retention or a legal
+    /// hold); `None` when nothing does. Stores without object lock say `None`.
+    ///
+    /// # Errors
+    /// Transport or permission errors.
+    async fn hold(&self, key: &str) -> Result<Option<Hold>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
     /// Unfinished uploads under `prefix`. They cost storage and are invisible to listing.
     ///
     /// # Errors
@@ -324,6 +334,57 @@ pub struct PendingUpload {
     pub started: chrono::DateTime<chrono::Utc>,
 }
 
+/// Why an object cannot be deleted yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Hold {
+    /// The retention mode (`GOVERNANCE`, `COMPLIANCE`), if a retention date is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Until when the retention holds it (`None`: a legal hold only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// A legal hold is on (no date: it lasts until someone lifts it).
+    pub legal_hold: bool,
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.until, self.legal_hold) {
+            (Some(t), false) => write!(
+                f,
+                "object lock ({}) until {}",
+                self.mode.as_deref().unwrap_or("retention"),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            (Some(t), true) => write!(
+                f,
+                "a legal hold, and object lock until {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            (None, _) => f.write_str("a legal hold (lasts until it is lifted)"),
+        }
+    }
+}
+
+/// Object Lock (WORM) for new objects: every object a backup writes, the manifest too, is
+/// retained until `now + retain` at the moment it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Governance (privileged users may lift it) or compliance (nobody may, not even root).
+    pub mode: LockMode,
+    /// How long each object is retained.
+    pub retain: std::time::Duration,
+}
+
+/// `--object-lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockMode {
+    /// Users with s3:BypassGovernanceRetention may still delete: for trying it out.
+    Governance,
+    /// Nobody can delete or shorten it before the date, not even the account root.
+    Compliance,
+}
+
 /// Deleting objects: only prune holds this.
 #[async_trait]
 pub trait DeleteStore: WriteStore {
@@ -346,6 +407,8 @@ pub struct S3Options {
     /// Force path-style addressing; defaults to on when a custom endpoint is set, since
     /// most S3-compatible servers need it.
     pub path_style: Option<bool>,
+    /// Lock every object written (backups only).
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// A parsed `--store` value.
@@ -427,6 +490,11 @@ pub async fn open(
         StoreUrl::S3 { bucket, prefix } => {
             Ok(Arc::new(s3::S3Store::from_env(bucket, prefix, s3).await))
         }
+        StoreUrl::Local { root } if s3.object_lock.is_some() => Err(StoreError::Unsupported {
+            location: root.display().to_string(),
+            op: "lock objects",
+            detail: "object lock (--object-lock / DR_OBJECT_LOCK) needs an S3 store; a local directory has no retention".into(),
+        }),
         StoreUrl::Local { root } => Ok(Arc::new(match mode {
             OpenMode::MustExist => local::LocalStore::open(root).await?,
             OpenMode::CreateIfMissing => local::LocalStore::create(root).await?,

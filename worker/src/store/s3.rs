@@ -14,6 +14,15 @@
 //!   size that was sent, or the write fails (and the backup is never committed).
 //! - Every key passes [`super::key_is_safe`] before a request is built: a forged manifest
 //!   cannot make the client ask for `../other-bucket/…`.
+//! - Every write asks for a CRC32 checksum (PutObject, CreateMultipartUpload, UploadPart,
+//!   and each part's sum in CompleteMultipartUpload): S3 refuses writes into a bucket with
+//!   Object Lock (default retention included) that carry neither `Content-MD5` nor an
+//!   explicit checksum, and the SDK only sends one when asked (see above).
+//! - With [`ObjectLock`], every PutObject and CreateMultipartUpload carries the mode and a
+//!   retain-until date of now + retain. [`ReadStore::hold`] reads it back with a HEAD, so
+//!   prune and rekey never attempt what a lock forbids (in a versioned bucket a plain
+//!   DELETE of a locked object "succeeds" as a delete marker: the backup would vanish from
+//!   every listing while its bytes stay, so the lock is checked, never tried).
 //! - Requests time out (connect 10 s; each attempt of a non-streaming call 5 min), so an
 //!   endpoint that accepts connections and never answers cannot hang a command.
 
@@ -23,7 +32,10 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockLegalHoldStatus,
+    ObjectLockMode,
+};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -31,8 +43,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BodyChunk, DeleteStore, ObjectMeta, ObjectReader, PendingUpload, ReadStore, S3Options,
-    StoreError, WriteStore,
+    BodyChunk, DeleteStore, Hold, LockMode, ObjectLock, ObjectMeta, ObjectReader, PendingUpload,
+    ReadStore, S3Options, StoreError, WriteStore,
 };
 
 /// Size of the first 1,000 parts; doubles for each following thousand.
@@ -60,6 +72,7 @@ pub struct S3Store {
     /// Empty, or ends without a slash.
     prefix: String,
     location: String,
+    lock: Option<ObjectLock>,
 }
 
 impl S3Store {
@@ -87,6 +100,25 @@ impl S3Store {
             conf = conf.region(aws_sdk_s3::config::Region::from_static("us-east-1"));
         }
         Self::new(Client::from_conf(conf.build()), bucket, prefix)
+            .with_object_lock(opts.object_lock)
+    }
+
+    /// Locks every object this store writes from now on.
+    pub fn with_object_lock(mut self, lock: Option<ObjectLock>) -> Self {
+        self.lock = lock;
+        self
+    }
+
+    /// The lock mode and retain-until date for an object written now.
+    fn lock_now(&self) -> Option<(ObjectLockMode, aws_sdk_s3::primitives::DateTime)> {
+        self.lock.map(|l| {
+            let mode = match l.mode {
+                LockMode::Governance => ObjectLockMode::Governance,
+                LockMode::Compliance => ObjectLockMode::Compliance,
+            };
+            let until = std::time::SystemTime::now() + l.retain;
+            (mode, aws_sdk_s3::primitives::DateTime::from(until))
+        })
     }
 
     /// A store on `bucket` under `prefix`, with a configured client.
@@ -102,6 +134,7 @@ impl S3Store {
             bucket: bucket.to_string(),
             prefix,
             location,
+            lock: None,
         }
     }
 
@@ -206,11 +239,15 @@ impl S3Store {
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
         let full_key = self.full_key(key)?;
+        let (mode, until) = self.lock_now().unzip();
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&full_key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .send()
             .await
             .map_err(|e| self.map_err("start upload of", key, e))?;
@@ -306,6 +343,7 @@ impl S3Store {
             .key(self.full_key(key)?)
             .upload_id(upload_id)
             .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .body(ByteStream::from(data))
             .send()
             .await
@@ -313,6 +351,7 @@ impl S3Store {
         Ok(CompletedPart::builder()
             .part_number(n)
             .set_e_tag(out.e_tag().map(str::to_string))
+            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
             .build())
     }
 }
@@ -425,6 +464,31 @@ impl ReadStore for S3Store {
         Ok(Box::pin(out.body.into_async_read()))
     }
 
+    async fn hold(&self, key: &str) -> Result<Option<Hold>, StoreError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key)?)
+            .send()
+            .await
+            .map_err(|e| self.map_err("check the lock of", key, e))?;
+        let until = head
+            .object_lock_retain_until_date()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+            .filter(|t| *t > chrono::Utc::now());
+        let legal_hold =
+            head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On);
+        if until.is_none() && !legal_hold {
+            return Ok(None);
+        }
+        Ok(Some(Hold {
+            mode: head.object_lock_mode().map(|m| m.as_str().to_string()),
+            until,
+            legal_hold,
+        }))
+    }
+
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
         let strip = if self.prefix.is_empty() {
             0
@@ -483,10 +547,14 @@ impl ReadStore for S3Store {
 impl WriteStore for S3Store {
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let sent = data.len() as u64;
+        let (mode, until) = self.lock_now().unzip();
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key)?)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .body(ByteStream::from(data))
             .send()
             .await

@@ -1,0 +1,375 @@
+//! Object Lock on an S3 implementation that enforces it (moto, started by
+//! scripts/services.sh): backups written with `--object-lock` (or into a bucket with a
+//! default retention rule) are held, prune reports them as held and deletes them only
+//! after their date, and it never leaves a delete marker on a held object. Also the
+//! stale multipart-upload cleanup, which s3s-fs cannot list.
+//!
+//! What moto does not prove: it ignores the lock headers of CreateMultipartUpload (so a
+//! multipart object is not locked there; the headers are sent, and accepted), it accepts
+//! writes to a locked bucket without any checksum (so it cannot show that the CRC32 the
+//! worker sends is what S3 requires), and it reports every multipart upload as started in
+//! 2010 (so prune's --grace for young uploads cannot be exercised on it).
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{
+    DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+    ObjectLockRule,
+};
+use dr_tests::*;
+
+fn moto() -> String {
+    svc("DR_TEST_MOTO_URL")
+}
+
+/// A fresh bucket with Object Lock enabled (and so versioning), optionally with a default
+/// retention of one day.
+async fn locked_bucket(default_retention: bool) -> String {
+    let bucket = unique("lock").replace('_', "-");
+    let s3 = s3_client(&moto());
+    s3.create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("create bucket");
+    if default_retention {
+        s3.put_object_lock_configuration()
+            .bucket(&bucket)
+            .object_lock_configuration(
+                ObjectLockConfiguration::builder()
+                    .object_lock_enabled(ObjectLockEnabled::Enabled)
+                    .rule(
+                        ObjectLockRule::builder()
+                            .default_retention(
+                                DefaultRetention::builder()
+                                    .mode(ObjectLockRetentionMode::Governance)
+                                    .days(1)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("default retention");
+    }
+    bucket
+}
+
+fn on_moto(args: &[&str]) -> std::process::Output {
+    run(args[0], &args[1..], &[("AWS_ENDPOINT_URL", &moto())])
+}
+
+/// `worker backup command` of `script`'s output into `store`, with `extra` flags.
+fn backup(store: &str, keys: &Keys, script: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "worker", "backup", "command", "--target", "locked", "--store", store, "-r",
+    ];
+    args.push(&keys.recipient);
+    args.extend_from_slice(extra);
+    args.extend(["--", "sh", "-c", script]);
+    let out = on_moto(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+async fn keys_under(bucket: &str, prefix: &str) -> Vec<String> {
+    let out = s3_client(&moto())
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+async fn delete_markers(bucket: &str) -> usize {
+    s3_client(&moto())
+        .list_object_versions()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .delete_markers()
+        .len()
+}
+
+fn prune_plan(store: &str) -> serde_json::Value {
+    let out = on_moto(&[
+        "kubectl-dr",
+        "prune",
+        "--store",
+        store,
+        "--keep-last",
+        "1",
+        "--max-delete",
+        "100%",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_backup_is_held_by_prune_until_its_retention_ends() {
+    let bucket = locked_bucket(false).await;
+    let store = format!("s3://{bucket}/dr");
+    let keys = Keys::generate();
+    let lock = ["--object-lock", "governance", "--retain", "12s"];
+    let started = Instant::now();
+    // 12 MiB of noise: stored as a multipart upload (8 MiB parts), with the lock headers.
+    let old = backup(&store, &keys, "head -c 12582912 /dev/urandom", &lock);
+    let new = backup(&store, &keys, "echo newer", &lock);
+
+    // Every single-PUT object is locked as asked: the manifest, its signature.
+    let s3 = s3_client(&moto());
+    let dir = format!("dr/command/locked/{old}/");
+    for file in ["manifest.json", "manifest.json.minisig"] {
+        let head = s3
+            .head_object()
+            .bucket(&bucket)
+            .key(format!("{dir}{file}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str()),
+            Some("GOVERNANCE"),
+            "{file}"
+        );
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        let now = chrono::Utc::now().timestamp();
+        assert!(
+            (now..=now + 13).contains(&until),
+            "{file}: until {until}, now {now}"
+        );
+    }
+    // verify and restore read locked objects like any others.
+    let out = on_moto(&[
+        "kubectl-dr",
+        "verify",
+        &old,
+        "--store",
+        &store,
+        "-i",
+        keys.identity.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // The policy deletes the older backup; the lock keeps it, and prune says so.
+    let plan = prune_plan(&store);
+    let item = plan["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == old.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["keep"], true, "{item}");
+    assert_eq!(item["held"]["mode"], "GOVERNANCE", "{item}");
+    assert!(item["held"]["until"].is_string(), "{item}");
+    let out = on_moto(&[
+        "worker",
+        "prune",
+        "--store",
+        &store,
+        "--keep-last",
+        "1",
+        "--max-delete",
+        "100%",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("held by object lock"),
+        "{}",
+        stderr(&out)
+    );
+    let left = keys_under(&bucket, &dir).await;
+    assert_eq!(left.len(), 3, "the held backup lost objects: {left:?}");
+    assert_eq!(
+        delete_markers(&bucket).await,
+        0,
+        "prune tried a delete the lock forbids (a delete marker hides a held backup)"
+    );
+
+    // After the date, the same prune deletes it; the newer one stays.
+    let wait = Duration::from_secs(14).saturating_sub(started.elapsed());
+    tokio::time::sleep(wait).await;
+    let out = on_moto(&[
+        "worker",
+        "prune",
+        "--store",
+        &store,
+        "--keep-last",
+        "1",
+        "--max-delete",
+        "100%",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(keys_under(&bucket, &dir).await.is_empty());
+    assert_eq!(
+        keys_under(&bucket, &format!("dr/command/locked/{new}/"))
+            .await
+            .len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_with_default_retention_works_without_flags() {
+    let bucket = locked_bucket(true).await;
+    let store = format!("s3://{bucket}/dr");
+    let keys = Keys::generate();
+    let old = backup(&store, &keys, "echo first", &[]);
+    backup(&store, &keys, "echo second", &[]);
+    let plan = prune_plan(&store);
+    let item = plan["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == old.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(item["keep"], true, "{item}");
+    let until: chrono::DateTime<chrono::Utc> =
+        item["held"]["until"].as_str().unwrap().parse().unwrap();
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::hours(23) && left <= chrono::Duration::days(1),
+        "held for {left}"
+    );
+    // --object-lock without --retain is a usage error, before anything is written.
+    let out = on_moto(&[
+        "worker",
+        "backup",
+        "command",
+        "--target",
+        "locked",
+        "--store",
+        &store,
+        "-r",
+        &keys.recipient,
+        "--object-lock",
+        "compliance",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--retain"), "{}", stderr(&out));
+    // And a local store cannot lock.
+    let dir = tempfile::tempdir().unwrap();
+    let out = on_moto(&[
+        "worker",
+        "backup",
+        "command",
+        "--target",
+        "locked",
+        "--store",
+        &format!("file://{}", dir.path().display()),
+        "-r",
+        &keys.recipient,
+        "--object-lock",
+        "compliance",
+        "--retain",
+        "1d",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs an S3 store"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A worker killed in the middle of a multipart upload leaves the upload behind (invisible
+/// to listings, but paid for); prune aborts it. moto lists multipart uploads, s3s-fs does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_aborts_the_upload_a_killed_worker_left() {
+    let bucket = locked_bucket(false).await;
+    let store = format!("s3://{bucket}/dr");
+    let keys = Keys::generate();
+    backup(&store, &keys, "echo kept", &[]);
+    let mut worker = command(
+        "worker",
+        &[
+            "backup",
+            "command",
+            "--target",
+            "locked",
+            "--store",
+            &store,
+            "-r",
+            &keys.recipient,
+            "--compression",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "head -c 10485760 /dev/urandom; sleep 600",
+        ],
+        &[("AWS_ENDPOINT_URL", &moto())],
+    )
+    .spawn()
+    .unwrap();
+    let s3 = s3_client(&moto());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let uploads = s3
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        if !uploads.uploads().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started its upload"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let out = on_moto(&[
+        "kubectl-dr",
+        "list",
+        "--all",
+        "--store",
+        &store,
+        "-o",
+        "json",
+    ]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "incomplete"),
+        "{rows}"
+    );
+    let out = on_moto(&["worker", "prune", "--store", &store, "--keep-last", "5"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("aborted unfinished upload"),
+        "{}",
+        stderr(&out)
+    );
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
