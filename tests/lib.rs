@@ -808,6 +808,11 @@ impl Watched {
         })
     }
 
+    /// SIGKILLs the command (a crash, an OOM kill, a node gone): no cleanup runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+    }
+
     /// Reads the rest and waits: the exit status, stdout, and all of stderr.
     pub fn finish(mut self) -> (std::process::ExitStatus, String, String) {
         use std::io::Read;

@@ -25,6 +25,8 @@
 //!   `--resume`) and `worker drill` into `__drill` scratch databases (metrics, refusals).
 //! - `redis`: Redis round trip of every type through a replica-style backup and a
 //!   primary-style restore, on real redis-servers; refusals and damaged input.
+//! - `rekey`: re-encryption to new recipients: old key refused, new one restores equal
+//!   contents; killed mid-way every backup stays restorable; the signature swap's fallback.
 //! - `signing`: a backup forged with the public key and bucket write access (unsigned,
 //!   signed by a stranger, or with a copied signature) is refused; `minisign -V` by hand.
 //! - `vault`: OpenBao backup → verify → restore (fresh cluster with --force, same cluster,
@@ -45,6 +47,7 @@ mod postgres;
 mod prune;
 mod rebuild;
 mod redis;
+mod rekey;
 mod signing;
 mod store;
 mod vault;

@@ -2,7 +2,8 @@
 //! scripts/services.sh): backups written with `--object-lock` (or into a bucket with a
 //! default retention rule) are held, prune reports them as held and deletes them only
 //! after their date, and it never leaves a delete marker on a held object. Also the
-//! stale multipart-upload cleanup, which s3s-fs cannot list.
+//! stale multipart-upload cleanup, which s3s-fs cannot list, and a rekey refused while the
+//! lock holds.
 //!
 //! What moto does not prove: it ignores the lock headers of CreateMultipartUpload (so a
 //! multipart object is not locked there; the headers are sent, and accepted), it accepts
@@ -199,6 +200,29 @@ async fn a_locked_backup_is_held_by_prune_until_its_retention_ends() {
         0,
         "prune tried a delete the lock forbids (a delete marker hides a held backup)"
     );
+
+    // A rekey could not remove the old parts: refused, with the date, nothing changed.
+    let other = Keys::generate();
+    let out = on_moto(&[
+        "kubectl-dr",
+        "rekey",
+        &old,
+        "--store",
+        &store,
+        "-i",
+        keys.identity.to_str().unwrap(),
+        "-r",
+        &other.recipient,
+        "--yes",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("NOT rekeyed")
+            && stderr(&out).contains("object lock (GOVERNANCE) until"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(keys_under(&bucket, &dir).await, left);
 
     // After the date, the same prune deletes it; the newer one stays.
     let wait = Duration::from_secs(14).saturating_sub(started.elapsed());

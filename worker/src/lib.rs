@@ -17,6 +17,7 @@
 //! - [`verify`]: integrity checks and count comparison, shared by `verify` and `restore`.
 //! - [`rebuild`]: the order of work of every restore, and of many at once (`restore --all`,
 //!   `worker drill`).
+//! - [`rekey`]: re-encrypting backups to new recipients, streamed, never unrestorable.
 //! - [`drill`]: `worker drill`, the scheduled restore into scratch destinations.
 //! - [`observe`]: metrics for a Prometheus Pushgateway and a dead man's switch ping.
 //! - [`progress`]: a small reporting trait so the plugin can draw bars while `worker` stays quiet.
@@ -32,6 +33,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod progress;
 pub mod rebuild;
+pub mod rekey;
 pub mod retention;
 pub mod shutdown;
 pub mod store;

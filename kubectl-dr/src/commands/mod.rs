@@ -4,6 +4,7 @@ mod backup;
 mod counts;
 mod list;
 mod prune;
+mod rekey;
 mod restore;
 mod restore_all;
 mod status;
@@ -23,6 +24,7 @@ pub enum Command {
     Verify(verify::VerifyCmd),
     Restore(Box<restore::RestoreCmd>),
     Prune(prune::PruneCmd),
+    Rekey(Box<rekey::RekeyCmd>),
     Status(status::StatusCmd),
     Backup(backup::BackupCmd),
 }
@@ -39,6 +41,7 @@ impl Command {
             Command::Verify(cmd) => cmd.run(store, &signers.enforced()?, progress).await,
             Command::Restore(cmd) => cmd.run(store, signers, progress).await,
             Command::Prune(cmd) => cmd.run(store, &signers.lenient()?).await,
+            Command::Rekey(cmd) => cmd.run(store, &signers.enforced()?, progress).await,
             Command::Status(cmd) => cmd.run(store, &signers.lenient()?).await,
             Command::Backup(cmd) => cmd.run().await,
         }
