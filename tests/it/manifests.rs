@@ -139,6 +139,29 @@ fn violations(obj: &Value) -> Vec<String> {
     if volumes.contains("kube-dr-drill-identity") && !drill {
         fail("only the drill's pod may mount the identity Secret kube-dr-drill-identity");
     }
+    // The signing key makes backups look genuine: only the pods that write backups hold it.
+    let backup = get(pod, "containers")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            get(c, "args")
+                .and_then(Value::as_sequence)
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                == Some("backup")
+        });
+    if volumes.contains("secretName: kube-dr-signing") && !backup {
+        fail("only backup pods may mount the signing key Secret kube-dr-signing");
+    }
+    if backup {
+        let env = serde_yaml::to_string(get(pod, "containers").unwrap_or(&Value::Null))
+            .unwrap_or_default();
+        if !(env.contains("DR_SIGNING_KEY_FILE") && volumes.contains("secretName: kube-dr-signing"))
+        {
+            fail("a backup pod must sign its manifests (DR_SIGNING_KEY_FILE from Secret kube-dr-signing)");
+        }
+    }
     let containers = get(pod, "containers")
         .and_then(Value::as_sequence)
         .cloned()
@@ -355,6 +378,21 @@ fn the_rules_catch_a_weakened_cronjob() {
                 env.push(
                     serde_yaml::from_str("{name: DR_IDENTITY_FILE, value: /key.txt}").unwrap(),
                 );
+            }),
+        ),
+        (
+            "must sign its manifests",
+            Box::new(move |v| {
+                let c = first_container(v, container);
+                let env = c["env"].as_sequence_mut().unwrap();
+                env.retain(|e| e["name"] != "DR_SIGNING_KEY_FILE");
+            }),
+        ),
+        (
+            "only backup pods may mount the signing key",
+            Box::new(move |v| {
+                let c = first_container(v, container);
+                c["args"] = serde_yaml::from_str("[prune, --keep-last, '7']").unwrap();
             }),
         ),
     ];

@@ -25,6 +25,8 @@ use super::{explain, jobs};
 pub const IDENTITY_DIR: &str = "/var/run/secrets/kube-dr/identity";
 /// The plugin's path in the worker image.
 pub const PLUGIN_PATH: &str = "/usr/local/bin/kubectl-dr";
+/// The Secret that holds the worker's manifest-signing key (manifests/secret-templates).
+pub const SIGNING_SECRET: &str = "kube-dr-signing";
 
 /// A workload to stop during the restore: `[NAMESPACE/]deployment/NAME` or `statefulset/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +111,9 @@ pub fn identity_secret(name: &str, identity: &[u8]) -> Secret {
 }
 
 /// The restore Job: the CronJob's pod running `kubectl-dr restore ARGS` with the identity
-/// mounted; no retries (a restore is not repeated behind the operator's back).
+/// mounted; no retries (a restore is not repeated behind the operator's back). The backup
+/// pod's signing key is left out: a restore never signs, and a pod holding both the
+/// identity and the signing key could forge backups anyone would trust.
 pub fn restore_job(
     cronjob: &CronJob,
     job_name: &str,
@@ -130,6 +134,30 @@ pub fn restore_job(
         .spec
         .as_mut()
         .ok_or_else(|| anyhow::anyhow!("CronJob {name} has no pod spec"))?;
+    let signing: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(SIGNING_SECRET)
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    if let Some(volumes) = pod.volumes.as_mut() {
+        volumes.retain(|v| !signing.contains(&v.name));
+    }
+    for c in pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten())
+    {
+        if let Some(mounts) = c.volume_mounts.as_mut() {
+            mounts.retain(|m| !signing.contains(&m.name));
+        }
+        if let Some(env) = c.env.as_mut() {
+            env.retain(|e| e.name != "DR_SIGNING_KEY_FILE");
+        }
+    }
     pod.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: "age-identity".into(),
         secret: Some(SecretVolumeSource {
@@ -344,8 +372,12 @@ mod tests {
             "spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {"backoffLimit": 1, "template": {
                 "metadata": {"labels": {"app.kubernetes.io/name": "kube-dr-worker"}},
                 "spec": {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "img",
-                    "args": ["backup", "postgres"], "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}]}}}}}
+                    "args": ["backup", "postgres"],
+                    "env": [{"name": "DR_SIGNING_KEY_FILE", "value": "/var/run/secrets/kube-dr/signing/signing.key"}],
+                    "volumeMounts": [{"name": "signing-key", "mountPath": "/var/run/secrets/kube-dr/signing"},
+                                     {"name": "tmp", "mountPath": "/tmp"}]}],
+                    "volumes": [{"name": "signing-key", "secret": {"secretName": "kube-dr-signing"}},
+                                {"name": "tmp", "emptyDir": {}}]}}}}}
         }))
         .unwrap()
     }
@@ -436,6 +468,12 @@ mod tests {
             !job.to_string().contains("AGE-SECRET-KEY"),
             "the Job must not carry the key"
         );
+        for signing in ["kube-dr-signing", "DR_SIGNING_KEY_FILE", "signing-key"] {
+            assert!(
+                !job.to_string().contains(signing),
+                "the restore Job must not hold the signing key ({signing})"
+            );
+        }
         assert_eq!(job["spec"]["backoffLimit"], 0);
         assert_eq!(
             job["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"],
