@@ -33,6 +33,9 @@ else
 fi
 recipient=$(age-keygen -y "$key")
 echo "recipient: $recipient"
+# The signing key comes from the services' env (scripts/services.sh makes it once), as the
+# Secret kube-dr-signing gives it to the backup pods; readers trust its public half.
+echo "signing key: $DR_SIGNING_KEY_FILE; trusted signer (DR_SIGNERS): $DR_SIGNERS"
 
 db=shop_demo
 step "creating the sample database $db (users, posts, as in the runbook)"

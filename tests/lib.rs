@@ -47,17 +47,31 @@ pub struct SuiteSigner {
 pub fn suite_signer() -> &'static SuiteSigner {
     static SIGNER: OnceLock<SuiteSigner> = OnceLock::new();
     SIGNER.get_or_init(|| {
-        let kp = minisign::KeyPair::generate_unencrypted_keypair().expect("minisign key");
+        // Made by the minisign tool, as the README tells operators to (its unencrypted keys
+        // differ from the crate's in their checksum).
         let dir = std::env::temp_dir().join(format!("dr-suite-signer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("signer dir");
         let key_file = dir.join("signing.key");
         let pub_file = dir.join("signing.pub");
-        std::fs::write(&key_file, kp.sk.to_box(None).expect("box").into_string()).expect("key");
-        std::fs::write(&pub_file, kp.pk.to_box().expect("box").into_string()).expect("pub");
+        let made = Command::new("minisign")
+            .args(["-G", "-W", "-p"])
+            .arg(&pub_file)
+            .arg("-s")
+            .arg(&key_file)
+            .output()
+            .expect("minisign (Debian package, installed by scripts/services.sh)");
+        assert!(made.status.success(), "minisign -G failed");
+        let public = std::fs::read_to_string(&pub_file)
+            .expect("pub")
+            .lines()
+            .last()
+            .expect("key line")
+            .to_string();
         SuiteSigner {
             key_file,
             pub_file,
-            public: kp.pk.to_base64(),
+            public,
         }
     })
 }

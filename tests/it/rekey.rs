@@ -282,4 +282,18 @@ async fn a_reader_in_the_middle_of_the_signature_swap_still_verifies() {
         "{}",
         stderr(&out)
     );
+
+    // A rekey started from the interrupted swap (it keeps `.prev`, the signature that
+    // vouches, not the stray one, for its own swap) finishes on the new key and tidies.
+    std::fs::write(t.object_path(&b.previous_signature_key()), &sig).unwrap();
+    let new = Keys::generate();
+    let out = rekey(&t, &keys, &new, &[&id]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(verify(&t, &id, &new), 0);
+    assert_eq!(files_of(&t, &b.dir()).await.len(), 3);
 }

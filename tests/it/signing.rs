@@ -147,6 +147,29 @@ async fn a_forged_backup_is_refused_and_a_genuine_one_restores() {
         "{said}"
     );
 
+    // And the other way: what the minisign tool signs, the readers accept.
+    let doc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(doc.path(), b"{\"signed by\":\"the tool\"}").unwrap();
+    let signed = Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(&suite_signer().key_file)
+        .arg("-m")
+        .arg(doc.path())
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let sig = std::fs::read(format!("{}.minisig", doc.path().display())).unwrap();
+    let trusted = drkit::catalog::Signers::parse(&suite_signer().public, "test").unwrap();
+    assert!(matches!(
+        trusted.judge(&std::fs::read(doc.path()).unwrap(), &[Some(&sig)]),
+        drkit::catalog::Signature::Valid { .. }
+    ));
+
     // 1. No signature at all (the forger cannot sign), dated after the genuine backup.
     let (unsigned, json) = forge(store.as_ref(), &keys.recipient, &evil_db).await;
     // 2. The same forgery signed with the forger's own minisign key.

@@ -7,7 +7,8 @@
 //! restorable, with one key or the other, wherever it is interrupted:
 //!
 //! 1. New parts are uploaded beside the old ones (the old manifest still commits the old).
-//! 2. The old signature is copied to `manifest.json.minisig.prev`, then the new manifest's
+//! 2. The signature that vouches for the current manifest (the main one, or `.prev` after
+//!    an interrupted swap) is copied to `manifest.json.minisig.prev`, then the new manifest's
 //!    signature is written, then the new manifest: between the last two writes a reader
 //!    finds the old manifest with its old signature in `.prev` (see
 //!    [`crate::catalog::signature`]). An unsigned backup gets the manifest first and its
@@ -111,6 +112,8 @@ pub struct Rekey<'a> {
     pub identities: &'a Identities,
     /// New recipients and the signing key (compression is ignored: parts pass through).
     pub settings: EncodeSettings,
+    /// The trusted signers: which signature vouches for a manifest before it is replaced.
+    pub signers: Signers,
     /// Stops uploads on SIGTERM.
     pub cancel: CancellationToken,
     /// Progress bars.
@@ -287,17 +290,33 @@ impl Rekey<'_> {
             .as_ref()
             .expect("the caller requires a signing key");
         let sig = Bytes::from(key.sign(json, backup)?);
-        let old_sig = match self
+        // The signature that vouches for the manifest being replaced: usually the main one,
+        // but after an interrupted swap it is `.prev` (and the main one is a stray).
+        let current = self
             .store
-            .get_bytes(&backup.signature_key(), signature::MAX_SIGNATURE_BYTES)
-            .await
-        {
-            Ok(b) => Some(b),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+            .get_bytes(&backup.manifest_key(), catalog::MAX_MANIFEST_BYTES)
+            .await?;
+        let mut vouching = None;
+        for file in [backup.signature_key(), backup.previous_signature_key()] {
+            let text = match self
+                .store
+                .get_bytes(&file, signature::MAX_SIGNATURE_BYTES)
+                .await
+            {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if matches!(
+                self.signers.judge(&current, &[Some(&text)]),
+                Signature::Valid { .. }
+            ) {
+                vouching = Some(text);
+                break;
+            }
+        }
         let manifest = Bytes::copy_from_slice(json);
-        match old_sig {
+        match vouching {
             Some(old) => {
                 self.store
                     .put_bytes(&backup.previous_signature_key(), Bytes::from(old))

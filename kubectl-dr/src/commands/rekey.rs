@@ -138,6 +138,7 @@ impl RekeyCmd {
             store: store.as_ref(),
             identities: &identities,
             settings,
+            signers: trust.signers.clone(),
             cancel: drkit::shutdown::on_signals(),
             progress,
         };

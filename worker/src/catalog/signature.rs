@@ -125,12 +125,28 @@ impl SigningKey {
         if raw[2..4] != [0, 0] {
             return Err("the key is password-protected; a CronJob cannot type the password: create the key with `minisign -G -W -s FILE` (no password) and keep it in a Secret".into());
         }
-        let secret = SecretKeyBox::from_string(text)
-            .and_then(SecretKeyBox::into_unencrypted_secret_key)
-            .map_err(|e| e.to_string())?;
+        // The minisign tool (0.11) leaves the checksum of a key made with -W all zeros,
+        // which the crate's loader calls corrupted; such a key is read as it is, and the
+        // test signature below catches real damage instead.
+        let secret = if raw[126..158].iter().all(|b| *b == 0) {
+            SecretKey::from_bytes(&raw).map_err(|e| e.to_string())?
+        } else {
+            SecretKeyBox::from_string(text)
+                .and_then(SecretKeyBox::into_unencrypted_secret_key)
+                .map_err(|e| e.to_string())?
+        };
         let public = PublicKey::from_secret_key(&secret).map_err(|e| e.to_string())?;
         let id = key_id(secret.keynum());
-        Ok(SigningKey { secret, public, id })
+        let key = SigningKey { secret, public, id };
+        minisign::sign(
+            Some(&key.public),
+            &key.secret,
+            Cursor::new(b"test"),
+            None,
+            None,
+        )
+        .map_err(|e| format!("the key is damaged: it does not make valid signatures ({e})"))?;
+        Ok(key)
     }
 
     /// The key id (16 hex digits), as `minisign` shows it.
@@ -463,6 +479,37 @@ mod tests {
             err.contains("--signer") && err.contains("RWnotakey"),
             "{err}"
         );
+    }
+
+    /// What `minisign -G -W` (0.11) writes: no KDF, and an all-zero checksum.
+    #[test]
+    fn keys_made_by_the_minisign_tool_without_a_password_sign() {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let text = kp.sk.to_box(None).unwrap().into_string();
+        let line = text.lines().nth(1).unwrap();
+        let mut raw = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .unwrap();
+        raw[126..158].fill(0);
+        let tool_made = format!(
+            "untrusted comment: minisign encrypted secret key\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(&raw)
+        );
+        let k = SigningKey::parse(&tool_made).unwrap();
+        let sig = k.sign(b"m", &backup()).unwrap();
+        let trusted = Signers::parse(&kp.pk.to_base64(), "test").unwrap();
+        assert!(matches!(
+            trusted.judge(b"m", &[Some(sig.as_bytes())]),
+            Signature::Valid { .. }
+        ));
+        // A damaged key (a flipped bit in the secret half) is refused when loaded.
+        raw[62] ^= 1;
+        let damaged = format!(
+            "untrusted comment: x\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(&raw)
+        );
+        let err = SigningKey::parse(&damaged).unwrap_err();
+        assert!(err.contains("damaged"), "{err}");
     }
 
     #[test]
