@@ -59,6 +59,12 @@ async fn locked_bucket(default_retention: bool) -> String {
     bucket
 }
 
+/// Backup ids have one-second resolution (then a random suffix): a backup meant to be
+/// newer must start in a later second.
+async fn next_second() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
 fn on_moto(args: &[&str]) -> std::process::Output {
     run(args[0], &args[1..], &[("AWS_ENDPOINT_URL", &moto())])
 }
@@ -128,6 +134,7 @@ async fn a_locked_backup_is_held_by_prune_until_its_retention_ends() {
     let started = Instant::now();
     // 12 MiB of noise: stored as a multipart upload (8 MiB parts), with the lock headers.
     let old = backup(&store, &keys, "head -c 12582912 /dev/urandom", &lock);
+    next_second().await;
     let new = backup(&store, &keys, "echo newer", &lock);
 
     // Every single-PUT object is locked as asked: the manifest, its signature.
@@ -253,6 +260,7 @@ async fn a_bucket_with_default_retention_works_without_flags() {
     let store = format!("s3://{bucket}/dr");
     let keys = Keys::generate();
     let old = backup(&store, &keys, "echo first", &[]);
+    next_second().await;
     backup(&store, &keys, "echo second", &[]);
     let plan = prune_plan(&store);
     let item = plan["backups"]
