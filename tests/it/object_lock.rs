@@ -107,6 +107,22 @@ async fn delete_markers(bucket: &str) -> usize {
         .len()
 }
 
+/// The worker's prune keeping one backup, with nothing to stop it deleting the rest.
+fn prune_keeping_one(store: &str) -> std::process::Output {
+    let out = on_moto(&[
+        "worker",
+        "prune",
+        "--store",
+        store,
+        "--keep-last",
+        "1",
+        "--max-delete",
+        "100%",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    out
+}
+
 fn prune_plan(store: &str) -> serde_json::Value {
     let out = on_moto(&[
         "kubectl-dr",
@@ -184,17 +200,7 @@ async fn a_locked_backup_is_held_by_prune_until_its_retention_ends() {
     assert_eq!(item["keep"], true, "{item}");
     assert_eq!(item["held"]["mode"], "GOVERNANCE", "{item}");
     assert!(item["held"]["until"].is_string(), "{item}");
-    let out = on_moto(&[
-        "worker",
-        "prune",
-        "--store",
-        &store,
-        "--keep-last",
-        "1",
-        "--max-delete",
-        "100%",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = prune_keeping_one(&store);
     assert!(
         stderr(&out).contains("held by object lock"),
         "{}",
@@ -234,17 +240,7 @@ async fn a_locked_backup_is_held_by_prune_until_its_retention_ends() {
     // After the date, the same prune deletes it; the newer one stays.
     let wait = Duration::from_secs(14).saturating_sub(started.elapsed());
     tokio::time::sleep(wait).await;
-    let out = on_moto(&[
-        "worker",
-        "prune",
-        "--store",
-        &store,
-        "--keep-last",
-        "1",
-        "--max-delete",
-        "100%",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    prune_keeping_one(&store);
     assert!(keys_under(&bucket, &dir).await.is_empty());
     assert_eq!(
         keys_under(&bucket, &format!("dr/command/locked/{new}/"))

@@ -214,6 +214,13 @@ impl Rekey<'_> {
         let (ids, shown, old) = (self.identities.clone(), backup.to_string(), part.clone());
         let recipients = manifest.recipients.join(", ");
         let produce = move |out: &mut dyn Write| -> Result<(), encode::SourceError> {
+            let undecodable = |cause| -> encode::SourceError {
+                Box::new(VerifyError::Undecodable {
+                    backup: shown.clone(),
+                    part: old.name.clone(),
+                    cause,
+                })
+            };
             let mut plain =
                 PlainReader::open(hashing, &ids, Compression::None).map_err(|e| match e {
                     crate::pipeline::decode::DecodeError::WrongKey { identity_file } => {
@@ -223,33 +230,17 @@ impl Rekey<'_> {
                             recipients: recipients.clone(),
                         }) as encode::SourceError
                     }
-                    other => Box::new(VerifyError::Undecodable {
-                        backup: shown.clone(),
-                        part: old.name.clone(),
-                        cause: other,
-                    }),
+                    other => undecodable(other),
                 })?;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
-                let n = plain.read_chunk(&mut buf).map_err(|cause| {
-                    Box::new(VerifyError::Undecodable {
-                        backup: shown.clone(),
-                        part: old.name.clone(),
-                        cause,
-                    }) as encode::SourceError
-                })?;
+                let n = plain.read_chunk(&mut buf).map_err(undecodable)?;
                 if n == 0 {
                     break;
                 }
                 out.write_all(&buf[..n])?;
             }
-            let (stats, _) = plain.finish().map_err(|cause| {
-                Box::new(VerifyError::Undecodable {
-                    backup: shown.clone(),
-                    part: old.name.clone(),
-                    cause,
-                }) as encode::SourceError
-            })?;
+            let (stats, _) = plain.finish().map_err(undecodable)?;
             // The old object must be exactly what the manifest vouched for: a rekey must
             // never launder a damaged part into a freshly signed one.
             verify::compare_stats(&shown, &old, &stats)?;

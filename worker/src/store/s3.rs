@@ -158,16 +158,23 @@ impl S3Store {
         }
     }
 
-    /// Checks that the object now stored under `key` has the size that was sent.
-    async fn check_stored(&self, key: &str, sent: u64) -> Result<(), StoreError> {
-        let head = self
-            .client
+    async fn head(
+        &self,
+        key: &str,
+        op: &'static str,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, StoreError> {
+        self.client
             .head_object()
             .bucket(&self.bucket)
             .key(self.full_key(key)?)
             .send()
             .await
-            .map_err(|e| self.map_err("check", key, e))?;
+            .map_err(|e| self.map_err(op, key, e))
+    }
+
+    /// Checks that the object now stored under `key` has the size that was sent.
+    async fn check_stored(&self, key: &str, sent: u64) -> Result<(), StoreError> {
+        let head = self.head(key, "check").await?;
         let found = head.content_length().unwrap_or(-1);
         if u64::try_from(found).ok() != Some(sent) {
             return Err(StoreError::ShortWrite {
@@ -465,14 +472,7 @@ impl ReadStore for S3Store {
     }
 
     async fn hold(&self, key: &str) -> Result<Option<Hold>, StoreError> {
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key)?)
-            .send()
-            .await
-            .map_err(|e| self.map_err("check the lock of", key, e))?;
+        let head = self.head(key, "check the lock of").await?;
         let until = head
             .object_lock_retain_until_date()
             .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
