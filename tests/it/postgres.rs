@@ -13,7 +13,7 @@ use serde_json::Value;
 /// Every kind of object the issue lists: schemas with awkward names, reserved words, jsonb,
 /// arrays, bytea, numeric, timestamptz, an enum, identity columns and sequences, a
 /// partitioned table, a materialized view, a large object, foreign keys and an extension.
-const RICH_SCHEMA: &str = r#"
+pub(crate) const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION citext;
 CREATE SCHEMA "Sales Data";
 CREATE SCHEMA app;
@@ -68,7 +68,11 @@ SELECT lo_from_bytea(0, convert_to(repeat('large object ', 10000), 'UTF8'));
 /// Ordered content hash of every table and materialized view, sequence positions, large
 /// objects, enum labels and extensions: what "identical after restore" means here.
 async fn fingerprint(db: &str) -> BTreeMap<String, String> {
-    let c = pg_connect(db).await;
+    fingerprint_of(&pg_connect(db).await).await
+}
+
+/// [`fingerprint`] over any connection (another cluster's).
+pub(crate) async fn fingerprint_of(c: &tokio_postgres::Client) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let rels = c
         .query(
@@ -153,6 +157,12 @@ async fn round_trip_preserves_every_kind_of_object() {
 
     let id = backup_postgres(&store, &keys, "rich", &source, &[]);
     let m = manifest(&store, &id).await;
+    assert!(
+        m.server_version.starts_with(pg_major()),
+        "this run is meant for PostgreSQL {}, the backup came from {}",
+        pg_major(),
+        m.server_version
+    );
     let counted: BTreeMap<String, u64> = m.parts[0]
         .tables
         .iter()

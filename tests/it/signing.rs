@@ -67,6 +67,7 @@ async fn forge(store: &dyn DeleteStore, recipient: &str, db: &str) -> (BackupRef
             compression: Compression::Zstd,
             ciphertext_bytes: part.len() as u64,
             ciphertext_sha256: sha,
+            header_sha256: None,
             plaintext_bytes: 0,
             database: Some(db.into()),
             tables: vec![TableCount {

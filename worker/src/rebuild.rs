@@ -8,6 +8,12 @@
 //! so there is one order of work for one backup or for all of them: probe the destination,
 //! verify the parts the engine needs, let the engine plan (and verify the parts the plan
 //! adds), confirm, restore, compare counts.
+//!
+//! A single restore reads a part once when its engine rolls back a failed stream
+//! ([`Checked::get_or_stream`]). The rebuild and the drill keep the pass before: their
+//! [`Checked::whole_backup`] runs first, because a damaged part found in a later step must
+//! stop the run before the earlier steps changed anything, and a rollback of one step
+//! cannot undo another.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -347,6 +353,40 @@ pub struct Checked<'m> {
 }
 
 impl<'m> Checked<'m> {
+    /// The proof for `part` for a destination that rolls back a failed stream: the check
+    /// made earlier in this run if there was one, else the promise to check it as it
+    /// streams (one pass) when its manifest recorded its header, else a check now.
+    ///
+    /// # Errors
+    /// As [`Checked::get`].
+    pub async fn get_or_stream(
+        &mut self,
+        store: &dyn ReadStore,
+        manifest: &'m Manifest,
+        part: &'m Part,
+        progress: &dyn Progress,
+        say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ) -> Result<Verified<'m>, VerifyError> {
+        if !self.has(manifest, part) {
+            if let Some(v) = Verified::as_it_streams(manifest, part) {
+                say(&format!(
+                    "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
+                    manifest.backup_ref(),
+                    part.name,
+                    part.ciphertext_bytes
+                ));
+                return Ok(v);
+            }
+        }
+        self.get(store, manifest, part, progress, say).await
+    }
+
+    fn has(&self, manifest: &Manifest, part: &Part) -> bool {
+        self.done
+            .iter()
+            .any(|v| std::ptr::eq(v.manifest(), manifest) && v.part().name == part.name)
+    }
+
     /// The proof for `part`, checking it first (every byte against the manifest) when it
     /// was not checked yet. `say` hears which part is read.
     ///
@@ -438,14 +478,26 @@ pub async fn prepare<'m>(
     let manifest = step.manifest;
     let mut verified = Vec::new();
     for part in sink.first_parts(manifest)? {
-        verified.push(checked.get(store, manifest, part, progress, say).await?);
+        verified.push(if sink.rolls_back(part) {
+            checked
+                .get_or_stream(store, manifest, part, progress, say)
+                .await?
+        } else {
+            checked.get(store, manifest, part, progress, say).await?
+        });
     }
     let plan = sink
         .plan(store, manifest, &verified, identities, progress)
         .await?;
     for part in plan.more_parts {
         if !verified.iter().any(|v| v.part().name == part.name) {
-            verified.push(checked.get(store, manifest, part, progress, say).await?);
+            verified.push(if sink.rolls_back(part) {
+                checked
+                    .get_or_stream(store, manifest, part, progress, say)
+                    .await?
+            } else {
+                checked.get(store, manifest, part, progress, say).await?
+            });
         }
     }
     Ok(Prepared {

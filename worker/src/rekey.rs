@@ -269,6 +269,7 @@ impl Rekey<'_> {
             file,
             ciphertext_bytes: stats.ciphertext_bytes,
             ciphertext_sha256: stats.ciphertext_sha256,
+            header_sha256: Some(stats.header_sha256),
             ..part.clone()
         })
     }

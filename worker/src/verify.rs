@@ -5,6 +5,15 @@
 //! and the [`Verified`] it gets back is the only way to open a part for a restore
 //! ([`open_plaintext`]): "nothing is restored from a backup that has not been verified" is a
 //! rule the compiler enforces, not a convention each caller must remember.
+//!
+//! The one exception is a one-pass restore ([`Verified::as_it_streams`]), for engines whose
+//! restore leaves the target as it was when it fails at any point (PostgreSQL: one
+//! transaction, a created database dropped again). The part is then read once: its age
+//! header and nonce are compared with the manifest's `header_sha256` before any plaintext
+//! leaves this module, age authenticates every 64 KiB chunk under the key that header fixes,
+//! and [`stream_withheld`] holds the last chunk back until the whole object's size and
+//! sha256 matched. So no byte the worker did not write reaches the target, and a cut or
+//! damaged part fails before the target can commit.
 
 use std::fmt;
 
@@ -92,6 +101,15 @@ pub enum VerifyError {
         part: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The object's age header is not the one the manifest recorded: the part was replaced
+    /// (a valid age file for the same recipients, but not the worker's).
+    #[error("part {part} of backup {backup} does not start with the age header its manifest recorded; the object was replaced, use another backup")]
+    HeaderMismatch {
+        /// The backup (`engine/target/id`).
+        backup: String,
+        /// The part's file name.
+        part: String,
     },
     /// The object cannot be read as a stored object (a symlink, FIFO, oversized).
     #[error("part {part} of backup {backup} cannot be read as a stored object ({cause}); the store was tampered with, use another backup")]
@@ -197,6 +215,7 @@ pub async fn check_part(
                 .map(|check| (check, manifest.facts.clone(), part.tables.clone()));
             let result = tokio::task::spawn_blocking(move || {
                 let mut plain = PlainReader::open(hashing, &ids, compression)?;
+                let header = plain.header_sha256().to_string();
                 let mut verdict = Ok(());
                 if let Some((check, facts, tables)) = content_check {
                     let mut read = plain.as_read();
@@ -205,14 +224,22 @@ pub async fn check_part(
                         return Err(e);
                     }
                 }
-                plain.finish().map(|(stats, plain)| (stats, plain, verdict))
+                plain
+                    .finish()
+                    .map(|(stats, plain)| (stats, plain, header, verdict))
             })
             .await
             .expect("verify thread panicked");
             match result {
-                Ok((stats, plain, verdict)) => {
+                Ok((stats, plain, header, verdict)) => {
                     // Damage first: a hash mismatch is the clearer fact.
                     compare_stats(&backup.to_string(), part, &stats)?;
+                    if part.header_sha256.as_ref().is_some_and(|h| *h != header) {
+                        return Err(VerifyError::HeaderMismatch {
+                            backup: backup.to_string(),
+                            part: part.name.clone(),
+                        });
+                    }
                     verdict.map_err(|reason| VerifyError::BadContent {
                         backup: backup.to_string(),
                         part: part.name.clone(),
@@ -250,15 +277,35 @@ pub async fn check_part(
 }
 
 /// Proof that one part of a backup matched its manifest entry (the size and sha256 of every
-/// byte) when it was checked. Only [`check_before_restore`] makes one; [`open_plaintext`],
-/// the only way a restore reads a part, takes one.
+/// byte) when it was checked, or, for a one-pass restore, that it will be checked as it
+/// streams (see the module doc). Only [`check_before_restore`] and
+/// [`Verified::as_it_streams`] make one; [`open_plaintext`], the only way a restore reads a
+/// part, takes one.
 #[derive(Debug, Clone, Copy)]
 pub struct Verified<'m> {
     manifest: &'m Manifest,
     part: &'m Part,
+    in_stream: bool,
 }
 
 impl<'m> Verified<'m> {
+    /// A part to be checked as it streams instead of in a pass before: only for a
+    /// destination that rolls back whatever a failed stream did (the engine says so with
+    /// [`crate::engine::Sink::rolls_back`]), and only when the manifest recorded the part's
+    /// header (`None` for backups made before it was).
+    pub fn as_it_streams(manifest: &'m Manifest, part: &'m Part) -> Option<Self> {
+        part.header_sha256.as_ref().map(|_| Verified {
+            manifest,
+            part,
+            in_stream: true,
+        })
+    }
+
+    /// True for a part checked as it streams (one pass), false for one checked before.
+    pub fn is_one_pass(&self) -> bool {
+        self.in_stream
+    }
+
     /// The backup the part belongs to.
     pub fn manifest(&self) -> &'m Manifest {
         self.manifest
@@ -282,7 +329,11 @@ pub async fn check_before_restore<'m>(
     progress: &dyn Progress,
 ) -> Result<Verified<'m>, VerifyError> {
     check_part(store, manifest, part, None, progress).await?;
-    Ok(Verified { manifest, part })
+    Ok(Verified {
+        manifest,
+        part,
+        in_stream: false,
+    })
 }
 
 /// Opens a verified part for a restore: reads the age header with `identities` (so a wrong
@@ -334,6 +385,15 @@ pub async fn open_plaintext(
                 cause: source,
             },
         })?;
+    // Before any plaintext leaves: a replaced object is refused here, whatever the path.
+    if let Some(expected) = &part.header_sha256 {
+        if plain.header_sha256() != expected {
+            return Err(VerifyError::HeaderMismatch {
+                backup: backup.to_string(),
+                part: part.name.clone(),
+            });
+        }
+    }
     Ok((plain, bar))
 }
 

@@ -26,8 +26,14 @@ use crate::output::{self, Format};
 /// the key opens it; inspect the target; then stream decrypt → decompress → restore; compare
 /// counts with the backup's (exit 1 on a mismatch).
 ///
+/// One pass (PostgreSQL): where the target rolls back a failed stream, the part is read
+/// once instead: its age header is checked against the manifest before anything reaches
+/// the target, age authenticates every 64 KiB chunk, and the last chunk is held back until
+/// size and sha256 matched; a damaged or cut part exits 1 and the target stays as it was.
+/// The output says which path each part took (`one pass:` or `checking …`).
+///
 /// PostgreSQL (--to postgres://…): pg_restore runs as one transaction (a failure leaves the
-/// target unchanged), then ANALYZE. A missing database is created from template0. A
+/// target unchanged; a database the restore created is dropped again), then ANALYZE. A missing database is created from template0. A
 /// database that already has tables is refused unless --clean, which drops and recreates
 /// the objects the backup contains (asks for confirmation unless --yes). --globals first
 /// restores the roles of the backup's globals part (psql; existing roles are skipped).

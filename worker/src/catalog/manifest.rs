@@ -56,6 +56,13 @@ pub struct Part {
     pub ciphertext_sha256: String,
     /// Bytes after decryption and decompression.
     pub plaintext_bytes: u64,
+    /// Hex SHA-256 of the object's first bytes: the age header and the payload nonce. With
+    /// it, a restore can check the part as it streams (one pass): a matching header means
+    /// the payload key is the one the worker chose, and age authenticates every 64 KiB
+    /// chunk under that key, so no byte the worker did not write reaches the database.
+    /// Absent in backups made before it existed; those are checked in a pass before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_sha256: Option<String>,
     /// The database this part holds, for engines with databases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
@@ -179,6 +186,13 @@ impl Manifest {
             if !is_sha256_hex(&part.ciphertext_sha256) {
                 return Err(format!("part {shown} has no valid sha256"));
             }
+            if part
+                .header_sha256
+                .as_deref()
+                .is_some_and(|h| !is_sha256_hex(h))
+            {
+                return Err(format!("part {shown} has an invalid header sha256"));
+            }
             bytes = bytes
                 .checked_add(part.ciphertext_bytes)
                 .ok_or("its part sizes overflow")?;
@@ -253,6 +267,7 @@ mod tests {
                 compression: Compression::Zstd,
                 ciphertext_bytes: 1234,
                 ciphertext_sha256: "ab".repeat(32),
+                header_sha256: None,
                 plaintext_bytes: 5678,
                 database: Some("app".into()),
                 tables: vec![TableCount {

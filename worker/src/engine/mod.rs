@@ -231,6 +231,15 @@ pub trait Sink: Send + Sync {
         manifest: &'m Manifest,
     ) -> Result<Vec<&'m crate::catalog::Part>, SourceFailure>;
 
+    /// True when a restore of `part` that fails at any point, the stream cut or damaged in
+    /// its very last chunk included, leaves the destination as it was (one transaction, or a
+    /// database the restore created and drops again). Such a part is read once, checked as
+    /// it streams ([`crate::verify::Verified::as_it_streams`]); others are checked in a pass
+    /// before the destination is touched. Default: false.
+    fn rolls_back(&self, _part: &crate::catalog::Part) -> bool {
+        false
+    }
+
     /// Inspects the destination and decides what the restore will do; changes nothing.
     ///
     /// # Errors
@@ -361,6 +370,7 @@ impl<'a> BackupRun<'a> {
             compression,
             ciphertext_bytes: stats.ciphertext_bytes,
             ciphertext_sha256: stats.ciphertext_sha256,
+            header_sha256: Some(stats.header_sha256),
             plaintext_bytes: stats.plaintext_bytes,
             database: spec.database,
             tables: Vec::new(),

@@ -23,7 +23,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 
-/// Reads the age header (through its `---` MAC line) from `reader`, never much more than
+/// Reads the age header (through its `---` MAC line, and the payload nonce) from `reader`, never much more than
 /// [`MAX_HEADER_BYTES`]; returns it together with whatever was read past it.
 fn read_header(reader: &mut impl Read) -> Result<Vec<u8>, io::Error> {
     let mut buf = Vec::with_capacity(4096);
@@ -44,12 +44,11 @@ fn read_header(reader: &mut impl Read) -> Result<Vec<u8>, io::Error> {
                 "not an age file",
             ));
         }
-        // The header ends with the line that starts with `---` (the MAC line). Searched
-        // from the start each time: at most 64 KiB, and the MAC line may arrive in pieces.
-        if let Some(at) = find(&buf, b"\n---") {
-            if buf[at + 1..].contains(&b'\n') {
-                return Ok(buf);
-            }
+        // The header ends with the line that starts with `---` (the MAC line), and the
+        // payload nonce follows it: both are read here, so the prefix can be hashed.
+        // Searched from the start each time: at most 64 KiB, and it may arrive in pieces.
+        if super::age_prefix_len(&buf).is_some() {
+            return Ok(buf);
         }
         if buf.len() > MAX_HEADER_BYTES {
             return Err(io::Error::new(
@@ -58,10 +57,6 @@ fn read_header(reader: &mut impl Read) -> Result<Vec<u8>, io::Error> {
             ));
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Errors decrypting or decompressing a part.
@@ -170,6 +165,7 @@ pub struct PlainReader {
     inner: Box<dyn Read + Send>,
     state: Arc<Mutex<HashState>>,
     plaintext_bytes: u64,
+    header_sha256: String,
 }
 
 impl PlainReader {
@@ -201,6 +197,8 @@ impl PlainReader {
             }
             Err(_) => return Err(DecodeError::NotAge),
         };
+        let prefix = super::age_prefix_len(&header).expect("read_header returns a whole prefix");
+        let header_sha256 = hex::encode(Sha256::digest(&header[..prefix]));
         let decryptor = match age::Decryptor::new_buffered(io::BufReader::with_capacity(
             256 * 1024,
             io::Cursor::new(header).chain(ciphertext),
@@ -231,6 +229,7 @@ impl PlainReader {
             inner,
             state,
             plaintext_bytes: 0,
+            header_sha256,
         })
     }
 
@@ -270,6 +269,12 @@ impl PlainReader {
             reader: self,
             error: None,
         }
+    }
+
+    /// Hex sha256 of the object's age header and payload nonce, known once it is open: what
+    /// [`crate::catalog::Part::header_sha256`] records.
+    pub fn header_sha256(&self) -> &str {
+        &self.header_sha256
     }
 
     /// Plaintext bytes read so far.
@@ -338,7 +343,14 @@ mod tests {
         let mut reader = io::Cursor::new(out.clone());
         let head = read_header(&mut reader).unwrap();
         assert!(out.starts_with(&head) && head.len() < 4096 + 4096);
-        let header_end = find(&out, b"\n---").unwrap();
-        assert!(head.len() > header_end);
+        let prefix = crate::pipeline::age_prefix_len(&out).unwrap();
+        assert!(head.len() >= prefix);
+        // The prefix is the header and the 16-byte nonce: the payload starts after it, and
+        // no shorter read of the object holds all of it.
+        let mac = out.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
+        let mac_line_end = mac + out[mac..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        assert_eq!(prefix, mac_line_end + 16);
+        assert_eq!(crate::pipeline::age_prefix_len(&out[..prefix - 1]), None);
+        assert_eq!(crate::pipeline::age_prefix_len(&out[..mac_line_end]), None);
     }
 }

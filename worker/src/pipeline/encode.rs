@@ -42,6 +42,9 @@ pub struct PartStats {
     pub ciphertext_bytes: u64,
     /// Hex sha256 of the stored bytes.
     pub ciphertext_sha256: String,
+    /// Hex sha256 of the stored object's age header and payload nonce
+    /// ([`super::age_prefix_len`]).
+    pub header_sha256: String,
 }
 
 /// Errors storing one part.
@@ -111,6 +114,7 @@ where
         batch: BytesMut::with_capacity(CHUNK_SIZE),
         hasher: Sha256::new(),
         bytes: 0,
+        head: Vec::new(),
     };
     let recipients = settings.recipients.iter().map(|r| r as &dyn age::Recipient);
     let encryptor = age::Encryptor::with_recipients(recipients)
@@ -138,10 +142,13 @@ where
     let encrypted = counting.inner.finish().map_err(EncodeError::Encode)?;
     let mut sink = encrypted.finish().map_err(EncodeError::Encode)?;
     sink.send_batch().map_err(EncodeError::Encode)?;
+    let prefix = super::age_prefix_len(&sink.head)
+        .ok_or_else(|| EncodeError::Encode(io::Error::other("age wrote no complete header")))?;
     let stats = PartStats {
         plaintext_bytes,
         ciphertext_bytes: sink.bytes,
         ciphertext_sha256: hex::encode(sink.hasher.finalize()),
+        header_sha256: hex::encode(Sha256::digest(&sink.head[..prefix])),
     };
     // Commit point of the object: only reached when everything above succeeded.
     sink.tx
@@ -207,6 +214,8 @@ struct ChannelWriter {
     batch: BytesMut,
     hasher: Sha256,
     bytes: u64,
+    /// The object's first bytes, until they hold the age header and nonce.
+    head: Vec<u8>,
 }
 
 impl ChannelWriter {
@@ -224,6 +233,11 @@ impl ChannelWriter {
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if super::age_prefix_len(&self.head).is_none()
+            && self.head.len() <= super::decode::MAX_HEADER_BYTES + 16
+        {
+            self.head.extend_from_slice(buf);
+        }
         self.hasher.update(buf);
         self.bytes += buf.len() as u64;
         self.batch.extend_from_slice(buf);

@@ -14,6 +14,17 @@ pub mod decode;
 pub mod encode;
 pub mod keys;
 
+/// Length of an age file's prefix that fixes its payload key: the header (through its `---`
+/// MAC line) and the 16-byte payload nonce after it; `None` until `buf` holds all of it.
+/// Stanza lines start with `->` and body lines are base64, so the first line starting with
+/// `---` is the MAC line.
+pub fn age_prefix_len(buf: &[u8]) -> Option<usize> {
+    let mac = buf.windows(4).position(|w| w == b"\n---")? + 1;
+    let end = mac + buf[mac..].iter().position(|&b| b == b'\n')? + 1;
+    let len = end + 16;
+    (buf.len() >= len).then_some(len)
+}
+
 /// Size of the batches sent from the encoding thread to the uploader.
 pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
 /// Batches buffered between the encoding thread and the uploader.

@@ -1,11 +1,15 @@
 //! Restoring a `pg_dump -Fc` part into a database.
 //!
-//! Safety rules, in order: the part's integrity is checked by the caller before this runs
-//! ([`crate::verify::check_part`]); the key is checked here before the target is touched; a
-//! database that already holds tables is refused unless `--clean`; `pg_restore` runs as a
-//! single transaction, so a failure (or a stream that turns out damaged at its very end:
-//! pg_restore is killed before it sees EOF) leaves the target as it was; a database this
-//! restore created is dropped again when the restore fails.
+//! Safety rules, in order: the part's integrity is checked by the caller, in a pass before
+//! ([`crate::verify::check_before_restore`]) or, in one pass, as it streams (its age header
+//! against the manifest first, then age's per-chunk authentication, then size and sha256
+//! before the withheld last chunk: [`crate::verify::Verified::as_it_streams`]); the key is
+//! checked here before the target is touched; a database that already holds tables is
+//! refused unless `--clean`; `pg_restore` runs as a single transaction, so a failure (or a
+//! stream that turns out damaged at its very end: pg_restore is killed before it sees EOF)
+//! leaves the target as it was; a database this restore created is dropped again when the
+//! restore fails. That last pair is what lets the PostgreSQL sink say it
+//! [`crate::engine::Sink::rolls_back`] and read each part once.
 
 use std::path::PathBuf;
 
@@ -198,12 +202,7 @@ pub async fn run(
     if let Err(e) = fed {
         if !plan.exists {
             // Ours, and empty (the transaction rolled back): leave the server as we found it.
-            let _ = maintenance
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {}",
-                    quote_ident(&plan.database)
-                ))
-                .await;
+            drop_created(&maintenance, &plan.target, &plan.database).await;
         }
         return Err(e);
     }
@@ -214,6 +213,39 @@ pub async fn run(
         .await
         .map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
     Ok(count_tables(&client, &plan.target).await?)
+}
+
+/// Drops a database this restore created, after a failure. pg_restore was just killed, and
+/// its server process may not have noticed yet ("being accessed by other users"):
+/// `WITH (FORCE)` (PostgreSQL 13+) ends it; older servers get a few tries.
+async fn drop_created(maintenance: &tokio_postgres::Client, target: &PgTarget, database: &str) {
+    let name = quote_ident(database);
+    if maintenance
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let mut last = None;
+    for _ in 0..25 {
+        match maintenance
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if let Some(e) = last {
+        tracing::warn!(
+            database,
+            server = %target.with_dbname(""),
+            error = %target.query_error("dropping the database this restore created", &e),
+            "the restore failed and the database it created is still there, empty: drop it by hand"
+        );
+    }
 }
 
 /// Decrypts into pg_restore's stdin; its last chunk, and the EOF that lets pg_restore

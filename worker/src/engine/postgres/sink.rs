@@ -188,6 +188,13 @@ impl Sink for PgSink {
         Ok(parts)
     }
 
+    fn rolls_back(&self, part: &Part) -> bool {
+        // pg_restore --single-transaction, killed before the withheld last chunk when the
+        // part fails its check; a database the restore created is dropped again. The
+        // globals part (psql, roles outside any database) keeps its pass before.
+        part.format == PartFormat::PgDumpCustom && part.database.is_some()
+    }
+
     async fn plan<'m>(
         &mut self,
         _store: &dyn ReadStore,
