@@ -562,6 +562,7 @@ pub async fn write_synthetic_backup(
                     name: "users".into(),
                     rows: 42,
                 }],
+                section: None,
             }],
             facts: Default::default(),
         };

@@ -46,6 +46,7 @@ async fn backup(
         format: "test".into(),
         extension: "txt",
         database: Some("x".into()),
+        section: None,
     };
     let body = plain.clone();
     run.store_part(spec, move |out: &mut dyn Write| Ok(out.write_all(&body)?))
@@ -101,6 +102,7 @@ async fn a_failed_producer_commits_nothing() {
         format: "test".into(),
         extension: "txt",
         database: None,
+        section: None,
     };
     let err = run
         .store_part(spec, |out: &mut dyn Write| -> Result<(), _> {
@@ -228,6 +230,7 @@ async fn content_check_case(engine: Engine, format: PartFormat, content: &[u8], 
         format,
         extension: "bin",
         database: None,
+        section: None,
     };
     let content = content.to_vec();
     run.store_part(

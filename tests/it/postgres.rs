@@ -285,11 +285,23 @@ async fn by_hand_restore_with_age_cli_and_pg_restore() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn counts_match_the_dump_while_inserts_continue() {
+    busy_backup_counts_exactly(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_backup_under_inserts_counts_exactly() {
+    busy_backup_counts_exactly(&["--jobs", "2"]).await;
+}
+
+/// A backup (with `extra` flags) taken while rows are inserted: the manifest's count is
+/// the dump's, and the restore has exactly that many.
+async fn busy_backup_counts_exactly(extra: &'static [&'static str]) {
     let (source, restored) = (unique("busy"), unique("busy_restored"));
     create_database(&source).await;
     pg_connect(&source)
         .await
-        .batch_execute("CREATE TABLE ticks (id bigserial PRIMARY KEY, payload text); INSERT INTO ticks (payload) SELECT repeat(md5(g::text), 6) FROM generate_series(1, 300000) g;")
+        .batch_execute("CREATE TABLE ticks (id bigserial PRIMARY KEY, payload text); INSERT INTO ticks (payload) SELECT repeat(md5(g::text), 6) FROM generate_series(1, 300000) g;
+                        CREATE TABLE ledger (id bigserial PRIMARY KEY, amount int); INSERT INTO ledger (amount) SELECT g FROM generate_series(1, 200000) g;")
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -299,7 +311,7 @@ async fn counts_match_the_dump_while_inserts_continue() {
         tokio::spawn(async move {
             let c = pg_connect(&db).await;
             while !stop.load(Ordering::Relaxed) {
-                c.execute("INSERT INTO ticks (payload) VALUES ('during backup')", &[])
+                c.batch_execute("INSERT INTO ticks (payload) VALUES ('during backup'); INSERT INTO ledger (amount) VALUES (-1)")
                     .await
                     .unwrap();
                 inserted.fetch_add(1, Ordering::Relaxed);
@@ -317,13 +329,11 @@ async fn counts_match_the_dump_while_inserts_continue() {
     );
     let during = inserted.load(Ordering::Relaxed);
     let out = tokio::task::spawn_blocking(move || {
-        run(
-            "worker",
-            &[
-                "backup", "postgres", "--target", "busy", "-d", &db, "--store", &s, "-r", &k,
-            ],
-            &[],
-        )
+        let mut args = vec![
+            "backup", "postgres", "--target", "busy", "-d", &db, "--store", &s, "-r", &k,
+        ];
+        args.extend_from_slice(extra);
+        run("worker", &args, &[])
     })
     .await
     .unwrap();
@@ -337,7 +347,24 @@ async fn counts_match_the_dump_while_inserts_continue() {
     );
 
     let id = stdout(&out).trim().to_string();
-    let backed_up = manifest(&store, &id).await.parts[0].tables[0].rows;
+    let m = manifest(&store, &id).await;
+    let lead = m.parts.iter().find(|p| p.leads()).unwrap();
+    assert_eq!(
+        m.parts.len() > 1,
+        !extra.is_empty(),
+        "parts: {:?}",
+        m.parts.iter().map(|p| &p.name).collect::<Vec<_>>()
+    );
+    let count_of = |name: &str| {
+        lead.tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.rows)
+            .unwrap()
+    };
+    let backed_up = count_of("ticks");
+    // Both tables got one row per insert round: equal offsets mean one snapshot for all.
+    assert_eq!(backed_up - 300_000, count_of("ledger") - 200_000);
     let live: i64 = pg_connect(&source)
         .await
         .query_one("SELECT count(*) FROM ticks", &[])
@@ -360,15 +387,24 @@ async fn counts_match_the_dump_while_inserts_continue() {
             keys.identity.to_str().unwrap(),
             "--to",
             &pg_url(&restored),
+            "--jobs",
+            "2",
             "-o",
             "json",
         ],
         &[],
     );
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", stderr(&out));
     let report = json(&out);
-    assert_eq!(report["tables"][0]["backup_rows"], backed_up);
-    assert_eq!(report["tables"][0]["live_rows"], backed_up);
+    let ticks = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.ticks")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(ticks["backup_rows"], backed_up);
+    assert_eq!(ticks["live_rows"], backed_up);
+    assert_eq!(report["ok"], true, "{report}");
     drop_database(&source).await;
     drop_database(&restored).await;
 }
@@ -583,4 +619,122 @@ async fn restore_globals_creates_the_roles_first_and_a_rerun_skips_them() {
         .batch_execute(&format!("DROP ROLE {member}; DROP ROLE {owner};"))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_3_round_trip_preserves_every_kind_of_object() {
+    let (source, restored) = (unique("rich_jobs"), unique("rich_jobs_restored"));
+    create_database(&source).await;
+    pg_connect(&source)
+        .await
+        .batch_execute(RICH_SCHEMA)
+        .await
+        .unwrap();
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let id = backup_postgres(&store, &keys, "rich", &source, &["--jobs", "3"]);
+    let m = manifest(&store, &id).await;
+    assert_eq!(
+        m.format_version, 2,
+        "a split backup must stop older readers"
+    );
+    let sections: Vec<_> = m.parts.iter().map(|p| p.section).collect();
+    let count = |s| sections.iter().filter(|x| **x == Some(s)).count();
+    assert_eq!(count(catalog::Section::PreData), 1, "{sections:?}");
+    assert_eq!(count(catalog::Section::PostData), 1, "{sections:?}");
+    assert!(count(catalog::Section::Data) >= 3, "{sections:?}");
+    let lead = m.parts.iter().find(|p| p.leads()).unwrap();
+    assert_eq!(lead.section, Some(catalog::Section::PreData));
+    let counted: BTreeMap<String, u64> = lead
+        .tables
+        .iter()
+        .map(|t| (t.qualified(), t.rows))
+        .collect();
+    assert_eq!(counted["app.User"], 2000);
+    assert_eq!(counted["Sales Data.Order"], 5000);
+    assert!(m
+        .parts
+        .iter()
+        .filter(|p| !p.leads())
+        .all(|p| p.tables.is_empty()));
+
+    let restore = |to: &str| {
+        run(
+            "kubectl-dr",
+            &[
+                "restore",
+                &id,
+                "--store",
+                store.url(),
+                "-i",
+                keys.identity.to_str().unwrap(),
+                "--to",
+                to,
+                "--jobs",
+                "3",
+            ],
+            &[],
+        )
+    };
+    let out = restore(&pg_url(&restored));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("counts: 5 table(s) match")
+            && stderr(&out).contains("data part(s) 3 at a time"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fingerprint(&restored).await, fingerprint(&source).await);
+    // Indexes, constraints and foreign keys came back with the post-data part.
+    let constraints: i64 = pg_connect(&restored)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname IN ('app', 'Sales Data') AND c.contype IN ('p', 'u', 'f')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let expected: i64 = pg_connect(&source)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname IN ('app', 'Sales Data') AND c.contype IN ('p', 'u', 'f')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        expected >= 4 && constraints == expected,
+        "{constraints} of {expected}"
+    );
+
+    // Parts that do not share a transaction never go into a database that exists.
+    let out = restore(&pg_url(&restored));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("restores only into a database the restore creates"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fingerprint(&restored).await, fingerprint(&source).await);
+
+    // A data part damaged in its last chunk: exit 1, the created database is gone.
+    let data = m
+        .parts
+        .iter()
+        .filter(|p| p.section == Some(catalog::Section::Data))
+        .max_by_key(|p| p.ciphertext_bytes)
+        .unwrap();
+    let path = store.object_path(&format!("postgres/rich/{id}/{}", data.file));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let again = unique("rich_jobs_damaged");
+    let out = restore(&pg_url(&again));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(!database_exists(&again).await);
+
+    drop_database(&source).await;
+    drop_database(&restored).await;
 }

@@ -75,6 +75,7 @@ async fn forge(store: &dyn DeleteStore, recipient: &str, db: &str) -> (BackupRef
                 name: "pwned".into(),
                 rows: 3,
             }],
+            section: None,
         }],
         facts: Default::default(),
     };

@@ -263,10 +263,16 @@ impl Step<'_> {
         }
     }
 
-    /// The engine's flags for this step: `flags` with the step's globals choice.
+    /// The engine's flags for this step: `flags` with the step's globals choice, and
+    /// PostgreSQL's own choices (--keep-owners, --jobs) only on PostgreSQL steps, where
+    /// other engines would refuse them as not theirs.
     pub fn flags(&self, flags: &RestoreFlags) -> RestoreFlags {
         let mut flags = flags.clone();
         flags.postgres.globals = self.globals;
+        if self.manifest.engine != Engine::Postgres {
+            flags.postgres.keep_owners = false;
+            flags.postgres.jobs = 1;
+        }
         flags
     }
 }

@@ -368,6 +368,7 @@ struct Forwarded {
     clean: bool,
     keep_owners: bool,
     globals: bool,
+    jobs: u16,
     dry_run: bool,
     /// The trusted keys as key lines (a `.pub` path on this machine means nothing in a Job).
     signers: Vec<String>,
@@ -387,6 +388,7 @@ impl Forwarded {
             clean: cmd.clean,
             keep_owners: cmd.engines.postgres.keep_owners,
             globals: cmd.engines.postgres.globals,
+            jobs: cmd.engines.postgres.jobs,
             dry_run: cmd.dry_run,
             signers: trust.signers.key_lines(),
             allow_unsigned: trust.allow_unsigned,
@@ -402,6 +404,8 @@ impl Forwarded {
             self.engine.clone(),
             "--max-diff".into(),
             self.max_diff.to_arg(),
+            "--jobs".into(),
+            self.jobs.to_string(),
         ];
         for (flag, value) in [
             ("--target", &self.target),
@@ -469,6 +473,7 @@ mod tests {
                 clean: true,
                 keep_owners: true,
                 globals: true,
+                jobs: 4,
                 dry_run: true,
                 signers: vec![
                     "RWTWv4k1QdayQhD1oKUZfejZxKfQwbHh8yDJW21yOdwiGNAsaaTFWmE/".into(),
@@ -487,6 +492,7 @@ mod tests {
                 clean: false,
                 keep_owners: false,
                 globals: false,
+                jobs: 1,
                 dry_run: false,
                 signers: Vec::new(),
                 allow_unsigned: true,

@@ -7,8 +7,35 @@ use serde::{Deserialize, Serialize};
 
 use super::{BackupId, BackupRef, Engine, Facts, PartFormat};
 
-/// Bumped when a reader of an older version could misread a newer manifest.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when a reader of an older version could misread a newer manifest. 2: a database
+/// may be stored as several parts, one per [`Section`] (`worker backup postgres --jobs`);
+/// a version 1 reader would restore its first part alone. Manifests without sections are
+/// still written as version 1, so older readers keep reading them.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format version a manifest with these parts needs: the oldest that reads it.
+pub fn format_version_for(parts: &[Part]) -> u32 {
+    if parts.iter().any(|p| p.section.is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Which section of a database's dump a part holds, when the dump was split into several
+/// parts (pg_dump's own section names): the parts restore in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Section {
+    /// Schemas, types, tables without their rows, functions: restored first, in one
+    /// transaction. Carries the database's row counts.
+    PreData,
+    /// Rows of some tables (or of the rest: sequences' positions, large objects, small
+    /// tables); the data parts of a database restore concurrently.
+    Data,
+    /// Indexes, constraints, triggers, materialized views' contents: restored last.
+    PostData,
+}
 
 /// Everything a verify or restore needs to know about one backup, without the key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +96,18 @@ pub struct Part {
     /// Exact row counts, taken in the same snapshot as the data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
+    /// The section of the database's dump this part holds, when it was split (`--jobs`);
+    /// absent for a whole dump in one part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<Section>,
+}
+
+impl Part {
+    /// True for the part that stands for its database: a whole dump, or the pre-data
+    /// section of a split one (it carries the counts and restores first).
+    pub fn leads(&self) -> bool {
+        matches!(self.section, None | Some(Section::PreData))
+    }
 }
 
 /// Compression applied before encryption.
@@ -268,6 +307,7 @@ mod tests {
                 ciphertext_bytes: 1234,
                 ciphertext_sha256: "ab".repeat(32),
                 header_sha256: None,
+                section: None,
                 plaintext_bytes: 5678,
                 database: Some("app".into()),
                 tables: vec![TableCount {

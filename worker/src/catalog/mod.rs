@@ -27,7 +27,10 @@ use std::fmt;
 pub use facts::{Facts, FactsError};
 pub use id::{BackupId, BadBackupId};
 pub use kind::{Engine, PartFormat};
-pub use manifest::{part_file_is_valid, Compression, Manifest, Part, TableCount, FORMAT_VERSION};
+pub use manifest::{
+    format_version_for, part_file_is_valid, Compression, Manifest, Part, Section, TableCount,
+    FORMAT_VERSION,
+};
 pub use signature::{Signature, Signers, SigningKey, Trust, SIGNATURE_FILE};
 
 use chrono::{DateTime, Duration, Utc};

@@ -201,6 +201,7 @@ pub struct StdinChild {
     child: Option<Child>,
     stdin: Option<std::process::ChildStdin>,
     errs: Option<JoinHandle<String>>,
+    out: Option<JoinHandle<Vec<u8>>>,
 }
 
 impl StdinChild {
@@ -215,7 +216,44 @@ impl StdinChild {
             stdin: child.stdin.take(),
             errs: Some(drain_stderr(child.stderr.take())),
             child: Some(child),
+            out: None,
         })
+    }
+
+    /// Starts `cmd` with piped stdin and its stdout kept (small outputs: `pg_restore -l`),
+    /// handed back by [`StdinChild::close_with_output`].
+    ///
+    /// # Errors
+    /// [`ChildError::Spawn`].
+    pub fn spawn_with_output(mut cmd: Command) -> Result<Self, ChildError> {
+        let (program, mut child) = spawn(&mut cmd, Stdio::piped(), Stdio::piped())?;
+        let stdout = child.stdout.take();
+        Ok(StdinChild {
+            program,
+            stdin: child.stdin.take(),
+            errs: Some(drain_stderr(child.stderr.take())),
+            child: Some(child),
+            out: Some(std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                if let Some(mut stdout) = stdout {
+                    let _ = stdout.read_to_end(&mut kept);
+                }
+                kept
+            })),
+        })
+    }
+
+    /// [`StdinChild::close`], returning what the tool wrote to stdout too.
+    ///
+    /// # Errors
+    /// [`ChildError::Failed`] with the tool's stderr.
+    pub fn close_with_output(mut self) -> Result<(String, Vec<u8>), ChildError> {
+        let out = self.out.take();
+        let warnings = self.close()?;
+        Ok((
+            warnings,
+            out.and_then(|h| h.join().ok()).unwrap_or_default(),
+        ))
     }
 
     /// Writes input; when the tool has died, returns its exit and stderr as the error.

@@ -48,7 +48,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
     self, BackupId, BackupRef, CatalogError, Engine, Facts, Manifest, Part, PartFormat,
-    FORMAT_VERSION,
 };
 use crate::pipeline::encode::{self, EncodeError, EncodeSettings, SourceError};
 use crate::store::{StoreError, WriteStore};
@@ -279,6 +278,8 @@ pub struct PartSpec {
     pub extension: &'static str,
     /// The database the part holds, for engines with databases.
     pub database: Option<String>,
+    /// The section of a split database dump (`worker backup postgres --jobs`).
+    pub section: Option<crate::catalog::Section>,
 }
 
 /// One backup in progress.
@@ -374,6 +375,7 @@ impl<'a> BackupRun<'a> {
             plaintext_bytes: stats.plaintext_bytes,
             database: spec.database,
             tables: Vec::new(),
+            section: spec.section,
         });
         Ok(facts)
     }
@@ -400,8 +402,9 @@ impl<'a> BackupRun<'a> {
         server_version: String,
         facts: Facts,
     ) -> Result<Manifest, CommitError> {
+        let parts = self.parts.into_inner().expect("parts lock");
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: catalog::format_version_for(&parts),
             id: self.backup.id.clone(),
             engine: self.engine,
             target: self.backup.target.clone(),
@@ -415,7 +418,7 @@ impl<'a> BackupRun<'a> {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            parts: self.parts.into_inner().expect("parts lock"),
+            parts,
             facts,
         };
         // A manifest readers would call damaged must never be written as a commit.

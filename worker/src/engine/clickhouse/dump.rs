@@ -286,6 +286,7 @@ pub async fn dump(
         format: PartFormat::ClickhouseSchema,
         extension: "json",
         database: None,
+        section: None,
     };
     run.store_part(spec, move |out: &mut dyn Write| Ok(out.write_all(&json)?))
         .await
@@ -399,6 +400,7 @@ async fn dump_table(
             DataFormat::Tsv => "tsv",
         },
         database: Some(table.database.clone()),
+        section: None,
     };
     let column_count = table.columns.len();
     let produce = move |out: &mut dyn Write| -> Result<u64, SourceError> {

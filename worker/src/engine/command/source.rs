@@ -65,6 +65,7 @@ impl Source for CommandSource {
             format: PartFormat::CommandStdout,
             extension: "out",
             database: None,
+            section: None,
         };
         // The command keeps the worker's environment: it is the user's own command, and
         // tools such as terraform read their credentials from it. Only argv is recorded.

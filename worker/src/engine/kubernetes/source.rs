@@ -211,6 +211,7 @@ impl Source for KubernetesSource {
                 format: PartFormat::KubernetesYaml,
                 extension: "yaml",
                 database: None,
+                section: None,
             };
             let (client, namespaces, resource) =
                 (client.clone(), self.args.namespaces.clone(), r.clone());

@@ -1,5 +1,6 @@
-//! PostgreSQL: `pg_dump -Fc` per database (plus `pg_dumpall --globals-only` on request),
-//! exact row counts taken in the dump's own snapshot, and restores through `pg_restore`.
+//! PostgreSQL: `pg_dump -Fc` per database, whole or split into sections with `--jobs` (plus
+//! `pg_dumpall --globals-only` on request), exact row counts taken in the dump's own
+//! snapshot, and restores through `pg_restore`.
 //!
 //! - [`dump`]: the backup side (run by `worker backup postgres`).
 //! - [`restore`]: planning and running a restore (run by `kubectl dr restore`).

@@ -13,8 +13,10 @@
 
 use std::path::PathBuf;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::{count_tables, quote_ident, PgError, PgTarget, LIST_TABLES};
-use crate::catalog::{Part, TableCount};
+use crate::catalog::{Part, Section, TableCount};
 use crate::engine::child::{self, ChildError, StdinChild};
 use crate::pipeline::decode::PlainReader;
 use crate::pipeline::keys::Identities;
@@ -62,6 +64,22 @@ pub enum RestoreError {
     /// Reading from the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A split backup lacks a part its layout needs.
+    #[error(
+        "the backup's manifest lists a split dump with {0}; the backup is damaged, use another one"
+    )]
+    Layout(&'static str),
+    /// A `pg_restore --use-list` file could not be written.
+    #[error("cannot write a pg_restore list file in the temporary directory (TMPDIR)")]
+    ListFile(#[source] std::io::Error),
+    /// A split backup into a database that exists.
+    #[error("the backup stores database {database} in several parts (taken with `worker backup postgres --jobs`), which cannot be restored in one transaction, so it restores only into a database the restore creates (and drops again if it fails); database {database} exists on {server}: restore under a new name (--to …/NEWDB) or drop it first")]
+    SplitIntoExisting {
+        /// The database.
+        database: String,
+        /// The server.
+        server: String,
+    },
     /// psql failed on the globals part (roles, tablespaces).
     #[error("restoring the globals (roles, tablespaces) failed; with one transaction nothing of them was applied, and no database was restored")]
     Globals(#[source] ChildError),
@@ -132,14 +150,22 @@ pub async fn plan(
     } else {
         0
     };
+    let server = || {
+        to.with_dbname("")
+            .to_string()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    if exists && part.section.is_some() {
+        return Err(RestoreError::SplitIntoExisting {
+            database,
+            server: server(),
+        });
+    }
     if existing_tables > 0 && !opts.clean {
         return Err(RestoreError::NotEmpty {
             database,
-            server: to
-                .with_dbname("")
-                .to_string()
-                .trim_end_matches('/')
-                .to_string(),
+            server: server(),
             tables: existing_tables,
         });
     }
@@ -165,10 +191,137 @@ pub async fn run(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<Vec<TableCount>, RestoreError> {
-    let (manifest, part) = (verified.manifest(), verified.part());
     // The age header opens first: a wrong key fails before the target is touched.
     let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let maintenance = create_if_new(plan).await?;
+    let mut args = vec!["--single-transaction".to_string()];
+    if plan.clean {
+        args.extend(["--clean".into(), "--if-exists".into()]);
+    }
+    let loaded = feed_blocking(plan, opts, verified, plain, args).await;
+    bar.finish();
+    if let Err(e) = loaded {
+        if !plan.exists {
+            // Ours, and empty (the transaction rolled back): leave the server as we found it.
+            drop_created(&maintenance, &plan.target, &plan.database).await;
+        }
+        return Err(e);
+    }
+    analyze_and_count(plan).await
+}
 
+/// Runs a planned restore of a split backup (`worker backup postgres --jobs`): pre-data in
+/// one transaction; then the data parts, `jobs` at a time, each in its own transaction;
+/// then post-data, its indexes and primary/unique constraints `jobs` at a time (as
+/// `pg_restore -j` builds them), the rest of it (foreign keys, triggers, materialized views'
+/// contents…) after them in the dump's order. The parts do not share one transaction, so
+/// this runs only into a database the restore creates ([`plan`] refuses others), and drops
+/// it again when anything fails.
+///
+/// # Errors
+/// As [`run`]; the created database is dropped again.
+pub async fn run_split(
+    plan: &RestorePlan,
+    store: &dyn ReadStore,
+    parts: &[Verified<'_>],
+    identities: &Identities,
+    opts: &RestoreOptions,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<TableCount>, RestoreError> {
+    let pre = *of(parts, Section::PreData)
+        .first()
+        .ok_or(RestoreError::Layout("no pre-data part"))?;
+    let post = *of(parts, Section::PostData)
+        .first()
+        .ok_or(RestoreError::Layout("no post-data part"))?;
+    // The key is checked on the first part before the database is created.
+    let (plain, bar) = open_plaintext(store, pre, identities, progress).await?;
+    let maintenance = create_if_new(plan).await?;
+    let jobs = jobs.max(1);
+    let loaded = async {
+        let first = feed_blocking(plan, opts, pre, plain, one_transaction()).await;
+        bar.finish();
+        first?;
+        // Plain loops build the futures: closures here trip the Send check of the trait's
+        // boxed future (higher-ranked lifetimes).
+        let mut data = Vec::new();
+        for v in of(parts, Section::Data) {
+            data.push(load(
+                plan,
+                store,
+                v,
+                identities,
+                opts,
+                progress,
+                one_transaction(),
+            ));
+        }
+        futures::stream::iter(data)
+            .buffer_unordered(jobs)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let toc = list(plan, store, post, identities, opts, progress).await?;
+        let (parallel, rest) = split_post_data(&toc, jobs);
+        // Each statement commits on its own here: jobs holding locks until the end of a
+        // transaction could deadlock on two tables.
+        let mut lists = Vec::new();
+        for entries in &parallel {
+            lists.push(toc_file(entries)?);
+        }
+        let rest = toc_file(&rest)?;
+        let mut indexes = Vec::new();
+        for file in &lists {
+            indexes.push(load(
+                plan,
+                store,
+                post,
+                identities,
+                opts,
+                progress,
+                use_list(file),
+            ));
+        }
+        futures::stream::iter(indexes)
+            .buffer_unordered(jobs)
+            .try_collect::<Vec<()>>()
+            .await?;
+        load(
+            plan,
+            store,
+            post,
+            identities,
+            opts,
+            progress,
+            use_list(&rest),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = loaded {
+        drop_created(&maintenance, &plan.target, &plan.database).await;
+        return Err(e);
+    }
+    analyze_and_count(plan).await
+}
+
+/// The parts of one section, in the manifest's order.
+fn of<'m>(parts: &[Verified<'m>], section: Section) -> Vec<Verified<'m>> {
+    let mut out = Vec::new();
+    for v in parts {
+        if v.part().section == Some(section) {
+            out.push(*v);
+        }
+    }
+    out
+}
+
+fn one_transaction() -> Vec<String> {
+    vec!["--single-transaction".into()]
+}
+
+/// Connects to the server and creates the database when the plan says it is new.
+async fn create_if_new(plan: &RestorePlan) -> Result<tokio_postgres::Client, RestoreError> {
     let maintenance = plan.target.connect("postgres").await?;
     if !plan.exists {
         maintenance
@@ -179,40 +332,144 @@ pub async fn run(
             .await
             .map_err(|e| plan.target.query_error("creating the database", &e))?;
     }
+    Ok(maintenance)
+}
 
-    let mut cmd = child::tool(opts.bin_dir.as_deref(), "pg_restore");
-    cmd.args(["--single-transaction", "--exit-on-error", "--no-password"]);
-    if !opts.keep_owners {
-        cmd.args(["--no-owner", "--no-acl"]);
-    }
-    if plan.clean {
-        cmd.args(["--clean", "--if-exists"]);
-    }
-    cmd.arg(format!(
-        "--dbname=dbname='{}'",
-        plan.database.replace('\\', "\\\\").replace('\'', "\\'")
-    ))
-    .envs(plan.target.child_env(&plan.database));
-    let part_owned = part.clone();
-    let backup_name = manifest.backup_ref().to_string();
-    let fed = tokio::task::spawn_blocking(move || feed(plain, cmd, &backup_name, &part_owned))
-        .await
-        .expect("restore thread panicked");
-    bar.finish();
-    if let Err(e) = fed {
-        if !plan.exists {
-            // Ours, and empty (the transaction rolled back): leave the server as we found it.
-            drop_created(&maintenance, &plan.target, &plan.database).await;
-        }
-        return Err(e);
-    }
-
+async fn analyze_and_count(plan: &RestorePlan) -> Result<Vec<TableCount>, RestoreError> {
     let client = plan.target.connect(&plan.database).await?;
     client
         .batch_execute("ANALYZE")
         .await
         .map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
     Ok(count_tables(&client, &plan.target).await?)
+}
+
+/// pg_restore into the planned database, with `args` after the common ones.
+fn pg_restore(
+    plan: &RestorePlan,
+    opts: &RestoreOptions,
+    args: Vec<String>,
+) -> std::process::Command {
+    let mut cmd = child::tool(opts.bin_dir.as_deref(), "pg_restore");
+    cmd.args(["--exit-on-error", "--no-password"]);
+    if !opts.keep_owners {
+        cmd.args(["--no-owner", "--no-acl"]);
+    }
+    cmd.args(args)
+        .arg(format!(
+            "--dbname=dbname='{}'",
+            plan.database.replace('\\', "\\\\").replace('\'', "\\'")
+        ))
+        .envs(plan.target.child_env(&plan.database));
+    cmd
+}
+
+/// Opens one part and feeds it to a pg_restore with `args`.
+async fn load(
+    plan: &RestorePlan,
+    store: &dyn ReadStore,
+    verified: Verified<'_>,
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    args: Vec<String>,
+) -> Result<(), RestoreError> {
+    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let loaded = feed_blocking(plan, opts, verified, plain, args).await;
+    bar.finish();
+    loaded
+}
+
+async fn feed_blocking(
+    plan: &RestorePlan,
+    opts: &RestoreOptions,
+    verified: Verified<'_>,
+    plain: PlainReader,
+    args: Vec<String>,
+) -> Result<(), RestoreError> {
+    let cmd = pg_restore(plan, opts, args);
+    let part = verified.part().clone();
+    let backup = verified.manifest().backup_ref().to_string();
+    tokio::task::spawn_blocking(move || feed(plain, cmd, &backup, &part))
+        .await
+        .expect("restore thread panicked")
+}
+
+/// The table of contents of a part (`pg_restore -l`), read from its checked stream.
+async fn list(
+    plan: &RestorePlan,
+    store: &dyn ReadStore,
+    verified: Verified<'_>,
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<String, RestoreError> {
+    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let mut cmd = child::tool(opts.bin_dir.as_deref(), "pg_restore");
+    cmd.arg("--list")
+        .envs(plan.target.child_env(&plan.database));
+    let part = verified.part().clone();
+    let backup = verified.manifest().backup_ref().to_string();
+    let listed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, RestoreError> {
+        let mut tool = StdinChild::spawn_with_output(cmd).map_err(RestoreError::Tool)?;
+        stream_withheld(plain, &backup, &part, |chunk, _| {
+            tool.write_all(chunk).map_err(RestoreError::Tool)
+        })?;
+        Ok(tool.close_with_output().map_err(RestoreError::Tool)?.1)
+    })
+    .await
+    .expect("list thread panicked");
+    bar.finish();
+    Ok(String::from_utf8_lossy(&listed?).into_owned())
+}
+
+/// Splits a post-data table of contents into `jobs` lists of entries that may run side by
+/// side (indexes, primary key and unique constraints: each builds on its own table) and one
+/// list of the rest, in the dump's order, to run after them (foreign keys need those
+/// indexes; index attachments need both sides; triggers, rules, policies, materialized
+/// views' contents).
+fn split_post_data(toc: &str, jobs: usize) -> (Vec<Vec<String>>, Vec<String>) {
+    let mut parallel = vec![Vec::new(); jobs.max(1)];
+    let mut rest = Vec::new();
+    let mut next = 0;
+    for line in toc
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+    {
+        let desc: Vec<&str> = line
+            .split_once(';')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .skip(2)
+            .take(2)
+            .collect();
+        let independent = match desc.as_slice() {
+            ["INDEX", second] => *second != "ATTACH",
+            ["CONSTRAINT", ..] => true,
+            _ => false,
+        };
+        if independent {
+            let slot = next % parallel.len();
+            parallel[slot].push(line.to_string());
+            next += 1;
+        } else {
+            rest.push(line.to_string());
+        }
+    }
+    parallel.retain(|l| !l.is_empty());
+    (parallel, rest)
+}
+
+/// A `pg_restore --use-list` file (names of objects only, no data), removed when dropped.
+fn toc_file(entries: &[String]) -> Result<tempfile::NamedTempFile, RestoreError> {
+    let mut file = tempfile::NamedTempFile::new().map_err(RestoreError::ListFile)?;
+    std::io::Write::write_all(&mut file, (entries.join("\n") + "\n").as_bytes())
+        .map_err(RestoreError::ListFile)?;
+    Ok(file)
+}
+
+fn use_list(file: &tempfile::NamedTempFile) -> Vec<String> {
+    vec![format!("--use-list={}", file.path().display())]
 }
 
 /// Drops a database this restore created, after a failure. pg_restore was just killed, and

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::restore::{self, RestoreOptions};
 use super::PgTarget;
-use crate::catalog::{Manifest, Part, PartFormat};
+use crate::catalog::{Manifest, Part, PartFormat, Section};
 use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
 use crate::pipeline::keys::Identities;
 use crate::progress::Progress;
@@ -34,6 +34,13 @@ pub struct RestoreArgs {
     /// Directory holding pg_restore (default: PATH).
     #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+
+    /// For a backup taken with `worker backup postgres --jobs`: load its data parts N at a
+    /// time and build its indexes N at a time. A backup stored as one stream restores as
+    /// one stream whatever N is.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 /// A PostgreSQL server to restore one database part into.
@@ -42,13 +49,16 @@ pub struct PgSink {
     to: PgTarget,
     opts: RestoreOptions,
     globals: bool,
+    jobs: usize,
     plan: Option<restore::RestorePlan>,
 }
 
 impl RestoreArgs {
     /// The first PostgreSQL-only flag given, for refusing it on another engine's backup.
     pub fn given(&self) -> Option<&'static str> {
-        (self.keep_owners.then_some("--keep-owners")).or(self.globals.then_some("--globals"))
+        (self.keep_owners.then_some("--keep-owners"))
+            .or(self.globals.then_some("--globals"))
+            .or((self.jobs > 1).then_some("--jobs"))
     }
 
     /// # Errors
@@ -63,6 +73,7 @@ impl RestoreArgs {
                 bin_dir: self.pg_bin_dir.clone(),
             },
             globals: self.globals,
+            jobs: usize::from(self.jobs),
             plan: None,
         }))
     }
@@ -93,7 +104,7 @@ pub fn pick_part<'m>(manifest: &'m Manifest, database: Option<&str>) -> Result<&
     let dbs: Vec<&Part> = manifest
         .parts
         .iter()
-        .filter(|p| p.database.is_some())
+        .filter(|p| p.database.is_some() && p.leads())
         .collect();
     match database {
         Some(d) => dbs
@@ -140,7 +151,9 @@ impl Sink for PgSink {
             .parts
             .iter()
             .filter(|p| {
-                p.database.is_some() && only.is_none_or(|d| p.database.as_deref() == Some(d))
+                p.database.is_some()
+                    && p.leads()
+                    && only.is_none_or(|d| p.database.as_deref() == Some(d))
             })
             .collect();
         if parts.is_empty() {
@@ -190,20 +203,30 @@ impl Sink for PgSink {
 
     fn rolls_back(&self, part: &Part) -> bool {
         // pg_restore --single-transaction, killed before the withheld last chunk when the
-        // part fails its check; a database the restore created is dropped again. The
-        // globals part (psql, roles outside any database) keeps its pass before.
+        // part fails its check; a database the restore created is dropped again (the only
+        // kind a split backup restores into). The globals part (psql, roles outside any
+        // database) keeps its pass before.
         part.format == PartFormat::PgDumpCustom && part.database.is_some()
     }
 
     async fn plan<'m>(
         &mut self,
         _store: &dyn ReadStore,
-        _manifest: &'m Manifest,
+        manifest: &'m Manifest,
         first: &[Verified<'m>],
         _identities: &Identities,
         _progress: &dyn Progress,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
-        let plan = restore::plan(&self.to, first[0].part(), &self.opts).await?;
+        let lead = first[0].part();
+        let plan = restore::plan(&self.to, lead, &self.opts).await?;
+        let split: Vec<&'m Part> = match lead.section {
+            None => Vec::new(),
+            Some(_) => manifest
+                .parts
+                .iter()
+                .filter(|p| p.database == lead.database && p.name != lead.name)
+                .collect(),
+        };
         let confirm = plan.is_destructive().then(|| Confirm {
             what: format!("this restore drops objects in database {}", plan.database),
             prompt: format!(
@@ -225,11 +248,30 @@ impl Sink for PgSink {
             ));
         }
         lines.push(format!("plan: {}", plan.describe()));
+        if split.is_empty() {
+            if self.jobs > 1 {
+                lines.push(format!(
+                    "note: --jobs {} has no effect: the backup stores database {} as one stream (taken without --jobs)",
+                    self.jobs, plan.database
+                ));
+            }
+        } else {
+            let data = split
+                .iter()
+                .filter(|p| p.section == Some(Section::Data))
+                .count();
+            lines.push(format!(
+                "plan: {} parts: pre-data, {data} data part(s) {} at a time, post-data with indexes built {} at a time",
+                split.len() + 1,
+                self.jobs.min(data.max(1)),
+                self.jobs
+            ));
+        }
         self.plan = Some(plan);
         Ok(RestorePlan {
             lines,
             confirm,
-            more_parts: Vec::new(),
+            more_parts: split,
         })
     }
 
@@ -250,7 +292,20 @@ impl Sink for PgSink {
             .await?;
             say(&outcome.describe());
         }
-        let counts = restore::run(plan, store, part, identities, &self.opts, progress).await?;
+        let counts = if part.part().section.is_some() {
+            let mut split = Vec::new();
+            for v in verified {
+                if v.part().database == part.part().database && v.part().section.is_some() {
+                    split.push(*v);
+                }
+            }
+            restore::run_split(
+                plan, store, &split, identities, &self.opts, self.jobs, progress,
+            )
+            .await?
+        } else {
+            restore::run(plan, store, part, identities, &self.opts, progress).await?
+        };
         say(&format!(
             "restored {} into {}",
             part.manifest().backup_ref(),

@@ -24,6 +24,15 @@ pub struct BackupArgs {
     /// version: pg_dump refuses servers newer than itself.
     #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+
+    /// Dump each database with N pg_dump processes sharing one snapshot, as several parts:
+    /// pre-data, the biggest tables' rows spread over N data parts plus one for the rest,
+    /// post-data. `kubectl dr restore --jobs N` loads the data parts concurrently and builds
+    /// indexes in parallel. Such backups have manifest format 2 (an older kubectl-dr refuses
+    /// them and says to upgrade) and restore into a database the restore creates.
+    #[arg(long, short = 'j', env = "DR_PG_JOBS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 /// A PostgreSQL server to dump, from the libpq environment.
@@ -42,6 +51,7 @@ impl BackupArgs {
                 databases: self.databases,
                 globals: self.globals,
                 bin_dir: self.pg_bin_dir,
+                jobs: usize::from(self.jobs),
             },
         }))
     }

@@ -137,6 +137,7 @@ impl Source for RedisSource {
             format: PartFormat::RedisRdb,
             extension: "rdb",
             database: None,
+            section: None,
         };
         let target = self.target.clone();
         let summary = run

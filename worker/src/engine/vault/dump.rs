@@ -88,6 +88,7 @@ pub async fn dump(
         format: PartFormat::VaultSnapshot,
         extension: "snap",
         database: None,
+        section: None,
     };
     tracing::info!(addr = %active.addr(), "streaming the raft snapshot");
     let produce = move |out: &mut dyn io::Write| -> Result<snapshot::SnapshotFacts, SourceError> {
