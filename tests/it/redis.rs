@@ -391,7 +391,7 @@ async fn a_server_that_cuts_the_sync_commits_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cut_part_is_refused_before_the_target_is_touched() {
+async fn a_cut_part_streamed_in_one_pass_leaves_the_target_as_it_was() {
     let source = Server::start(None, &[]);
     source.seed();
     let (store, keys) = (TestStore::local(), Keys::generate());
@@ -424,6 +424,11 @@ async fn a_cut_part_is_refused_before_the_target_is_touched() {
         ],
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("one pass:"),
+        "the restore read the part before the sync: {}",
+        stderr(&out)
+    );
     assert_eq!(target.cli(0, &["GET", "keep-me"]).trim(), "1");
     assert!(target
         .cli(0, &["INFO", "replication"])

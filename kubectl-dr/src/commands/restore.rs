@@ -36,7 +36,9 @@ use crate::output::{self, Format};
 /// target unchanged; a database the restore created is dropped again), then ANALYZE. A missing database is created from template0. A
 /// database that already has tables is refused unless --clean, which drops and recreates
 /// the objects the backup contains (asks for confirmation unless --yes). --globals first
-/// restores the roles of the backup's globals part (psql; existing roles are skipped).
+/// restores the roles of the backup's globals part (psql; existing roles are skipped). A
+/// backup taken with `worker backup postgres --jobs` restores into a new database only,
+/// --jobs N of its data parts at a time and its indexes built N at a time.
 ///
 /// ClickHouse (--to http(s)://…:8123, CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)):
 /// databases, then tables and their rows (as INSERT … FORMAT Native), then materialized

@@ -114,6 +114,14 @@ impl Sink for RedisSink {
         Ok(vec![rdb_part(manifest)?])
     }
 
+    fn rolls_back(&self, _part: &Part) -> bool {
+        // A replica loads a full sync only once the whole payload arrived (into a temporary
+        // file, or beside the old data with repl-diskless-load swapdb; on-empty-db only
+        // when it holds nothing), and the payload's last chunk is held back until the part
+        // matched its manifest: a sync that fails leaves the old data in place.
+        true
+    }
+
     async fn plan<'m>(
         &mut self,
         _store: &dyn ReadStore,
