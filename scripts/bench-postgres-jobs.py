@@ -10,15 +10,18 @@ scripts/bench-postgres.py: word salad, jsonb, 10% random bytes; an index on each
   worker backup postgres --jobs N ; kubectl dr restore --jobs N (S3, one pass, counts)
 
 for N in JOBS (default 1,2,4), with wall time, peak RSS of the whole process tree and of
-its largest process, and stored bytes. Usage (services from scripts/services.sh):
+its largest process, and stored bytes. Each restore runs REPEAT times (default 1), in turn
+with the others, and its median is shown: restores of the same data differ by up to 30%
+between runs on this machine (page cache, checkpoints). Usage (services from
+scripts/services.sh):
 
-  scripts/bench-postgres-jobs.py [SIZE_MIB=1024] [JOBS=1,2,4]
+  scripts/bench-postgres-jobs.py [SIZE_MIB=1024] [JOBS=1,2,4] [REPEAT=1]
 """
 import json, os, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, measure  # noqa: E402
+from benchlib import ENV, measure_with_cpu as measure  # noqa: E402
 
 BIN = ENV["DR_PG_BIN_DIR"]
 TABLES = 4
@@ -77,6 +80,7 @@ def dropdb(*names):
 def main():
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     jobs = [int(j) for j in (sys.argv[2] if len(sys.argv) > 2 else "1,2,4").split(",")]
+    repeat = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     db = f"bench_tables_{size}"
     subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
     rel = os.path.join(ROOT, "target", "release")
@@ -91,7 +95,7 @@ def main():
         recipient = subprocess.run(["age-keygen", "-y", key], check=True, capture_output=True, text=True).stdout.strip()
         bucket = ENV["DR_TEST_BUCKET"]
         prefix = f"bench-jobs-{int(time.time())}"
-        rows = []  # (name, backup (s, tree, one), stored bytes, restore (s, tree, one))
+        rows = []  # (name, backup (s, tree, one), stored bytes, restore command)
 
         def restore(cmd):
             dropdb(target)
@@ -99,18 +103,17 @@ def main():
             dropdb(target)
             return r
 
+        # Backups first (their outputs stay), then the restores in turns.
         dumpfile = os.path.join(work, "plain.dump")
         b = measure(f"{BIN}/pg_dump -Fc -d {db} > {dumpfile}")
-        r = restore(f"{BIN}/createdb {target} && {BIN}/pg_restore --no-owner -d {target} {dumpfile}")
-        rows.append(("pg_dump -Fc / pg_restore", b, os.path.getsize(dumpfile), r))
-        os.remove(dumpfile)
+        rows.append(("pg_dump -Fc / pg_restore", b, os.path.getsize(dumpfile),
+                     f"{BIN}/createdb {target} && {BIN}/pg_restore --no-owner -d {target} {dumpfile}"))
         for n in jobs:
             d = os.path.join(work, f"dir{n}")
             b = measure(f"{BIN}/pg_dump -Fd -j {n} -f {d} -d {db}")
             stored = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-            r = restore(f"{BIN}/createdb {target} && {BIN}/pg_restore --no-owner -j {n} -d {target} {d}")
-            rows.append((f"pg_dump -Fd -j {n} / pg_restore -j {n}", b, stored, r))
-            shutil.rmtree(d)
+            rows.append((f"pg_dump -Fd -j {n} / pg_restore -j {n}", b, stored,
+                         f"{BIN}/createdb {target} && {BIN}/pg_restore --no-owner -j {n} -d {target} {d}"))
         for n in jobs:
             store = f"s3://{bucket}/{prefix}/j{n}"
             b = measure(f"{rel}/worker backup postgres --target bench -d {db} --store {store} -r {recipient} "
@@ -118,17 +121,23 @@ def main():
             listed = json.loads(subprocess.run(f"{rel}/kubectl-dr list --store {store} -o json", shell=True, env=ENV,
                                                capture_output=True, text=True, check=True).stdout)
             stored = listed[-1]["size_bytes"]
-            r = restore(f"{rel}/kubectl-dr restore latest --store {store} -i {key} --to {url} --jobs {n} "
-                        "--no-progress >/dev/null 2>&1")
-            rows.append((f"worker --jobs {n} / kubectl dr restore --jobs {n}", b, stored, r))
+            rows.append((f"worker --jobs {n} / kubectl dr restore --jobs {n}", b, stored,
+                         f"{rel}/kubectl-dr restore latest --store {store} -i {key} --to {url} --jobs {n} "
+                         "--no-progress >/dev/null 2>&1"))
+        runs = [[] for _ in rows]
+        for _ in range(repeat):
+            for i, row in enumerate(rows):
+                runs[i].append(restore(row[3]))
+        rows = [(name, b, stored, sorted(r)[len(r) // 2]) for (name, b, stored, _), r in zip(rows, runs)]
 
         print(f"\n{db}: pg_database_size {dbsize / 2**20:.0f} MiB in {TABLES} tables, PostgreSQL {version}, "
-              f"{os.cpu_count()} cores\n")
-        print("| command (backup / restore) | backup s | backup peak tree MiB | largest MiB | stored MiB "
-              "| restore s | restore peak tree MiB | largest MiB |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for name, (bs, bt, bo), nbytes, (rs, rt, ro) in rows:
-            print(f"| {name} | {bs:.1f} | {bt:.1f} | {bo:.1f} | {nbytes / 2**20:.1f} | {rs:.1f} | {rt:.1f} | {ro:.1f} |")
+              f"{os.cpu_count()} cores; restores: median of {repeat}\n")
+        print("| command (backup / restore) | backup s | cores busy | backup peak tree MiB | largest MiB | stored MiB "
+              "| restore s | cores busy | restore peak tree MiB | largest MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, (bs, bt, bo, bc), nbytes, (rs, rt, ro, rc) in rows:
+            print(f"| {name} | {bs:.1f} | {bc:.0%} | {bt:.1f} | {bo:.1f} | {nbytes / 2**20:.1f} "
+                  f"| {rs:.1f} | {rc:.0%} | {rt:.1f} | {ro:.1f} |")
         subprocess.run(f"aws --endpoint-url $AWS_ENDPOINT_URL s3 rm --quiet --recursive s3://{bucket}/{prefix}",
                        shell=True, env=ENV, check=False)
 

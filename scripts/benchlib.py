@@ -49,8 +49,23 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_ticks():
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def measure(cmd, **kw):
     """Runs a shell command; returns (seconds, peak tree RSS MiB, peak single-process RSS MiB)."""
+    return measure_with_cpu(cmd, **kw)[:3]
+
+
+def measure_with_cpu(cmd, **kw):
+    """As measure, plus how busy the machine's cores were meanwhile (0..1, every process,
+    the database server included): 1.0 means more parallelism cannot help here."""
+    busy0, total0 = cpu_ticks()
     start = time.monotonic()
     proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", cmd], env=ENV, **kw)
     peak_tree = peak_one = 0
@@ -72,6 +87,7 @@ def measure(cmd, **kw):
     secs = time.monotonic() - start
     if rc != 0:
         sys.exit(f"benchmark step failed ({rc}): {cmd}")
-    return secs, peak_tree / 1024, peak_one / 1024
+    busy1, total1 = cpu_ticks()
+    return secs, peak_tree / 1024, peak_one / 1024, (busy1 - busy0) / max(1, total1 - total0)
 
 

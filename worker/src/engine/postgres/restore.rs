@@ -335,13 +335,20 @@ async fn create_if_new(plan: &RestorePlan) -> Result<tokio_postgres::Client, Res
     Ok(maintenance)
 }
 
+/// ANALYZE (a restored database has no statistics, and the first queries after a rebuild
+/// would be planned blind) and the exact counts, side by side on two connections: the
+/// counts scan every table, ANALYZE samples them, and neither waits for the other.
 async fn analyze_and_count(plan: &RestorePlan) -> Result<Vec<TableCount>, RestoreError> {
-    let client = plan.target.connect(&plan.database).await?;
-    client
-        .batch_execute("ANALYZE")
-        .await
-        .map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
-    Ok(count_tables(&client, &plan.target).await?)
+    let (analyzing, counting) = (
+        plan.target.connect(&plan.database).await?,
+        plan.target.connect(&plan.database).await?,
+    );
+    let (analyzed, counts) = tokio::join!(
+        analyzing.batch_execute("ANALYZE"),
+        count_tables(&counting, &plan.target)
+    );
+    analyzed.map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
+    Ok(counts?)
 }
 
 /// pg_restore into the planned database, with `args` after the common ones.
