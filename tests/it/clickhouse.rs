@@ -380,7 +380,9 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
         "0"
     );
 
-    // A flipped byte in a data part: verify fails (1), restore refuses before creating anything.
+    // A flipped byte in a data part: verify fails (1). A restore into new databases reads
+    // each part once, as it streams, and drops what it created when the part fails; a
+    // restore into an existing database checks the parts before it touches anything.
     let part = store.object_path(&format!(
         "clickhouse/ch/{id}/data-{db}.events.native.zst.age"
     ));
@@ -398,6 +400,12 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
         &["--database-map", &fresh, "--yes"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("one pass:")
+            && stderr(&out).contains(&format!("dropped database x{db}")),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         server
             .ch(&format!(
@@ -407,6 +415,28 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
             .trim(),
         "0"
     );
+    let out = restore(
+        &store,
+        &id,
+        keys.identity.to_str().unwrap(),
+        &url,
+        &[
+            "--database-map",
+            &map,
+            "--table",
+            &pattern,
+            "--clean",
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("checking clickhouse/ch/{id} part"))
+            && !stderr(&out).contains("one pass:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.count(&copy, "events").await, 100_000);
 
     // Unreachable server and a bad password: clear errors, no secret in them.
     let out = restore(

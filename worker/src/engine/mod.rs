@@ -234,7 +234,9 @@ pub trait Sink: Send + Sync {
     /// its very last chunk included, leaves the destination as it was (one transaction, or a
     /// database the restore created and drops again). Such a part is read once, checked as
     /// it streams ([`crate::verify::Verified::as_it_streams`]); others are checked in a pass
-    /// before the destination is touched. Default: false.
+    /// before the destination is touched. Asked for [`Sink::first_parts`] before
+    /// [`Sink::plan`], and for the plan's `more_parts` after it (so the answer may depend on
+    /// what the plan found, e.g. whether the restore creates every database). Default: false.
     fn rolls_back(&self, _part: &crate::catalog::Part) -> bool {
         false
     }

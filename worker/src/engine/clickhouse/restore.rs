@@ -178,8 +178,10 @@ pub async fn inner_table(client: &ChClient, db: &str, view: &str) -> Result<Stri
 /// The whole restore, decided before anything changes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    /// Database renames, backup name to restored name.
+    /// The databases restored into, with the statement that creates each if missing.
     pub databases: Vec<(String, String)>,
+    /// Those of them that do not exist yet: the restore creates them.
+    pub created: Vec<String>,
     /// What is created and loaded, in order.
     pub steps: Vec<Step>,
     /// What the restore changes on the way (e.g. an Ordinary database created as Atomic).
@@ -206,6 +208,13 @@ impl Plan {
                 format!("{action}{load} {}.{} ({})", s.database, s.name, s.engine)
             }))
             .collect()
+    }
+
+    /// True when every database the restore touches is one it creates: a failure then
+    /// drops them again and leaves the server as it was, so data parts can be checked as
+    /// they stream (one pass).
+    pub fn rolls_back(&self) -> bool {
+        !self.databases.is_empty() && self.created.len() == self.databases.len()
     }
 
     /// Whether the plan drops something (`--clean` over existing tables).
@@ -325,6 +334,20 @@ pub async fn plan(
         .collect::<Vec<_>>()
         .join(", ");
     let existing = list_tables(client, &format!("database IN ({list})"), false).await?;
+    let present: Vec<String> = client
+        .rows(
+            "listing databases",
+            &format!("SELECT name FROM system.databases WHERE name IN ({list})"),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect();
+    let created: Vec<String> = dbs
+        .iter()
+        .filter(|d| !present.contains(d))
+        .cloned()
+        .collect();
     let exists = |db: &str, name: &str| existing.iter().any(|t| t.database == db && t.name == name);
 
     let mut steps = Vec::new();
@@ -414,6 +437,7 @@ pub async fn plan(
         .collect();
     Ok(Plan {
         databases,
+        created,
         steps,
         notes,
     })
@@ -521,6 +545,43 @@ pub async fn count(client: &ChClient, db: &str, table: &str) -> Result<u64, ChEr
 /// DDL and load errors, damaged parts.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
+    client: &ChClient,
+    plan: &Plan,
+    store: &dyn ReadStore,
+    verified: &[Verified<'_>],
+    identities: &Identities,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<TableCount>, RestoreError> {
+    let restored = run_steps(
+        client, plan, store, verified, identities, opts, progress, say,
+    )
+    .await;
+    if restored.is_err() && plan.rolls_back() {
+        // Every database here is this restore's own: leave the server as it was found.
+        for db in &plan.created {
+            let dropped = client
+                .execute(
+                    &format!("dropping database {db} after the failed restore"),
+                    &format!("DROP DATABASE IF EXISTS {}", quote_ident(db)),
+                )
+                .await;
+            match dropped {
+                Ok(()) => say(&format!(
+                    "the restore failed: dropped database {db}, which it had created"
+                )),
+                Err(e) => say(&format!(
+                    "the restore failed and database {db}, which it created, could not be dropped ({e}): drop it by hand"
+                )),
+            }
+        }
+    }
+    restored
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
     client: &ChClient,
     plan: &Plan,
     store: &dyn ReadStore,

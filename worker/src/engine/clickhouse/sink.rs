@@ -151,6 +151,13 @@ impl Sink for ChSink {
         Ok(vec![schema])
     }
 
+    fn rolls_back(&self, part: &Part) -> bool {
+        // Asked for the data parts after the plan: when every database is one the restore
+        // creates, a failure drops them again. The schema part is read before the plan.
+        part.format != PartFormat::ClickhouseSchema
+            && self.plan.as_ref().is_some_and(restore::Plan::rolls_back)
+    }
+
     async fn plan<'m>(
         &mut self,
         store: &dyn ReadStore,
@@ -170,6 +177,12 @@ impl Sink for ChSink {
             .collect();
         let mut lines = vec![format!("plan for {}:", self.target)];
         lines.extend(plan.describe().into_iter().map(|l| format!("  {l}")));
+        if plan.rolls_back() {
+            lines.push(format!(
+                "  note: every database is new to the server ({}): a failure drops them again, so the data parts are read once, checked as they stream",
+                plan.created.join(", ")
+            ));
+        }
         let confirm = plan.is_destructive().then(|| Confirm {
             what: "this restore drops existing tables".into(),
             prompt: "This drops and recreates the tables marked above.".into(),
