@@ -10,7 +10,7 @@
 //! adds), confirm, restore, compare counts.
 //!
 //! A single restore reads a part once when its engine rolls back a failed stream
-//! ([`Checked::get_or_stream`]). The rebuild and the drill keep the pass before: their
+//! ([`Checked::proof`]). The rebuild and the drill keep the pass before: their
 //! [`Checked::whole_backup`] runs first, because a damaged part found in a later step must
 //! stop the run before the earlier steps changed anything, and a rollback of one step
 //! cannot undo another.
@@ -359,21 +359,23 @@ pub struct Checked<'m> {
 }
 
 impl<'m> Checked<'m> {
-    /// The proof for `part` for a destination that rolls back a failed stream: the check
-    /// made earlier in this run if there was one, else the promise to check it as it
-    /// streams (one pass) when its manifest recorded its header, else a check now.
+    /// The proof for `part`. With `one_pass` (its destination rolls back a failed stream):
+    /// the check made earlier in this run if there was one, else the promise to check it
+    /// as it streams when its manifest recorded its header, else a check now. Without: as
+    /// [`Checked::get`].
     ///
     /// # Errors
     /// As [`Checked::get`].
-    pub async fn get_or_stream(
+    pub async fn proof(
         &mut self,
+        one_pass: bool,
         store: &dyn ReadStore,
         manifest: &'m Manifest,
         part: &'m Part,
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
     ) -> Result<Verified<'m>, VerifyError> {
-        if !self.has(manifest, part) {
+        if one_pass && !self.has(manifest, part) {
             if let Some(v) = Verified::as_it_streams(manifest, part) {
                 say(&format!(
                     "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
@@ -484,26 +486,24 @@ pub async fn prepare<'m>(
     let manifest = step.manifest;
     let mut verified = Vec::new();
     for part in sink.first_parts(manifest)? {
-        verified.push(if sink.rolls_back(part) {
+        let one_pass = sink.rolls_back(part);
+        verified.push(
             checked
-                .get_or_stream(store, manifest, part, progress, say)
-                .await?
-        } else {
-            checked.get(store, manifest, part, progress, say).await?
-        });
+                .proof(one_pass, store, manifest, part, progress, say)
+                .await?,
+        );
     }
     let plan = sink
         .plan(store, manifest, &verified, identities, progress)
         .await?;
     for part in plan.more_parts {
         if !verified.iter().any(|v| v.part().name == part.name) {
-            verified.push(if sink.rolls_back(part) {
+            let one_pass = sink.rolls_back(part);
+            verified.push(
                 checked
-                    .get_or_stream(store, manifest, part, progress, say)
-                    .await?
-            } else {
-                checked.get(store, manifest, part, progress, say).await?
-            });
+                    .proof(one_pass, store, manifest, part, progress, say)
+                    .await?,
+            );
         }
     }
     Ok(Prepared {

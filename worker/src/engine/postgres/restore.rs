@@ -239,6 +239,13 @@ pub async fn run_split(
     let (plain, bar) = open_plaintext(store, pre, identities, progress).await?;
     let maintenance = create_if_new(plan).await?;
     let jobs = jobs.max(1);
+    let loader = Loader {
+        plan,
+        store,
+        identities,
+        opts,
+        progress,
+    };
     let loaded = async {
         let first = feed_blocking(plan, opts, pre, plain, one_transaction()).await;
         bar.finish();
@@ -247,22 +254,13 @@ pub async fn run_split(
         // boxed future (higher-ranked lifetimes).
         let mut data = Vec::new();
         for v in of(parts, Section::Data) {
-            data.push(load(
-                plan,
-                store,
-                v,
-                identities,
-                opts,
-                progress,
-                one_transaction(),
-            ));
+            data.push(loader.load(v, one_transaction()));
         }
         futures::stream::iter(data)
             .buffer_unordered(jobs)
             .try_collect::<Vec<()>>()
             .await?;
-        let toc = list(plan, store, post, identities, opts, progress).await?;
-        let (parallel, rest) = split_post_data(&toc, jobs);
+        let (parallel, rest) = split_post_data(&loader.list(post).await?, jobs);
         // Each statement commits on its own here: jobs holding locks until the end of a
         // transaction could deadlock on two tables.
         let mut lists = Vec::new();
@@ -272,30 +270,13 @@ pub async fn run_split(
         let rest = toc_file(&rest)?;
         let mut indexes = Vec::new();
         for file in &lists {
-            indexes.push(load(
-                plan,
-                store,
-                post,
-                identities,
-                opts,
-                progress,
-                use_list(file),
-            ));
+            indexes.push(loader.load(post, use_list(file)));
         }
         futures::stream::iter(indexes)
             .buffer_unordered(jobs)
             .try_collect::<Vec<()>>()
             .await?;
-        load(
-            plan,
-            store,
-            post,
-            identities,
-            opts,
-            progress,
-            use_list(&rest),
-        )
-        .await
+        loader.load(post, use_list(&rest)).await
     }
     .await;
     if let Err(e) = loaded {
@@ -371,20 +352,46 @@ fn pg_restore(
     cmd
 }
 
-/// Opens one part and feeds it to a pg_restore with `args`.
-async fn load(
-    plan: &RestorePlan,
-    store: &dyn ReadStore,
-    verified: Verified<'_>,
-    identities: &Identities,
-    opts: &RestoreOptions,
-    progress: &dyn Progress,
-    args: Vec<String>,
-) -> Result<(), RestoreError> {
-    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
-    let loaded = feed_blocking(plan, opts, verified, plain, args).await;
-    bar.finish();
-    loaded
+/// What every load of a split restore shares.
+struct Loader<'a> {
+    plan: &'a RestorePlan,
+    store: &'a dyn ReadStore,
+    identities: &'a Identities,
+    opts: &'a RestoreOptions,
+    progress: &'a dyn Progress,
+}
+
+impl Loader<'_> {
+    /// Opens one part and feeds it to a pg_restore with `args`.
+    async fn load(&self, verified: Verified<'_>, args: Vec<String>) -> Result<(), RestoreError> {
+        let (plain, bar) =
+            open_plaintext(self.store, verified, self.identities, self.progress).await?;
+        let loaded = feed_blocking(self.plan, self.opts, verified, plain, args).await;
+        bar.finish();
+        loaded
+    }
+
+    /// The table of contents of a part (`pg_restore -l`), read from its checked stream.
+    async fn list(&self, verified: Verified<'_>) -> Result<String, RestoreError> {
+        let (plain, bar) =
+            open_plaintext(self.store, verified, self.identities, self.progress).await?;
+        let mut cmd = child::tool(self.opts.bin_dir.as_deref(), "pg_restore");
+        cmd.arg("--list")
+            .envs(self.plan.target.child_env(&self.plan.database));
+        let part = verified.part().clone();
+        let backup = verified.manifest().backup_ref().to_string();
+        let listed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, RestoreError> {
+            let mut tool = StdinChild::spawn_with_output(cmd).map_err(RestoreError::Tool)?;
+            stream_withheld(plain, &backup, &part, |chunk, _| {
+                tool.write_all(chunk).map_err(RestoreError::Tool)
+            })?;
+            Ok(tool.close_with_output().map_err(RestoreError::Tool)?.1)
+        })
+        .await
+        .expect("list thread panicked");
+        bar.finish();
+        Ok(String::from_utf8_lossy(&listed?).into_owned())
+    }
 }
 
 async fn feed_blocking(
@@ -400,34 +407,6 @@ async fn feed_blocking(
     tokio::task::spawn_blocking(move || feed(plain, cmd, &backup, &part))
         .await
         .expect("restore thread panicked")
-}
-
-/// The table of contents of a part (`pg_restore -l`), read from its checked stream.
-async fn list(
-    plan: &RestorePlan,
-    store: &dyn ReadStore,
-    verified: Verified<'_>,
-    identities: &Identities,
-    opts: &RestoreOptions,
-    progress: &dyn Progress,
-) -> Result<String, RestoreError> {
-    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
-    let mut cmd = child::tool(opts.bin_dir.as_deref(), "pg_restore");
-    cmd.arg("--list")
-        .envs(plan.target.child_env(&plan.database));
-    let part = verified.part().clone();
-    let backup = verified.manifest().backup_ref().to_string();
-    let listed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, RestoreError> {
-        let mut tool = StdinChild::spawn_with_output(cmd).map_err(RestoreError::Tool)?;
-        stream_withheld(plain, &backup, &part, |chunk, _| {
-            tool.write_all(chunk).map_err(RestoreError::Tool)
-        })?;
-        Ok(tool.close_with_output().map_err(RestoreError::Tool)?.1)
-    })
-    .await
-    .expect("list thread panicked");
-    bar.finish();
-    Ok(String::from_utf8_lossy(&listed?).into_owned())
 }
 
 /// Splits a post-data table of contents into `jobs` lists of entries that may run side by
