@@ -13,6 +13,10 @@ and for restores, `pg_restore` from the local pg_dump file versus `kubectl dr re
 the store. Usage (services from scripts/services.sh; release binaries are built):
 
   scripts/bench-postgres.py [SIZE_MIB=1024]
+
+The parallel rows (pg_dump -Fd -j N / pg_restore -j N against --jobs N) are in
+scripts/bench-postgres-jobs.py: they need a database of several tables, since every tool
+parallelises per table, and this one's single table would show no scaling at all.
 """
 import os, subprocess, sys, tempfile
 

@@ -43,7 +43,9 @@ async fn forge(store: &dyn DeleteStore, recipient: &str, db: &str) -> (BackupRef
     let b = BackupRef {
         engine: "postgres".into(),
         target: "shop".into(),
-        id: BackupId::new(chrono::Utc::now()),
+        // Dated ahead, as a forger would to be `latest`: also strictly newer than the
+        // genuine backup taken in the same second (ids have one-second resolution).
+        id: BackupId::new(chrono::Utc::now() + chrono::Duration::seconds(2)),
     };
     let file = format!("db-{db}.pgdump.zst.age");
     let sha = {
