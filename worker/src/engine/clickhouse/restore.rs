@@ -554,13 +554,15 @@ pub async fn run(
     progress: &dyn Progress,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TableCount>, RestoreError> {
+    let mut made = Vec::new();
     let restored = run_steps(
-        client, plan, store, verified, identities, opts, progress, say,
+        client, plan, store, verified, identities, opts, progress, say, &mut made,
     )
     .await;
     if restored.is_err() && plan.rolls_back() {
-        // Every database here is this restore's own: leave the server as it was found.
-        for db in &plan.created {
+        // Every database here is this restore's own (created by this run, not merely
+        // missing when it planned): leave the server as it was found.
+        for db in &made {
             let dropped = client
                 .execute(
                     &format!("dropping database {db} after the failed restore"),
@@ -590,9 +592,18 @@ async fn run_steps(
     opts: &RestoreOptions,
     progress: &dyn Progress,
     say: &(dyn Fn(&str) + Sync),
+    made: &mut Vec<String>,
 ) -> Result<Vec<TableCount>, RestoreError> {
     for (db, create) in &plan.databases {
-        execute_ddl(client, &format!("creating database {db}"), create, say).await?;
+        if plan.created.contains(db) {
+            // Without IF NOT EXISTS: a database someone created since the plan is not ours
+            // to drop if this restore fails.
+            let strict = create.replacen("CREATE DATABASE IF NOT EXISTS", "CREATE DATABASE", 1);
+            execute_ddl(client, &format!("creating database {db}"), &strict, say).await?;
+            made.push(db.clone());
+        } else {
+            execute_ddl(client, &format!("creating database {db}"), create, say).await?;
+        }
     }
     let original_db = |db: &str| {
         opts.database_map
