@@ -225,6 +225,65 @@ async fn a_full_disk_fails_the_backup_and_the_last_good_one_survives() {
     drop_database(&db).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_backup_that_runs_out_of_disk_leaves_no_partial_part() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        return;
+    };
+    let db = unique("fulljobs");
+    create_database(&db).await;
+    pg_connect(&db)
+        .await
+        .batch_execute("CREATE TABLE a AS SELECT g, md5(g::text) m FROM generate_series(1, 20000) g; CREATE TABLE b AS SELECT g, md5(g::text) m FROM generate_series(1, 20000) g;")
+        .await
+        .unwrap();
+    let root = disk.path().join("store");
+    let store = TestStore::Local {
+        url: format!("file://{}", root.display()),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let keys = Keys::generate();
+    let filler = disk.fill();
+    // Room for the small parts (pre- and post-data) but not for the rows: one part fails
+    // while its siblings are still writing.
+    for f in &filler[..6] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "postgres",
+            "--target",
+            "full",
+            "-d",
+            &db,
+            "--jobs",
+            "3",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    let files = walk_files(&root);
+    assert!(
+        files.iter().all(|f| !f.ends_with(MANIFEST_FILE)),
+        "a failed backup committed: {files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.to_string_lossy().contains(".partial-")),
+        "a sibling part stopped half-way left its temporary file: {files:?}"
+    );
+    drop(disk);
+    drop_database(&db).await;
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

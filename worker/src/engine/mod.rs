@@ -314,7 +314,9 @@ impl<'a> BackupRun<'a> {
         Ok(BackupRun {
             store,
             settings,
-            cancel,
+            // Its own token under the signals' one: a failed part can stop its siblings
+            // ([`BackupRun::all_or_stop`]) without looking like a shutdown to anyone else.
+            cancel: cancel.child_token(),
             backup: BackupRef {
                 engine: engine.to_string(),
                 target: target.to_string(),
@@ -324,6 +326,38 @@ impl<'a> BackupRun<'a> {
             started_at,
             parts: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs `tasks` (each storing parts of this run) `limit` at a time. On the first
+    /// failure the run is cancelled, so the others stop early (their producers killed,
+    /// their uploads aborted), and every task is still awaited: an upload dropped half-way
+    /// would skip its own cleanup and leave a partial object or an open multipart upload
+    /// behind. Returns the results in completion order, or the first error.
+    ///
+    /// # Errors
+    /// The first task's error; the siblings' errors (cancellations) are not it.
+    pub async fn all_or_stop<T, E, F>(
+        &self,
+        tasks: impl IntoIterator<Item = F>,
+        limit: usize,
+    ) -> Result<Vec<T>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        use futures::StreamExt;
+        let mut running = futures::stream::iter(tasks).buffer_unordered(limit.max(1));
+        let (mut done, mut first) = (Vec::new(), None);
+        while let Some(result) = running.next().await {
+            match result {
+                Ok(v) => done.push(v),
+                Err(e) if first.is_none() => {
+                    self.cancel.cancel();
+                    first = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        first.map_or(Ok(done), Err)
     }
 
     /// Where this backup is written.

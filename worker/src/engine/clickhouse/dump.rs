@@ -12,7 +12,6 @@ use crate::catalog::PartFormat;
 use crate::catalog::TableCount;
 use crate::engine::{encode_name, BackupRun, PartSpec};
 use crate::pipeline::encode::{EncodeError, SourceError};
-use futures::{StreamExt, TryStreamExt};
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]
@@ -303,10 +302,7 @@ pub async fn dump(
         > = Box::pin(dump_and_log(run, &client, table));
         tasks.push(task);
     }
-    futures::stream::iter(tasks)
-        .buffer_unordered(opts.parallel.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    run.all_or_stop(tasks, opts.parallel).await?;
     let facts = Facts {
         ttl_tables: schema
             .tables

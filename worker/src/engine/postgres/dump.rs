@@ -17,8 +17,6 @@
 
 use std::path::PathBuf;
 
-use futures::{StreamExt, TryStreamExt};
-
 use super::{count_tables, quote_ident, PgError, PgTarget};
 use crate::catalog::{PartFormat, Section};
 use crate::engine::child;
@@ -164,7 +162,7 @@ async fn dump_database(
     }
     let leader = parts[0].0.clone();
     tracing::info!(database = db, snapshot = %snapshot, parts = parts.len(), "dumping");
-    let stored = futures::stream::iter(parts.into_iter().map(|(name, section, cmd)| {
+    let tasks = parts.into_iter().map(|(name, section, cmd)| {
         let spec = PartSpec {
             name,
             format: PartFormat::PgDumpCustom,
@@ -177,9 +175,8 @@ async fn dump_database(
             Ok(child::stream_stdout(cmd, out, &cancel)?)
         };
         run.store_part(spec, produce)
-    }))
-    .buffer_unordered(opts.jobs.max(1))
-    .try_collect::<Vec<String>>();
+    });
+    let stored = run.all_or_stop(tasks, opts.jobs);
     // Count while pg_dump reads: both see the exported snapshot, and the server does the
     // scans in parallel.
     let (stored, counts) = tokio::join!(stored, count_tables(&client, &target));
