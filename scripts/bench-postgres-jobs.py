@@ -21,19 +21,9 @@ import json, os, shutil, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, measure_with_cpu as measure  # noqa: E402
+from benchlib import ENV, PG_BIN as BIN, WORDS_SQL, psql, query, measure_with_cpu as measure  # noqa: E402
 
-BIN = ENV["DR_PG_BIN_DIR"]
 TABLES = 4
-
-
-def psql(db, sql):
-    subprocess.run([f"{BIN}/psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql], env=ENV, check=True)
-
-
-def query(db, sql):
-    return subprocess.run([f"{BIN}/psql", "-tAc", sql, "-d", db], env=ENV, capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 def build_database(db, size_mib):
@@ -43,11 +33,7 @@ def build_database(db, size_mib):
     final, db = db, db + "_building"
     psql("postgres", f"DROP DATABASE IF EXISTS {db}")
     psql("postgres", f"CREATE DATABASE {db}")
-    psql(db, """CREATE TABLE words AS SELECT w, row_number() OVER () AS i FROM unnest(string_to_array(
-                  'kubernetes cluster backup restore vault secret postgres table index query transaction snapshot replica '
-                  'node pod service ingress volume claim storage bucket object encryption key manifest retention policy '
-                  'daily weekly monthly error warning latency throughput request response user session token payment '
-                  'order invoice customer product inventory shipment address email phone status pending active closed', ' ')) w;""")
+    psql(db, WORDS_SQL)
     rows = size_mib * 1024 // TABLES
     for t in range(1, TABLES + 1):
         psql(db, f"CREATE TABLE docs_{t} (id bigserial PRIMARY KEY, title text, body text, meta jsonb, blob bytea, created_at timestamptz)")

@@ -22,31 +22,19 @@ import os, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, measure  # noqa: E402
-
-BIN = ENV["DR_PG_BIN_DIR"]
-
-
-def psql(db, sql):
-    subprocess.run([f"{BIN}/psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql], env=ENV, check=True)
+from benchlib import ENV, PG_BIN as BIN, WORDS_SQL, psql, query, measure  # noqa: E402
 
 
 def build_database(db, size_mib):
-    exists = subprocess.run([f"{BIN}/psql", "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{db}'", "-d", "postgres"],
-                            env=ENV, capture_output=True, text=True, check=True).stdout.strip()
-    if exists:
+    if query("postgres", f"SELECT 1 FROM pg_database WHERE datname='{db}'"):
         return
     print(f"building {db} (~{size_mib} MiB; once)…", file=sys.stderr)
     final, db = db, db + "_building"
     psql("postgres", f"DROP DATABASE IF EXISTS {db}")
     psql("postgres", f"CREATE DATABASE {db}")
     psql(db, "CREATE EXTENSION pgcrypto")
-    psql(db, """CREATE TABLE docs (id bigserial PRIMARY KEY, title text, body text, meta jsonb, blob bytea, created_at timestamptz);
-                CREATE TABLE words AS SELECT w, row_number() OVER () AS i FROM unnest(string_to_array(
-                  'kubernetes cluster backup restore vault secret postgres table index query transaction snapshot replica '
-                  'node pod service ingress volume claim storage bucket object encryption key manifest retention policy '
-                  'daily weekly monthly error warning latency throughput request response user session token payment '
-                  'order invoice customer product inventory shipment address email phone status pending active closed', ' ')) w;""")
+    psql(db, "CREATE TABLE docs (id bigserial PRIMARY KEY, title text, body text, meta jsonb, blob bytea, created_at timestamptz)")
+    psql(db, WORDS_SQL)
     # ~1 KiB a row: ~650 B of word salad, ~200 B jsonb, 100 random bytes, small fields.
     rows = size_mib * 1024
     batch = 50_000

@@ -17,6 +17,23 @@ def load_env():
 
 
 ENV = load_env()
+PG_BIN = ENV["DR_PG_BIN_DIR"]
+
+# A word list the benchmark databases draw their text from (a temporary table `words`).
+WORDS_SQL = """CREATE TABLE words AS SELECT w, row_number() OVER () AS i FROM unnest(string_to_array(
+  'kubernetes cluster backup restore vault secret postgres table index query transaction snapshot replica '
+  'node pod service ingress volume claim storage bucket object encryption key manifest retention policy '
+  'daily weekly monthly error warning latency throughput request response user session token payment '
+  'order invoice customer product inventory shipment address email phone status pending active closed', ' ')) w;"""
+
+
+def psql(db, sql):
+    subprocess.run([f"{PG_BIN}/psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql], env=ENV, check=True)
+
+
+def query(db, sql):
+    return subprocess.run([f"{PG_BIN}/psql", "-tAc", sql, "-d", db], env=ENV, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def tree(pid):

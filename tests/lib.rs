@@ -199,6 +199,17 @@ impl TestStore {
         }
     }
 
+    /// The part file of a one-part backup directory (`engine/target/id`), for tests that
+    /// damage or replace it.
+    pub fn part_path(&self, dir: &str) -> PathBuf {
+        std::fs::read_dir(self.object_path(dir))
+            .expect("backup directory")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "age"))
+            .expect("part file")
+    }
+
     /// Every file under the store's root, relative, for "nothing left behind" checks.
     pub fn files(&self) -> Vec<String> {
         let root = self.object_path("");

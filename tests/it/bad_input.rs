@@ -73,13 +73,7 @@ impl Fixture {
     }
 
     fn part_path(&self) -> std::path::PathBuf {
-        let dir = self.store.object_path(&format!("postgres/bad/{}", self.id));
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "age"))
-            .expect("part file")
+        self.store.part_path(&format!("postgres/bad/{}", self.id))
     }
 
     async fn cleanup(self) {

@@ -47,12 +47,7 @@ impl Source {
     }
 
     fn part_path(&self) -> std::path::PathBuf {
-        std::fs::read_dir(self.store.object_path(&self.dir()))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "age"))
-            .expect("part file")
+        self.store.part_path(&self.dir())
     }
 
     fn restore(&self, to: &str, extra: &[&str]) -> std::process::Output {
@@ -69,12 +64,6 @@ impl Source {
         args.extend_from_slice(extra);
         run("kubectl-dr", &args, &[])
     }
-}
-
-/// Length of the age header and nonce at the start of a part.
-fn age_prefix(bytes: &[u8]) -> usize {
-    let mac = bytes.windows(4).position(|w| w == b"\n---").unwrap() + 1;
-    mac + bytes[mac..].iter().position(|&b| b == b'\n').unwrap() + 1 + 16
 }
 
 /// An existing database with its own data, and its fingerprint.
@@ -99,7 +88,7 @@ async fn a_part_damaged_anywhere_leaves_the_target_as_it_was() {
     let src = Source::new().await;
     let path = src.part_path();
     let good = std::fs::read(&path).unwrap();
-    let prefix = age_prefix(&good);
+    let prefix = drkit::pipeline::age_prefix_len(&good).expect("an age header");
     // age's payload: 64 KiB chunks, each with a 16-byte tag.
     let chunk = 64 * 1024 + 16;
     assert!(
@@ -189,12 +178,7 @@ async fn a_replaced_part_is_refused_before_pg_restore_reads_a_byte() {
         .await
         .unwrap();
     let other = backup_postgres(&src.store, &src.keys, "other", &other_db, &[]);
-    let other_part = std::fs::read_dir(src.store.object_path(&format!("postgres/other/{other}")))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "age"))
-        .unwrap();
+    let other_part = src.store.part_path(&format!("postgres/other/{other}"));
     std::fs::copy(&other_part, src.part_path()).unwrap();
 
     let fresh = unique("onepass_new");

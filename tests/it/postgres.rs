@@ -65,6 +65,18 @@ CREATE MATERIALIZED VIEW app.user_orders AS
 SELECT lo_from_bytea(0, convert_to(repeat('large object ', 10000), 'UTF8'));
 "#;
 
+/// A new database holding [`RICH_SCHEMA`].
+async fn rich_database(tag: &str) -> String {
+    let db = unique(tag);
+    create_database(&db).await;
+    pg_connect(&db)
+        .await
+        .batch_execute(RICH_SCHEMA)
+        .await
+        .unwrap();
+    db
+}
+
 /// Ordered content hash of every table and materialized view, sequence positions, large
 /// objects, enum labels and extensions: what "identical after restore" means here.
 async fn fingerprint(db: &str) -> BTreeMap<String, String> {
@@ -146,13 +158,7 @@ fn json(out: &std::process::Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_preserves_every_kind_of_object() {
-    let (source, restored) = (unique("rich"), unique("rich_restored"));
-    create_database(&source).await;
-    pg_connect(&source)
-        .await
-        .batch_execute(RICH_SCHEMA)
-        .await
-        .unwrap();
+    let (source, restored) = (rich_database("rich").await, unique("rich_restored"));
     let (store, keys) = (TestStore::s3(), Keys::generate());
 
     let id = backup_postgres(&store, &keys, "rich", &source, &[]);
@@ -633,13 +639,10 @@ async fn restore_globals_creates_the_roles_first_and_a_rerun_skips_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_3_round_trip_preserves_every_kind_of_object() {
-    let (source, restored) = (unique("rich_jobs"), unique("rich_jobs_restored"));
-    create_database(&source).await;
-    pg_connect(&source)
-        .await
-        .batch_execute(RICH_SCHEMA)
-        .await
-        .unwrap();
+    let (source, restored) = (
+        rich_database("rich_jobs").await,
+        unique("rich_jobs_restored"),
+    );
     let (store, keys) = (TestStore::s3(), Keys::generate());
     let id = backup_postgres(&store, &keys, "rich", &source, &["--jobs", "3"]);
     let m = manifest(&store, &id).await;

@@ -375,7 +375,7 @@ impl<'m> Checked<'m> {
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
     ) -> Result<Verified<'m>, VerifyError> {
-        if one_pass && !self.has(manifest, part) {
+        if one_pass && self.find(manifest, part).is_none() {
             if let Some(v) = Verified::as_it_streams(manifest, part) {
                 say(&format!(
                     "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
@@ -389,10 +389,11 @@ impl<'m> Checked<'m> {
         self.get(store, manifest, part, progress, say).await
     }
 
-    fn has(&self, manifest: &Manifest, part: &Part) -> bool {
+    fn find(&self, manifest: &Manifest, part: &Part) -> Option<Verified<'m>> {
         self.done
             .iter()
-            .any(|v| std::ptr::eq(v.manifest(), manifest) && v.part().name == part.name)
+            .find(|v| std::ptr::eq(v.manifest(), manifest) && v.part().name == part.name)
+            .copied()
     }
 
     /// The proof for `part`, checking it first (every byte against the manifest) when it
@@ -408,12 +409,8 @@ impl<'m> Checked<'m> {
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
     ) -> Result<Verified<'m>, VerifyError> {
-        if let Some(v) = self
-            .done
-            .iter()
-            .find(|v| std::ptr::eq(v.manifest(), manifest) && v.part().name == part.name)
-        {
-            return Ok(*v);
+        if let Some(v) = self.find(manifest, part) {
+            return Ok(v);
         }
         say(&format!(
             "checking {} part {} ({} bytes)",

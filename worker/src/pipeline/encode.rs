@@ -115,6 +115,7 @@ where
         hasher: Sha256::new(),
         bytes: 0,
         head: Vec::new(),
+        prefix: None,
     };
     let recipients = settings.recipients.iter().map(|r| r as &dyn age::Recipient);
     let encryptor = age::Encryptor::with_recipients(recipients)
@@ -142,7 +143,8 @@ where
     let encrypted = counting.inner.finish().map_err(EncodeError::Encode)?;
     let mut sink = encrypted.finish().map_err(EncodeError::Encode)?;
     sink.send_batch().map_err(EncodeError::Encode)?;
-    let prefix = super::age_prefix_len(&sink.head)
+    let prefix = sink
+        .prefix
         .ok_or_else(|| EncodeError::Encode(io::Error::other("age wrote no complete header")))?;
     let stats = PartStats {
         plaintext_bytes,
@@ -216,6 +218,8 @@ struct ChannelWriter {
     bytes: u64,
     /// The object's first bytes, until they hold the age header and nonce.
     head: Vec<u8>,
+    /// Their length once known: every later write skips the search.
+    prefix: Option<usize>,
 }
 
 impl ChannelWriter {
@@ -233,10 +237,9 @@ impl ChannelWriter {
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if super::age_prefix_len(&self.head).is_none()
-            && self.head.len() <= super::decode::MAX_HEADER_BYTES + 16
-        {
+        if self.prefix.is_none() && self.head.len() <= super::decode::MAX_HEADER_BYTES + 16 {
             self.head.extend_from_slice(buf);
+            self.prefix = super::age_prefix_len(&self.head);
         }
         self.hasher.update(buf);
         self.bytes += buf.len() as u64;

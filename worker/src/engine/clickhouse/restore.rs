@@ -426,7 +426,9 @@ pub async fn plan(
                 .find(|d| d.name == original)
                 .map(|d| d.create.clone())
                 .unwrap_or_default();
-            let (create, ordinary) = create_database(db, &ddl_text);
+            // Without IF NOT EXISTS for a database the plan found missing: one that appears
+            // meanwhile is not this restore's to drop if it fails.
+            let (create, ordinary) = create_database(db, &ddl_text, !created.contains(db));
             if ordinary {
                 notes.push(format!(
                     "database {db} was Ordinary; it is created with the server's default engine (Atomic on 20.10+; new servers refuse Ordinary), and materialized views' inner tables are found by their new names"
@@ -443,9 +445,9 @@ pub async fn plan(
     })
 }
 
-/// `CREATE DATABASE IF NOT EXISTS db [ENGINE = …]`, keeping the backed-up engine clause,
+/// `CREATE DATABASE [IF NOT EXISTS] db [ENGINE = …]`, keeping the backed-up engine clause,
 /// except `Ordinary`, which is left to the server's default (the `bool` says so).
-fn create_database(db: &str, original: &str) -> (String, bool) {
+fn create_database(db: &str, original: &str, if_not_exists: bool) -> (String, bool) {
     let engine = original
         .find("ENGINE")
         .map(|i| original[i..].trim().to_string())
@@ -462,7 +464,11 @@ fn create_database(db: &str, original: &str) -> (String, bool) {
         format!(" {engine}")
     };
     (
-        format!("CREATE DATABASE IF NOT EXISTS {}{clause}", quote_ident(db)),
+        format!(
+            "CREATE DATABASE {}{}{clause}",
+            if if_not_exists { "IF NOT EXISTS " } else { "" },
+            quote_ident(db)
+        ),
         ordinary,
     )
 }
@@ -555,54 +561,11 @@ pub async fn run(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<TableCount>, RestoreError> {
     let mut made = Vec::new();
-    let restored = run_steps(
-        client, plan, store, verified, identities, opts, progress, say, &mut made,
-    )
-    .await;
-    if restored.is_err() && plan.rolls_back() {
-        // Every database here is this restore's own (created by this run, not merely
-        // missing when it planned): leave the server as it was found.
-        for db in &made {
-            let dropped = client
-                .execute(
-                    &format!("dropping database {db} after the failed restore"),
-                    &format!("DROP DATABASE IF EXISTS {}", quote_ident(db)),
-                )
-                .await;
-            match dropped {
-                Ok(()) => say(&format!(
-                    "the restore failed: dropped database {db}, which it had created"
-                )),
-                Err(e) => say(&format!(
-                    "the restore failed and database {db}, which it created, could not be dropped ({e}): drop it by hand"
-                )),
-            }
-        }
-    }
-    restored
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_steps(
-    client: &ChClient,
-    plan: &Plan,
-    store: &dyn ReadStore,
-    verified: &[Verified<'_>],
-    identities: &Identities,
-    opts: &RestoreOptions,
-    progress: &dyn Progress,
-    say: &(dyn Fn(&str) + Sync),
-    made: &mut Vec<String>,
-) -> Result<Vec<TableCount>, RestoreError> {
+    let restored = async {
     for (db, create) in &plan.databases {
+        execute_ddl(client, &format!("creating database {db}"), create, say).await?;
         if plan.created.contains(db) {
-            // Without IF NOT EXISTS: a database someone created since the plan is not ours
-            // to drop if this restore fails.
-            let strict = create.replacen("CREATE DATABASE IF NOT EXISTS", "CREATE DATABASE", 1);
-            execute_ddl(client, &format!("creating database {db}"), &strict, say).await?;
             made.push(db.clone());
-        } else {
-            execute_ddl(client, &format!("creating database {db}"), create, say).await?;
         }
     }
     let original_db = |db: &str| {
@@ -687,7 +650,30 @@ async fn run_steps(
             });
         }
     }
-    Ok(counts)
+        Ok(counts)
+    }
+    .await;
+    if restored.is_err() && plan.rolls_back() {
+        // Every database here is this restore's own (created by this run, not merely
+        // missing when it planned): leave the server as it was found.
+        for db in &made {
+            let dropped = client
+                .execute(
+                    &format!("dropping database {db} after the failed restore"),
+                    &format!("DROP DATABASE IF EXISTS {}", quote_ident(db)),
+                )
+                .await;
+            match dropped {
+                Ok(()) => say(&format!(
+                    "the restore failed: dropped database {db}, which it had created"
+                )),
+                Err(e) => say(&format!(
+                    "the restore failed and database {db}, which it created, could not be dropped ({e}): drop it by hand"
+                )),
+            }
+        }
+    }
+    restored
 }
 
 /// Streams one part into `INSERT INTO db.table (columns) FORMAT Native|TabSeparated`.
