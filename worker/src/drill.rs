@@ -53,6 +53,28 @@ pub fn check_scratch_name(name: &str) -> Result<(), SourceFailure> {
     Ok(())
 }
 
+/// `url` (a server without a database) naming the scratch database `scratch`, which is
+/// percent-encoded: a `%` or `/` in a database name must not make the URL name another
+/// database. The URL is read back to prove it names exactly the database claimed.
+///
+/// # Errors
+/// A URL that does not parse, or that would name another database.
+fn scratch_url(url: &str, scratch: &str) -> Result<String, SourceFailure> {
+    let mut out = url::Url::parse(url)?;
+    out.path_segments_mut()
+        .map_err(|()| format!("{url} cannot name a database"))?
+        .clear()
+        .push(scratch);
+    let named = postgres::PgTarget::from_url(out.as_str())?.dbname;
+    if named.as_deref() != Some(scratch) {
+        return Err(format!(
+            "the scratch URL names database {named:?}, not {scratch:?}, the one the drill claimed; nothing was restored"
+        )
+        .into());
+    }
+    Ok(out.to_string())
+}
+
 /// The engines the drill restores into scratch destinations.
 pub const RESTORED: &[Engine] = &[Engine::Postgres, Engine::Clickhouse, Engine::Redis];
 
@@ -257,8 +279,7 @@ impl Drill<'_> {
         for db in manifest.databases() {
             let scratch = scratch_name(db);
             postgres::scratch::claim(&server, &scratch).await?;
-            let mut scratch_url = url::Url::parse(url)?;
-            scratch_url.set_path(&format!("/{scratch}"));
+            let scratch_url = scratch_url(url, &scratch)?;
             let step = Step {
                 manifest,
                 database: Some(db.to_string()),
@@ -423,5 +444,15 @@ mod tests {
             assert!(check_scratch_name(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(scratch_name("signoz_logs"), "signoz_logs__drill");
+    }
+
+    #[test]
+    fn scratch_urls_name_exactly_the_claimed_database() {
+        for db in ["app", "q%61", "a/b", "x?y#z", "sp ace", "ünï"] {
+            let scratch = scratch_name(db);
+            let url = scratch_url("postgres://u@127.0.0.1:5432", &scratch).unwrap();
+            let named = postgres::PgTarget::from_url(&url).unwrap().dbname;
+            assert_eq!(named.as_deref(), Some(scratch.as_str()), "{db}: {url}");
+        }
     }
 }

@@ -175,7 +175,7 @@ fn main() -> ExitCode {
     let tail = LogTail::default();
     cli::init_logging_to(cli.log_format, "info", tail.clone());
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let ping = Ping::from_env().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "the dead man's switch is off");
             None
@@ -201,7 +201,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => cli::report(&e, json),
         }
-    })
+    });
+    // A thread still blocked in a read from a stalled server (abandoned after a SIGTERM or
+    // --timeout) must not keep the process alive: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -217,9 +221,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
+            let backup_timeout = command.timeout();
+            // The timeout stops the run the way SIGTERM does: uploads aborted, nothing
+            // committed, producers given a moment and then left behind.
+            let cancel = cancel.child_token();
+            let deadline = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(backup_timeout).await;
+                tracing::warn!(timeout = %humantime::format_duration(backup_timeout), "the backup ran past --timeout: aborting uploads");
+                deadline.cancel();
+            });
+            // A name the store refuses is a usage error, not a failed backup of that name:
+            // nothing is pushed under it (a target `..` would even name another group).
+            drkit::catalog::validate_name("target", &target)?;
             let attempt = chrono::Utc::now();
             let clock = std::time::Instant::now();
             let result = backup(&cli.store, command, cancel).await;
+            let result = result.map_err(|e| {
+                if clock.elapsed() >= backup_timeout {
+                    e.context(format!(
+                        "the backup ran past --timeout {} and was stopped",
+                        humantime::format_duration(backup_timeout)
+                    ))
+                } else {
+                    e
+                }
+            });
             if let Some(gateway) = &gateway {
                 let metrics = push::backup_metrics(attempt, clock.elapsed(), result.as_ref().ok());
                 gateway

@@ -27,7 +27,7 @@ use crate::output::{self, Format};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PlanFile {
     /// `ENGINE` or `ENGINE/TARGET` → URL, as `--to` takes them.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     to: std::collections::BTreeMap<String, String>,
     /// `--max-diff` unless given on the command line.
     max_diff: Option<String>,
@@ -36,10 +36,98 @@ pub struct PlanFile {
     globals: bool,
 }
 
+/// A map that refuses a key given twice: YAML would silently keep the second
+/// `postgres:`, and a rebuild would restore into a destination nobody meant.
+fn unique_map<'de, D>(d: D) -> Result<std::collections::BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of ENGINE[/TARGET] to URL")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{k} is given twice; keep one destination per key"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
+}
+
+/// Largest plan or state file read: both are a few kilobytes; a bigger one is a mistake
+/// (`--plan /dev/zero`) and must not exhaust memory.
+const MAX_SMALL_FILE: u64 = 1024 * 1024;
+/// Deepest `[`/`{` nesting accepted in a plan file (it needs two): the YAML parser takes
+/// minutes on a hostile nesting of thousands.
+const MAX_PLAN_NESTING: usize = 32;
+
+/// Reads a small regular file whole: a device, FIFO or directory is refused before it is
+/// opened, and at most [`MAX_SMALL_FILE`] bytes are read.
+fn read_small_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    anyhow::ensure!(
+        meta.is_file(),
+        "the {what} {} is not a regular file",
+        path.display()
+    );
+    anyhow::ensure!(
+        meta.len() <= MAX_SMALL_FILE,
+        "the {what} {} is {} bytes, over the {MAX_SMALL_FILE}-byte limit",
+        path.display(),
+        meta.len()
+    );
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SMALL_FILE + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_SMALL_FILE,
+        "the {what} {} grew past the {MAX_SMALL_FILE}-byte limit while it was read",
+        path.display()
+    );
+    Ok(text)
+}
+
+/// The deepest flow-collection nesting of YAML text (an overestimate: brackets in
+/// strings count too, which real plans do not nest).
+fn flow_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 impl PlanFile {
     fn load(path: &Path) -> anyhow::Result<PlanFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the plan file {}", path.display()))?;
+        let text = read_small_file(path, "plan file")?;
+        anyhow::ensure!(
+            flow_nesting(&text) <= MAX_PLAN_NESTING,
+            "the plan file {} nests brackets more than {MAX_PLAN_NESTING} deep; a plan is a map of destinations",
+            path.display()
+        );
         serde_yaml::from_str(&text).with_context(|| {
             format!(
                 "the plan file {} is not valid (expected keys: to, maxDiff, globals)",
@@ -91,11 +179,8 @@ struct DoneStep {
 
 impl State {
     fn load(path: &Path) -> anyhow::Result<State> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "reading the state file {} (--resume continues a run started with --all from this directory; pass --state to name another file)",
-                path.display()
-            )
+        let text = read_small_file(path, "state file").with_context(|| {
+            "--resume continues a run started with --all from this directory; pass --state to name another file"
         })?;
         let state: State = serde_json::from_str(&text)
             .with_context(|| format!("the state file {} does not parse", path.display()))?;
@@ -105,7 +190,57 @@ impl State {
             path.display(),
             state.version
         );
+        let twice = |items: Vec<&str>| {
+            let mut seen = std::collections::BTreeSet::new();
+            items
+                .into_iter()
+                .find(|i| !seen.insert(*i))
+                .map(str::to_string)
+        };
+        if let Some(b) = twice(state.backups.iter().map(String::as_str).collect()) {
+            anyhow::bail!(
+                "the state file {} lists backup {b} twice: it was altered; remove it to start over",
+                path.display()
+            );
+        }
+        if let Some(step) = twice(state.done.iter().map(|d| d.step.as_str()).collect()) {
+            anyhow::bail!(
+                "the state file {} marks step {step} done twice: it was altered; remove it to start over",
+                path.display()
+            );
+        }
         Ok(state)
+    }
+
+    /// Refuses a state whose done steps are not steps of this run (a step that never ran
+    /// must not be reported verified), or were verified into another destination.
+    fn check_done(&self, steps: &[Step<'_>], path: &Path) -> anyhow::Result<()> {
+        for d in &self.done {
+            let Some(step) = steps.iter().find(|s| s.key() == d.step) else {
+                anyhow::bail!(
+                    "the state file {} marks step {} done, but it is no step of the run's backups ({}): it was altered or belongs to another run; remove it to start over",
+                    path.display(),
+                    d.step,
+                    self.backups.join(", ")
+                );
+            };
+            anyhow::ensure!(
+                step.shown_to() == d.destination,
+                "the state file {} says step {} was verified into {}, but this run restores it to {}; remove the file to start over, or give the same destinations",
+                path.display(),
+                d.step,
+                d.destination,
+                step.shown_to()
+            );
+            anyhow::ensure!(
+                d.finished_at >= self.started_at && d.finished_at <= Utc::now(),
+                "the state file {} dates step {} outside its run ({}): it was altered; remove it to start over",
+                path.display(),
+                d.step,
+                d.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+        Ok(())
     }
 
     /// Written next to itself and renamed, so a crash never leaves half a file.
@@ -310,6 +445,7 @@ impl RestoreCmd {
             .map(|m| m.backup_ref().to_string())
             .collect();
         let steps = rebuild::steps(&manifests, &destinations, globals)?;
+        state.check_done(&steps, &state_path)?;
         if let Some(s) = steps
             .iter()
             .find(|s| s.manifest.engine == Engine::Command && s.to == "-")

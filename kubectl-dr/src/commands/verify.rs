@@ -26,6 +26,10 @@ use crate::output::{self, Format};
 /// --identity also checks the raft snapshot's own SHA256SUMS, and --against compares the
 /// counts of secrets engines, auth methods, policies and kv secrets.
 ///
+/// `latest` is the newest complete, trusted backup. When it had to pass over newer
+/// backups (damaged, or refused by their signature), it still verifies the one it chose
+/// but exits 1, so a script learns that the newest backup is unusable.
+///
 /// Examples:
 ///   kubectl dr verify latest --target prod
 ///   kubectl dr verify latest --engine vault --identity key.txt --against https://vault:8200
@@ -83,6 +87,8 @@ struct Report {
     ok: bool,
     parts: Vec<PartResult>,
     counts: Vec<DatabaseCounts>,
+    /// Newer backups `latest` passed over (damaged or untrusted).
+    passed_over: usize,
 }
 
 impl VerifyCmd {
@@ -95,7 +101,9 @@ impl VerifyCmd {
         let identities = self.identity.load()?;
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let manifest = super::resolve(store, &self.backup, &self.filter, trust).await?;
+        let (manifest, passed_over) =
+            catalog::resolve_noting_skipped(store, &self.backup, &self.filter.filter()?, trust)
+                .await?;
         let table = self.output == Format::Table;
         // The server first: a typo in --against must not cost a full decryption pass.
         let mut against = match &self.against {
@@ -180,6 +188,7 @@ impl VerifyCmd {
                     ok,
                     parts,
                     counts,
+                    passed_over,
                 },
             )?;
         }
@@ -197,6 +206,15 @@ impl VerifyCmd {
                 "intact (sizes and sha256; pass --identity to also decrypt)"
             };
             eprintln!("backup {} is {what}", manifest.backup_ref());
+        }
+        if passed_over > 0 {
+            return Err(CheckFailed(format!(
+                "backup {} is intact, but `latest` passed over {passed_over} newer backup(s) of {}/{} that are damaged or untrusted: the newest backup is not usable (kubectl dr list --all shows why)",
+                manifest.backup_ref(),
+                manifest.engine,
+                manifest.target
+            ))
+            .into());
         }
         Ok(())
     }

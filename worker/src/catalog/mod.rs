@@ -481,13 +481,54 @@ pub async fn inspect_all(
     max_skew: Duration,
     trust: &Trust,
 ) -> Result<Vec<Inspected>, CatalogError> {
-    stream::iter(scanned)
+    let mut inspected = stream::iter(scanned)
         .map(|b| inspect(store, b, now, max_skew, trust))
         .buffered(CONCURRENT_READS)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    refuse_unsigned_after_signed(&mut inspected, trust);
+    Ok(inspected)
+}
+
+/// `--allow-unsigned` is for backups made before signing existed. An unsigned backup newer
+/// than a signed one of its own series cannot be such a backup: it is a forgery (anyone
+/// with bucket write access can make one) or a worker that lost its key. Either way it
+/// must not become `latest` nor push signed backups out of retention, so it is refused
+/// here like damage; it can still be used by naming its id.
+fn refuse_unsigned_after_signed(inspected: &mut [Inspected], trust: &Trust) {
+    if !(trust.enforce && trust.allow_unsigned) {
+        return;
+    }
+    let mut oldest_signed: BTreeMap<(String, String), BackupId> = BTreeMap::new();
+    for i in inspected.iter() {
+        if i.status == Status::Complete && matches!(i.signature, Some(Signature::Valid { .. })) {
+            let b = &i.scanned.backup;
+            let entry = oldest_signed
+                .entry((b.engine.clone(), b.target.clone()))
+                .or_insert_with(|| b.id.clone());
+            if b.id < *entry {
+                *entry = b.id.clone();
+            }
+        }
+    }
+    for i in inspected.iter_mut() {
+        let b = &i.scanned.backup;
+        let Some(signed) = oldest_signed.get(&(b.engine.clone(), b.target.clone())) else {
+            continue;
+        };
+        if i.status == Status::Complete
+            && !matches!(i.signature, Some(Signature::Valid { .. }))
+            && b.id > *signed
+        {
+            i.status = Status::Damaged;
+            i.manifest = None;
+            i.problem = Some(format!(
+                "is unsigned but newer than {signed}, a signed backup of the same target: --allow-unsigned accepts only backups older than the first signed one (made before signing existed); name this id explicitly if it is genuine"
+            ));
+        }
+    }
 }
 
 /// Reads and checks the manifest of one backup (size-capped, parsed, [`Manifest::check`])
@@ -610,10 +651,27 @@ pub async fn newest_complete(
     candidates.retain(|b| b.complete);
     candidates.sort_by(|a, b| b.backup.id.cmp(&a.backup.id));
     let now = Utc::now();
+    // Whether an unsigned backup may stand for the series depends on the signed ones older
+    // than it, so with --allow-unsigned every manifest of the series is read first;
+    // otherwise manifests are read newest first only until one passes.
+    let mut judged = if trust.enforce && trust.allow_unsigned {
+        let all = std::mem::take(&mut candidates);
+        inspect_all(store, all, now, DEFAULT_MAX_CLOCK_SKEW, trust).await?
+    } else {
+        Vec::new()
+    }
+    .into_iter();
+    let mut pending = candidates.into_iter();
     let mut skipped = 0;
-    for b in candidates {
-        let shown = b.backup.to_string();
-        let checked = inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW, trust).await?;
+    loop {
+        let checked = if let Some(i) = judged.next() {
+            i
+        } else if let Some(b) = pending.next() {
+            inspect(store, b, now, DEFAULT_MAX_CLOCK_SKEW, trust).await?
+        } else {
+            break;
+        };
+        let shown = checked.scanned.backup.to_string();
         match checked.manifest {
             Some(m) => {
                 if let Some(sig) = &checked.signature {
@@ -652,6 +710,22 @@ pub async fn resolve(
     filter: &Filter,
     trust: &Trust,
 ) -> Result<Manifest, CatalogError> {
+    Ok(resolve_noting_skipped(store, selector, filter, trust)
+        .await?
+        .0)
+}
+
+/// [`resolve`], also returning how many newer backups `latest` passed over because they
+/// were damaged or untrusted (always 0 for an id): `verify latest` fails on them.
+///
+/// # Errors
+/// As [`resolve`].
+pub async fn resolve_noting_skipped(
+    store: &dyn ReadStore,
+    selector: &str,
+    filter: &Filter,
+    trust: &Trust,
+) -> Result<(Manifest, usize), CatalogError> {
     let wanted: Option<BackupId> = if selector == "latest" {
         None
     } else {
@@ -677,11 +751,11 @@ pub async fn resolve(
         _ => return Err(CatalogError::Ambiguous(series.join(", "))),
     }
     if wanted.is_some() {
-        return load_manifest(store, &candidates[0].backup, trust).await;
+        return Ok((load_manifest(store, &candidates[0].backup, trust).await?, 0));
     }
     let (newest, skipped) = newest_complete(store, candidates, trust).await?;
     if let Some(m) = newest {
-        return Ok(m);
+        return Ok((m, skipped));
     }
     Err(CatalogError::NoneUsable {
         what: what(),

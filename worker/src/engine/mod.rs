@@ -137,8 +137,8 @@ pub enum BackupFailed {
         #[source]
         source: SourceFailure,
     },
-    /// The commit failed.
-    #[error("writing the manifest of {backup} failed; the backup stays invisible")]
+    /// The commit failed; the error says whether the backup stays invisible.
+    #[error("committing backup {backup} failed")]
     Commit {
         /// The backup that failed.
         backup: BackupRef,
@@ -429,10 +429,13 @@ impl<'a> BackupRun<'a> {
         }
     }
 
-    /// Writes the manifest and reads it back: from this moment the backup exists.
+    /// Writes the manifest and reads it back: from this moment the backup exists. A write
+    /// whose answer was lost is judged by what the store holds: the manifest there, byte
+    /// for byte, is a commit.
     ///
     /// # Errors
-    /// [`CommitError`]; the backup then stays invisible (and prune removes its parts).
+    /// [`CommitError`], which says whether the backup stays invisible (prune then removes
+    /// its parts) or may be visible.
     pub async fn commit(
         self,
         server_version: String,
@@ -477,31 +480,52 @@ impl<'a> BackupRun<'a> {
             }
         };
         let key = self.backup.manifest_key();
-        self.store
-            .put_bytes(&key, Bytes::from(json.clone()))
-            .await?;
+        let written = self.store.put_bytes(&key, Bytes::from(json.clone())).await;
+        // The answer to the write may be lost while the write itself went through (a cut
+        // connection, a retry that met the finished object): what the store holds now is
+        // the truth, so it is read back either way.
         let back = self
             .store
             .get_bytes(&key, catalog::MAX_MANIFEST_BYTES)
-            .await?;
-        if back != json {
-            return Err(CommitError::ReadBack {
-                key,
-                written: json.len(),
-                read: back.len(),
-            });
+            .await;
+        match (written, back) {
+            (written, Ok(back)) if back == json => {
+                if let Err(e) = written {
+                    tracing::warn!(backup = %self.backup, error = %e, "the store reported the manifest write as failed, but the manifest is there, byte for byte: the backup is committed");
+                }
+            }
+            (Ok(()), Ok(back)) | (Err(_), Ok(back)) => {
+                return Err(CommitError::ReadBack {
+                    key,
+                    written: json.len(),
+                    read: back.len(),
+                })
+            }
+            (Err(e), Err(StoreError::NotFound { .. })) => return Err(CommitError::Store(e)),
+            (Ok(()), Err(e)) | (Err(_), Err(e)) => {
+                return Err(CommitError::Unconfirmed { key, source: e })
+            }
         }
         if let Some((sig_key, sig)) = signed {
-            let back = self
+            match self
                 .store
                 .get_bytes(&sig_key, catalog::signature::MAX_SIGNATURE_BYTES)
-                .await?;
-            if back != sig.as_bytes() {
-                return Err(CommitError::ReadBack {
-                    key: sig_key,
-                    written: sig.len(),
-                    read: back.len(),
-                });
+                .await
+            {
+                Ok(back) if back == sig.as_bytes() => {}
+                Ok(back) => {
+                    return Err(CommitError::ReadBack {
+                        key: sig_key,
+                        written: sig.len(),
+                        read: back.len(),
+                    })
+                }
+                Err(e) => {
+                    return Err(CommitError::Unconfirmed {
+                        key: sig_key,
+                        source: e,
+                    })
+                }
             }
         }
         Ok(manifest)
@@ -512,9 +536,19 @@ impl<'a> BackupRun<'a> {
 /// these.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// Writing or reading back the manifest failed.
-    #[error(transparent)]
+    /// Writing the signature or the manifest failed, and no manifest is there: the
+    /// backup stays invisible.
+    #[error("{0}; no manifest was written, so the backup stays invisible")]
     Store(#[from] StoreError),
+    /// The manifest (or its signature) was written, or may have been, but could not be
+    /// read back to confirm it: the backup may be visible.
+    #[error("the backup may be visible, but {key} could not be read back to confirm the commit ({source}); run `kubectl dr verify` on its id: if it verifies it is complete, otherwise prune removes it")]
+    Unconfirmed {
+        /// The object that could not be read back.
+        key: String,
+        /// Why.
+        source: StoreError,
+    },
     /// The manifest could not be signed.
     #[error(transparent)]
     Sign(#[from] crate::catalog::signature::SignatureError),
@@ -522,7 +556,7 @@ pub enum CommitError {
     #[error("the manifest would be invalid ({0}); this is a bug, please report it")]
     Invalid(String),
     /// The manifest read back differs from what was written.
-    #[error("the manifest read back from {key} differs from what was written ({read} bytes read, {written} written); check the store's free space and health")]
+    #[error("{key} reads back different from what was written ({read} bytes read, {written} written): readers refuse such a backup as damaged (its signature does not match); check the store's free space and health")]
     ReadBack {
         /// The object key.
         key: String,
@@ -542,6 +576,26 @@ pub fn connect_timeout() -> std::time::Duration {
         .ok()
         .and_then(|v| humantime::parse_duration(v.trim()).ok())
         .unwrap_or(std::time::Duration::from_secs(15))
+}
+
+/// How long a source may send nothing (no byte; a Redis primary's keep-alive newlines do
+/// not count) before its backup fails (`DR_STALL_TIMEOUT`, a humantime duration; default
+/// 5 min). A server that stops mid-result without closing the connection would otherwise
+/// hold the backup until the CronJob's deadline.
+pub fn stall_timeout() -> std::time::Duration {
+    std::env::var("DR_STALL_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(std::time::Duration::from_secs(300))
+}
+
+/// The reason given when a source stays silent for [`stall_timeout`].
+pub(crate) fn stalled_source(kind: &str) -> String {
+    format!(
+        "the {kind} server sent nothing for {} s: it stalled (DR_STALL_TIMEOUT sets the wait); nothing was committed",
+        stall_timeout().as_secs()
+    )
 }
 
 /// The reason given when a server stays silent for [`connect_timeout`].

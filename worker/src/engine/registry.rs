@@ -80,6 +80,13 @@ pub struct Backup<A: clap::Args> {
     /// Object Lock for every object written.
     #[command(flatten)]
     pub lock: LockArgs,
+
+    /// Stop the backup (exit 2, nothing committed, uploads aborted) when it runs longer
+    /// than this: a source that trickles bytes forever must not hold the CronJob's slot.
+    /// A source that sends nothing at all fails sooner, after DR_STALL_TIMEOUT (default
+    /// 5m) without a byte.
+    #[arg(long, env = "DR_BACKUP_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
 }
 
 /// `worker backup <engine>`: one variant per engine.
@@ -191,6 +198,18 @@ impl BackupCommand {
             BackupCommand::Command(b) => (Engine::Command, &b.target),
             BackupCommand::Redis(b) => (Engine::Redis, &b.target),
             BackupCommand::Kubernetes(b) => (Engine::Kubernetes, &b.target),
+        }
+    }
+
+    /// `--timeout` of whichever engine.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            BackupCommand::Postgres(b) => b.timeout,
+            BackupCommand::Vault(b) => b.timeout,
+            BackupCommand::Clickhouse(b) => b.timeout,
+            BackupCommand::Command(b) => b.timeout,
+            BackupCommand::Redis(b) => b.timeout,
+            BackupCommand::Kubernetes(b) => b.timeout,
         }
     }
 

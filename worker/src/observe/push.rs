@@ -176,7 +176,10 @@ impl Pushgateway {
 /// a path cannot hold as is (empty, or with a `/`).
 fn label_segment(name: &str, value: &str) -> String {
     use base64::Engine as _;
+    // `.` and `..` are path segments a URL collapses (`target/..` would drop the label),
+    // so any value of dots alone goes base64 like every other odd value.
     let plain = !value.is_empty()
+        && !value.bytes().all(|b| b == b'.')
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -308,6 +311,20 @@ mod tests {
         assert_eq!(
             group_path("postgres", ""),
             "metrics/job/kube_dr/engine/postgres/target@base64/="
+        );
+        // Dot segments would be collapsed by the URL: `target/..` drops the label.
+        for (dots, encoded) in [(".", "Lg"), ("..", "Li4"), ("...", "Li4u")] {
+            let path = group_path("postgres", dots);
+            assert_eq!(
+                path,
+                format!("metrics/job/kube_dr/engine/postgres/target@base64/{encoded}")
+            );
+            let url = Url::parse("http://gw:9091/").unwrap().join(&path).unwrap();
+            assert!(url.path().ends_with(encoded), "{url}");
+        }
+        assert_eq!(
+            group_path("postgres", "a.b"),
+            "metrics/job/kube_dr/engine/postgres/target/a.b"
         );
     }
 

@@ -22,13 +22,16 @@ impl LogTail {
         kept.drain(..excess);
     }
 
-    /// The last at most `limit` bytes, starting at a line when the cut falls inside one.
+    /// The last at most `limit` bytes, starting at a line when the cut falls inside one
+    /// and a whole line follows; when the limit is smaller than the last line, the end of
+    /// that line (where a log line's error and exit code are), never nothing.
     pub fn last(&self, limit: usize) -> Vec<u8> {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let skip = kept.len().saturating_sub(limit);
         let mut out: Vec<u8> = kept.iter().skip(skip).copied().collect();
         if skip > 0 {
-            if let Some(nl) = out.iter().position(|&b| b == b'\n') {
+            let body = out.strip_suffix(b"\n").unwrap_or(&out);
+            if let Some(nl) = body.iter().position(|&b| b == b'\n') {
                 out.drain(..=nl);
             }
         }
@@ -77,5 +80,23 @@ mod tests {
         assert!(last.starts_with("line "), "{last}");
         assert!(last.ends_with("line 9999\n"), "{last}");
         assert!(tail.0.lock().unwrap().len() <= KEEP);
+    }
+
+    #[test]
+    fn a_last_line_longer_than_the_limit_keeps_its_end() {
+        let tail = LogTail::default();
+        tail.push(b"starting\n");
+        let long = format!("{} exit_code=2 failed: disk full\n", "x".repeat(500));
+        tail.push(long.as_bytes());
+        let last = String::from_utf8(tail.last(40)).unwrap();
+        assert_eq!(last.len(), 40, "{last:?}");
+        assert!(
+            last.ends_with("exit_code=2 failed: disk full\n"),
+            "{last:?}"
+        );
+        // Without a trailing newline, too.
+        tail.push(b"error: the end");
+        let last = String::from_utf8(tail.last(10)).unwrap();
+        assert_eq!(last, "r: the end");
     }
 }

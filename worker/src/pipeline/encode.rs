@@ -61,6 +61,9 @@ pub enum EncodeError {
     Store(#[from] StoreError),
 }
 
+/// How long a cancelled part waits for its producer to notice.
+const PRODUCER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The error type producers return.
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,10 +87,31 @@ where
 {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let settings = settings.clone();
-    let encoding = tokio::task::spawn_blocking(move || encode(tx, &settings, produce));
+    let mut encoding = tokio::task::spawn_blocking(move || encode(tx, &settings, produce));
     let upload = store.put_stream(key, rx, cancel);
-    let (uploaded, encoded) = tokio::join!(upload, encoding);
-    let encoded = encoded.expect("encoding thread panicked");
+    // A producer blocked in a read from a stalled source never notices that the upload
+    // was aborted. Once the run is cancelled (SIGTERM, --timeout, a failed sibling) it gets
+    // a short grace to stop by itself, then it is left behind: the process exits without
+    // waiting for it, and nothing of this part was committed.
+    let finished = async {
+        tokio::select! {
+            done = &mut encoding => Some(done.expect("encoding thread panicked")),
+            () = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(PRODUCER_GRACE).await;
+            } => None,
+        }
+    };
+    let (uploaded, encoded) = tokio::join!(upload, finished);
+    let encoded = encoded.unwrap_or_else(|| {
+        Err(EncodeError::Source(
+            format!(
+                "the source did not stop within {} s of the cancellation (it is blocked reading from its server); the part was abandoned",
+                PRODUCER_GRACE.as_secs()
+            )
+            .into(),
+        ))
+    });
     match (uploaded, encoded) {
         (Ok(stored), Ok((stats, facts))) => {
             debug_assert_eq!(stored, stats.ciphertext_bytes);

@@ -45,10 +45,24 @@ where
 {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(CHANNEL_DEPTH);
+    let idle = crate::engine::stall_timeout();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut batch = bytes::BytesMut::with_capacity(CHUNK_SIZE);
-        while let Some(item) = stream.next().await {
+        loop {
+            // A body that stops without ending (no final chunk, connection kept open)
+            // would otherwise wait forever.
+            let Ok(item) = tokio::time::timeout(idle, stream.next()).await else {
+                let reason = crate::engine::stalled_source("source");
+                let _ = tx
+                    .send(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        reason,
+                    )))
+                    .await;
+                return;
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(chunk) => {
                     batch.extend_from_slice(&chunk);

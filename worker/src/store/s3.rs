@@ -25,6 +25,10 @@
 //!   every listing while its bytes stay, so the lock is checked, never tried).
 //! - Requests time out (connect 10 s; each attempt of a non-streaming call 5 min), so an
 //!   endpoint that accepts connections and never answers cannot hang a command.
+//! - Transient errors (503 SlowDown, reset connections) are retried up to
+//!   [`S3_MAX_ATTEMPTS`] times; a download whose body is cut resumes with a range request
+//!   pinned to the object's ETag ([`Resume`]); a `CompleteMultipartUpload` that fails on a
+//!   retry is accepted when the object is there with every byte sent.
 
 use std::time::Duration;
 
@@ -46,6 +50,9 @@ use super::{
     BodyChunk, DeleteStore, Hold, LockMode, ObjectLock, ObjectMeta, ObjectReader, PendingUpload,
     ReadStore, S3Options, StoreError, WriteStore,
 };
+
+/// Attempts per request (the first and its retries) for transient errors.
+const S3_MAX_ATTEMPTS: u32 = 8;
 
 /// Size of the first 1,000 parts; doubles for each following thousand.
 pub const BASE_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -86,8 +93,14 @@ impl S3Store {
             .connect_timeout(Duration::from_secs(10))
             .operation_attempt_timeout(Duration::from_secs(300))
             .build();
+        // Busy S3 answers 503 SlowDown and proxies cut connections: the SDK's default of 3
+        // attempts fails a nightly backup of thousands of requests now and then.
+        let retries = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(S3_MAX_ATTEMPTS)
+            .with_initial_backoff(Duration::from_millis(200));
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(timeouts)
+            .retry_config(retries)
             .load()
             .await;
         let custom_endpoint = shared.endpoint_url().is_some();
@@ -320,7 +333,8 @@ impl S3Store {
             }
         }
         let (done, total) = parts.finish().await?;
-        self.client
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(self.full_key(key)?)
@@ -332,7 +346,16 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| self.map_err("complete upload of", key, e))?;
+            .map_err(|e| self.map_err("complete upload of", key, e));
+        if let Err(e) = completed {
+            // The SDK retries a complete whose answer was lost; the retry then finds the
+            // upload already completed (NoSuchUpload, or AccessDenied from some servers).
+            // The object with every byte sent is the proof that the first one succeeded.
+            if self.check_stored(key, total).await.is_err() {
+                return Err(e);
+            }
+            tracing::warn!(key, error = %e, "completing the upload reported an error, but the object is there with every byte: its first answer was lost");
+        }
         Ok(total)
     }
 
@@ -360,6 +383,87 @@ impl S3Store {
             .set_e_tag(out.e_tag().map(str::to_string))
             .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
             .build())
+    }
+}
+
+/// How often one download is resumed after its body was cut before it fails.
+const MAX_RESUMES: u32 = 8;
+/// A body that delivers nothing for this long is treated as cut and resumed.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+
+/// One download that survives cut bodies: the SDK retries a request until its response
+/// headers, but a body cut half-way (a proxy, a reset connection, a server answering
+/// `SlowDown` under load) would end a restore of hundreds of gigabytes. The rest is asked
+/// for again with `Range: bytes=<received>-` and `If-Match: <etag>`, so the bytes that
+/// arrive are exactly the continuation of the same object, never of a replaced one.
+struct Resume {
+    store: S3Store,
+    key: String,
+    etag: Option<String>,
+    length: Option<u64>,
+}
+
+impl Resume {
+    async fn run(self, mut body: ByteStream, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+        let (mut received, mut resumes) = (0u64, 0u32);
+        loop {
+            let cut = match tokio::time::timeout(BODY_IDLE, body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    received += chunk.len() as u64;
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) if self.length.is_none_or(|l| received >= l) => return,
+                Ok(None) => format!(
+                    "the body ended after {received} of {} bytes",
+                    self.length.unwrap_or(0)
+                ),
+                Ok(Some(Err(e))) => DisplayErrorContext(&e).to_string(),
+                Err(_) => format!("the body stalled for {} s", BODY_IDLE.as_secs()),
+            };
+            if resumes >= MAX_RESUMES || self.length.is_none() || self.etag.is_none() {
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "download of {} from {} was cut ({cut}) and could not be resumed after {resumes} attempt(s)",
+                        self.key, self.store.location
+                    ))))
+                    .await;
+                return;
+            }
+            resumes += 1;
+            tracing::warn!(key = %self.key, received, cut = %cut, attempt = resumes, "download cut: resuming where it stopped");
+            tokio::time::sleep(Duration::from_millis(200 << resumes.min(5))).await;
+            match self.rest(received).await {
+                Ok(rest) => body = rest,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "download of {} was cut ({cut}) and resuming it failed: {e}",
+                            self.key
+                        ))))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The object from byte `from` on, only if it is still the same object.
+    async fn rest(&self, from: u64) -> Result<ByteStream, StoreError> {
+        let store = &self.store;
+        let out = store
+            .client
+            .get_object()
+            .bucket(&store.bucket)
+            .key(store.full_key(&self.key)?)
+            .range(format!("bytes={from}-"))
+            .set_if_match(self.etag.clone())
+            .send()
+            .await
+            .map_err(|e| store.map_err("resume the download of", &self.key, e))?;
+        Ok(out.body)
     }
 }
 
@@ -468,7 +572,19 @@ impl ReadStore for S3Store {
             .send()
             .await
             .map_err(|e| self.map_err("download", key, e))?;
-        Ok(Box::pin(out.body.into_async_read()))
+        let length = u64::try_from(out.content_length().unwrap_or(-1)).ok();
+        let etag = out.e_tag().map(str::to_string);
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+        let resume = Resume {
+            store: self.clone(),
+            key: key.to_string(),
+            etag,
+            length,
+        };
+        tokio::spawn(resume.run(out.body, tx));
+        let mut rx = rx;
+        let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Box::pin(tokio_util::io::StreamReader::new(chunks)))
     }
 
     async fn hold(&self, key: &str) -> Result<Option<Hold>, StoreError> {

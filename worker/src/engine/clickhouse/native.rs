@@ -94,13 +94,41 @@ pub enum Wire {
 /// # Errors
 /// The name of the type that has no known wire size (e.g. `AggregateFunction(…)`).
 pub fn parse_type(name: &str) -> Result<Wire, String> {
+    if nesting(name) > MAX_TYPE_NESTING {
+        return Err(name.to_string());
+    }
+    parse_nested(name)
+}
+
+/// How deep a type may nest. Real schemas stay under ten; a hostile stream that claims
+/// `Array(Array(…` thousands deep must fail cleanly instead of overflowing the stack of
+/// the walker, which recurses once per level.
+pub const MAX_TYPE_NESTING: usize = 64;
+
+/// The deepest parenthesis nesting of a type name.
+fn nesting(name: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in name.bytes() {
+        match b {
+            b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn parse_nested(name: &str) -> Result<Wire, String> {
     let name = name.trim();
     let (head, args) = match name.find('(') {
         Some(i) if name.ends_with(')') => (&name[..i], Some(&name[i + 1..name.len() - 1])),
         _ => (name, None),
     };
     let one = |args: Option<&str>| -> Result<Wire, String> {
-        parse_type(args.ok_or_else(|| name.to_string())?)
+        parse_nested(args.ok_or_else(|| name.to_string())?)
     };
     Ok(match head {
         "UInt8" | "Int8" | "Enum8" | "Bool" | "Nothing" => Wire::Fixed(1),
@@ -112,19 +140,19 @@ pub fn parse_type(name: &str) -> Result<Wire, String> {
         h if h.starts_with("Interval") => Wire::Fixed(8),
         // Geo types are aliases of tuples and arrays of Float64.
         "Point" => Wire::Tuple(vec![Wire::Fixed(8), Wire::Fixed(8)]),
-        "Ring" | "LineString" => Wire::Array(Box::new(parse_type("Point")?)),
-        "Polygon" | "MultiLineString" => Wire::Array(Box::new(parse_type("Ring")?)),
-        "MultiPolygon" => Wire::Array(Box::new(parse_type("Polygon")?)),
+        "Ring" | "LineString" => Wire::Array(Box::new(parse_nested("Point")?)),
+        "Polygon" | "MultiLineString" => Wire::Array(Box::new(parse_nested("Ring")?)),
+        "MultiPolygon" => Wire::Array(Box::new(parse_nested("Polygon")?)),
         "Variant" => Wire::Variant(
             split_args(args.ok_or_else(|| name.to_string())?)
                 .iter()
-                .map(|a| parse_type(a))
+                .map(|a| parse_nested(a))
                 .collect::<Result<_, _>>()?,
         ),
         "Nested" => Wire::Array(Box::new(Wire::Tuple(
             split_args(args.ok_or_else(|| name.to_string())?)
                 .iter()
-                .map(|a| parse_type(strip_element_name(a)))
+                .map(|a| parse_nested(strip_element_name(a)))
                 .collect::<Result<_, _>>()?,
         ))),
         "UInt128" | "Int128" | "UUID" | "IPv6" | "Decimal128" => Wire::Fixed(16),
@@ -152,18 +180,18 @@ pub fn parse_type(name: &str) -> Result<Wire, String> {
         "SimpleAggregateFunction" => {
             // SimpleAggregateFunction(any, T): stored as T.
             let args = split_args(args.ok_or_else(|| name.to_string())?);
-            parse_type(args.get(1).ok_or_else(|| name.to_string())?)?
+            parse_nested(args.get(1).ok_or_else(|| name.to_string())?)?
         }
         "Tuple" => Wire::Tuple(
             split_args(args.ok_or_else(|| name.to_string())?)
                 .iter()
-                .map(|a| parse_type(strip_element_name(a)))
+                .map(|a| parse_nested(strip_element_name(a)))
                 .collect::<Result<_, _>>()?,
         ),
         "Map" => {
             let args = split_args(args.ok_or_else(|| name.to_string())?);
             match args.as_slice() {
-                [k, v] => Wire::Map(Box::new(parse_type(k)?), Box::new(parse_type(v)?)),
+                [k, v] => Wire::Map(Box::new(parse_nested(k)?), Box::new(parse_nested(v)?)),
                 _ => return Err(name.to_string()),
             }
         }
@@ -435,6 +463,12 @@ fn walk_block(r: &mut impl BufRead) -> Result<u64, Fail> {
     for _ in 0..columns {
         let column = read_short_string(r, "a column name")?;
         let type_name = read_short_string(r, "a column type")?;
+        if nesting(&type_name) > MAX_TYPE_NESTING {
+            return Err(Fail::Bad(format!(
+                "column {column:?} has a type nested more than {MAX_TYPE_NESTING} levels deep ({} bytes of type name): no real schema does that",
+                type_name.len()
+            )));
+        }
         let wire = parse_type(&type_name).map_err(|_| {
             if type_name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
                 Fail::Unsupported {
@@ -688,6 +722,36 @@ mod tests {
             assert_eq!(parse_type(name), Ok(wire), "{name}");
         }
         assert!(parse_type("AggregateFunction(uniq, String)").is_err());
+    }
+
+    /// Hostile type names far deeper than any schema: a clean error, not a stack overflow.
+    #[test]
+    fn absurdly_deep_types_fail_cleanly() {
+        for (open, depth) in [("Array(", 9000), ("Nullable(", 6500), ("Tuple(a ", 65)] {
+            let name = format!("{}UInt8{}", open.repeat(depth), ")".repeat(depth));
+            assert!(
+                name.len() < 64 * 1024,
+                "{open} name must fit a short string"
+            );
+            assert_eq!(parse_type(&name), Err(name.clone()));
+            let mut block = vec![1u8, 1, 1, b'c'];
+            let mut len = name.len();
+            while len >= 0x80 {
+                block.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            block.push(len as u8);
+            block.extend(name.as_bytes());
+            block.push(0);
+            let err = walk(block.as_slice(), |_| {}).unwrap_err();
+            assert!(
+                err.to_string().contains("nested more than 64 levels"),
+                "{open}: {err}"
+            );
+        }
+        // 64 levels, the limit itself, still parse.
+        let name = format!("{}UInt8{}", "Array(".repeat(64), ")".repeat(64));
+        assert!(parse_type(&name).is_ok());
     }
 
     /// A hand-built stream: two blocks of (UInt32, String, LowCardinality(String)).

@@ -24,7 +24,6 @@ pub mod source;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
 
 use url::Url;
 
@@ -703,10 +702,6 @@ pub fn check_rdb(
         ))
     }
 }
-
-/// Timeouts of the replication stream: a primary may take a while to fork, and sends a
-/// newline every second meanwhile.
-pub(crate) const SYNC_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[cfg(test)]
 mod tests {

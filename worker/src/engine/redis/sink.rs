@@ -1,6 +1,6 @@
 //! `kubectl dr restore|verify … --to|--against redis://…`: the Redis [`Sink`] and its flags.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -179,22 +179,44 @@ impl Sink for RedisSink {
                 None => TcpListener::bind((control.socket().local_addr()?.ip(), 0))?,
             };
             let advertised = listener.local_addr()?;
+            let expected = primary::Expected {
+                from: target_addresses(&mut control)?,
+                secret: one_time_secret(),
+            };
             let _ = tx.send(format!(
-                "serving the snapshot at {advertised}: REPLICAOF {} {} on {}",
+                "serving the snapshot at {advertised} to {} only (from {}, with a one-time masterauth): REPLICAOF {} {} on {}",
+                target,
+                expected.from.iter().map(ToString::to_string).collect::<Vec<_>>().join(" or "),
                 advertised.ip(),
                 advertised.port(),
                 target
             ));
-            control.call(&[
+            let masterauth = set_masterauth(&mut control, &expected.secret)?;
+            let replicaof = control.call(&[
                 b"REPLICAOF",
                 advertised.ip().to_string().as_bytes(),
                 advertised.port().to_string().as_bytes(),
-            ])?;
-            // Whatever happens from here on, the target ends as a primary again.
-            let outcome = sync_and_wait(&mut control, &listener, wait, plain, &backup, &meta);
+            ]);
+            // Whatever happens from here on, the target ends as a primary again with its
+            // own masterauth back.
+            let outcome = replicaof.map_err(SourceFailure::from).and_then(|_| {
+                sync_and_wait(
+                    &mut control,
+                    &listener,
+                    wait,
+                    &expected,
+                    plain,
+                    &backup,
+                    &meta,
+                )
+            });
             let promoted = control.call(&[b"REPLICAOF", b"NO", b"ONE"]);
+            let reset = control.call(&[b"CONFIG", b"SET", b"masterauth", &masterauth]);
             outcome?;
             promoted?;
+            reset.map_err(|e| {
+                format!("{target} is restored, but its masterauth could not be set back ({e}): set it again by hand if it replicates from a password-protected primary")
+            })?;
             let role = control.info("replication")?;
             if !role.iter().any(|(k, v)| k == "role" && v == "master") {
                 return Err(format!(
@@ -225,17 +247,69 @@ impl Sink for RedisSink {
     }
 }
 
+/// The addresses the target's replication connection may come from: the one this
+/// process reached it at, and the one the server sees itself at (`CLIENT INFO`'s `laddr`,
+/// Redis 6.2+): behind a Kubernetes Service the first is the Service's, the second the
+/// pod's, which is where the target connects from.
+fn target_addresses(control: &mut Conn) -> Result<Vec<IpAddr>, SourceFailure> {
+    let mut from = vec![control.socket().peer_addr()?.ip()];
+    if let Ok(info) = control.call(&[b"CLIENT", b"INFO"]) {
+        let text = info.text();
+        let laddr = text
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("laddr="))
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        if let Some(a) = laddr {
+            if !from.contains(&a.ip()) {
+                from.push(a.ip());
+            }
+        }
+    }
+    Ok(from)
+}
+
+/// 32 random bytes as hex: the password of one sync.
+fn one_time_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Gives the target `secret` as its `masterauth`; returns the value to put back.
+fn set_masterauth(control: &mut Conn, secret: &str) -> Result<Vec<u8>, SourceFailure> {
+    let refused = |e: super::RedisError| -> SourceFailure {
+        format!(
+            "{e}: the restore gives the target a one-time password for its replication link (CONFIG SET masterauth), so that only the target can take the snapshot; allow CONFIG for the restore's user; nothing was changed"
+        )
+        .into()
+    };
+    let old = match control
+        .call(&[b"CONFIG", b"GET", b"masterauth"])
+        .map_err(refused)?
+    {
+        super::Reply::Array(Some(items)) => match items.get(1) {
+            Some(super::Reply::Bulk(Some(v))) => v.clone(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    control
+        .call(&[b"CONFIG", b"SET", b"masterauth", secret.as_bytes()])
+        .map_err(refused)?;
+    Ok(old)
+}
+
 /// Serves the sync, then waits until the target reports the link up and its load done.
 fn sync_and_wait(
     control: &mut Conn,
     listener: &TcpListener,
     wait: Duration,
+    expected: &primary::Expected,
     plain: crate::pipeline::decode::PlainReader,
     backup: &str,
     part: &Part,
 ) -> Result<(), SourceFailure> {
     let started = Instant::now();
-    let _link = primary::serve(listener, wait, plain, backup, part)?;
+    let _link = primary::serve(listener, wait, expected, plain, backup, part)?;
     loop {
         let info = control.info("replication")?;
         let get = |k: &str| info.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());

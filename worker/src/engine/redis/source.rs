@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::rdb::{self, RdbSummary};
-use super::{Conn, RedisError, RedisTarget, SYNC_IDLE_TIMEOUT};
+use super::{Conn, RedisError, RedisTarget};
 use crate::catalog::facts::text;
 use crate::catalog::PartFormat;
 use crate::engine::{BackupRun, DumpOutcome, PartSpec, Source, SourceFailure};
@@ -56,8 +56,9 @@ pub fn sync_into(conn: &mut Conn, out: &mut dyn Write) -> Result<RdbSummary, Sou
     // RDB, which this reader never gets to.
     let _ = conn.call(&[b"REPLCONF", b"rdb-only", b"1"]);
     conn.call(&[b"REPLCONF", b"capa", b"eof"])?;
+    let idle = crate::engine::stall_timeout();
     conn.socket()
-        .set_read_timeout(Some(SYNC_IDLE_TIMEOUT))
+        .set_read_timeout(Some(idle))
         .map_err(|e| Box::new(e) as SourceFailure)?;
     conn.send(&[b"SYNC"])?;
     let addr = conn.addr().to_string();
@@ -65,11 +66,20 @@ pub fn sync_into(conn: &mut Conn, out: &mut dyn Write) -> Result<RdbSummary, Sou
         addr: addr.clone(),
         reason,
     };
-    // Newlines keep the link alive while the server forks and writes.
+    // Newlines keep the link alive while the server forks and writes, but they are not
+    // progress: a primary that only ever sends them (a stuck save) fails the backup after
+    // the stall timeout like one that sends nothing.
+    let asked = std::time::Instant::now();
     let header = loop {
         let line = conn.read_line()?;
         if !line.is_empty() {
             break line;
+        }
+        if asked.elapsed() > idle {
+            return Err(Box::new(protocol(format!(
+                "{} (it sent only keep-alive newlines after SYNC: its snapshot never started; with disk-based replication of a large dataset, raise DR_STALL_TIMEOUT)",
+                crate::engine::stalled_source("Redis")
+            ))));
         }
     };
     if let Some(message) = header.strip_prefix('-') {
