@@ -361,11 +361,19 @@ async fn junk_and_future_manifests_on(t: TestStore) {
         stdout(&table)
     );
 
+    // `latest` verifies the newest good backup, and exits 1 because newer ones are
+    // damaged: a script must learn that the newest backup is unusable.
     let out = dr(&t, &["verify", "latest", "--target", "dmg"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&good[2]),
-        "latest must be the newest good backup"
+        stderr(&out).contains(&format!("backup postgres/dmg/{} is intact", good[2])),
+        "latest must be the newest good backup: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("newer backup(s) of postgres/dmg that are damaged"),
+        "{}",
+        stderr(&out)
     );
     let out = dr(&t, &["verify", junk.id.as_str(), "--target", "dmg"]);
     assert_eq!(code(&out), 1, "a damaged backup fails its check");

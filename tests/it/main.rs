@@ -12,6 +12,11 @@
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
 //! - `compat`: backups written before the engine abstraction still list, verify and restore.
+//! - `faulty_s3`: backups, verify and restore through a front that answers 503 SlowDown,
+//!   resets connections, loses answers of requests that happened, and cuts bodies: every
+//!   backup's exit code tells the truth, downloads resume.
+//! - `hardening`: ordering of same-second backups, hostile plan and state files, stalled
+//!   sources and SIGTERM, metrics labels, the drill's encoded scratch names.
 //! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
 //!   bounded memory, silent servers and typos; no command panics on malformed stores.
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
@@ -40,6 +45,8 @@ mod clickhouse;
 mod command;
 mod compat;
 mod durability;
+mod faulty_s3;
+mod hardening;
 mod install;
 mod kubernetes;
 mod manifests;

@@ -297,3 +297,27 @@ async fn a_reader_in_the_middle_of_the_signature_swap_still_verifies() {
     assert_eq!(verify(&t, &id, &new), 0);
     assert_eq!(files_of(&t, &b.dir()).await.len(), 3);
 }
+
+/// A rekey killed while it wrote a part leaves an unfinished upload that listing does not
+/// show (here the local store's `.partial-` file, on S3 a multipart upload): the rerun that
+/// finds the backup done removes it and counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_removes_the_partial_uploads_of_a_killed_rekey() {
+    let (t, old, new) = (TestStore::local(), Keys::generate(), Keys::generate());
+    let out = backup_command(&t, &old, "partial", &["echo", "hello"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = rekey(&t, &old, &new, &["latest"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (dir, id) = ids(&t).remove(0);
+    let partial = t.object_path(&format!(
+        "{dir}/stdout.out.zst.k0a1b2c.age.partial-deadbeef"
+    ));
+    std::fs::write(&partial, vec![7u8; 1 << 20]).unwrap();
+
+    let out = rekey(&t, &old, &new, &["latest"]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("1 leftover object(s) removed"), "{err}");
+    assert!(!partial.exists(), "the partial upload is still there");
+    assert_eq!(verify(&t, &id, &new), 0);
+}

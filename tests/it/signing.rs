@@ -27,6 +27,18 @@ async fn database(name: &str, table: &str, rows: i64) {
 /// What the forger does by hand: `pg_dump -Fc | zstd | age -r RECIPIENT`, uploaded with a
 /// manifest that matches it byte for byte. Returns the backup.
 async fn forge(store: &dyn DeleteStore, recipient: &str, db: &str) -> (BackupRef, Vec<u8>) {
+    // Dated ahead, as a forger would to be `latest`.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    forge_at(store, recipient, db, at).await
+}
+
+/// [`forge`], dated `at`.
+async fn forge_at(
+    store: &dyn DeleteStore,
+    recipient: &str,
+    db: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> (BackupRef, Vec<u8>) {
     let pg_dump = format!("{}/pg_dump", svc("DR_PG_BIN_DIR"));
     let script = format!(
         "'{pg_dump}' --format=custom --compress=0 -d '{}' | zstd -q -c | age -r {recipient}",
@@ -43,9 +55,7 @@ async fn forge(store: &dyn DeleteStore, recipient: &str, db: &str) -> (BackupRef
     let b = BackupRef {
         engine: "postgres".into(),
         target: "shop".into(),
-        // Dated ahead, as a forger would to be `latest`: also strictly newer than the
-        // genuine backup taken in the same second (ids have one-second resolution).
-        id: BackupId::new(chrono::Utc::now() + chrono::Duration::seconds(2)),
+        id: BackupId::new(at),
     };
     let file = format!("db-{db}.pgdump.zst.age");
     let sha = {
@@ -309,6 +319,117 @@ async fn a_forged_backup_is_refused_and_a_genuine_one_restores() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("--signer"), "{}", stderr(&out));
     for db in [good_db, evil_db, target] {
+        drop_database(&db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_unsigned_never_lets_an_unsigned_forgery_push_out_signed_backups() {
+    let (t, keys) = (TestStore::local(), Keys::generate());
+    let store = t.open().await;
+    let (good_db, evil_db, old_db) = (unique("au_good"), unique("au_evil"), unique("au_old"));
+    database(&good_db, "orders", 200).await;
+    database(&evil_db, "pwned", 3).await;
+    database(&old_db, "legacy", 7).await;
+    // A backup from before signing existed, then the first signed one, then a forgery.
+    let (old, _) = forge_at(
+        store.as_ref(),
+        &keys.recipient,
+        &old_db,
+        chrono::Utc::now() - chrono::Duration::hours(2),
+    )
+    .await;
+    let genuine = backup_postgres(&t, &keys, "shop", &good_db, &[]);
+    let (forged, _) = forge(store.as_ref(), &keys.recipient, &evil_db).await;
+    let allow = [("DR_ALLOW_UNSIGNED", "true")];
+
+    // `latest` passes over the forgery and restores the signed backup.
+    let target = unique("au_latest");
+    let out = restore(&t, &keys, "latest", &target, &allow);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&genuine),
+        "latest is not the signed backup: {}",
+        stderr(&out)
+    );
+    let restored: i64 = pg_connect(&target)
+        .await
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(restored, 200);
+
+    // list: the old unsigned backup counts, the forgery is damaged, with the reason.
+    let out = run(
+        "kubectl-dr",
+        &["list", "-o", "json", "--all", "--store", t.url()],
+        &allow,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |id: &BackupId| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not listed: {rows}"))
+    };
+    assert_eq!(row(&old.id)["status"], "complete", "{rows}");
+    assert_eq!(row(&forged.id)["status"], "damaged", "{rows}");
+
+    // Retention: the forgery counts for nothing and is never deleted; keep-last 1 keeps
+    // the signed backup and lets the pre-signing one go.
+    let out = run(
+        "worker",
+        &[
+            "prune",
+            "--store",
+            t.url(),
+            "--target",
+            "shop",
+            "--keep-last",
+            "1",
+            "--max-delete",
+            "100%",
+        ],
+        &allow,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(
+        "kubectl-dr",
+        &["list", "-o", "json", "--all", "--store", t.url()],
+        &allow,
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&genuine.as_str()),
+        "the signed backup was pruned: {rows}"
+    );
+    assert!(
+        ids.contains(&forged.id.as_str()),
+        "the forgery was deleted: {rows}"
+    );
+    assert!(
+        !ids.contains(&old.id.as_str()),
+        "keep-last 1 kept 2: {rows}"
+    );
+
+    // Named explicitly, an unsigned backup is still usable with the flag.
+    let out = run(
+        "kubectl-dr",
+        &["verify", forged.id.as_str(), "--store", t.url()],
+        &allow,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for db in [good_db, evil_db, old_db, target] {
         drop_database(&db).await;
     }
 }

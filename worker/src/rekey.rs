@@ -387,7 +387,22 @@ impl Rekey<'_> {
         for key in &doomed {
             self.store.delete(key).await?;
         }
-        Ok(doomed.len())
+        // A rekey killed while it wrote a part leaves an unfinished upload (a `.partial-`
+        // file, an S3 multipart upload) that listing does not show: it is debris of this
+        // backup too.
+        let pending = match self
+            .store
+            .pending_uploads(&format!("{}/", backup.dir()))
+            .await
+        {
+            Ok(p) => p,
+            Err(StoreError::Unsupported { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        for upload in &pending {
+            self.store.abort_upload(upload).await?;
+        }
+        Ok(doomed.len() + pending.len())
     }
 }
 

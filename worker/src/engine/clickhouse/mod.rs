@@ -268,15 +268,23 @@ impl ChClient {
     /// # Errors
     /// As [`ChClient::send`].
     pub async fn rows(&self, what: &str, sql: &str) -> Result<Vec<Vec<String>>, ChError> {
-        let text = self
-            .send(what, format!("{sql} FORMAT TabSeparated"), &[])
-            .await?
-            .text()
+        // A small answer that stops half-way would otherwise wait forever.
+        let answer = async {
+            self.send(what, format!("{sql} FORMAT TabSeparated"), &[])
+                .await?
+                .text()
+                .await
+                .map_err(|e| ChError::Unreachable {
+                    addr: self.addr(),
+                    reason: transport_reason(&e),
+                })
+        };
+        let text = tokio::time::timeout(crate::engine::stall_timeout(), answer)
             .await
-            .map_err(|e| ChError::Unreachable {
+            .map_err(|_| ChError::Unreachable {
                 addr: self.addr(),
-                reason: transport_reason(&e),
-            })?;
+                reason: format!("{what}: {}", crate::engine::stalled_source("ClickHouse")),
+            })??;
         Ok(text
             .lines()
             .map(|l| l.split('\t').map(unescape_tsv).collect())

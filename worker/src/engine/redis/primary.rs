@@ -223,6 +223,10 @@ fn handshake(stream: &TcpStream, expected: &Expected, deadline: Instant) -> std:
     Err(refuse("sent too many commands"))
 }
 
+/// Handshakes answered at once: a client that connects and says nothing must not keep
+/// the target waiting behind it.
+const MAX_HANDSHAKES: usize = 16;
+
 /// Waits on `listener` for the target: a connection from one of `expected.from` that
 /// authenticates with `expected.secret`. Anyone else is refused (and named in the error if
 /// the target never comes). Returns the target's connection, handshake done.
@@ -235,46 +239,57 @@ fn accept_target(
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + wait;
     let mut refused: Vec<Refused> = Vec::new();
+    let mut note = |peer: SocketAddr, why: String| {
+        tracing::warn!(client = %peer, why = %why, "refused a replication client: it is not the restore's target");
+        if refused.len() < 100 {
+            refused.push(Refused { peer, why });
+        }
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut in_flight = 0usize;
     loop {
         match listener.accept() {
+            Ok((stream, peer)) if !expected.from.contains(&peer.ip()) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let from: Vec<String> = expected.from.iter().map(ToString::to_string).collect();
+                note(
+                    peer,
+                    format!("not the target's address ({})", from.join(" or ")),
+                );
+            }
+            Ok((stream, peer)) if in_flight >= MAX_HANDSHAKES => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                note(peer, "too many connections at once".into());
+            }
             Ok((stream, peer)) => {
-                let outcome = if expected.from.contains(&peer.ip()) {
-                    handshake(&stream, expected, deadline)
-                } else {
-                    Err(refuse(format!(
-                        "not the target's address ({})",
-                        expected
-                            .from
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    )))
-                };
-                match outcome {
-                    Ok(()) => return Ok(stream),
-                    Err(e) => {
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
-                        let why = e.to_string();
-                        tracing::warn!(client = %peer, why = %why, "refused a replication client: it is not the restore's target");
-                        if refused.len() < 100 {
-                            refused.push(Refused { peer, why });
-                        }
-                    }
-                }
+                in_flight += 1;
+                let (tx, expected) = (done_tx.clone(), expected.clone());
+                std::thread::spawn(move || {
+                    let outcome = handshake(&stream, &expected, deadline);
+                    let _ = tx.send((stream, peer, outcome));
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    return Err(ServeError::NoConnection {
-                        listen,
-                        waited: wait,
-                        refused,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
         }
+        while let Ok((stream, peer, outcome)) = done_rx.try_recv() {
+            in_flight -= 1;
+            match outcome {
+                Ok(()) => return Ok(stream),
+                Err(e) => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    note(peer, e.to_string());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ServeError::NoConnection {
+                listen,
+                waited: wait,
+                refused,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -319,4 +334,110 @@ pub fn serve(
         while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
     });
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn expected(from: &str) -> Expected {
+        Expected {
+            from: vec![from.parse().unwrap()],
+            secret: "one-time-secret".into(),
+        }
+    }
+
+    /// Runs `client` against a listener that waits `wait` for the target.
+    fn serve_with(
+        expected: Expected,
+        wait: Duration,
+        client: impl FnOnce(SocketAddr) -> Vec<u8> + Send + 'static,
+    ) -> (Result<TcpStream, ServeError>, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || client(addr));
+        let result = accept_target(&listener, wait, &expected);
+        (result, client.join().unwrap())
+    }
+
+    fn talk(addr: SocketAddr, script: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(script);
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        got
+    }
+
+    #[test]
+    fn the_target_with_the_secret_gets_the_sync() {
+        let (result, _) = serve_with(expected("127.0.0.1"), Duration::from_secs(5), |addr| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"PING\r\nAUTH one-time-secret\r\nREPLCONF capa eof\r\nPSYNC ? -1\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            Vec::new()
+        });
+        assert!(result.is_ok(), "{:?}", result.err());
+    }
+
+    #[test]
+    fn clients_without_the_secret_are_named_and_get_nothing() {
+        let (result, got) = serve_with(expected("127.0.0.1"), Duration::from_secs(2), |addr| {
+            let mut got = talk(addr, b"PING\r\nPSYNC ? -1\r\n");
+            got.extend(talk(addr, b"AUTH masteruser guess\r\nSYNC\r\n"));
+            got.extend(talk(addr, b"FLUSHALL\r\n"));
+            got
+        });
+        let text = String::from_utf8_lossy(&got);
+        assert!(!text.contains("FULLRESYNC"), "{text}");
+        assert!(
+            text.contains("-NOAUTH") && text.contains("-WRONGPASS"),
+            "{text}"
+        );
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("did not connect back"), "{err}");
+        for why in [
+            "asked for the snapshot without authenticating",
+            "sent the wrong password",
+            "not part of the replication handshake",
+        ] {
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        assert!(err.contains("127.0.0.1:"), "{err}");
+    }
+
+    #[test]
+    fn a_client_from_another_address_is_cut_off_unheard() {
+        let (result, got) = serve_with(expected("127.0.0.9"), Duration::from_secs(1), |addr| {
+            talk(addr, b"AUTH one-time-secret\r\nPSYNC ? -1\r\n")
+        });
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains("not the target's address (127.0.0.9)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_flood_without_newline_is_cut_and_a_silent_client_does_not_block_the_target() {
+        let (result, flood_cut) =
+            serve_with(expected("127.0.0.1"), Duration::from_secs(5), |addr| {
+                // Says nothing, holding one handshake open.
+                let _silent = TcpStream::connect(addr).unwrap();
+                let mut flood = TcpStream::connect(addr).unwrap();
+                let cut = flood.write_all(&vec![b'x'; 64 << 20]).is_err();
+                let mut target = TcpStream::connect(addr).unwrap();
+                target
+                    .write_all(b"AUTH one-time-secret\r\nPSYNC ? -1\r\n")
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                vec![u8::from(cut)]
+            });
+        assert!(result.is_ok(), "{:?}", result.err());
+        assert_eq!(flood_cut, vec![1], "64 MiB without a newline were read");
+    }
 }
