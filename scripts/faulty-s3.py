@@ -10,7 +10,8 @@ signatures still match) and, at the rates given, instead:
     NoSuchUpload, a retried PUT of a manifest finds it there);
   - forwards, answers the status and headers, sends half the body, and closes (a cut body).
 
-Deterministic for a seed. Prints `listening on PORT` once ready; counts each fault and
+`--lose-once REGEX` loses the answer of the first request that matches (e.g.
+'^POST .*uploadId=' for a CompleteMultipartUpload). Deterministic for a seed. Prints `listening on PORT` once ready; counts each fault and
 prints the counts on SIGTERM / SIGINT (and to --stats-file after every request).
 
     scripts/faulty-s3.py --upstream 127.0.0.1:9000 --port 0 --slowdown 0.15 --cut 0.05 \
@@ -41,6 +42,13 @@ def main():
     ap.add_argument("--lost", type=float, default=0.0)
     ap.add_argument("--cut", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--lose-once",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="lose the answer of the first request whose 'METHOD PATH' matches (repeatable)",
+    )
     ap.add_argument("--stats-file")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -48,9 +56,18 @@ def main():
     counts = {"requests": 0, "slowdown": 0, "reset": 0, "lost": 0, "cut": 0, "clean": 0}
     up_host, up_port = args.upstream.rsplit(":", 1)
 
-    def decide():
+    import re
+
+    once = [re.compile(r) for r in args.lose_once]
+
+    def decide(line):
         with lock:
             counts["requests"] += 1
+            for r in once:
+                if r.search(line):
+                    once.remove(r)
+                    counts["lost"] += 1
+                    return "lost"
             r = rng.random()
             for name in ("slowdown", "reset", "lost", "cut"):
                 rate = getattr(args, name)
@@ -101,7 +118,7 @@ def main():
 
         def handle_any(self):
             body = self.read_body()
-            fault = decide()
+            fault = decide(f"{self.command} {self.path}")
             try:
                 if fault == "slowdown":
                     xml = (

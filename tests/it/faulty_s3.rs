@@ -182,3 +182,55 @@ async fn backups_through_slowdowns_resets_lost_answers_and_cut_bodies_tell_the_t
         "no body was cut while reading"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_the_completed_upload_and_to_the_manifest_is_still_a_commit() {
+    let front = Front::start(
+        &[
+            ("--lose-once", r"^POST .*uploadId="),
+            ("--lose-once", r"^PUT [^?]*/manifest\.json(\?|$)"),
+        ],
+        1,
+    );
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "command",
+            "--target",
+            "lost",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+            "--",
+            "head",
+            "-c",
+            "10000000",
+            "/dev/urandom",
+        ],
+        &[("AWS_ENDPOINT_URL", front.url.as_str())],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(front.stats()["lost"], 2, "{}", front.stats());
+    assert!(
+        stderr(&out).contains("its first answer was lost"),
+        "the retried complete did not meet a finished upload: {}",
+        stderr(&out)
+    );
+    let id = stdout(&out).trim().to_string();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            &id,
+            "--store",
+            store.url(),
+            "-i",
+            keys.identity.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

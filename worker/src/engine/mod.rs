@@ -651,6 +651,154 @@ pub fn encode_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{
+        local::LocalStore, BodyChunk, ObjectMeta, ObjectReader, PendingUpload, ReadStore,
+    };
+
+    /// How [`Lossy`] treats a manifest write.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Manifests {
+        /// The write happens; the answer is lost (the caller hears an error).
+        AnswerLost,
+        /// The write never happens, and the caller hears an error.
+        Failed,
+        /// The write happens, but reading it back fails.
+        Unreadable,
+    }
+
+    /// A local store whose manifest writes go wrong as told.
+    #[derive(Debug)]
+    struct Lossy {
+        inner: LocalStore,
+        manifests: Manifests,
+    }
+
+    fn lost(key: &str) -> StoreError {
+        StoreError::Unreachable {
+            location: "lossy".into(),
+            detail: format!("connection reset while writing {key}"),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ReadStore for Lossy {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
+            if self.manifests == Manifests::Unreadable && key.ends_with("manifest.json") {
+                return Err(lost(key));
+            }
+            self.inner.get(key).await
+        }
+        async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {
+            self.inner.pending_uploads(prefix).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl WriteStore for Lossy {
+        async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+            if !key.ends_with("manifest.json") {
+                return self.inner.put_bytes(key, data).await;
+            }
+            match self.manifests {
+                Manifests::AnswerLost => {
+                    self.inner.put_bytes(key, data).await?;
+                    Err(lost(key))
+                }
+                Manifests::Failed => Err(lost(key)),
+                Manifests::Unreadable => self.inner.put_bytes(key, data).await,
+            }
+        }
+        async fn put_stream(
+            &self,
+            key: &str,
+            body: tokio::sync::mpsc::Receiver<BodyChunk>,
+            cancel: &CancellationToken,
+        ) -> Result<u64, StoreError> {
+            self.inner.put_stream(key, body, cancel).await
+        }
+    }
+
+    struct Hello;
+
+    #[async_trait::async_trait]
+    impl Source for Hello {
+        fn describe(&self) -> String {
+            "hello".into()
+        }
+        async fn dump(&self, run: &BackupRun<'_>) -> Result<DumpOutcome, SourceFailure> {
+            let spec = PartSpec {
+                name: "stdout".into(),
+                format: crate::catalog::PartFormat::CommandStdout,
+                extension: "out",
+                database: None,
+                section: None,
+            };
+            run.store_part(spec, |w: &mut dyn Write| {
+                w.write_all(b"hello\n")?;
+                Ok(())
+            })
+            .await?;
+            Ok(DumpOutcome {
+                server_version: "test".into(),
+                facts: Facts::default(),
+            })
+        }
+    }
+
+    async fn backup_into(manifests: Manifests) -> (Result<Manifest, BackupFailed>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Lossy {
+            inner: LocalStore::open(dir.path()).await.unwrap(),
+            manifests,
+        };
+        let settings = EncodeSettings {
+            recipients: vec![age::x25519::Identity::generate().to_public()],
+            compression: crate::catalog::Compression::Zstd,
+            zstd_level: 1,
+            zstd_threads: 0,
+            signing: None,
+        };
+        let result = backup(
+            &store,
+            Engine::Command,
+            "lossy",
+            settings,
+            &Hello,
+            CancellationToken::new(),
+        )
+        .await;
+        let listed = store.inner.list("").await.unwrap();
+        let visible = listed.iter().any(|o| o.key.ends_with("manifest.json"));
+        (result, visible)
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_answer_was_lost_is_judged_by_what_the_store_holds() {
+        let (result, visible) = backup_into(Manifests::AnswerLost).await;
+        assert!(visible);
+        assert!(
+            result.is_ok(),
+            "a committed backup reported failed: {result:?}"
+        );
+
+        let (result, visible) = backup_into(Manifests::Failed).await;
+        assert!(!visible);
+        let err = format!("{:#}", anyhow::Error::new(result.unwrap_err()));
+        assert!(err.contains("stays invisible"), "{err}");
+
+        // Written, then unreadable: never called invisible.
+        let (result, visible) = backup_into(Manifests::Unreadable).await;
+        assert!(visible);
+        let err = format!("{:#}", anyhow::Error::new(result.unwrap_err()));
+        assert!(!err.contains("invisible"), "{err}");
+        assert!(err.contains("may be visible"), "{err}");
+    }
 
     #[test]
     fn encodes_names_without_collisions() {
