@@ -82,7 +82,7 @@ use crate::output::{self, Format};
 /// Examples:
 ///   kubectl dr restore latest --target prod --identity key.txt \
 ///     --to postgres://postgres@127.0.0.1:5432/app_restored
-///   kubectl dr restore 20261122T020000Z-7f3a9c --identity key.txt --database app \
+///   kubectl dr restore 20261122T020000.412Z-7f3a9c --identity key.txt --database app \
 ///     --to postgres://postgres@db:5432/app --clean --yes
 ///   kubectl dr restore latest --target prod --identity key.txt --globals --keep-owners \
 ///     --to postgres://postgres@db:5432/app

@@ -33,7 +33,7 @@ use crate::output::{self, Format};
 /// Examples:
 ///   kubectl dr verify latest --target prod
 ///   kubectl dr verify latest --engine vault --identity key.txt --against https://vault:8200
-///   kubectl dr verify 20261122T020000Z-7f3a9c --identity key.txt \
+///   kubectl dr verify 20261122T020000.412Z-7f3a9c --identity key.txt \
 ///     --against postgres://postgres@127.0.0.1:5432/app --max-diff 1%
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]

@@ -22,7 +22,9 @@ pub struct RestoreArgs {
     /// Where this process listens for the target's replication connection (it poses as
     /// the target's primary for one sync): an address the server can reach. Default: this
     /// machine's address on its connection to the server, any free port. In a cluster Job,
-    /// the pod IP.
+    /// the pod IP. Only the target gets the snapshot: it must connect from its own address
+    /// and authenticate with a one-time masterauth the restore sets (CONFIG SET) and puts
+    /// back afterwards; anyone else is cut off and named.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
 
