@@ -221,6 +221,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
+            // A name the store refuses is a usage error, not a failed backup of that name:
+            // nothing is pushed under it (a target `..` would even name another group).
+            drkit::catalog::validate_name("target", &target)?;
             let backup_timeout = command.timeout();
             // The timeout stops the run the way SIGTERM does: uploads aborted, nothing
             // committed, producers given a moment and then left behind.
@@ -231,9 +234,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!(timeout = %humantime::format_duration(backup_timeout), "the backup ran past --timeout: aborting uploads");
                 deadline.cancel();
             });
-            // A name the store refuses is a usage error, not a failed backup of that name:
-            // nothing is pushed under it (a target `..` would even name another group).
-            drkit::catalog::validate_name("target", &target)?;
             let attempt = chrono::Utc::now();
             let clock = std::time::Instant::now();
             let result = backup(&cli.store, command, cancel).await;

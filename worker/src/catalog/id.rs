@@ -48,14 +48,8 @@ impl BackupId {
         let wanted = now.timestamp_millis();
         let millis = {
             let mut last = LAST_MILLIS.lock().unwrap_or_else(|e| e.into_inner());
-            let behind = last.saturating_sub(wanted);
-            let millis = if (0..SAME_MOMENT_MS).contains(&behind) {
-                *last + 1
-            } else {
-                wanted
-            };
-            *last = millis;
-            millis
+            *last = next_millis(*last, wanted);
+            *last
         };
         let at = DateTime::<Utc>::from_timestamp_millis(millis).unwrap_or(now);
         let suffix: u32 = rand::rng().random_range(0..1 << 24);
@@ -76,6 +70,16 @@ impl BackupId {
 
     fn time_text(&self) -> &str {
         self.0.split_once('-').map_or(&self.0, |(time, _)| time)
+    }
+}
+
+/// The millisecond for an id wanted at `wanted` when the previous one was `last`: later
+/// than `last` if both are the same moment, else `wanted` itself.
+fn next_millis(last: i64, wanted: i64) -> i64 {
+    if (0..SAME_MOMENT_MS).contains(&last.saturating_sub(wanted)) {
+        last + 1
+    } else {
+        wanted
     }
 }
 
@@ -191,12 +195,41 @@ mod tests {
 
     #[test]
     fn ids_of_one_process_increase_even_within_a_millisecond() {
-        let now = Utc.with_ymd_and_hms(2030, 5, 1, 0, 0, 0).unwrap();
-        let ids: Vec<BackupId> = (0..50).map(|_| BackupId::new(now)).collect();
-        for pair in ids.windows(2) {
-            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
-            assert!(pair[0].created_at() < pair[1].created_at());
+        // The state is the process's; other tests make ids beside this one, so the rule
+        // itself is checked here.
+        let t = 1_900_000_000_000;
+        let mut last = i64::MIN;
+        let mut seen = Vec::new();
+        for wanted in [
+            t,
+            t,
+            t,
+            t + 1,
+            t - 300,
+            t + 5_000,
+            t + 5_000,
+            t - 86_400_000,
+        ] {
+            last = next_millis(last, wanted);
+            seen.push(last);
         }
+        assert_eq!(
+            seen,
+            vec![
+                t,
+                t + 1,
+                t + 2,
+                t + 3,
+                t + 4,
+                t + 5_000,
+                t + 5_001,
+                t - 86_400_000
+            ]
+        );
+        let now = Utc.with_ymd_and_hms(2030, 5, 1, 0, 0, 0).unwrap();
+        let (a, b) = (BackupId::new(now), BackupId::new(now));
+        assert!(a.created_at() >= now && b.created_at() >= now, "{a} {b}");
+        assert_ne!(a, b);
     }
 
     #[test]

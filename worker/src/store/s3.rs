@@ -386,8 +386,10 @@ impl S3Store {
     }
 }
 
-/// How often one download is resumed after its body was cut before it fails.
+/// How often in a row (no byte arriving in between) a download is resumed before it fails.
 const MAX_RESUMES: u32 = 8;
+/// Bytes gathered from a download before they are handed to the reader.
+const DOWNLOAD_BATCH: usize = 256 * 1024;
 /// A body that delivers nothing for this long is treated as cut and resumed.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 
@@ -406,15 +408,24 @@ struct Resume {
 impl Resume {
     async fn run(self, mut body: ByteStream, tx: mpsc::Sender<std::io::Result<Bytes>>) {
         let (mut received, mut resumes) = (0u64, 0u32);
+        // HTTP chunks are a few KiB; handing each across separately costs a wake-up each.
+        let mut batch = BytesMut::new();
         loop {
-            let cut = match tokio::time::timeout(BODY_IDLE, body.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    received += chunk.len() as u64;
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
-                    }
+            let next = tokio::time::timeout(BODY_IDLE, body.next()).await;
+            if let Ok(Some(Ok(chunk))) = &next {
+                received += chunk.len() as u64;
+                // Progress: only cuts in a row without a byte between them count.
+                resumes = 0;
+                batch.extend_from_slice(chunk);
+                if batch.len() < DOWNLOAD_BATCH {
                     continue;
                 }
+            }
+            if !batch.is_empty() && tx.send(Ok(batch.split().freeze())).await.is_err() {
+                return;
+            }
+            let cut = match next {
+                Ok(Some(Ok(_))) => continue,
                 Ok(None) if self.length.is_none_or(|l| received >= l) => return,
                 Ok(None) => format!(
                     "the body ended after {received} of {} bytes",
@@ -426,7 +437,7 @@ impl Resume {
             if resumes >= MAX_RESUMES || self.length.is_none() || self.etag.is_none() {
                 let _ = tx
                     .send(Err(std::io::Error::other(format!(
-                        "download of {} from {} was cut ({cut}) and could not be resumed after {resumes} attempt(s)",
+                        "download of {} from {} was cut ({cut}) and could not be resumed ({resumes} attempt(s) in a row brought nothing)",
                         self.key, self.store.location
                     ))))
                     .await;
