@@ -15,6 +15,8 @@
 //! - `faulty_s3`: backups, verify and restore through a front that answers 503 SlowDown,
 //!   resets connections, loses answers of requests that happened, and cuts bodies: every
 //!   backup's exit code tells the truth, downloads resume.
+//! - `first_hour`: what a new user trips over: `status` without a cluster, a backup
+//!   without a signing key, a mistyped store prefix.
 //! - `hardening`: ordering of same-second backups, hostile plan and state files, stalled
 //!   sources and SIGTERM, metrics labels, the drill's encoded scratch names.
 //! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
@@ -46,6 +48,7 @@ mod command;
 mod compat;
 mod durability;
 mod faulty_s3;
+mod first_hour;
 mod hardening;
 mod install;
 mod kubernetes;

@@ -343,6 +343,32 @@ async fn the_dead_mans_switch_pings_start_and_end_with_the_exit_code_and_log_tai
     assert!(end.1.starts_with("/check-2/2?rid="), "{end:?}");
     assert!(end.2.len() <= 400, "{} bytes", end.2.len());
     assert!(end.2.contains("boom: the state lock is held"), "{}", end.2);
+
+    // A limit smaller than the last line: the end of that line (the error), not nothing.
+    let (server, seen) = ping_server(60).await;
+    let url = format!("{server}/check-3");
+    let long =
+        "echo 'noise' >&2; echo \"boom: $(printf 'x%.0s' $(seq 1 300)) end-of-error\" >&2; exit 3";
+    let out = backup_command(
+        &store,
+        &keys,
+        "mon-ping",
+        &["sh", "-c", long],
+        &[("DR_PING_URL", &url)],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let requests = seen.lock().unwrap().clone();
+    let end = requests.iter().find(|r| r.0 == "POST").expect("end ping");
+    assert!(end.1.starts_with("/check-3/2?rid="), "{end:?}");
+    assert!(!end.2.is_empty(), "the end ping's body is empty");
+    assert!(end.2.len() <= 60, "{} bytes", end.2.len());
+    let last_line = stderr(&out).lines().last().unwrap_or_default().to_string();
+    assert!(end.2.trim_end().ends_with("end-of-error"), "{:?}", end.2);
+    assert!(
+        last_line.ends_with(end.2.trim_end()),
+        "the body is not the end of the final error line {last_line:?}: {:?}",
+        end.2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

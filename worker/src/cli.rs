@@ -63,6 +63,22 @@ impl StoreArgs {
         self.open_with(OpenMode::CreateIfMissing, lock).await
     }
 
+    /// Stores beside this one that hold backups (see [`store::stores_beside`]).
+    ///
+    /// # Errors
+    /// A malformed URL, the parent's listing errors.
+    pub async fn stores_beside(&self) -> anyhow::Result<Vec<String>> {
+        let Some(text) = self.store.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let url: StoreUrl = text.parse()?;
+        let opts = S3Options {
+            path_style: self.s3_path_style,
+            object_lock: None,
+        };
+        Ok(store::stores_beside(&url, &opts).await?)
+    }
+
     async fn open_with(
         &self,
         mode: OpenMode,
@@ -212,21 +228,34 @@ pub struct SigningArgs {
     /// minisign secret key file (unencrypted: `minisign -G -W -s FILE`), from a Secret.
     /// Every manifest is signed with it (manifest.json.minisig), so kubectl dr can tell
     /// the worker's backups from ones planted by anyone else who can write to the bucket.
-    /// Without it backups are unsigned, and restores need --allow-unsigned.
+    /// Without it the command refuses to run, unless --unsigned is given.
     #[arg(long, env = "DR_SIGNING_KEY_FILE", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
+
+    /// Write unsigned manifests on purpose (no --signing-key). Readers refuse such backups
+    /// unless they are given --allow-unsigned, so this is for trying the tool out, not for
+    /// the nightly CronJobs.
+    #[arg(
+        long,
+        env = "DR_UNSIGNED",
+        conflicts_with = "signing_key",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub unsigned: bool,
 }
 
 impl SigningArgs {
-    /// `None` when no key was given.
+    /// The key, or `None` with --unsigned.
     ///
     /// # Errors
-    /// An unreadable, password-protected or malformed key file.
+    /// No key without --unsigned (a backup no reader accepts must not look like a
+    /// success), an unreadable, password-protected or malformed key file.
     pub fn load(&self) -> Result<Option<Arc<SigningKey>>, SignatureError> {
-        self.signing_key
-            .as_deref()
-            .map(|p| SigningKey::from_file(p).map(Arc::new))
-            .transpose()
+        match (&self.signing_key, self.unsigned) {
+            (Some(p), _) => SigningKey::from_file(p).map(|k| Some(Arc::new(k))),
+            (None, true) => Ok(None),
+            (None, false) => Err(SignatureError::NoSigningKey),
+        }
     }
 }
 
@@ -248,7 +277,12 @@ pub struct SignerArgs {
     /// Accept backups without a signature (made before signing existed), with a loud
     /// warning. Backups signed by an unknown key or with an invalid signature are refused
     /// all the same.
-    #[arg(long, env = "DR_ALLOW_UNSIGNED", global = true)]
+    #[arg(
+        long,
+        env = "DR_ALLOW_UNSIGNED",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub allow_unsigned: bool,
 }
 

@@ -16,6 +16,11 @@ use clap::Args;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// `~/.kube/config`, where kubectl looks by default.
+fn home_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube").join("config"))
+}
+
 /// Label every kube-dr object carries.
 pub const PART_OF: &str = "app.kubernetes.io/part-of=kube-dr";
 /// Label of a backup CronJob naming its engine.
@@ -38,11 +43,30 @@ pub struct ClusterArgs {
     pub namespace: String,
 }
 
+/// Nothing names a cluster: no --kubeconfig or --context, no KUBECONFIG, no
+/// ~/.kube/config, no in-cluster service account.
+#[derive(Debug, thiserror::Error)]
+#[error("no Kubernetes cluster configured (no --kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster service account); pass --kubeconfig or set KUBECONFIG")]
+pub struct NoCluster;
+
 impl ClusterArgs {
+    /// A client for the chosen cluster, or `None` when nothing names one (`status` then
+    /// answers from the store alone).
+    ///
+    /// # Errors
+    /// As [`ClusterArgs::client`], except [`NoCluster`].
+    pub async fn client_if_configured(&self) -> anyhow::Result<Option<Client>> {
+        match self.client().await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if e.is::<NoCluster>() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A client for the chosen cluster.
     ///
     /// # Errors
-    /// An unreadable kubeconfig, an unknown context, no cluster configured.
+    /// An unreadable kubeconfig, an unknown context, [`NoCluster`].
     pub async fn client(&self) -> anyhow::Result<Client> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
@@ -56,11 +80,21 @@ impl ClusterArgs {
                 Config::from_custom_kubeconfig(kubeconfig, &options).await?
             }
             (None, Some(_)) => Config::from_kubeconfig(&options).await?,
-            (None, None) => Config::infer().await.map_err(|e| {
-                anyhow::anyhow!(
-                    "no Kubernetes cluster configured ({e}); pass --kubeconfig or set KUBECONFIG"
-                )
-            })?,
+            (None, None) => {
+                let named = std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+                    || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                    || home_kubeconfig().is_some_and(|p| p.exists());
+                if !named {
+                    return Err(NoCluster.into());
+                }
+                // kube's own message quotes the path twice ('"/root/.kube/config"').
+                Config::infer().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot load the Kubernetes configuration: {}",
+                        e.to_string().replace("'\"", "'").replace("\"'", "'")
+                    )
+                })?
+            }
         };
         Ok(Client::try_from(config)?)
     }

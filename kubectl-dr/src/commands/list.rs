@@ -119,8 +119,8 @@ fn describe(b: &Inspected) -> Row {
 }
 
 impl ListCmd {
-    pub async fn run(self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
-        let store = store.open().await?;
+    pub async fn run(self, store_args: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
+        let store = store_args.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         let filter = self.filter.filter()?;
         let mut scanned = catalog::scan(store, &filter).await?;
@@ -151,7 +151,31 @@ impl ListCmd {
             .filter(|b| self.all || b.status != Status::Incomplete)
             .map(describe)
             .collect();
-        rows.sort_by(|a, b| (&a.engine, &a.target, &a.id).cmp(&(&b.engine, &b.target, &b.id)));
+        // The one ordering of backups (time to the millisecond, then the id's text).
+        let id = |r: &Row| r.id.parse::<catalog::BackupId>().ok();
+        rows.sort_by(|a, b| (&a.engine, &a.target, id(a)).cmp(&(&b.engine, &b.target, id(b))));
+        if rows.is_empty() && store.list("").await?.is_empty() {
+            // An empty store: new, or a typo in its prefix (which names an empty store,
+            // not a missing one). Stores beside it that hold backups say which.
+            let beside = store_args.stores_beside().await.unwrap_or_default();
+            if !beside.is_empty() {
+                if self.output != Format::Table {
+                    output::print_structured(self.output, &rows)?;
+                }
+                anyhow::bail!(
+                    "{} holds nothing; did you mean {}? (these hold backups)",
+                    store.location(),
+                    beside.join(" or ")
+                );
+            }
+            if self.output == Format::Table {
+                eprintln!(
+                    "no backups yet in {}: this is how a new store looks; `worker backup …` writes the first",
+                    store.location()
+                );
+                return Ok(());
+            }
+        }
         for row in &mut rows {
             if let Some((keep, reasons)) =
                 decisions.get(&(row.engine.clone(), row.target.clone(), row.id.clone()))

@@ -16,9 +16,14 @@ use crate::output::{self, Format};
 /// backup of its engine and target, is older than --max-age, or when its last run failed.
 /// Without --store / DR_STORE only the CronJobs' own history is checked.
 ///
+/// Without a cluster (no --kubeconfig, KUBECONFIG, ~/.kube/config or service account:
+/// after a rebuild, or from CI), the store alone answers: the newest complete backup of
+/// every engine and target, its age, and STALE beyond --max-age.
+///
 /// Examples:
 ///   kubectl dr status                         # namespace kube-dr, current context
 ///   kubectl dr status --context prod -n backups --max-age 50h -o json
+///   kubectl dr status --store s3://backups/cluster-a --max-age 26h   # no cluster needed
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct StatusCmd {
@@ -61,9 +66,35 @@ async fn newest_complete(
     Ok(out)
 }
 
+/// One series in the store-only view.
+#[derive(Debug, Clone, Serialize)]
+struct SeriesRow {
+    engine: String,
+    target: String,
+    newest_backup: String,
+    created_at: chrono::DateTime<Utc>,
+    age_seconds: i64,
+    stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct StoreReport {
+    store: String,
+    max_age: String,
+    ok: bool,
+    backups: Vec<SeriesRow>,
+}
+
 impl StatusCmd {
     pub async fn run(self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
-        let client = self.cluster.client().await?;
+        let Some(client) = self.cluster.client_if_configured().await? else {
+            anyhow::ensure!(
+                store.store.is_some(),
+                "{}; or give the store (--store / DR_STORE) to check the newest backups without a cluster",
+                crate::cluster::NoCluster
+            );
+            return self.from_store(store, trust).await;
+        };
         let ns = &self.cluster.namespace;
         let (cronjobs, jobs) = status::fetch(&client, ns).await?;
         anyhow::ensure!(
@@ -110,6 +141,83 @@ impl StatusCmd {
                 .map(|r| r.cronjob.as_str())
                 .collect();
             return Err(CheckFailed(format!("needs attention: {}", bad.join(", "))).into());
+        }
+        Ok(())
+    }
+}
+
+impl StatusCmd {
+    /// The store-only view: no CronJobs to ask, so every series' newest complete backup.
+    async fn from_store(&self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
+        let opened = store.open().await?;
+        let newest = newest_complete(opened.as_ref(), trust).await?;
+        let now = Utc::now();
+        let max_age = chrono::Duration::from_std(*self.max_age)?;
+        let rows: Vec<SeriesRow> = newest
+            .iter()
+            .map(|b| {
+                let created_at = b.id.created_at();
+                SeriesRow {
+                    engine: b.engine.clone(),
+                    target: b.target.clone(),
+                    newest_backup: b.id.to_string(),
+                    created_at,
+                    age_seconds: (now - created_at).num_seconds(),
+                    stale: now - created_at > max_age,
+                }
+            })
+            .collect();
+        let ok = !rows.is_empty() && rows.iter().all(|r| !r.stale);
+        match self.output {
+            Format::Table => {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.engine.clone(),
+                            r.target.clone(),
+                            r.newest_backup.clone(),
+                            drkit::retention::short_duration(chrono::Duration::seconds(
+                                r.age_seconds,
+                            )),
+                            if r.stale { "STALE".into() } else { "ok".into() },
+                        ]
+                    })
+                    .collect();
+                output::print_table(
+                    &["ENGINE", "TARGET", "NEWEST BACKUP", "AGE", "STATUS"],
+                    &cells,
+                )?;
+            }
+            f => output::print_structured(
+                f,
+                &StoreReport {
+                    store: opened.location().to_string(),
+                    max_age: self.max_age.to_string(),
+                    ok,
+                    backups: rows.clone(),
+                },
+            )?,
+        }
+        if rows.is_empty() {
+            return Err(CheckFailed(format!(
+                "no complete backup in {}: nothing protects this cluster yet",
+                opened.location()
+            ))
+            .into());
+        }
+        if !ok {
+            let stale: Vec<String> = rows
+                .iter()
+                .filter(|r| r.stale)
+                .map(|r| format!("{}/{}", r.engine, r.target))
+                .collect();
+            return Err(CheckFailed(format!(
+                "newest backup older than --max-age {}: {}",
+                self.max_age,
+                stale.join(", ")
+            ))
+            .into());
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ pub const MAX_SIGNATURE_BYTES: u64 = 4096;
 /// Problems with keys (not with backups: those are a [`Signature`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
+    /// No signing key, and unsigned manifests were not asked for.
+    #[error("no signing key: pass --signing-key FILE or set DR_SIGNING_KEY_FILE (a minisign secret key: minisign -G -W -s FILE; in the cluster, Secret kube-dr-signing); readers refuse unsigned backups, so --unsigned / DR_UNSIGNED=1 writes one only when asked")]
+    NoSigningKey,
     /// The signing key file cannot be read.
     #[error("cannot read the signing key {path}: {source}; DR_SIGNING_KEY_FILE must name a minisign secret key file (minisign -G -W -s FILE)")]
     ReadKey {

@@ -475,7 +475,7 @@ impl<'a> BackupRun<'a> {
                 Some((sig_key, sig))
             }
             None => {
-                tracing::warn!(backup = %self.backup, "no signing key (DR_SIGNING_KEY_FILE): this backup is unsigned, and restoring it needs --allow-unsigned");
+                tracing::warn!(backup = %self.backup, "--unsigned: this backup is not signed, and readers refuse it unless given --allow-unsigned");
                 None
             }
         };

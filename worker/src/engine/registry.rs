@@ -100,7 +100,7 @@ pub enum BackupCommand {
     ///
     /// Example:
     ///   worker backup postgres --target prod --database app --database auth --globals \
-    ///     --store s3://backups/cluster-a --recipient age1...
+    ///     --store s3://backups/cluster-a --recipient age1... --signing-key sign.key
     #[command(verbatim_doc_comment)]
     Postgres(Backup<postgres::source::BackupArgs>),
     /// Back up Vault or OpenBao: a raft snapshot from the active node, checked while it streams.
@@ -117,7 +117,7 @@ pub enum BackupCommand {
     ///
     /// Example (in a CronJob):
     ///   worker backup vault --target vault --k8s-role dr-backup \
-    ///     --store s3://backups/cluster-a --recipient age1...
+    ///     --store s3://backups/cluster-a --recipient age1... --signing-key sign.key
     #[command(verbatim_doc_comment)]
     Vault(Backup<vault::source::BackupArgs>),
     /// Back up ClickHouse over its HTTP interface: DDL, then one part per table.

@@ -502,6 +502,71 @@ pub async fn open(
     }
 }
 
+/// Stores beside `url` (under its parent prefix or directory) that hold backups, as
+/// store URLs: what `list` suggests when the store given is empty, since a typo in a
+/// prefix names an empty store rather than a missing one. At most 10; the store itself is
+/// never among them.
+///
+/// # Errors
+/// The parent's listing errors.
+pub async fn stores_beside(url: &StoreUrl, s3: &S3Options) -> Result<Vec<String>, StoreError> {
+    /// `<engine>/<target>/<id>/manifest.json` below a store's root.
+    const DEPTH: usize = 4;
+    let mut found = std::collections::BTreeSet::new();
+    match url {
+        StoreUrl::S3 { bucket, prefix } => {
+            let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
+            let store = s3::S3Store::from_env(bucket, parent, s3).await;
+            for o in store.list("").await? {
+                let segments: Vec<&str> = o.key.split('/').collect();
+                if segments.len() > DEPTH && o.key.ends_with("/manifest.json") {
+                    let child = segments[..segments.len() - DEPTH].join("/");
+                    let full = if parent.is_empty() {
+                        child
+                    } else {
+                        format!("{parent}/{child}")
+                    };
+                    if full != *prefix {
+                        found.insert(format!("s3://{bucket}/{full}"));
+                    }
+                }
+            }
+        }
+        StoreUrl::Local { root } => {
+            let Some(parent) = root.parent() else {
+                return Ok(Vec::new());
+            };
+            let dirs = |p: &std::path::Path| -> Vec<std::path::PathBuf> {
+                std::fs::read_dir(p)
+                    .map(|e| {
+                        e.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path())
+                            .take(1000)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for sibling in dirs(parent) {
+                if sibling == *root {
+                    continue;
+                }
+                let holds = dirs(&sibling).iter().any(|engine| {
+                    dirs(engine).iter().any(|target| {
+                        dirs(target)
+                            .iter()
+                            .any(|id| id.join("manifest.json").is_file())
+                    })
+                });
+                if holds {
+                    found.insert(format!("file://{}", sibling.display()));
+                }
+            }
+        }
+    }
+    Ok(found.into_iter().take(10).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

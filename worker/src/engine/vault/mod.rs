@@ -48,9 +48,13 @@ pub enum VaultError {
         /// What is wrong with it.
         reason: String,
     },
-    /// No token and no Kubernetes auth role.
-    #[error("no Vault token: set VAULT_TOKEN or VAULT_TOKEN_FILE, or log in with Kubernetes auth (--k8s-role)")]
-    NoToken,
+    /// No token (and, for a backup, no Kubernetes auth role).
+    #[error("no Vault token: set VAULT_TOKEN or VAULT_TOKEN_FILE{}", if *.backup { ", or log in with Kubernetes auth (worker backup vault --k8s-role)" } else { " (for a restore: a token of the cluster being restored into, e.g. its root token; `vault login`'s ~/.vault-token is not read)" })]
+    NoToken {
+        /// Where it was missing: the worker's backup (which can also log in with
+        /// Kubernetes auth) or a plugin command (which cannot).
+        backup: bool,
+    },
     /// A token, CA or service-account file cannot be read.
     #[error("cannot read {what} {path}: {reason}")]
     File {
@@ -519,7 +523,7 @@ impl VaultClient {
     /// [`VaultError::NoToken`], [`VaultError::BadToken`], transport errors.
     pub async fn check_token(&self) -> Result<(), VaultError> {
         if self.token.is_none() {
-            return Err(VaultError::NoToken);
+            return Err(VaultError::NoToken { backup: false });
         }
         if self.token_is_valid().await? {
             Ok(())
@@ -821,6 +825,15 @@ async fn errors_of(response: reqwest::Response) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_token_hints_only_at_what_the_command_has() {
+        let backup = VaultError::NoToken { backup: true }.to_string();
+        assert!(backup.contains("--k8s-role"), "{backup}");
+        let plugin = VaultError::NoToken { backup: false }.to_string();
+        assert!(!plugin.contains("--k8s-role"), "{plugin}");
+        assert!(plugin.contains("VAULT_TOKEN_FILE"), "{plugin}");
+    }
 
     #[test]
     fn parses_addresses_and_refuses_credentials() {

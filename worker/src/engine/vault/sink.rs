@@ -64,7 +64,7 @@ impl RestoreArgs {
         if common.database.is_some() || common.clean {
             return Err("--database and --clean are for PostgreSQL and ClickHouse; a Vault restore always replaces all of the server's data".into());
         }
-        let token = Token::from_env()?.ok_or(VaultError::NoToken)?;
+        let token = Token::from_env()?.ok_or(VaultError::NoToken { backup: false })?;
         let restored_token = match &self.restored_token_file {
             Some(path) => Token::from_file(path)?,
             None => token.clone(),

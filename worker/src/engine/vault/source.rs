@@ -50,7 +50,7 @@ impl BackupArgs {
         }
         match &self.token_file {
             Some(path) => Ok(Auth::Token(Token::from_file(path)?)),
-            None => Err(VaultError::NoToken),
+            None => Err(VaultError::NoToken { backup: true }),
         }
     }
 

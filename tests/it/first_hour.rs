@@ -1,0 +1,150 @@
+//! What a new user trips over in the first hour, on real processes: `status` with no
+//! cluster at all, a backup without a signing key, a mistyped store prefix.
+
+use dr_tests::*;
+
+/// Environment without any cluster: no KUBECONFIG, a HOME without ~/.kube/config.
+fn no_cluster(home: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUBECONFIG", String::new()),
+        ("HOME", home.display().to_string()),
+    ]
+}
+
+fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn status_answers_from_the_store_without_a_cluster() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup_command(&store, &keys, "fresh", &["echo", "hi"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let home = tempfile::tempdir().unwrap();
+    let env = no_cluster(home.path());
+
+    let out = run(
+        "kubectl-dr",
+        &[
+            "status",
+            "--store",
+            store.url(),
+            "--max-age",
+            "26h",
+            "-o",
+            "json",
+        ],
+        &refs(&env),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["backups"][0]["engine"], "command", "{report}");
+    assert_eq!(report["backups"][0]["target"], "fresh", "{report}");
+    assert_eq!(report["backups"][0]["stale"], false, "{report}");
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = run(
+        "kubectl-dr",
+        &["status", "--store", store.url(), "--max-age", "1ms"],
+        &refs(&env),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stdout(&out).contains("STALE"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("newest backup older than --max-age 1ms: command/fresh"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Neither a cluster nor a store: say both ways.
+    let out = run("kubectl-dr", &["status"], &refs(&env));
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no Kubernetes cluster configured"), "{err}");
+    assert!(err.contains("--store"), "{err}");
+    assert!(!err.contains("'\""), "doubled quotes: {err}");
+}
+
+/// `worker backup command` with no signing key in its environment at all.
+fn backup_without_key(
+    store: &TestStore,
+    keys: &Keys,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut cmd = command(
+        "worker",
+        &[
+            "backup",
+            "command",
+            "--target",
+            "nokey",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+            "--",
+            "echo",
+            "hi",
+        ],
+        env,
+    );
+    cmd.env_remove("DR_SIGNING_KEY_FILE").output().unwrap()
+}
+
+#[test]
+fn a_backup_without_a_signing_key_is_refused_unless_asked_for() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let out = backup_without_key(&store, &keys, &[]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no signing key: pass --signing-key FILE or set DR_SIGNING_KEY_FILE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        store.files().iter().all(|f| !f.ends_with(".age")),
+        "{:?}",
+        store.files()
+    );
+
+    let out = backup_without_key(&store, &keys, &[("DR_UNSIGNED", "1")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--unsigned"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_mistyped_prefix_names_the_stores_beside_it() {
+    let keys = Keys::generate();
+    let parent = unique("fh");
+    let bucket = svc("DR_TEST_BUCKET");
+    let real = TestStore::S3 {
+        url: format!("s3://{bucket}/{parent}/real"),
+        prefix: format!("{parent}/real"),
+    };
+    let out = backup_command(&real, &keys, "typo", &["echo", "hi"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let typo = format!("s3://{bucket}/{parent}/reel");
+    let out = run("kubectl-dr", &["list", "--store", &typo], &[]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{typo} holds nothing; did you mean s3://{bucket}/{parent}/real? (these hold backups)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    // A store that is really empty, with nothing beside it: exit 0, and it says so.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("new");
+    std::fs::create_dir(&empty).unwrap();
+    let url = format!("file://{}", empty.display());
+    let out = run("kubectl-dr", &["list", "--store", &url], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no backups yet") && stderr(&out).contains("how a new store looks"),
+        "{}",
+        stderr(&out)
+    );
+}
