@@ -93,7 +93,7 @@ impl StatusCmd {
                 "{}; or give the store (--store / DR_STORE) to check the newest backups without a cluster",
                 crate::cluster::NoCluster
             );
-            return self.from_store(store, trust).await;
+            return self.store_only(store, trust).await;
         };
         let ns = &self.cluster.namespace;
         let (cronjobs, jobs) = status::fetch(&client, ns).await?;
@@ -148,7 +148,7 @@ impl StatusCmd {
 
 impl StatusCmd {
     /// The store-only view: no CronJobs to ask, so every series' newest complete backup.
-    async fn from_store(&self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
+    async fn store_only(&self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
         let opened = store.open().await?;
         let newest = newest_complete(opened.as_ref(), trust).await?;
         let now = Utc::now();
