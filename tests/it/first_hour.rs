@@ -148,3 +148,71 @@ fn a_mistyped_prefix_names_the_stores_beside_it() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_key_and_a_refused_target_fail_before_any_plan_or_promise() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let db = unique("fh_key");
+    create_database(&db).await;
+    pg_connect(&db)
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    let id = backup_postgres(&store, &keys, "fhk", &db, &[]);
+    let other = Keys::generate();
+    let target = unique("fh_key_target");
+    let dr = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--store", store.url()]);
+        run("kubectl-dr", &all, &[])
+    };
+
+    // A wrong key: refused before anything says what would be changed.
+    let out = dr(&[
+        "restore",
+        &id,
+        "-i",
+        other.identity.to_str().unwrap(),
+        "--to",
+        &pg_url(&target),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no identity in"), "{err}");
+    assert!(!err.contains("plan:"), "a plan before the key check: {err}");
+    assert!(!err.contains("one pass:"), "{err}");
+
+    // verify says it once.
+    let out = dr(&["verify", &id, "-i", other.identity.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(all.matches("no identity in").count(), 1, "{all}");
+    assert!(!stdout(&out).contains("FAILED"), "{}", stdout(&out));
+
+    // A public key given as the identity is named as one.
+    let public = keys.dir.path().join("key.pub");
+    std::fs::write(&public, format!("{}\n", keys.recipient)).unwrap();
+    let out = dr(&["verify", &id, "-i", public.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds an age public key (age1…), not a secret one"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A non-empty target without --clean: refused, with no promise of a one-pass restore.
+    let out = dr(&[
+        "restore",
+        &id,
+        "-i",
+        keys.identity.to_str().unwrap(),
+        "--to",
+        &pg_url(&db),
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--clean"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("one pass:"), "{}", stderr(&out));
+    assert!(!database_exists(&target).await);
+    drop_database(&db).await;
+}

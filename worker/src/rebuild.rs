@@ -359,10 +359,10 @@ pub struct Checked<'m> {
 }
 
 impl<'m> Checked<'m> {
-    /// The proof for `part`. With `one_pass` (its destination rolls back a failed stream):
-    /// the check made earlier in this run if there was one, else the promise to check it
-    /// as it streams when its manifest recorded its header, else a check now. Without: as
-    /// [`Checked::get`].
+    /// The proof for `part`, and whether it is the promise to check it as it streams.
+    /// With `one_pass` (its destination rolls back a failed stream): the check made
+    /// earlier in this run if there was one, else that promise when its manifest recorded
+    /// its header, else a check now. Without: as [`Checked::get`].
     ///
     /// # Errors
     /// As [`Checked::get`].
@@ -374,19 +374,13 @@ impl<'m> Checked<'m> {
         part: &'m Part,
         progress: &dyn Progress,
         say: &(dyn for<'s> Fn(&'s str) + Sync),
-    ) -> Result<Verified<'m>, VerifyError> {
+    ) -> Result<(Verified<'m>, bool), VerifyError> {
         if one_pass && self.find(manifest, part).is_none() {
             if let Some(v) = Verified::as_it_streams(manifest, part) {
-                say(&format!(
-                    "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
-                    manifest.backup_ref(),
-                    part.name,
-                    part.ciphertext_bytes
-                ));
-                return Ok(v);
+                return Ok((v, true));
             }
         }
-        self.get(store, manifest, part, progress, say).await
+        Ok((self.get(store, manifest, part, progress, say).await?, false))
     }
 
     fn find(&self, manifest: &Manifest, part: &Part) -> Option<Verified<'m>> {
@@ -481,27 +475,47 @@ pub async fn prepare<'m>(
     say: &(dyn for<'s> Fn(&'s str) + Sync),
 ) -> Result<Prepared<'m>, SourceFailure> {
     let manifest = step.manifest;
-    let mut verified = Vec::new();
+    let (mut verified, mut streamed) = (Vec::new(), Vec::new());
     for part in sink.first_parts(manifest)? {
-        let one_pass = sink.rolls_back(part);
-        verified.push(
-            checked
-                .proof(one_pass, store, manifest, part, progress, say)
-                .await?,
-        );
+        let (v, as_it_streams) = checked
+            .proof(sink.rolls_back(part), store, manifest, part, progress, say)
+            .await?;
+        verified.push(v);
+        if as_it_streams {
+            streamed.push(part);
+        }
+    }
+    // The key before the plan: a wrong key must not first show what would be changed.
+    if let Some(first) = verified.first() {
+        let (plain, bar) =
+            crate::verify::open_plaintext(store, *first, identities, &crate::progress::NoProgress)
+                .await?;
+        drop(plain);
+        bar.finish();
     }
     let plan = sink
         .plan(store, manifest, &verified, identities, progress)
         .await?;
     for part in plan.more_parts {
         if !verified.iter().any(|v| v.part().name == part.name) {
-            let one_pass = sink.rolls_back(part);
-            verified.push(
-                checked
-                    .proof(one_pass, store, manifest, part, progress, say)
-                    .await?,
-            );
+            let (v, as_it_streams) = checked
+                .proof(sink.rolls_back(part), store, manifest, part, progress, say)
+                .await?;
+            verified.push(v);
+            if as_it_streams {
+                streamed.push(part);
+            }
         }
+    }
+    // Only once the plan accepted the destination: a refusal must not come after a
+    // promise about how the restore will run.
+    for part in streamed {
+        say(&format!(
+            "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
+            manifest.backup_ref(),
+            part.name,
+            part.ciphertext_bytes
+        ));
     }
     Ok(Prepared {
         step,

@@ -137,18 +137,21 @@ impl VerifyCmd {
         for part in &manifest.parts {
             let result =
                 verify::check_part(store, &manifest, part, identities.as_ref(), progress).await;
-            if table {
-                match &result {
-                    Ok(()) => drkit::cli::print_line(format_args!(
-                        "ok      {} ({})",
-                        part.name,
-                        output::human_bytes(part.ciphertext_bytes)
-                    ))?,
-                    Err(e) => drkit::cli::print_line(format_args!("FAILED  {}: {e}", part.name))?,
+            match &result {
+                // Wrong key or an unreachable store: the backup may be fine; say what to fix
+                // (once: the error is the message, no FAILED line before it).
+                Err(e) if !e.is_check_failure() => {}
+                Ok(()) if table => drkit::cli::print_line(format_args!(
+                    "ok      {} ({})",
+                    part.name,
+                    output::human_bytes(part.ciphertext_bytes)
+                ))?,
+                Err(e) if table => {
+                    drkit::cli::print_line(format_args!("FAILED  {}: {e}", part.name))?
                 }
+                _ => {}
             }
             match result {
-                // Wrong key or an unreachable store: the backup may be fine; say what to fix.
                 Err(e) if !e.is_check_failure() => {
                     return Err(anyhow::Error::new(e).context("verification could not run"))
                 }

@@ -43,6 +43,12 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
     },
+    /// A public key given where the secret key belongs.
+    #[error("{} holds an age public key (age1…), not a secret one: --identity takes the secret key file (AGE-SECRET-KEY-1… lines, as written by age-keygen); the public key is what the worker's --recipient takes", path.display())]
+    PublicAsIdentity {
+        /// The file.
+        path: PathBuf,
+    },
     /// No `--identity`.
     #[error("no identity given; pass --identity FILE (or set DR_IDENTITY_FILE) with the age key the backups were encrypted to")]
     NoIdentity,
@@ -111,6 +117,22 @@ impl Identities {
     /// # Errors
     /// Unreadable file, or a file without identities.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
+        // age's own message for a public key ("non-identity data on line 1") does not say
+        // what went wrong; an identity file is small, so a look first costs nothing.
+        let public = std::fs::File::open(path).ok().and_then(|f| {
+            use std::io::{BufRead, Read};
+            std::io::BufReader::new(f.take(64 * 1024))
+                .lines()
+                .map_while(Result::ok)
+                .map(|l| l.trim().to_string())
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.starts_with("age1"))
+        });
+        if public == Some(true) {
+            return Err(KeyError::PublicAsIdentity {
+                path: path.to_path_buf(),
+            });
+        }
         let file = age::IdentityFile::from_file(path.display().to_string()).map_err(|source| {
             KeyError::Read {
                 what: "identity",
@@ -174,5 +196,23 @@ mod tests {
             err.contains("age1nope") && err.contains("DR_RECIPIENTS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_public_key_given_as_identity_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pub");
+        let public = x25519::Identity::generate().to_public().to_string();
+        std::fs::write(&path, format!("# public key\n{public}\n")).unwrap();
+        let err = Identities::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("holds an age public key (age1…), not a secret one"),
+            "{err}"
+        );
+        assert!(err.contains("AGE-SECRET-KEY-1"), "{err}");
+        let secret = dir.path().join("key.txt");
+        let id = x25519::Identity::generate();
+        std::fs::write(&secret, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        assert!(Identities::from_file(&secret).is_ok());
     }
 }
