@@ -214,5 +214,38 @@ async fn a_wrong_key_and_a_refused_target_fail_before_any_plan_or_promise() {
     assert!(stderr(&out).contains("--clean"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("one pass:"), "{}", stderr(&out));
     assert!(!database_exists(&target).await);
+
+    // `latest` among several engines: a postgres:// destination names its engine.
+    let out = backup_command(&store, &keys, "other", &["echo", "hi"], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = dr(&[
+        "restore",
+        "latest",
+        "-i",
+        keys.identity.to_str().unwrap(),
+        "--to",
+        &pg_url(&target),
+        "--yes",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: i64 = pg_connect(&target)
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 10);
+    // http:// is Vault's and ClickHouse's: still ambiguous, and said so.
+    let out = dr(&[
+        "restore",
+        "latest",
+        "-i",
+        keys.identity.to_str().unwrap(),
+        "--to",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ambiguous"), "{}", stderr(&out));
     drop_database(&db).await;
+    drop_database(&target).await;
 }

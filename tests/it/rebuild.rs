@@ -617,6 +617,22 @@ async fn the_drill_refuses_names_that_are_not_its_own() {
         "{}",
         stdout(&out)
     );
+    // Refused before restoring: the report says so, and the log line spells the verdict
+    // and the differences as the JSON does.
+    let report: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(report["verdict"], "failed", "{report}");
+    assert_eq!(report["restored"], false, "{report}");
+    let log = stderr(&out);
+    let line = log
+        .lines()
+        .find(|l| l.contains("drill failed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("verdict=\"failed\"") || line.contains("verdict=failed"),
+        "{line}"
+    );
+    assert!(line.contains("differences=[]"), "{line}");
+    assert!(!line.contains("Failed"), "{line}");
     let kept = pg_connect(&squatter)
         .await
         .query_one("SELECT count(*) FROM precious", &[])

@@ -92,6 +92,18 @@ pub enum Verdict {
     Failed,
 }
 
+impl Verdict {
+    /// The verdict as the report's JSON spells it, for logs too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Mismatch => "mismatch",
+            Verdict::Damaged => "damaged",
+            Verdict::Failed => "failed",
+        }
+    }
+}
+
 /// One target's drill.
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
@@ -101,7 +113,8 @@ pub struct Report {
     pub engine: String,
     /// The target.
     pub target: String,
-    /// Whether it was restored into a scratch destination (else checked only).
+    /// Whether it was restored into a scratch destination (its counts then compared);
+    /// false when it was only checked, or when the drill stopped before a restore ended.
     pub restored: bool,
     /// The outcome.
     pub verdict: Verdict,
@@ -136,7 +149,7 @@ impl Drill<'_> {
             .destinations
             .of(&b)
             .filter(|_| RESTORED.contains(&manifest.engine));
-        let restored = to.is_some();
+        let to_scratch = to.is_some();
         let outcome = match to {
             Some(url) => self.restore(manifest, url).await,
             None => self.check_only(manifest).await.map(|()| Vec::new()),
@@ -169,7 +182,7 @@ impl Drill<'_> {
                         ),
                         differences,
                     )
-                } else if restored {
+                } else if to_scratch {
                     (
                         Verdict::Passed,
                         format!("restored into scratch destinations, {tables} table(s) match, scratch dropped"),
@@ -197,7 +210,8 @@ impl Drill<'_> {
             backup: b.to_string(),
             engine: manifest.engine.to_string(),
             target: manifest.target.clone(),
-            restored,
+            // Counts came back only from a restore that ran to its end.
+            restored: to_scratch && matches!(verdict, Verdict::Passed | Verdict::Mismatch),
             verdict,
             seconds,
             detail,

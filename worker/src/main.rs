@@ -343,8 +343,9 @@ async fn drill(
             ),
             _ => tracing::error!(
                 backup = %report.backup,
-                verdict = ?report.verdict,
-                differences = report.differences.join("; "),
+                verdict = report.verdict.as_str(),
+                restored = report.restored,
+                differences = ?report.differences,
                 "drill failed: {}",
                 report.detail
             ),

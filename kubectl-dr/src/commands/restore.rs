@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{Engine, Manifest, Trust};
 use drkit::cli::{CheckFailed, IdentityArgs, SignerArgs, StoreArgs};
-use drkit::engine::registry::RestoreFlags;
+use drkit::engine::registry::{engine_of_url, RestoreFlags};
 use drkit::engine::RestoreCommon;
 use drkit::progress::Progress;
 use drkit::rebuild;
@@ -216,7 +216,12 @@ impl RestoreCmd {
         }
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let manifest = super::resolve(store, self.selector(), &self.filter, &trust).await?;
+        // A postgres:// or redis:// destination names its engine: no --engine needed.
+        let mut filter = self.filter.clone();
+        if filter.engine.is_none() {
+            filter.engine = engine_of_url(&self.single_to()?).map(|e| e.to_string());
+        }
+        let manifest = super::resolve(store, self.selector(), &filter, &trust).await?;
         let common = RestoreCommon {
             to: self.single_to()?,
             database: self.database.clone(),

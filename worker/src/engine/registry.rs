@@ -244,6 +244,17 @@ impl BackupCommand {
     }
 }
 
+/// The engine a destination URL names by its scheme alone, where only one engine takes
+/// that scheme (`http(s)://` is Vault's and ClickHouse's, so it names none).
+pub fn engine_of_url(url: &str) -> Option<Engine> {
+    let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+    match scheme.as_str() {
+        "postgres" | "postgresql" => Some(Engine::Postgres),
+        "redis" | "rediss" => Some(Engine::Redis),
+        _ => None,
+    }
+}
+
 /// Every engine's own flags of `kubectl dr restore`, each under its heading (defaults:
 /// `verify --against` builds a sink with them to probe and count).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -330,6 +341,19 @@ impl RestoreFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unambiguous_schemes_name_an_engine() {
+        assert_eq!(
+            engine_of_url("postgres://u@db:5432/app"),
+            Some(Engine::Postgres)
+        );
+        assert_eq!(engine_of_url("postgresql://db"), Some(Engine::Postgres));
+        assert_eq!(engine_of_url("rediss://cache:6380"), Some(Engine::Redis));
+        assert_eq!(engine_of_url("http://vault:8200"), None);
+        assert_eq!(engine_of_url("https://clickhouse:8443"), None);
+        assert_eq!(engine_of_url("-"), None);
+    }
 
     #[test]
     fn every_engine_has_a_backup_command_and_a_name() {
