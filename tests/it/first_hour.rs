@@ -249,3 +249,45 @@ async fn a_wrong_key_and_a_refused_target_fail_before_any_plan_or_promise() {
     drop_database(&db).await;
     drop_database(&target).await;
 }
+
+#[test]
+fn s3_connection_and_credential_errors_are_one_sentence() {
+    let store = TestStore::s3();
+    let out = run(
+        "kubectl-dr",
+        &["list", "--store", store.url()],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Connection refused") && err.contains("at http://127.0.0.1:1 (region"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DispatchFailure") && !err.contains("ConnectorError"),
+        "{err}"
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = command(
+        "kubectl-dr",
+        &["list", "--store", store.url()],
+        &[
+            ("HOME", home.path().to_str().unwrap()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let out = cmd
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no usable credentials") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+    assert!(!err.contains("ProviderError"), "{err}");
+}

@@ -457,8 +457,11 @@ pub fn init_logging_to<W>(format: LogFormat, default_level: &str, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The AWS credential chain warns with a raw struct dump for each provider it tries
+    // (IMDS on a laptop); the store's own error says what to set in one sentence.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},aws_config=error"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -59,6 +59,14 @@ pub enum StoreError {
         /// What the server or the system said.
         detail: String,
     },
+    /// No credentials could be found for the store.
+    #[error("{location}: {detail}")]
+    NoCredentials {
+        /// The store.
+        location: String,
+        /// What to set.
+        detail: String,
+    },
     /// The credentials or the bucket policy refuse the operation.
     #[error(
         "{location} refused {op} of {key}: {detail}; check the credentials and the bucket policy"

@@ -26,7 +26,7 @@
 //! - Requests time out (connect 10 s; each attempt of a non-streaming call 5 min), so an
 //!   endpoint that accepts connections and never answers cannot hang a command.
 //! - Transient errors (503 SlowDown, reset connections) are retried up to
-//!   [`S3_MAX_ATTEMPTS`] times; a download whose body is cut resumes with a range request
+//!   [`S3_MAX_ATTEMPTS`] times (backoff from 0.2 s, at most 4 s); a download whose body is cut resumes with a range request
 //!   pinned to the object's ETag ([`Resume`]); a `CompleteMultipartUpload` that fails on a
 //!   retry is accepted when the object is there with every byte sent.
 
@@ -51,8 +51,18 @@ use super::{
     ReadStore, S3Options, StoreError, WriteStore,
 };
 
+/// The innermost cause of an error (what the system said: "dns error: failed to lookup
+/// address information", "Connection refused"), without the SDK's wrappers.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// Attempts per request (the first and its retries) for transient errors.
-const S3_MAX_ATTEMPTS: u32 = 8;
+const S3_MAX_ATTEMPTS: u32 = 6;
 
 /// Size of the first 1,000 parts; doubles for each following thousand.
 pub const BASE_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -80,6 +90,8 @@ pub struct S3Store {
     prefix: String,
     location: String,
     lock: Option<ObjectLock>,
+    /// Where requests go and the region they are signed for, for messages.
+    endpoint: String,
 }
 
 impl S3Store {
@@ -97,7 +109,9 @@ impl S3Store {
         // attempts fails a nightly backup of thousands of requests now and then.
         let retries = aws_config::retry::RetryConfig::standard()
             .with_max_attempts(S3_MAX_ATTEMPTS)
-            .with_initial_backoff(Duration::from_millis(200));
+            .with_initial_backoff(Duration::from_millis(200))
+            // A wrong endpoint still fails within seconds (at most ~6 s of waits).
+            .with_max_backoff(Duration::from_secs(4));
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(timeouts)
             .retry_config(retries)
@@ -112,8 +126,19 @@ impl S3Store {
             // S3-compatible servers rarely care; the SDK refuses to sign without one.
             conf = conf.region(aws_sdk_s3::config::Region::from_static("us-east-1"));
         }
-        Self::new(Client::from_conf(conf.build()), bucket, prefix)
-            .with_object_lock(opts.object_lock)
+        let conf = conf.build();
+        let endpoint = format!(
+            "{} (region {})",
+            shared.endpoint_url().map_or_else(
+                || "AWS S3 (AWS_ENDPOINT_URL is not set)".to_string(),
+                str::to_string
+            ),
+            conf.region().map_or("us-east-1", |r| r.as_ref())
+        );
+        let mut store =
+            Self::new(Client::from_conf(conf), bucket, prefix).with_object_lock(opts.object_lock);
+        store.endpoint = endpoint;
+        store
     }
 
     /// Locks every object this store writes from now on.
@@ -148,6 +173,7 @@ impl S3Store {
             prefix,
             location,
             lock: None,
+            endpoint: "the configured endpoint".into(),
         }
     }
 
@@ -215,9 +241,35 @@ impl S3Store {
         let location = self.location.clone();
         let key = key.to_string();
         match (&err, status, code.as_deref()) {
-            (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => {
-                StoreError::Unreachable { location, detail }
+            // The SDK's own text of these is a nested struct dump; one sentence says it.
+            (SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_), _, _)
+                if detail.contains("credentials") || detail.contains("identity") =>
+            {
+                StoreError::NoCredentials {
+                    location,
+                    detail: format!(
+                        "no usable credentials for {} ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a web identity in the cluster)",
+                        self.endpoint,
+                        root_cause(&err)
+                    ),
+                }
             }
+            (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _, _) => {
+                StoreError::Unreachable {
+                    location,
+                    detail: format!("{} at {}", root_cause(&err), self.endpoint),
+                }
+            }
+            (_, _, Some("PermanentRedirect" | "AuthorizationHeaderMalformed"))
+            | (_, Some(301), _) => StoreError::Failed {
+                location,
+                op,
+                key,
+                detail: format!(
+                    "the bucket is in another region than {}: set AWS_REGION to the bucket's region",
+                    self.endpoint
+                ),
+            },
             // Before the generic 404: a missing bucket is a wrong --store, not a missing key.
             (_, _, Some("NoSuchBucket")) => StoreError::Missing { location },
             (_, Some(404), _) | (_, _, Some("NoSuchKey")) => StoreError::NotFound { location, key },
