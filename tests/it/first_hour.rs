@@ -291,3 +291,73 @@ fn s3_connection_and_credential_errors_are_one_sentence() {
     );
     assert!(!err.contains("ProviderError"), "{err}");
 }
+
+#[test]
+fn restore_all_takes_several_engines_and_targets_and_skips() {
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    for target in ["a", "b", "c"] {
+        let out = backup_command(&store, &keys, target, &["echo", target], &[]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let sink = keys.dir.path().join("out.txt");
+    let to_command = format!("cat >> {}", sink.display());
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "--all",
+            "--store",
+            store.url(),
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--engine",
+            "command",
+            "--engine",
+            "redis",
+            "--target",
+            "a",
+            "--target",
+            "b",
+            "--target",
+            "c",
+            "--skip",
+            "command/b",
+            "--state",
+            keys.dir.path().join("s.json").to_str().unwrap(),
+            "--yes",
+            "--to-command",
+            "--",
+            "sh",
+            "-c",
+            &to_command,
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = std::fs::read_to_string(&sink).unwrap();
+    let mut lines: Vec<&str> = restored.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["a", "c"], "{}", stderr(&out));
+
+    // Every other command takes one of each, and says so.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "latest",
+            "--store",
+            store.url(),
+            "--target",
+            "a",
+            "--target",
+            "b",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--target is given 2 times; only `restore --all` takes several"),
+        "{}",
+        stderr(&out)
+    );
+}

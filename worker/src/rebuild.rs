@@ -84,7 +84,8 @@ impl DestinationKey {
         Ok(DestinationKey { engine, target })
     }
 
-    fn matches(&self, b: &BackupRef) -> bool {
+    /// True when `b` is of this engine (and target, when one is given).
+    pub fn matches(&self, b: &BackupRef) -> bool {
         self.engine == *b.engine.as_str() && self.target.as_ref().is_none_or(|t| *t == b.target)
     }
 }

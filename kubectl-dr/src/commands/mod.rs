@@ -51,29 +51,51 @@ impl Command {
 /// Which backups a command looks at.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
-    /// Only backups of this engine (see `kubectl dr --help` for the list).
-    #[arg(long, short = 'e')]
-    pub engine: Option<String>,
+    /// Only backups of this engine (repeatable with `restore --all`).
+    #[arg(long, short = 'e', value_name = "ENGINE", help = engine_help())]
+    pub engine: Vec<String>,
 
-    /// Only backups of this target (the --target the worker was given).
-    #[arg(long, short = 't')]
-    pub target: Option<String>,
+    /// Only backups of this target, the --target the worker was given (repeatable with
+    /// `restore --all`).
+    #[arg(long, short = 't', value_name = "TARGET")]
+    pub target: Vec<String>,
+}
+
+/// `--engine`'s help, naming the engines this build knows.
+fn engine_help() -> String {
+    format!(
+        "Only backups of this engine: {} (repeatable with `restore --all`)",
+        drkit::catalog::Engine::known_names()
+    )
 }
 
 impl FilterArgs {
+    /// The one series these flags select (every command but `restore --all`).
     fn filter(&self) -> anyhow::Result<Filter> {
-        if let Some(e) = &self.engine {
+        for (flag, given) in [("--engine", &self.engine), ("--target", &self.target)] {
+            anyhow::ensure!(
+                given.len() <= 1,
+                "{flag} is given {} times; only `restore --all` takes several",
+                given.len()
+            );
+        }
+        let engine = self.engine.first().cloned();
+        let target = self.target.first().cloned();
+        if let Some(e) = &engine {
             // A name this build does not know is looked for anyway (a newer worker's
             // backups list and verify); the scan refuses it when nothing matches.
             catalog::validate_name("engine", e)?;
         }
-        if let Some(t) = &self.target {
+        if let Some(t) = &target {
             catalog::validate_name("target", t)?;
         }
-        Ok(Filter {
-            engine: self.engine.clone(),
-            target: self.target.clone(),
-        })
+        Ok(Filter { engine, target })
+    }
+
+    /// Whether `b` is among the backups chosen (any of the engines, any of the targets).
+    pub(super) fn chooses(&self, b: &catalog::BackupRef) -> bool {
+        (self.engine.is_empty() || self.engine.contains(&b.engine))
+            && (self.target.is_empty() || self.target.contains(&b.target))
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use drkit::catalog::{Engine, Manifest, Trust};
+use drkit::catalog::{self, Engine, Manifest, Trust};
 use drkit::cli::{CheckFailed, IdentityArgs, SignerArgs, StoreArgs};
 use drkit::engine::registry::{engine_of_url, RestoreFlags};
 use drkit::engine::RestoreCommon;
@@ -174,6 +174,16 @@ pub struct RestoreCmd {
     #[arg(long, help_heading = "Rebuild (--all)", conflicts_with_all = ["database", "in_cluster"])]
     pub(super) all: bool,
 
+    /// Leave these out of the rebuild: ENGINE or ENGINE/TARGET, repeatable (e.g. --skip
+    /// vault when Vault was restored by hand). --engine and --target choose what is in.
+    #[arg(
+        long,
+        value_name = "ENGINE[/TARGET]",
+        help_heading = "Rebuild (--all)",
+        requires = "all"
+    )]
+    pub(super) skip: Vec<String>,
+
     /// With --all: the newest backups made before TIME (RFC 3339, a date, or a duration
     /// ago such as 36h) instead of the newest.
     #[arg(long, value_name = "TIME", requires = "all", help_heading = "Rebuild (--all)", value_parser = super::restore_all::parse_before)]
@@ -217,11 +227,11 @@ impl RestoreCmd {
         let store = store.open().await?;
         let store: &dyn ReadStore = store.as_ref();
         // A postgres:// or redis:// destination names its engine: no --engine needed.
-        let mut filter = self.filter.clone();
+        let mut filter = self.filter.filter()?;
         if filter.engine.is_none() {
             filter.engine = engine_of_url(&self.single_to()?).map(|e| e.to_string());
         }
-        let manifest = super::resolve(store, self.selector(), &filter, &trust).await?;
+        let manifest = catalog::resolve(store, self.selector(), &filter, &trust).await?;
         let common = RestoreCommon {
             to: self.single_to()?,
             database: self.database.clone(),
@@ -299,7 +309,10 @@ impl RestoreCmd {
     async fn in_cluster(&self, store: &StoreArgs, trust: &Trust) -> anyhow::Result<()> {
         let to = self.single_to()?;
         let to = to.as_str();
-        let engine = match (&self.filter.engine, to.split_once("://").map(|(s, _)| s)) {
+        let engine = match (
+            self.filter.filter()?.engine,
+            to.split_once("://").map(|(s, _)| s),
+        ) {
             (Some(e), _) => Engine::from(e.as_str()),
             (None, Some("postgres" | "postgresql")) => Engine::Postgres,
             _ => anyhow::bail!("cannot tell the engine from --to {}; pass --engine", to),
@@ -388,7 +401,7 @@ impl Forwarded {
             backup: cmd.selector().to_string(),
             to: cmd.to.first().cloned().unwrap_or_default(),
             engine: engine.to_string(),
-            target: cmd.filter.target.clone(),
+            target: cmd.filter.target.first().cloned(),
             database: cmd.database.clone(),
             store,
             max_diff: cmd.max_diff.unwrap_or_default(),

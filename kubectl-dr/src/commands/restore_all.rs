@@ -437,7 +437,30 @@ impl RestoreCmd {
             }
             out
         } else {
-            rebuild::latest_backups(store, &self.filter.filter()?, self.before, trust).await?
+            let skip = self
+                .skip
+                .iter()
+                .map(|s| rebuild::DestinationKey::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .context("--skip")?;
+            let chosen: Vec<Manifest> =
+                rebuild::latest_backups(store, &catalog::Filter::default(), self.before, trust)
+                    .await?
+                    .into_iter()
+                    .filter(|m| {
+                        let b = m.backup_ref();
+                        self.filter.chooses(&b) && !skip.iter().any(|k| k.matches(&b))
+                    })
+                    .collect();
+            anyhow::ensure!(
+                !chosen.is_empty(),
+                "no backup in {} is chosen by --engine {:?} --target {:?} --skip {:?}; `kubectl dr list` shows what is there",
+                store.location(),
+                self.filter.engine,
+                self.filter.target,
+                self.skip
+            );
+            chosen
         };
         rebuild::sort_for_restore(&mut manifests);
         state.backups = manifests
