@@ -126,12 +126,15 @@ dr restore latest --engine clickhouse --identity "$key" --to "$CH26" --yes \
   --database-map signoz_metrics=signoz_metrics_restored
 
 step "starting a Redis (redis-server, password-protected) with keys of every type"
-redis_dir=$(mktemp -d)
+# It stays running after the demo, like the other services (scripts/services.sh stop ends it),
+# so the rebuild at the end can be tried again by hand.
+redis_dir=$root/.dr-services/demo-redis
+if [ -f "$redis_dir/pid" ]; then kill "$(cat "$redis_dir/pid")" 2>/dev/null || true; sleep 0.5; fi
+rm -rf "$redis_dir"; mkdir -p "$redis_dir"
 redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis_pw=demo-Redis-Secret
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" --save "" --appendonly no \
   --repl-diskless-sync-delay 0 --requirepass "$redis_pw" --logfile "$redis_dir/log" --daemonize yes --pidfile "$redis_dir/pid"
-trap 'kill "$(cat "$redis_dir/pid" 2>/dev/null)" 2>/dev/null; rm -rf "$redis_dir"' EXIT
 rcli() { REDISCLI_AUTH=$redis_pw redis-cli -p "$redis_port" "$@"; }
 for _ in $(seq 1 50); do [ "$(rcli ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
 rcli mset user:1 ann user:2 bob >/dev/null
@@ -159,11 +162,21 @@ step "worker drill: every target's newest backup restored into <db>__drill scrat
 DR_LOG_FORMAT=text worker drill --identity "$key" \
   --to "postgres=postgres://$PGUSER@$PGHOST:$PGPORT" --to "clickhouse=$CH26" > /dev/null
 
+# The rebuild day, planned against the same servers: every backup checked, every destination
+# inspected, nothing changed. The same line is printed below for trying it again.
+rebuild=(restore --all --identity "$key" --dry-run --clean --state "$root/.dr-services/demo-rebuild.json"
+  --to "postgres=postgres://$PGUSER@$PGHOST:$PGPORT" --to "vault=$VAULT_ADDR"
+  --to "clickhouse=$CH26" --to "redis=$REDIS_URL")
+step "kubectl dr restore --all --dry-run: the rebuild day, planned (nothing changes)"
+dr "${rebuild[@]}"
+
 step "done: backed up, verified, restored and drilled; counts match"
 cat <<EOF
-The backups stay in $DR_STORE; look at them again with
+The backups stay in $DR_STORE, and the services (Redis too) keep running; look again with
   . .dr-services/env && export DR_STORE=$DR_STORE
   target/debug/kubectl-dr list          # or kubectl dr …, after scripts/install.sh
   target/debug/kubectl-dr verify latest --engine postgres --identity $key
+  VAULT_TOKEN_FILE=$VAULT_TOKEN_FILE REDIS_PASSWORD=$redis_pw \\
+    target/debug/kubectl-dr ${rebuild[*]}
 Stop the services with: scripts/services.sh stop   (their data stays in .dr-services/)
 EOF

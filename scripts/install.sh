@@ -17,13 +17,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
     --bin-dir) bin_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 if [ -z "$bin_dir" ]; then
-  echo "install: building release binaries (cargo build --release; a few minutes the first time)" >&2
+  echo "install: building release binaries (cargo build --release: about 15 minutes the first time on 2 cores)" >&2
   cargo build --release --locked --bins --quiet
   bin_dir=target/release
 fi

@@ -452,7 +452,8 @@ stop() {
   if alive "$dir/bao/pid"; then kill "$(cat "$dir/bao/pid")"; rm -f "$dir/bao/pid"; fi
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
   if alive "$dir/chdb/pid"; then kill "$(cat "$dir/chdb/pid")"; rm -f "$dir/chdb/pid"; fi
-  for svc in prometheus pushgateway moto; do
+  # The demo's Redis (scripts/demo.sh leaves it running, like the other services).
+  for svc in prometheus pushgateway moto demo-redis; do
     if alive "$dir/$svc/pid"; then kill "$(cat "$dir/$svc/pid")"; rm -f "$dir/$svc/pid"; fi
   done
   log "stopped"

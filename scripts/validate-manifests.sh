@@ -39,7 +39,10 @@ for overlay in kustomize/overlays/*/; do
   name=$(basename "$overlay")
   kubectl kustomize "$overlay" > "$out/$name.yaml"
   for v in "${K8S_VERSIONS[@]}"; do
-    if "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "$out/$name.yaml"; then
+    # PrometheusRule is a CRD (monitoring.coreos.com): kubernetes-validate has no schema for
+    # it and says so for every overlay; promtool and the monitoring test check it instead.
+    if "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "$out/$name.yaml" 2>&1 \
+        | { grep -v "Couldn't find schema for kind PrometheusRule" || true; } >&2; then
       echo "validate-manifests: $name: $(grep -c '^kind:' "$out/$name.yaml") objects valid against Kubernetes $v" >&2
     else
       status=1
@@ -50,6 +53,9 @@ for v in "${K8S_VERSIONS[@]}"; do
   "$venv/bin/kubernetes-validate" --strict --quiet -k "$v" manifests/secret-templates/*.yaml \
     manifests/redis/restore-job.yaml || status=1
 done
+if grep -q '^kind: PrometheusRule' "$out"/*.yaml; then
+  echo "validate-manifests: PrometheusRule has no schema here (a CRD); its rules are checked by promtool in the monitoring test" >&2
+fi
 if "$venv/bin/hadolint" --no-color Dockerfile; then
   echo "validate-manifests: Dockerfile passes hadolint" >&2
 else

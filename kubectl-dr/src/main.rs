@@ -47,11 +47,17 @@ struct Cli {
     signers: cli::SignerArgs,
 
     /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
-    #[arg(long, global = true, help_heading = "Global options")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        global = true,
+        help_heading = "Global options"
+    )]
     no_progress: bool,
 
     /// Log format on stderr.
     #[arg(
+        hide_short_help = true,
         long,
         value_enum,
         default_value = "text",

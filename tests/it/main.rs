@@ -17,6 +17,7 @@
 //!   backup's exit code tells the truth, downloads resume.
 //! - `first_hour`: what a new user trips over: `status` without a cluster, a backup
 //!   without a signing key, a mistyped store prefix.
+//! - `help`: every command's `-h` fits a screen and no help line is wider than 100.
 //! - `hardening`: ordering of same-second backups, hostile plan and state files, stalled
 //!   sources and SIGTERM, metrics labels, the drill's encoded scratch names.
 //! - `durability`: full disk, damaged/junk/future manifests, hostile part names and objects,
@@ -50,6 +51,7 @@ mod durability;
 mod faulty_s3;
 mod first_hour;
 mod hardening;
+mod help;
 mod install;
 mod kubernetes;
 mod manifests;

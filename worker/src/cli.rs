@@ -18,9 +18,10 @@ use crate::verify::VerifyError;
 /// Where backups live.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Backup store: s3://bucket/prefix or file:///absolute/dir. S3 credentials, region and
-    /// endpoint come from the standard AWS variables (AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    /// Backup store: s3://bucket/prefix or file:///absolute/dir.
+    ///
+    /// S3 credentials, region and endpoint come from the standard AWS variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
     #[arg(
         long,
         env = "DR_STORE",
@@ -33,6 +34,7 @@ pub struct StoreArgs {
     /// Use path-style S3 addressing (bucket in the path). Default: on when AWS_ENDPOINT_URL
     /// is set (MinIO, Ceph, R2…), off for AWS.
     #[arg(
+        hide_short_help = true,
         long,
         env = "DR_S3_PATH_STYLE",
         value_name = "BOOL",
@@ -118,7 +120,12 @@ pub struct RecipientArgs {
     pub recipients: Vec<String>,
 
     /// File with one age public key per line (the `age -R` format).
-    #[arg(long, env = "DR_RECIPIENTS_FILE", value_name = "FILE")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        env = "DR_RECIPIENTS_FILE",
+        value_name = "FILE"
+    )]
     pub recipients_file: Option<PathBuf>,
 }
 
@@ -142,18 +149,29 @@ impl RecipientArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EncodingArgs {
     /// Compression before encryption.
-    #[arg(long, value_enum, default_value = "zstd", env = "DR_COMPRESSION")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        value_enum,
+        default_value = "zstd",
+        env = "DR_COMPRESSION"
+    )]
     pub compression: CompressionArg,
 
     /// zstd level (1 fastest … 19 smallest). Level 1 beat level 3 on both speed and size on
     /// our 1 GB benchmark (docs/PERFORMANCE.md).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19), env = "DR_ZSTD_LEVEL")]
+    #[arg(hide_short_help = true, long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19), env = "DR_ZSTD_LEVEL")]
     pub zstd_level: i32,
 
     /// zstd worker threads; 0 compresses on the encoding thread, which keeps pace with
     /// pg_dump on small machines. Each worker adds ~20 MiB of buffers: raise it only when
     /// spare cores exist and compression is the bottleneck.
-    #[arg(long, default_value_t = 0, env = "DR_ZSTD_THREADS")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        default_value_t = 0,
+        env = "DR_ZSTD_THREADS"
+    )]
     pub zstd_threads: u32,
 }
 
@@ -196,13 +214,20 @@ pub struct LockArgs {
     /// mode (the bucket must have Object Lock enabled). Until the date, nobody with the
     /// bucket's keys can delete or overwrite them (compliance), or only those allowed to
     /// bypass governance. A bucket with a default retention rule needs no flag.
-    #[arg(long, value_enum, env = "DR_OBJECT_LOCK", requires = "retain")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        value_enum,
+        env = "DR_OBJECT_LOCK",
+        requires = "retain"
+    )]
     pub object_lock: Option<store::LockMode>,
 
     /// How long each object is locked from when it is written, e.g. 35d. Make it at least
     /// as long as the retention policy keeps backups: prune reports what is still held and
     /// deletes it in a later run.
     #[arg(
+        hide_short_help = true,
         long,
         env = "DR_OBJECT_LOCK_RETAIN",
         value_name = "DURATION",
@@ -236,6 +261,7 @@ pub struct SigningArgs {
     /// unless they are given --allow-unsigned, so this is for trying the tool out, not for
     /// the nightly CronJobs.
     #[arg(
+        hide_short_help = true,
         long,
         env = "DR_UNSIGNED",
         conflicts_with = "signing_key",
@@ -263,9 +289,11 @@ impl SigningArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Signatures")]
 pub struct SignerArgs {
-    /// Trusted minisign public keys: the key line (RW…) or a .pub file, repeatable or
-    /// separated by commas or newlines (several during a key rotation). Backups whose
-    /// manifest is not signed by one of them are refused (exit 1).
+    /// Trusted minisign public keys (RW… or a .pub file), repeatable.
+    ///
+    /// A key line (RW…) or a .pub file, repeatable or separated by commas or newlines
+    /// (several during a key rotation). Backups whose manifest is not signed by one of them
+    /// are refused (exit 1).
     #[arg(
         long = "signer",
         env = "DR_SIGNERS",
@@ -278,6 +306,7 @@ pub struct SignerArgs {
     /// warning. Backups signed by an unknown key or with an invalid signature are refused
     /// all the same.
     #[arg(
+        hide_short_help = true,
         long,
         env = "DR_ALLOW_UNSIGNED",
         global = true,

@@ -44,6 +44,7 @@ struct Cli {
 
     /// Log format on stderr.
     #[arg(
+        hide_short_help = true,
         long,
         value_enum,
         default_value = "json",
@@ -57,6 +58,7 @@ struct Cli {
     /// http://pushgateway.monitoring:9091); one group per engine and target. A push that
     /// fails is a warning, never a failed backup.
     #[arg(
+        hide_short_help = true,
         long,
         value_name = "URL",
         env = "DR_PUSHGATEWAY_URL",
@@ -109,7 +111,7 @@ enum Command {
     /// could not run (a destination, permissions, a refused name).
     ///
     /// Example (a weekly CronJob):
-    ///   worker drill --to postgres=postgres://drill@db.shop:5432 \
+    ///   worker drill --identity /keys/key.txt --to postgres=postgres://drill@db.shop:5432 \
     ///     --to clickhouse=http://clickhouse.signoz:8123 --max-diff 0
     #[command(verbatim_doc_comment)]
     Drill(Box<DrillArgs>),

@@ -28,14 +28,15 @@ pub const ENGINE_LABEL: &str = "kube-dr.io/engine";
 
 /// Which cluster and namespace, as kubectl takes them.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster")]
 pub struct ClusterArgs {
     /// Path to the kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then the
     /// in-cluster service account).
-    #[arg(long, value_name = "FILE")]
+    #[arg(hide_short_help = true, long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use (default: the current context).
-    #[arg(long, value_name = "NAME")]
+    #[arg(hide_short_help = true, long, value_name = "NAME")]
     pub context: Option<String>,
 
     /// Namespace of the kube-dr CronJobs (where `kubectl apply -k` put them).

@@ -20,7 +20,7 @@ use crate::output::{self, Format};
 /// Shows complete and damaged backups, with a STATUS column. A damaged backup has a
 /// manifest that fails its checks (unreadable, wrong format, dated far in the future, bad
 /// part names…): it is never used as `latest` and never counted or deleted by prune.
-/// --all also shows incomplete backups: one still running, or one that failed (prune
+/// --include-incomplete also shows incomplete backups: one still running, or one that failed (prune
 /// removes those after --grace), including uploads that never finished a single object.
 /// A store that does not exist is an error (exit 2), never "no backups".
 ///
@@ -32,7 +32,7 @@ use crate::output::{self, Format};
 /// Examples:
 ///   kubectl dr list
 ///   kubectl dr list --engine postgres --target prod -o json
-///   kubectl dr list --all                                   # include failed/running backups
+///   kubectl dr list --include-incomplete                    # include failed/running backups
 ///   kubectl dr list --keep-daily 7 --keep-weekly 4          # what a prune would keep
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -40,8 +40,8 @@ pub struct ListCmd {
     #[command(flatten)]
     filter: FilterArgs,
 
-    /// Also show incomplete backups.
-    #[arg(long)]
+    /// Also show incomplete backups (still running, or failed before their commit).
+    #[arg(long = "include-incomplete", alias = "all")]
     all: bool,
 
     /// Keep rules (as for prune): adds each backup's keep/delete decision and its reasons.

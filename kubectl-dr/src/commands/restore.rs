@@ -33,9 +33,10 @@ use crate::output::{self, Format};
 /// The output says which path each part took (`one pass:` or `checking …`).
 ///
 /// PostgreSQL (--to postgres://…): pg_restore runs as one transaction (a failure leaves the
-/// target unchanged; a database the restore created is dropped again), then ANALYZE. A missing database is created from template0. A
-/// database that already has tables is refused unless --clean, which drops and recreates
-/// the objects the backup contains (asks for confirmation unless --yes). --globals first
+/// target unchanged; a database the restore created is dropped again), then ANALYZE. A
+/// missing database is created from template0. A database that already has tables is
+/// refused unless --clean, which drops and recreates the objects the backup contains
+/// (asks for confirmation unless --yes). --globals first
 /// restores the roles of the backup's globals part (psql; existing roles are skipped). A
 /// backup taken with `worker backup postgres --jobs` restores into a new database only,
 /// --jobs N of its data parts at a time and its indexes built N at a time.
@@ -112,7 +113,10 @@ pub struct RestoreCmd {
     #[command(flatten)]
     pub(super) identity: IdentityArgs,
 
-    /// Where to restore: postgres://user@host:port[/db] (default database: the backed-up
+    /// Where to restore: postgres://…, http(s)://… (Vault, ClickHouse), redis://…,
+    /// cluster[:CONTEXT] or -; with --all ENGINE[/TARGET]=URL, repeatable.
+    ///
+    /// postgres://user@host:port[/db] (default database: the backed-up
     /// one's name; password from PGPASSWORD or PGPASSWORD_FILE), http(s)://vault:8200
     /// (token from VAULT_TOKEN or VAULT_TOKEN_FILE), http(s)://clickhouse:8123
     /// (CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)), redis://host:6379, cluster[:CONTEXT],
@@ -143,40 +147,57 @@ pub struct RestoreCmd {
     #[arg(long, value_name = "N|P%")]
     pub(super) max_diff: Option<MaxDiff>,
 
-    #[command(flatten)]
-    pub(super) engines: RestoreFlags,
-
     /// Output format of the final count comparison.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub(super) output: Format,
 
-    /// PostgreSQL: run the restore as a Job in the cluster, next to the database, from the
-    /// engine's backup CronJob (same image, store settings and credentials). The identity
-    /// goes into a short-lived Secret that is deleted afterwards, whatever happens.
-    #[arg(long)]
+    #[command(flatten)]
+    pub(super) engines: RestoreFlags,
+
+    /// PostgreSQL: run the restore as a Job in the cluster, next to the database.
+    ///
+    /// The Job comes from the engine's backup CronJob (same image, store settings and
+    /// credentials). The identity goes into a short-lived Secret that is deleted
+    /// afterwards, whatever happens.
+    #[arg(long, help_heading = "Cluster")]
     in_cluster: bool,
 
     /// With --in-cluster: scale this workload to 0 during the restore and back afterwards
     /// ([NAMESPACE/]deployment/NAME or statefulset/NAME); repeatable.
-    #[arg(long, value_name = "[NS/]KIND/NAME", requires = "in_cluster")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        value_name = "[NS/]KIND/NAME",
+        requires = "in_cluster",
+        help_heading = "Cluster"
+    )]
     scale_down: Vec<ScaleTarget>,
 
     /// With --in-cluster: the Job's deadline.
-    #[arg(long, default_value = "6h", value_name = "DURATION")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        default_value = "6h",
+        value_name = "DURATION",
+        help_heading = "Cluster"
+    )]
     timeout: humantime::Duration,
 
     #[command(flatten)]
     cluster: ClusterArgs,
 
-    /// Restore the newest backup of every target in the store (or of those --engine and
-    /// --target choose), each to its --to ENGINE=URL, in the rebuild order: Vault/OpenBao,
-    /// Kubernetes objects, PostgreSQL, ClickHouse, Redis, command output.
+    /// The rebuild day: the newest backup of every target, each to its --to ENGINE=URL.
+    ///
+    /// Every target in the store (or those --engine and --target choose, less --skip), in
+    /// the rebuild order: Vault/OpenBao, Kubernetes objects, PostgreSQL, ClickHouse, Redis,
+    /// command output.
     #[arg(long, help_heading = "Rebuild (--all)", conflicts_with_all = ["database", "in_cluster"])]
     pub(super) all: bool,
 
     /// Leave these out of the rebuild: ENGINE or ENGINE/TARGET, repeatable (e.g. --skip
     /// vault when Vault was restored by hand). --engine and --target choose what is in.
     #[arg(
+        hide_short_help = true,
         long,
         value_name = "ENGINE[/TARGET]",
         help_heading = "Rebuild (--all)",
@@ -186,12 +207,13 @@ pub struct RestoreCmd {
 
     /// With --all: the newest backups made before TIME (RFC 3339, a date, or a duration
     /// ago such as 36h) instead of the newest.
-    #[arg(long, value_name = "TIME", requires = "all", help_heading = "Rebuild (--all)", value_parser = super::restore_all::parse_before)]
+    #[arg(hide_short_help = true, long, value_name = "TIME", requires = "all", help_heading = "Rebuild (--all)", value_parser = super::restore_all::parse_before)]
     pub(super) before: Option<chrono::DateTime<chrono::Utc>>,
 
     /// With --all: a YAML file with the destinations (`to:` a map of ENGINE or
     /// ENGINE/TARGET to URL), and optionally `maxDiff:` and `globals:`; --to adds to it.
     #[arg(
+        hide_short_help = true,
         long,
         value_name = "FILE",
         requires = "all",
@@ -201,11 +223,16 @@ pub struct RestoreCmd {
 
     /// With --all: continue the run recorded in --state, with the same backups, skipping
     /// the steps it verified.
-    #[arg(long, requires = "all", help_heading = "Rebuild (--all)")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        requires = "all",
+        help_heading = "Rebuild (--all)"
+    )]
     pub(super) resume: bool,
 
     /// With --all: where the run records its chosen backups and verified steps.
-    #[arg(long, value_name = "FILE", requires = "all", help_heading = "Rebuild (--all)", default_value = super::restore_all::DEFAULT_STATE_FILE)]
+    #[arg(hide_short_help = true, long, value_name = "FILE", requires = "all", help_heading = "Rebuild (--all)", default_value = super::restore_all::DEFAULT_STATE_FILE)]
     pub(super) state: std::path::PathBuf,
 }
 

@@ -52,7 +52,9 @@ pub struct VerifyCmd {
     /// database is compared with the database of the same name. Vault/OpenBao:
     /// http(s)://vault:8200, token from VAULT_TOKEN or VAULT_TOKEN_FILE; compares secrets
     /// engines, auth methods, policies and kv secrets. ClickHouse: http(s)://host:8123,
-    /// CLICKHOUSE_USER and CLICKHOUSE_PASSWORD(_FILE); per-table counts, TTL-aware.
+    /// CLICKHOUSE_USER and CLICKHOUSE_PASSWORD(_FILE); per-table counts, TTL-aware. Redis:
+    /// redis://[user@]host:6379 (rediss:// for TLS), REDIS_PASSWORD(_FILE); keys and
+    /// expires per logical database.
     #[arg(long, value_name = "URL")]
     against: Option<String>,
 
@@ -212,7 +214,7 @@ impl VerifyCmd {
         }
         if passed_over > 0 {
             return Err(CheckFailed(format!(
-                "backup {} is intact, but `latest` passed over {passed_over} newer backup(s) of {}/{} that are damaged or untrusted: the newest backup is not usable (kubectl dr list --all shows why)",
+                "backup {} is intact, but `latest` passed over {passed_over} newer backup(s) of {}/{} that are damaged or untrusted: the newest backup is not usable (kubectl dr list --include-incomplete shows why)",
                 manifest.backup_ref(),
                 manifest.engine,
                 manifest.target

@@ -104,7 +104,7 @@ pub enum CatalogError {
     Store(#[from] StoreError),
     /// Nothing matches the selector and filter (the text says what was asked).
     #[error(
-        "no complete backup matches {0}; run `kubectl dr list --all` to see what the store holds"
+        "no complete backup matches {0}; run `kubectl dr list --include-incomplete` to see what the store holds"
     )]
     NoBackup(String),
     /// The selector is neither `latest` nor a backup id.
@@ -120,7 +120,7 @@ pub enum CatalogError {
     #[error("`latest` is ambiguous: the store holds backups of {0}; pass --engine and --target")]
     Ambiguous(String),
     /// An explicitly selected backup whose manifest fails its checks.
-    #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --all shows them all)")]
+    #[error("backup {backup} is damaged: its manifest {key} {reason}; it is never used as `latest` nor counted by prune; pick another backup (kubectl dr list --include-incomplete shows them all)")]
     Damaged {
         /// The backup (`engine/target/id`).
         backup: String,
@@ -140,7 +140,7 @@ pub enum CatalogError {
     },
     /// Backups match, but every one was skipped as damaged or untrusted: a failed check
     /// (exit 1), since the store holds something where good backups should be.
-    #[error("no usable backup matches {what}: {skipped} backup(s) skipped as damaged or untrusted (the warnings above say why; `kubectl dr list --all` shows them)")]
+    #[error("no usable backup matches {what}: {skipped} backup(s) skipped as damaged or untrusted (the warnings above say why; `kubectl dr list --include-incomplete` shows them)")]
     NoneUsable {
         /// What was asked.
         what: String,
@@ -325,7 +325,7 @@ pub async fn scan(
 }
 
 /// Backup directories that hold nothing but unfinished uploads (a writer that crashed
-/// before its first object was complete): `list --all` shows them, prune aborts them.
+/// before its first object was complete): `list --include-incomplete` shows them, prune aborts them.
 /// Stores that cannot list uploads contribute nothing.
 ///
 /// # Errors
@@ -681,7 +681,7 @@ pub async fn newest_complete(
                     tracing::warn!(
                         skipped,
                         chosen = %m.backup_ref(),
-                        "`latest` skipped newer damaged backups (kubectl dr list --all shows them)"
+                        "`latest` skipped newer damaged backups (kubectl dr list --include-incomplete shows them)"
                     );
                 }
                 return Ok((Some(m), skipped));

@@ -85,7 +85,7 @@ pub struct Backup<A: clap::Args> {
     /// than this: a source that trickles bytes forever must not hold the CronJob's slot.
     /// A source that sends nothing at all fails sooner, after DR_STALL_TIMEOUT (default
     /// 5m) without a byte.
-    #[arg(long, env = "DR_BACKUP_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(hide_short_help = true, long, env = "DR_BACKUP_TIMEOUT", default_value = "6h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: std::time::Duration,
 }
 

@@ -153,7 +153,7 @@ pub fn plan_inspected(
 #[derive(Debug, thiserror::Error)]
 pub enum PruneRefused {
     /// The plan would delete a series' last complete backup.
-    #[error("prune refused: the plan deletes every complete backup of {series} ({good} of {good}); nothing was deleted. The policy never plans that by itself: check the backups with `kubectl dr list --all`")]
+    #[error("prune refused: the plan deletes every complete backup of {series} ({good} of {good}); nothing was deleted. The policy never plans that by itself: check the backups with `kubectl dr list --include-incomplete`")]
     LastGood {
         /// The series (`engine/target`).
         series: String,

@@ -510,10 +510,10 @@ pub async fn open(
     }
 }
 
-/// Stores beside `url` (under its parent prefix or directory) that hold backups, as
-/// store URLs: what `list` suggests when the store given is empty, since a typo in a
-/// prefix names an empty store rather than a missing one. At most 10; the store itself is
-/// never among them.
+/// S3 stores beside `url` (under its parent prefix) that hold backups, as store URLs: what
+/// `list` suggests when the store given is empty, since a typo in an S3 prefix names an
+/// empty store rather than a missing one. At most 10; the store itself is never among
+/// them; none for a local directory (a mistyped one does not exist, which is an error).
 ///
 /// # Errors
 /// The parent's listing errors.
@@ -540,37 +540,9 @@ pub async fn stores_beside(url: &StoreUrl, s3: &S3Options) -> Result<Vec<String>
                 }
             }
         }
-        StoreUrl::Local { root } => {
-            let Some(parent) = root.parent() else {
-                return Ok(Vec::new());
-            };
-            let dirs = |p: &std::path::Path| -> Vec<std::path::PathBuf> {
-                std::fs::read_dir(p)
-                    .map(|e| {
-                        e.flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .map(|e| e.path())
-                            .take(1000)
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            for sibling in dirs(parent) {
-                if sibling == *root {
-                    continue;
-                }
-                let holds = dirs(&sibling).iter().any(|engine| {
-                    dirs(engine).iter().any(|target| {
-                        dirs(target)
-                            .iter()
-                            .any(|id| id.join("manifest.json").is_file())
-                    })
-                });
-                if holds {
-                    found.insert(format!("file://{}", sibling.display()));
-                }
-            }
-        }
+        // A mistyped directory does not exist, which is an error already; an existing empty
+        // one is a new store (and /tmp holds many unrelated ones).
+        StoreUrl::Local { .. } => {}
     }
     Ok(found.into_iter().take(10).collect())
 }

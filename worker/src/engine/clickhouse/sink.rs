@@ -18,16 +18,16 @@ use crate::verify::{self, Verified};
 #[group(id = "clickhouse_restore")]
 pub struct RestoreArgs {
     /// Restore only tables matching DB.TABLE (globs: * and ?); repeatable.
-    #[arg(long = "table", value_name = "PATTERN")]
+    #[arg(hide_short_help = true, long = "table", value_name = "PATTERN")]
     pub tables: Vec<String>,
 
     /// Restore database OLD as NEW; repeatable.
-    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    #[arg(hide_short_help = true, long, value_name = "OLD=NEW", value_parser = parse_mapping)]
     pub database_map: Vec<(String, String)>,
 
     /// What to do with Replicated*MergeTree tables: keep them (the target has Keeper and the
     /// same macros) or convert them to their single-node engine.
-    #[arg(long, value_enum, value_name = "POLICY")]
+    #[arg(hide_short_help = true, long, value_enum, value_name = "POLICY")]
     pub replicated: Option<ReplicatedArg>,
 }
 

@@ -40,7 +40,7 @@ const FIELD_MANAGER: &str = "kube-dr";
 pub struct RestoreArgs {
     /// Restore the objects of namespace OLD into NEW (repeatable); the Namespace object
     /// itself is renamed too.
-    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    #[arg(hide_short_help = true, long, value_name = "OLD=NEW", value_parser = parse_mapping)]
     pub namespace_map: Vec<(String, String)>,
 }
 

@@ -20,11 +20,13 @@ use crate::verify::{self, Verified};
 pub struct RestoreArgs {
     /// Keep the dump's owners and grants (the roles must exist: add --globals to restore
     /// them first).
-    #[arg(long)]
+    #[arg(hide_short_help = true, long)]
     pub keep_owners: bool,
 
-    /// First restore the backup's roles and tablespaces (its globals part, from `worker
-    /// backup postgres --globals`) with psql. Roles that exist are reported and skipped;
+    /// First restore the backup's roles and tablespaces (its globals part).
+    ///
+    /// The globals part comes from `worker backup postgres --globals`; psql restores it.
+    /// Roles that exist are reported and skipped;
     /// with --clean their attributes (LOGIN, CREATEDB…, settings) are reset to the
     /// backup's, except the role this restore connects as. Backups hold no role passwords:
     /// set them afterwards (ALTER ROLE … PASSWORD).
@@ -32,13 +34,18 @@ pub struct RestoreArgs {
     pub globals: bool,
 
     /// Directory holding pg_restore (default: PATH).
-    #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        env = "DR_PG_BIN_DIR",
+        value_name = "DIR"
+    )]
     pub pg_bin_dir: Option<PathBuf>,
 
     /// For a backup taken with `worker backup postgres --jobs`: load its data parts N at a
     /// time and build its indexes N at a time. A backup stored as one stream restores as
     /// one stream whatever N is.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(hide_short_help = true, long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
 }

@@ -22,7 +22,12 @@ pub struct BackupArgs {
 
     /// Directory holding pg_dump and pg_dumpall (default: PATH). Use the newest major
     /// version: pg_dump refuses servers newer than itself.
-    #[arg(long, env = "DR_PG_BIN_DIR", value_name = "DIR")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        env = "DR_PG_BIN_DIR",
+        value_name = "DIR"
+    )]
     pub pg_bin_dir: Option<PathBuf>,
 
     /// Dump each database with N pg_dump processes sharing one snapshot, as several parts:

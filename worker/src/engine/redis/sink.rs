@@ -25,11 +25,11 @@ pub struct RestoreArgs {
     /// the pod IP. Only the target gets the snapshot: it must connect from its own address
     /// and authenticate with a one-time masterauth the restore sets (CONFIG SET) and puts
     /// back afterwards; anyone else is cut off and named.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(hide_short_help = true, long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
 
     /// How long to wait for the target to connect back and load the snapshot.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(hide_short_help = true, long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub redis_wait: Duration,
 }
 

@@ -23,12 +23,22 @@ pub struct RestoreArgs {
     pub force: bool,
 
     /// How long to wait for the server to be active (and unsealed) after the restore.
-    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
     pub wait: humantime::Duration,
 
     /// A token of the backed-up cluster, used for the count comparison after the restore
     /// (the snapshot replaces the server's own tokens). Default: the --to token.
-    #[arg(long, env = "DR_VAULT_RESTORED_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        hide_short_help = true,
+        long,
+        env = "DR_VAULT_RESTORED_TOKEN_FILE",
+        value_name = "FILE"
+    )]
     pub restored_token_file: Option<PathBuf>,
 }
 
