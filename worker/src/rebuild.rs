@@ -476,48 +476,49 @@ pub async fn prepare<'m>(
     say: &(dyn for<'s> Fn(&'s str) + Sync),
 ) -> Result<Prepared<'m>, SourceFailure> {
     let manifest = step.manifest;
-    let (mut verified, mut streamed) = (Vec::new(), Vec::new());
+    // Each part's proof, and whether it is the promise to check it as it streams.
+    let mut proofs = Vec::new();
     for part in sink.first_parts(manifest)? {
-        let (v, as_it_streams) = checked
-            .proof(sink.rolls_back(part), store, manifest, part, progress, say)
-            .await?;
-        verified.push(v);
-        if as_it_streams {
-            streamed.push(part);
-        }
+        let one_pass = sink.rolls_back(part);
+        proofs.push(
+            checked
+                .proof(one_pass, store, manifest, part, progress, say)
+                .await?,
+        );
     }
+    let first: Vec<Verified<'m>> = proofs.iter().map(|(v, _)| *v).collect();
     // The key before the plan: a wrong key must not first show what would be changed.
-    if let Some(first) = verified.first() {
+    if let Some(v) = first.first() {
         let (plain, bar) =
-            crate::verify::open_plaintext(store, *first, identities, &crate::progress::NoProgress)
+            crate::verify::open_plaintext(store, *v, identities, &crate::progress::NoProgress)
                 .await?;
         drop(plain);
         bar.finish();
     }
     let plan = sink
-        .plan(store, manifest, &verified, identities, progress)
+        .plan(store, manifest, &first, identities, progress)
         .await?;
     for part in plan.more_parts {
-        if !verified.iter().any(|v| v.part().name == part.name) {
-            let (v, as_it_streams) = checked
-                .proof(sink.rolls_back(part), store, manifest, part, progress, say)
-                .await?;
-            verified.push(v);
-            if as_it_streams {
-                streamed.push(part);
-            }
+        if !proofs.iter().any(|(v, _)| v.part().name == part.name) {
+            let one_pass = sink.rolls_back(part);
+            proofs.push(
+                checked
+                    .proof(one_pass, store, manifest, part, progress, say)
+                    .await?,
+            );
         }
     }
     // Only once the plan accepted the destination: a refusal must not come after a
     // promise about how the restore will run.
-    for part in streamed {
+    for (v, _) in proofs.iter().filter(|(_, streams)| *streams) {
         say(&format!(
             "one pass: {} part {} ({} bytes) is checked as it streams; the restore rolls back if it fails",
             manifest.backup_ref(),
-            part.name,
-            part.ciphertext_bytes
+            v.part().name,
+            v.part().ciphertext_bytes
         ));
     }
+    let verified = proofs.into_iter().map(|(v, _)| v).collect();
     Ok(Prepared {
         step,
         sink,
