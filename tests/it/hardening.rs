@@ -434,23 +434,16 @@ fn a_backup_past_its_timeout_is_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dot_target_is_refused_before_anything_is_pushed() {
     let (store, keys) = (TestStore::local(), Keys::generate());
-    let gateway = svc("DR_TEST_PUSHGATEWAY");
-    let untargeted = || async {
-        reqwest::get(format!("{gateway}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .lines()
-            .filter(|l| {
-                l.starts_with("kube_dr_backup")
-                    && l.contains("job=\"kube_dr\"")
-                    && (!l.contains("target=") || l.contains("target=\"..\""))
-            })
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
+    // A gateway that records every push: a refused target must not reach it at all (a
+    // real Pushgateway may refuse the collapsed path, or take it as a group without
+    // the target label).
+    let pushes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = pushes.clone();
+    let gateway = fake_http_with_headers(move |method, path, _| {
+        seen.lock().unwrap().push(format!("{method} {path}"));
+        (200, Vec::new(), Vec::new())
+    })
+    .await;
     for target in ["..", "."] {
         let out = run(
             "worker",
@@ -472,8 +465,37 @@ async fn a_dot_target_is_refused_before_anything_is_pushed() {
         assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(stderr(&out).contains("target"), "{}", stderr(&out));
     }
-    let lines = untargeted().await;
-    assert!(lines.is_empty(), "pushed without a target: {lines:?}");
+    let refused = pushes.lock().unwrap().clone();
+    assert!(
+        refused.is_empty(),
+        "pushed for a refused target: {refused:?}"
+    );
+    // A valid target still pushes, so the gateway above would have seen one.
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "command",
+            "--target",
+            "dots.ok",
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+            "--",
+            "echo",
+            "x",
+        ],
+        &[("DR_PUSHGATEWAY_URL", &gateway)],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pushed = pushes.lock().unwrap().clone();
+    assert!(
+        pushed
+            .iter()
+            .any(|p| p.ends_with("/metrics/job/kube_dr/engine/command/target/dots.ok")),
+        "{pushed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
