@@ -79,9 +79,15 @@ async fn a_good_part_verifies_with_and_without_the_key() {
         check_part(store.as_ref(), &m, &m.parts[0], None, &NoProgress)
             .await
             .unwrap();
-        check_part(store.as_ref(), &m, &m.parts[0], Some(&ids), &NoProgress)
-            .await
-            .unwrap();
+        check_part(
+            store.as_ref(),
+            &m,
+            &m.parts[0],
+            Some(drkit::engine::registry::decrypt(&ids)),
+            &NoProgress,
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -123,9 +129,15 @@ async fn a_foreign_key_is_named_as_such() {
     let store = t.open().await;
     let (m, _) = backup(store.as_ref(), &keys, Compression::Zstd).await;
     let wrong = Identities::from_file(&other.identity).unwrap();
-    let err = check_part(store.as_ref(), &m, &m.parts[0], Some(&wrong), &NoProgress)
-        .await
-        .unwrap_err();
+    let err = check_part(
+        store.as_ref(),
+        &m,
+        &m.parts[0],
+        Some(drkit::engine::registry::decrypt(&wrong)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, VerifyError::WrongKey { .. }), "{err}");
     assert!(
         !err.is_check_failure(),
@@ -155,9 +167,15 @@ async fn a_flipped_byte_fails_the_check() {
     assert!(matches!(err, VerifyError::HashMismatch { .. }), "{err}");
     assert!(err.is_check_failure());
     let ids = Identities::from_file(&keys.identity).unwrap();
-    let err = check_part(store.as_ref(), &m, &m.parts[0], Some(&ids), &NoProgress)
-        .await
-        .unwrap_err();
+    let err = check_part(
+        store.as_ref(),
+        &m,
+        &m.parts[0],
+        Some(drkit::engine::registry::decrypt(&ids)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_check_failure(), "{err}");
 }
 
@@ -177,9 +195,15 @@ async fn a_truncated_object_fails_the_check() {
         .unwrap_err();
     assert!(matches!(err, VerifyError::SizeMismatch { .. }), "{err}");
     let ids = Identities::from_file(&keys.identity).unwrap();
-    let err = check_part(store.as_ref(), &m, &m.parts[0], Some(&ids), &NoProgress)
-        .await
-        .unwrap_err();
+    let err = check_part(
+        store.as_ref(),
+        &m,
+        &m.parts[0],
+        Some(drkit::engine::registry::decrypt(&ids)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_check_failure(), "{err}");
     assert!(err.to_string().contains("use another backup"), "{err}");
 }
@@ -247,9 +271,15 @@ async fn content_check_case(engine: Engine, format: PartFormat, content: &[u8], 
     check_part(opened.as_ref(), &m, &m.parts[0], None, &NoProgress)
         .await
         .expect("integrity alone passes");
-    let err = check_part(opened.as_ref(), &m, &m.parts[0], Some(&ids), &NoProgress)
-        .await
-        .unwrap_err();
+    let err = check_part(
+        opened.as_ref(),
+        &m,
+        &m.parts[0],
+        Some(drkit::engine::registry::decrypt(&ids)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, VerifyError::BadContent { .. }), "{err}");
     assert!(err.is_check_failure());
     assert!(err.to_string().contains(expected), "{err}");

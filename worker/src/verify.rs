@@ -162,7 +162,23 @@ impl VerifyError {
     }
 }
 
-/// Checks one part: size and sha256 always; with `identities`, also decrypts and decompresses
+/// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
+/// formats that can prove their own consistency; `Err` says what is wrong. It gets the
+/// manifest's `facts` (e.g. a recorded plaintext sha256) and the part's recorded counts.
+pub type ContentCheck =
+    fn(&mut dyn std::io::Read, &crate::catalog::Facts, &[TableCount]) -> Result<(), String>;
+
+/// How a part is opened when it is decrypted: the keys, and where a format's content
+/// check comes from (the engines' registry, a floor above; passed in rather than imported).
+#[derive(Clone, Copy)]
+pub struct Decrypt<'a> {
+    /// The private keys.
+    pub identities: &'a Identities,
+    /// The content check of a part format, if it has one.
+    pub content_check: fn(&crate::catalog::PartFormat) -> Option<ContentCheck>,
+}
+
+/// Checks one part: size and sha256 always; with `decrypt`, also decrypts and decompresses
 /// it fully (into nothing: no plaintext is kept), checks the plaintext size, and runs the
 /// engine's own content check where it has one (e.g. a raft snapshot's internal sums).
 ///
@@ -172,9 +188,10 @@ pub async fn check_part(
     store: &dyn ReadStore,
     manifest: &Manifest,
     part: &Part,
-    identities: Option<&Identities>,
+    decrypt: Option<Decrypt<'_>>,
     progress: &dyn Progress,
 ) -> Result<(), VerifyError> {
+    let identities = decrypt.map(|d| d.identities);
     let backup = manifest.backup_ref();
     let key = backup.part_key(&part.file);
     let reader = store
@@ -212,7 +229,8 @@ pub async fn check_part(
             let (ids, compression) = (ids.clone(), part.compression);
             // Content checks read the manifest's facts (a small map): cloned only for parts
             // that have a check, never the whole manifest per part.
-            let content_check = crate::engine::registry::content_check(&part.format)
+            let content_check = decrypt
+                .and_then(|d| (d.content_check)(&part.format))
                 .map(|check| (check, manifest.facts.clone(), part.tables.clone()));
             let result = tokio::task::spawn_blocking(move || {
                 let mut plain = PlainReader::open(hashing, &ids, compression)?;

@@ -137,8 +137,14 @@ impl VerifyCmd {
 
         let mut parts = Vec::new();
         for part in &manifest.parts {
-            let result =
-                verify::check_part(store, &manifest, part, identities.as_ref(), progress).await;
+            let result = verify::check_part(
+                store,
+                &manifest,
+                part,
+                identities.as_ref().map(drkit::engine::registry::decrypt),
+                progress,
+            )
+            .await;
             match &result {
                 // Wrong key or an unreachable store: the backup may be fine; say what to fix
                 // (once: the error is the message, no FAILED line before it).

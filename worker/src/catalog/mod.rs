@@ -441,8 +441,8 @@ pub async fn inspect(
     if ahead > max_skew {
         let why = format!(
             "dated {} ahead of this machine's clock (more than the allowed skew of {}): not trusted as the newest backup",
-            crate::retention::short_duration(ahead),
-            crate::retention::short_duration(max_skew)
+            short_duration(ahead),
+            short_duration(max_skew)
         );
         return Ok(damaged(scanned, why));
     }
@@ -761,6 +761,26 @@ pub async fn resolve_noting_skipped(
         what: what(),
         skipped,
     })
+}
+
+/// `3d 4h`, `25m`: a duration short enough for a reason or a message.
+pub fn short_duration(d: Duration) -> String {
+    let mins = d.num_minutes().max(0);
+    let (days, hours, minutes) = (mins / 1440, mins / 60 % 24, mins % 60);
+    let mut s = String::new();
+    for (n, unit) in [(days, "d"), (hours, "h"), (minutes, "m")] {
+        if n > 0 {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if s.is_empty() {
+        "0m".into()
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]

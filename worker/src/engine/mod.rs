@@ -38,6 +38,7 @@ pub mod kubernetes;
 pub mod postgres;
 pub mod redis;
 pub mod registry;
+pub mod scratch;
 pub mod vault;
 
 use std::io::Write;
@@ -578,25 +579,9 @@ pub fn connect_timeout() -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(15))
 }
 
-/// How long a source may send nothing (no byte; a Redis primary's keep-alive newlines do
-/// not count) before its backup fails (`DR_STALL_TIMEOUT`, a humantime duration; default
-/// 5 min). A server that stops mid-result without closing the connection would otherwise
-/// hold the backup until the CronJob's deadline.
-pub fn stall_timeout() -> std::time::Duration {
-    std::env::var("DR_STALL_TIMEOUT")
-        .ok()
-        .and_then(|v| humantime::parse_duration(v.trim()).ok())
-        .filter(|d| !d.is_zero())
-        .unwrap_or(std::time::Duration::from_secs(300))
-}
-
-/// The reason given when a source stays silent for [`stall_timeout`].
-pub(crate) fn stalled_source(kind: &str) -> String {
-    format!(
-        "the {kind} server sent nothing for {} s: it stalled (DR_STALL_TIMEOUT sets the wait); nothing was committed",
-        stall_timeout().as_secs()
-    )
-}
+// A floor lower, where the streaming stages use them too.
+pub use crate::pipeline::stall_timeout;
+pub(crate) use crate::pipeline::{stalled_source, transport_reason};
 
 /// The reason given when a server stays silent for [`connect_timeout`].
 pub(crate) fn silent_server(kind: &str) -> String {
@@ -604,19 +589,6 @@ pub(crate) fn silent_server(kind: &str) -> String {
         "no answer within {} s: is a {kind} server listening there? (a port that accepts connections but never answers, e.g. another service's port, looks like this; DR_CONNECT_TIMEOUT sets the wait)",
         connect_timeout().as_secs_f32()
     )
-}
-
-/// An error with its causes, `: `-joined (reqwest and hyper keep the useful part, e.g.
-/// "connection refused" or "unexpected EOF during chunk size line", in `source()`).
-pub(crate) fn transport_reason(e: &dyn std::error::Error) -> String {
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    reason
 }
 
 /// A URL with its password (if any) replaced, safe for messages, reports and state files.

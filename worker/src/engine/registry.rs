@@ -11,18 +11,22 @@ use super::{
     clickhouse, command, kubernetes, postgres, redis, vault, RestoreCommon, Sink, Source,
     SourceFailure,
 };
-use crate::catalog::{Engine, Facts, PartFormat};
-use crate::cli::{EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
+use crate::args::{EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
+use crate::catalog::{Engine, PartFormat};
 
 /// Every engine of this build, in the order a full restore would take them.
 pub const ENGINES: &[Engine] = Engine::KNOWN;
 
-/// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
-/// formats that can prove their own consistency; `Err` says what is wrong.
-/// It gets the manifest's `facts` (e.g. a recorded plaintext sha256) and the part's
-/// recorded counts.
-pub type ContentCheck =
-    fn(&mut dyn std::io::Read, &Facts, &[crate::catalog::TableCount]) -> Result<(), String>;
+pub use crate::verify::ContentCheck;
+
+/// How `verify --identity` and the drill open parts: with `identities`, and this
+/// registry's content checks.
+pub fn decrypt(identities: &crate::pipeline::keys::Identities) -> crate::verify::Decrypt<'_> {
+    crate::verify::Decrypt {
+        identities,
+        content_check,
+    }
+}
 
 /// The content check for a part format, if its engine has one.
 pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {

@@ -25,6 +25,39 @@ pub fn age_prefix_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= len).then_some(len)
 }
 
+/// How long a source may send nothing (no byte; a Redis primary's keep-alive newlines do
+/// not count) before its backup fails (`DR_STALL_TIMEOUT`, a humantime duration; default
+/// 5 min). A server that stops mid-result without closing the connection would otherwise
+/// hold the backup until the CronJob's deadline.
+pub fn stall_timeout() -> std::time::Duration {
+    std::env::var("DR_STALL_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(std::time::Duration::from_secs(300))
+}
+
+/// The reason given when a source stays silent for [`stall_timeout`].
+pub(crate) fn stalled_source(kind: &str) -> String {
+    format!(
+        "the {kind} server sent nothing for {} s: it stalled (DR_STALL_TIMEOUT sets the wait); nothing was committed",
+        stall_timeout().as_secs()
+    )
+}
+
+/// An error with its causes, `: `-joined (reqwest and hyper keep the useful part, e.g.
+/// "connection refused" or "unexpected EOF during chunk size line", in `source()`).
+pub(crate) fn transport_reason(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
 /// Size of the batches sent from the encoding thread to the uploader.
 pub(crate) const CHUNK_SIZE: usize = 1024 * 1024;
 /// Batches buffered between the encoding thread and the uploader.
@@ -45,7 +78,7 @@ where
 {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(CHANNEL_DEPTH);
-    let idle = crate::engine::stall_timeout();
+    let idle = stall_timeout();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut batch = bytes::BytesMut::with_capacity(CHUNK_SIZE);
@@ -53,7 +86,7 @@ where
             // A body that stops without ending (no final chunk, connection kept open)
             // would otherwise wait forever.
             let Ok(item) = tokio::time::timeout(idle, stream.next()).await else {
-                let reason = crate::engine::stalled_source("source");
+                let reason = stalled_source("source");
                 let _ = tx
                     .send(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -74,7 +107,7 @@ where
                 }
                 Err(e) => {
                     // The causes say what happened; the top error alone rarely does.
-                    let reason = crate::engine::transport_reason(&e);
+                    let reason = transport_reason(&e);
                     let _ = tx.send(Err(std::io::Error::other(reason))).await;
                     return;
                 }

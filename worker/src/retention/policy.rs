@@ -15,7 +15,6 @@
 //! Calendar buckets are in UTC, so daylight-saving changes never merge or split days.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::Serialize;
@@ -161,22 +160,7 @@ fn year(t: DateTime<Utc>) -> String {
     t.year().to_string()
 }
 
-/// `3d 4h`, `25m`: short, for reasons.
-pub fn short_duration(d: Duration) -> String {
-    let mins = d.num_minutes().max(0);
-    let (days, hours, minutes) = (mins / 1440, mins / 60 % 24, mins % 60);
-    let mut s = String::new();
-    for (n, unit) in [(days, "d"), (hours, "h"), (minutes, "m")] {
-        if n > 0 {
-            let _ = write!(s, "{}{n}{unit}", if s.is_empty() { "" } else { " " });
-        }
-    }
-    if s.is_empty() {
-        "0m".into()
-    } else {
-        s
-    }
-}
+pub use crate::catalog::short_duration;
 
 impl RetentionPolicy {
     /// # Errors

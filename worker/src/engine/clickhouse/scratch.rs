@@ -8,13 +8,13 @@ use crate::engine::SourceFailure;
 /// The marker table inside every scratch database.
 pub const MARK_TABLE: &str = "kube_dr_drill_scratch";
 
-/// Creates the scratch database `name` (it must end in [`crate::drill::SUFFIX`]) with its
+/// Creates the scratch database `name` (it must end in [`crate::engine::scratch::SUFFIX`]) with its
 /// marker; the drill's own leftover of that name is dropped first.
 ///
 /// # Errors
 /// A name without the suffix, a database of that name without the marker, server errors.
 pub async fn claim(client: &ChClient, name: &str) -> Result<(), SourceFailure> {
-    crate::drill::check_scratch_name(name)?;
+    crate::engine::scratch::check_scratch_name(name)?;
     let exists = !client
         .rows(
             "looking up the scratch database",
@@ -68,7 +68,7 @@ pub async fn claim(client: &ChClient, name: &str) -> Result<(), SourceFailure> {
 /// # Errors
 /// A name without the suffix, server errors.
 pub async fn release(client: &ChClient, name: &str) -> Result<(), SourceFailure> {
-    crate::drill::check_scratch_name(name)?;
+    crate::engine::scratch::check_scratch_name(name)?;
     client
         .execute(
             "dropping the scratch database",

@@ -8,14 +8,14 @@ use crate::engine::SourceFailure;
 /// The comment that marks a scratch database as the drill's own.
 pub const MARK: &str = "kube-dr drill scratch database: worker drill drops it after each drill";
 
-/// Creates the scratch database `name` (it must end in [`crate::drill::SUFFIX`]); the
+/// Creates the scratch database `name` (it must end in [`crate::engine::scratch::SUFFIX`]); the
 /// drill's own leftover of that name is dropped first.
 ///
 /// # Errors
 /// A name without the suffix, a database of that name without the drill's mark, connection
 /// and permission errors (the role needs CREATEDB).
 pub async fn claim(server: &PgTarget, name: &str) -> Result<(), SourceFailure> {
-    crate::drill::check_scratch_name(name)?;
+    crate::engine::scratch::check_scratch_name(name)?;
     let maintenance = server.connect("postgres").await?;
     let comment: Option<Option<String>> = maintenance
         .query_opt(
@@ -57,7 +57,7 @@ pub async fn claim(server: &PgTarget, name: &str) -> Result<(), SourceFailure> {
 /// # Errors
 /// A name without the suffix, connection and permission errors.
 pub async fn release(server: &PgTarget, name: &str) -> Result<(), SourceFailure> {
-    crate::drill::check_scratch_name(name)?;
+    crate::engine::scratch::check_scratch_name(name)?;
     let maintenance = server.connect("postgres").await?;
     // WITH (FORCE) exists from PostgreSQL 13; older servers get the plain form.
     let q = quote_ident(name);
