@@ -907,3 +907,49 @@ pub async fn pushed_lines(prefix: &str, target: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// A fake Redis server on loopback for hostile-peer tests: it reads RESP commands and
+/// answers PING, INFO (as Redis 7.0.15) and anything else with +OK, except `SYNC`, which
+/// it hands to `on_sync` with the connection (whatever that writes is the "snapshot"; the
+/// connection closes when it returns). Returns the server's `redis://` URL.
+pub fn fake_redis(on_sync: fn(&mut std::net::TcpStream)) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let Some(n) = line.trim().strip_prefix('*') else {
+                        continue;
+                    };
+                    let mut args = Vec::new();
+                    for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                        let (mut len, mut arg) = (String::new(), String::new());
+                        reader.read_line(&mut len).unwrap();
+                        reader.read_line(&mut arg).unwrap();
+                        args.push(arg.trim().to_uppercase());
+                    }
+                    let reply: &[u8] = match args.first().map(String::as_str) {
+                        Some("PING") => b"+PONG\r\n",
+                        Some("INFO") => b"$22\r\nredis_version:7.0.15\r\n\r\n",
+                        Some("SYNC") => {
+                            on_sync(&mut w);
+                            return;
+                        }
+                        _ => b"+OK\r\n",
+                    };
+                    let _ = w.write_all(reply);
+                }
+            });
+        }
+    });
+    url
+}

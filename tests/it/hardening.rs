@@ -281,46 +281,11 @@ fn stalling_clickhouse() -> String {
 /// A fake Redis primary that answers the handshake and then sends the keep-alive newline
 /// every 0.2 s, forever, instead of a snapshot.
 fn newline_only_redis() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let Some(n) = line.trim().strip_prefix('*') else {
-                        continue;
-                    };
-                    let mut args = Vec::new();
-                    for _ in 0..n.parse::<usize>().unwrap_or(0) {
-                        let (mut len, mut arg) = (String::new(), String::new());
-                        reader.read_line(&mut len).unwrap();
-                        reader.read_line(&mut arg).unwrap();
-                        args.push(arg.trim().to_uppercase());
-                    }
-                    let reply: &[u8] = match args[0].as_str() {
-                        "PING" => b"+PONG\r\n",
-                        "INFO" => b"$22\r\nredis_version:7.0.15\r\n\r\n",
-                        "SYNC" => loop {
-                            if w.write_all(b"\n").is_err() {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(200));
-                        },
-                        _ => b"+OK\r\n",
-                    };
-                    let _ = w.write_all(reply);
-                }
-            });
+    fake_redis(|w| {
+        while w.write_all(b"\n").is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
         }
-    });
-    url
+    })
 }
 
 fn backup_args<'a>(store: &'a TestStore, keys: &'a Keys, engine: &'a str) -> Vec<&'a str> {

@@ -341,43 +341,12 @@ async fn a_wrong_password_fails_and_a_disk_based_sync_works() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_cuts_the_sync_commits_nothing() {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(4) {
-            let Ok(conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut w = conn;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let Some(n) = line.trim().strip_prefix('*') else {
-                    continue;
-                };
-                let mut args = Vec::new();
-                for _ in 0..n.parse::<usize>().unwrap_or(0) {
-                    let (mut len, mut arg) = (String::new(), String::new());
-                    reader.read_line(&mut len).unwrap();
-                    reader.read_line(&mut arg).unwrap();
-                    args.push(arg.trim().to_uppercase());
-                }
-                let reply: Vec<u8> = match args[0].as_str() {
-                    "PING" => b"+PONG\r\n".to_vec(),
-                    "INFO" => b"$22\r\nredis_version:7.0.15\r\n\r\n".to_vec(),
-                    "SYNC" => {
-                        let mut r = b"$100000\r\nREDIS0010\xfa\x09redis-ver".to_vec();
-                        r.extend(vec![b'x'; 500]);
-                        let _ = w.write_all(&r);
-                        break; // and close mid-payload
-                    }
-                    _ => b"+OK\r\n".to_vec(),
-                };
-                let _ = w.write_all(&reply);
-            }
-        }
+    use std::io::Write;
+    // A payload that announces 100,000 bytes and closes after a few hundred.
+    let url = fake_redis(|w| {
+        let mut r = b"$100000\r\nREDIS0010\xfa\x09redis-ver".to_vec();
+        r.extend(vec![b'x'; 500]);
+        let _ = w.write_all(&r);
     });
     let (store, keys) = (TestStore::local(), Keys::generate());
     let out = backup_with(&store, &keys, &[("REDIS_URL", &url)]);
