@@ -409,24 +409,9 @@ async fn a_dot_target_is_refused_before_anything_is_pushed() {
         (200, Vec::new(), Vec::new())
     })
     .await;
+    let push_to = [("DR_PUSHGATEWAY_URL", gateway.as_str())];
     for target in ["..", "."] {
-        let out = run(
-            "worker",
-            &[
-                "backup",
-                "command",
-                "--target",
-                target,
-                "--store",
-                store.url(),
-                "-r",
-                &keys.recipient,
-                "--",
-                "echo",
-                "x",
-            ],
-            &[("DR_PUSHGATEWAY_URL", &gateway)],
-        );
+        let out = backup_command(&store, &keys, target, &["echo", "x"], &push_to);
         assert_eq!(code(&out), 2, "{}", stderr(&out));
         assert!(stderr(&out).contains("target"), "{}", stderr(&out));
     }
@@ -436,23 +421,7 @@ async fn a_dot_target_is_refused_before_anything_is_pushed() {
         "pushed for a refused target: {refused:?}"
     );
     // A valid target still pushes, so the gateway above would have seen one.
-    let out = run(
-        "worker",
-        &[
-            "backup",
-            "command",
-            "--target",
-            "dots.ok",
-            "--store",
-            store.url(),
-            "-r",
-            &keys.recipient,
-            "--",
-            "echo",
-            "x",
-        ],
-        &[("DR_PUSHGATEWAY_URL", &gateway)],
-    );
+    let out = backup_command(&store, &keys, "dots.ok", &["echo", "x"], &push_to);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let pushed = pushes.lock().unwrap().clone();
     assert!(

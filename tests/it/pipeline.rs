@@ -58,6 +58,23 @@ async fn backup(
     )
 }
 
+/// `check_part` of the backup's first part, decrypting it with `ids` and the engines'
+/// content checks (as `verify --identity` does).
+async fn decrypt_first(
+    store: &dyn drkit::store::ReadStore,
+    m: &Manifest,
+    ids: &Identities,
+) -> Result<(), VerifyError> {
+    check_part(
+        store,
+        m,
+        &m.parts[0],
+        Some(drkit::engine::registry::decrypt(ids)),
+        &NoProgress,
+    )
+    .await
+}
+
 fn part_key(m: &Manifest) -> String {
     m.backup_ref().part_key(&m.parts[0].file)
 }
@@ -79,15 +96,7 @@ async fn a_good_part_verifies_with_and_without_the_key() {
         check_part(store.as_ref(), &m, &m.parts[0], None, &NoProgress)
             .await
             .unwrap();
-        check_part(
-            store.as_ref(),
-            &m,
-            &m.parts[0],
-            Some(drkit::engine::registry::decrypt(&ids)),
-            &NoProgress,
-        )
-        .await
-        .unwrap();
+        decrypt_first(store.as_ref(), &m, &ids).await.unwrap();
     }
 }
 
@@ -129,15 +138,7 @@ async fn a_foreign_key_is_named_as_such() {
     let store = t.open().await;
     let (m, _) = backup(store.as_ref(), &keys, Compression::Zstd).await;
     let wrong = Identities::from_file(&other.identity).unwrap();
-    let err = check_part(
-        store.as_ref(),
-        &m,
-        &m.parts[0],
-        Some(drkit::engine::registry::decrypt(&wrong)),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let err = decrypt_first(store.as_ref(), &m, &wrong).await.unwrap_err();
     assert!(matches!(err, VerifyError::WrongKey { .. }), "{err}");
     assert!(
         !err.is_check_failure(),
@@ -167,15 +168,7 @@ async fn a_flipped_byte_fails_the_check() {
     assert!(matches!(err, VerifyError::HashMismatch { .. }), "{err}");
     assert!(err.is_check_failure());
     let ids = Identities::from_file(&keys.identity).unwrap();
-    let err = check_part(
-        store.as_ref(),
-        &m,
-        &m.parts[0],
-        Some(drkit::engine::registry::decrypt(&ids)),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let err = decrypt_first(store.as_ref(), &m, &ids).await.unwrap_err();
     assert!(err.is_check_failure(), "{err}");
 }
 
@@ -195,15 +188,7 @@ async fn a_truncated_object_fails_the_check() {
         .unwrap_err();
     assert!(matches!(err, VerifyError::SizeMismatch { .. }), "{err}");
     let ids = Identities::from_file(&keys.identity).unwrap();
-    let err = check_part(
-        store.as_ref(),
-        &m,
-        &m.parts[0],
-        Some(drkit::engine::registry::decrypt(&ids)),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let err = decrypt_first(store.as_ref(), &m, &ids).await.unwrap_err();
     assert!(err.is_check_failure(), "{err}");
     assert!(err.to_string().contains("use another backup"), "{err}");
 }
@@ -271,15 +256,7 @@ async fn content_check_case(engine: Engine, format: PartFormat, content: &[u8], 
     check_part(opened.as_ref(), &m, &m.parts[0], None, &NoProgress)
         .await
         .expect("integrity alone passes");
-    let err = check_part(
-        opened.as_ref(),
-        &m,
-        &m.parts[0],
-        Some(drkit::engine::registry::decrypt(&ids)),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let err = decrypt_first(opened.as_ref(), &m, &ids).await.unwrap_err();
     assert!(matches!(err, VerifyError::BadContent { .. }), "{err}");
     assert!(err.is_check_failure());
     assert!(err.to_string().contains(expected), "{err}");

@@ -12,6 +12,34 @@ use dr_tests::*;
 use drkit::catalog::{BackupId, BackupRef, Compression, Manifest, Part, TableCount};
 use drkit::store::DeleteStore;
 
+/// The number of rows of `table` in database `db`.
+async fn count(db: &str, table: &str) -> i64 {
+    pg_connect(db)
+        .await
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `kubectl dr list -o json --include-incomplete` with `env`.
+fn list_all(t: &TestStore, env: &[(&str, &str)]) -> serde_json::Value {
+    let out = run(
+        "kubectl-dr",
+        &[
+            "list",
+            "-o",
+            "json",
+            "--include-incomplete",
+            "--store",
+            t.url(),
+        ],
+        env,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A PostgreSQL database with one table of `rows` rows.
 async fn database(name: &str, table: &str, rows: i64) {
     create_database(name).await;
@@ -294,12 +322,7 @@ async fn a_forged_backup_is_refused_and_a_genuine_one_restores() {
         "{}",
         stderr(&out)
     );
-    let rows: i64 = pg_connect(&target)
-        .await
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows = count(&target, "orders").await;
     assert_eq!(rows, 500);
     assert!(
         pg_connect(&target)
@@ -352,22 +375,11 @@ async fn allow_unsigned_never_lets_an_unsigned_forgery_push_out_signed_backups()
         "latest is not the signed backup: {}",
         stderr(&out)
     );
-    let restored: i64 = pg_connect(&target)
-        .await
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let restored = count(&target, "orders").await;
     assert_eq!(restored, 200);
 
     // list: the old unsigned backup counts, the forgery is damaged, with the reason.
-    let out = run(
-        "kubectl-dr",
-        &["list", "-o", "json", "--all", "--store", t.url()],
-        &allow,
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list_all(&t, &allow);
     let row = |id: &BackupId| {
         rows.as_array()
             .unwrap()
@@ -397,12 +409,7 @@ async fn allow_unsigned_never_lets_an_unsigned_forgery_push_out_signed_backups()
         &allow,
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = run(
-        "kubectl-dr",
-        &["list", "-o", "json", "--all", "--store", t.url()],
-        &allow,
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list_all(&t, &allow);
     let ids: Vec<&str> = rows
         .as_array()
         .unwrap()
