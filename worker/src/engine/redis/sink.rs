@@ -214,6 +214,18 @@ impl Sink for RedisSink {
             });
             let promoted = control.call(&[b"REPLICAOF", b"NO", b"ONE"]);
             let reset = control.call(&[b"CONFIG", b"SET", b"masterauth", &masterauth]);
+            if outcome.is_err() {
+                // The sync's error is the one returned; what the cleanup could not undo must
+                // not be lost behind it.
+                if let Err(e) = &promoted {
+                    let _ = tx.send(format!(
+                        "{target} may still be a replica ({e}): run REPLICAOF NO ONE on it"
+                    ));
+                }
+                if let Err(e) = &reset {
+                    let _ = tx.send(format!("{target}'s masterauth could not be set back ({e}): set it again by hand if it replicates from a password-protected primary"));
+                }
+            }
             outcome?;
             promoted?;
             reset.map_err(|e| {
@@ -229,12 +241,17 @@ impl Sink for RedisSink {
             Ok(control.keyspace()?)
         });
         tokio::pin!(work);
-        let counts = loop {
+        let done = loop {
             tokio::select! {
                 Some(line) = rx.recv() => say(&line),
-                done = &mut work => break done?,
+                done = &mut work => break done,
             }
         };
+        // What the work said last (e.g. a cleanup that failed beside its error) is heard too.
+        while let Ok(line) = rx.try_recv() {
+            say(&line);
+        }
+        let counts = done?;
         bar.finish();
         say(&format!(
             "restored {} into {}; it is a primary again",
