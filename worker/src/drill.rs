@@ -231,19 +231,14 @@ impl Drill<'_> {
         let common = step.common(false, self.max_diff);
         let mut sink = flags.build(&step.manifest.engine, &common)?;
         sink.probe(step.manifest).await?;
-        let prepared = rebuild::prepare(
-            step,
-            sink,
-            checked,
-            self.store,
-            self.identities,
-            &NoProgress,
-            &log,
-        )
-        .await?;
-        prepared
-            .run(self.store, self.identities, &NoProgress, &log)
-            .await
+        let ctx = crate::engine::RestoreCtx {
+            store: self.store,
+            identities: self.identities,
+            progress: &NoProgress,
+            say: &log,
+        };
+        let prepared = rebuild::prepare(step, sink, checked, ctx).await?;
+        prepared.run(ctx).await
     }
 
     async fn postgres<'m>(

@@ -22,10 +22,11 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{self, BackupRef, CatalogError, Engine, Filter, Manifest, Part};
 use crate::engine::{
-    redact_url, registry::RestoreFlags, Confirm, RestoreCommon, RestoredCounts, Sink, SourceFailure,
+    redact_url, registry::RestoreFlags, Confirm, Planned, RestoreCommon, RestoreCtx,
+    RestoredCounts, Sink, SourceFailure, VerifiedParts,
 };
 use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::store::ReadStore;
 use crate::verify::{self, Verified, VerifyError};
 
@@ -451,8 +452,8 @@ impl<'m> Checked<'m> {
 pub struct Prepared<'m> {
     /// The step.
     pub step: Step<'m>,
-    sink: Box<dyn Sink>,
-    verified: Vec<Verified<'m>>,
+    restore: Box<dyn Planned>,
+    parts: VerifiedParts<'m>,
     /// The engine's plan, for people.
     pub lines: Vec<String>,
     /// Set when the plan drops or replaces data.
@@ -468,14 +469,12 @@ pub struct Prepared<'m> {
 /// `--clean`, a wrong key, bad flags).
 pub async fn prepare<'m>(
     step: Step<'m>,
-    mut sink: Box<dyn Sink>,
+    sink: Box<dyn Sink>,
     checked: &mut Checked<'m>,
-    store: &dyn ReadStore,
-    identities: &Identities,
-    progress: &dyn Progress,
-    say: &(dyn for<'s> Fn(&'s str) + Sync),
+    ctx: RestoreCtx<'_>,
 ) -> Result<Prepared<'m>, SourceFailure> {
     let manifest = step.manifest;
+    let (store, progress, say) = (ctx.store, ctx.progress, ctx.say);
     // Each part's proof, and whether it is the promise to check it as it streams.
     let mut proofs = Vec::new();
     for part in sink.first_parts(manifest)? {
@@ -486,21 +485,16 @@ pub async fn prepare<'m>(
                 .await?,
         );
     }
-    let first: Vec<Verified<'m>> = proofs.iter().map(|(v, _)| *v).collect();
+    let first = VerifiedParts::new(proofs.iter().map(|(v, _)| *v).collect())?;
     // The key before the plan: a wrong key must not first show what would be changed.
-    if let Some(v) = first.first() {
-        let (plain, bar) =
-            crate::verify::open_plaintext(store, *v, identities, &crate::progress::NoProgress)
-                .await?;
-        drop(plain);
-        bar.finish();
-    }
-    let plan = sink
-        .plan(store, manifest, &first, identities, progress)
-        .await?;
+    let (plain, bar) =
+        crate::verify::open_plaintext(store, first.lead(), ctx.identities, &NoProgress).await?;
+    drop(plain);
+    bar.finish();
+    let plan = sink.plan(ctx, &first).await?;
     for part in plan.more_parts {
         if !proofs.iter().any(|(v, _)| v.part().name == part.name) {
-            let one_pass = sink.rolls_back(part);
+            let one_pass = plan.restore.rolls_back(part);
             proofs.push(
                 checked
                     .proof(one_pass, store, manifest, part, progress, say)
@@ -518,11 +512,11 @@ pub async fn prepare<'m>(
             v.part().ciphertext_bytes
         ));
     }
-    let verified = proofs.into_iter().map(|(v, _)| v).collect();
+    let parts = VerifiedParts::new(proofs.into_iter().map(|(v, _)| v).collect())?;
     Ok(Prepared {
         step,
-        sink,
-        verified,
+        restore: plan.restore,
+        parts,
         lines: plan.lines,
         confirm: plan.confirm,
     })
@@ -533,16 +527,8 @@ impl Prepared<'_> {
     ///
     /// # Errors
     /// The engine's load errors; a part that fails its check while it streams.
-    pub async fn run(
-        mut self,
-        store: &dyn ReadStore,
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
-    ) -> Result<RestoredCounts, SourceFailure> {
-        self.sink
-            .restore(store, &self.verified, identities, progress, say)
-            .await
+    pub async fn run(self, ctx: RestoreCtx<'_>) -> Result<RestoredCounts, SourceFailure> {
+        self.restore.restore(ctx, &self.parts).await
     }
 }
 

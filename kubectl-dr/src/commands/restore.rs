@@ -282,10 +282,19 @@ impl RestoreCmd {
         };
         let say = |m: &str| eprintln!("{m}");
         let mut checked = rebuild::Checked::default();
-        let prepared =
-            rebuild::prepare(step, sink, &mut checked, store, &identities, progress, &say)
-                .await
-                .map_err(anyhow::Error::from_boxed)?;
+        let prepared = rebuild::prepare(
+            step,
+            sink,
+            &mut checked,
+            drkit::engine::RestoreCtx {
+                store,
+                identities: &identities,
+                progress,
+                say: &say,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::from_boxed)?;
         for line in &prepared.lines {
             eprintln!("{line}");
         }
@@ -299,7 +308,12 @@ impl RestoreCmd {
             }
         }
         let counts = prepared
-            .run(store, &identities, progress, &say)
+            .run(drkit::engine::RestoreCtx {
+                store,
+                identities: &identities,
+                progress,
+                say: &say,
+            })
             .await
             .map_err(anyhow::Error::from_boxed)?;
         if counts.rows.is_empty() {

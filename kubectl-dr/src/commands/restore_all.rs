@@ -544,15 +544,25 @@ impl RestoreCmd {
         let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
         for ((i, s), sink) in to_run.into_iter().zip(sinks) {
             let key = s.key();
-            let p = rebuild::prepare(s, sink, &mut checked, store, &identities, progress, &say)
-                .await
-                .map_err(anyhow::Error::from_boxed)
-                .with_context(|| {
-                    format!(
-                        "planning step {}/{total} {key}; nothing was restored",
-                        i + 1
-                    )
-                })?;
+            let p = rebuild::prepare(
+                s,
+                sink,
+                &mut checked,
+                drkit::engine::RestoreCtx {
+                    store,
+                    identities: &identities,
+                    progress,
+                    say: &say,
+                },
+            )
+            .await
+            .map_err(anyhow::Error::from_boxed)
+            .with_context(|| {
+                format!(
+                    "planning step {}/{total} {key}; nothing was restored",
+                    i + 1
+                )
+            })?;
             prepared.push((i, p));
         }
 
@@ -635,7 +645,14 @@ impl RestoreCmd {
                 output::human_bytes(bytes)
             );
             let started = Instant::now();
-            let outcome = p.run(store, &identities, progress, &say).await;
+            let outcome = p
+                .run(drkit::engine::RestoreCtx {
+                    store,
+                    identities: &identities,
+                    progress,
+                    say: &say,
+                })
+                .await;
             let seconds = started.elapsed().as_secs_f64();
             reports[i].seconds = Some(seconds);
             let counts = match outcome {

@@ -149,9 +149,9 @@ pub enum BackupFailed {
     },
 }
 
-/// What a restore will do, decided before anything changes: the lines to show, and the
-/// confirmation a destructive plan needs.
-#[derive(Debug, Default)]
+/// What a restore will do, decided before anything changes: the lines to show, the
+/// confirmation a destructive plan needs, and the restore itself, which exists only as the
+/// outcome of a plan (so a restore without one cannot be written).
 pub struct RestorePlan<'m> {
     /// Shown as they are (e.g. `plan: …`, `note: …`).
     pub lines: Vec<String>,
@@ -160,6 +160,87 @@ pub struct RestorePlan<'m> {
     /// Parts the restore will load that were not needed to plan it: each is verified before
     /// the restore starts.
     pub more_parts: Vec<&'m crate::catalog::Part>,
+    /// The restore as planned.
+    pub restore: Box<dyn Planned>,
+}
+
+impl std::fmt::Debug for RestorePlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestorePlan")
+            .field("lines", &self.lines)
+            .field("confirm", &self.confirm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every step of a restore hands its engine: where the parts are, the keys that open
+/// them, where progress goes.
+#[derive(Clone, Copy)]
+pub struct RestoreCtx<'a> {
+    /// The store the backup is in.
+    pub store: &'a dyn crate::store::ReadStore,
+    /// The private keys.
+    pub identities: &'a crate::pipeline::keys::Identities,
+    /// Byte progress of long reads.
+    pub progress: &'a dyn crate::progress::Progress,
+    /// Lines a person must see (e.g. a node to unseal).
+    pub say: &'a (dyn for<'s> Fn(&'s str) + Sync),
+}
+
+/// The verified parts one restore reads: never empty, the lead (the first part
+/// [`Sink::first_parts`] named) first.
+#[derive(Debug, Clone)]
+pub struct VerifiedParts<'m>(Vec<crate::verify::Verified<'m>>);
+
+impl<'m> VerifiedParts<'m> {
+    /// The parts, the lead first.
+    ///
+    /// # Errors
+    /// An engine that named no part to restore (a bug in it).
+    pub fn new(parts: Vec<crate::verify::Verified<'m>>) -> Result<Self, SourceFailure> {
+        if parts.is_empty() {
+            return Err(
+                "the engine named no part to restore; this is a bug, please report it".into(),
+            );
+        }
+        Ok(VerifiedParts(parts))
+    }
+
+    /// The part the engine named first (the database, the snapshot, the schema).
+    pub fn lead(&self) -> crate::verify::Verified<'m> {
+        self.0[0]
+    }
+
+    /// The backup.
+    pub fn manifest(&self) -> &'m Manifest {
+        self.0[0].manifest()
+    }
+
+    /// Every part, the lead first.
+    pub fn all(&self) -> &[crate::verify::Verified<'m>] {
+        &self.0
+    }
+}
+
+/// A restore as its plan decided it, holding what the plan found. Built only by
+/// [`Sink::plan`]; consumed by its one run.
+#[async_trait::async_trait]
+pub trait Planned: Send + Sync {
+    /// As [`Sink::rolls_back`], for the plan's `more_parts` (the answer may depend on what
+    /// the plan found, e.g. whether the restore creates every database). Default: false.
+    fn rolls_back(&self, _part: &crate::catalog::Part) -> bool {
+        false
+    }
+
+    /// Runs the restore and returns the counts to compare.
+    ///
+    /// # Errors
+    /// Load errors, a part that fails its check while it streams (exit 1).
+    async fn restore(
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
+    ) -> Result<RestoredCounts, SourceFailure>;
 }
 
 /// A confirmation a person must give (or `--yes`).
@@ -199,10 +280,11 @@ pub struct RestoreCommon {
     pub max_diff: crate::verify::MaxDiff,
 }
 
-/// The restore role of an engine, built from `--to` and the engine's flags. The plugin
-/// drives every engine through the same steps: [`Sink::probe`], the integrity pass over
-/// [`Sink::first_parts`], [`Sink::plan`] (and the pass over its `more_parts`), a
-/// confirmation, [`Sink::restore`]. Parts reach an engine only as [`crate::verify::Verified`].
+/// The restore role of an engine, built from `--to` and the engine's flags. The run
+/// ([`crate::rebuild`]) drives every engine through the same steps: [`Sink::probe`], the
+/// integrity pass over [`Sink::first_parts`], [`Sink::plan`] (and the pass over its
+/// `more_parts`), a confirmation, [`Planned::restore`] on what the plan returned. Parts
+/// reach an engine only as [`crate::verify::Verified`].
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
     /// Contacts the destination and checks it is this engine's kind of server, within
@@ -235,39 +317,22 @@ pub trait Sink: Send + Sync {
     /// its very last chunk included, leaves the destination as it was (one transaction, or a
     /// database the restore created and drops again). Such a part is read once, checked as
     /// it streams ([`crate::verify::Verified::as_it_streams`]); others are checked in a pass
-    /// before the destination is touched. Asked for [`Sink::first_parts`] before
-    /// [`Sink::plan`], and for the plan's `more_parts` after it (so the answer may depend on
-    /// what the plan found, e.g. whether the restore creates every database). Default: false.
+    /// before the destination is touched. Asked for [`Sink::first_parts`]; the plan's
+    /// `more_parts` are asked of [`Planned::rolls_back`]. Default: false.
     fn rolls_back(&self, _part: &crate::catalog::Part) -> bool {
         false
     }
 
     /// Inspects the destination and decides what the restore will do; changes nothing.
+    /// `first` holds the parts [`Sink::first_parts`] named, verified.
     ///
     /// # Errors
     /// A destination the restore would damage without `--clean`, a wrong key, bad flags.
     async fn plan<'m>(
-        &mut self,
-        store: &dyn crate::store::ReadStore,
-        manifest: &'m Manifest,
-        first: &[crate::verify::Verified<'m>],
-        identities: &crate::pipeline::keys::Identities,
-        progress: &dyn crate::progress::Progress,
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure>;
-
-    /// Runs the planned restore and returns the counts to compare. `say` hears progress a
-    /// person must see (e.g. a node to unseal).
-    ///
-    /// # Errors
-    /// Load errors, a part that fails its check while it streams (exit 1).
-    async fn restore(
-        &mut self,
-        store: &dyn crate::store::ReadStore,
-        verified: &[crate::verify::Verified<'_>],
-        identities: &crate::pipeline::keys::Identities,
-        progress: &dyn crate::progress::Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
-    ) -> Result<RestoredCounts, SourceFailure>;
 }
 
 /// Describes a part before it is stored.

@@ -6,11 +6,11 @@ use super::restore::{self, Replicated, RestoreOptions};
 use super::{ChClient, ChTarget};
 use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part, TableCount};
-use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{self, Verified};
+use crate::engine::{
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify;
 
 /// ClickHouse flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -85,7 +85,6 @@ impl RestoreArgs {
                 },
                 clean: common.clean,
             },
-            plan: None,
         }))
     }
 }
@@ -96,7 +95,15 @@ pub struct ChSink {
     target: ChTarget,
     common: RestoreCommon,
     opts: RestoreOptions,
-    plan: Option<restore::Plan>,
+}
+
+/// A ClickHouse restore as planned: which databases and tables, in which order.
+struct ChPlanned {
+    client: ChClient,
+    target: ChTarget,
+    common: RestoreCommon,
+    opts: RestoreOptions,
+    plan: restore::Plan,
 }
 
 #[async_trait]
@@ -151,22 +158,14 @@ impl Sink for ChSink {
         Ok(vec![schema])
     }
 
-    fn rolls_back(&self, part: &Part) -> bool {
-        // Asked for the data parts after the plan: when every database is one the restore
-        // creates, a failure drops them again. The schema part is read before the plan.
-        part.format != PartFormat::ClickhouseSchema
-            && self.plan.as_ref().is_some_and(restore::Plan::rolls_back)
-    }
-
     async fn plan<'m>(
-        &mut self,
-        store: &dyn ReadStore,
-        manifest: &'m Manifest,
-        first: &[Verified<'m>],
-        identities: &Identities,
-        progress: &dyn Progress,
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
-        let schema = restore::read_schema(store, first[0], identities, progress).await?;
+        let manifest = first.manifest();
+        let schema =
+            restore::read_schema(ctx.store, first.lead(), ctx.identities, ctx.progress).await?;
         let plan = restore::plan(&self.client, manifest, &schema, &self.opts).await?;
         // Every part this restore loads is checked before the server is touched.
         let more_parts: Vec<&Part> = plan
@@ -188,32 +187,50 @@ impl Sink for ChSink {
             prompt: "This drops and recreates the tables marked above.".into(),
             word: "drop".into(),
         });
-        self.plan = Some(plan);
+        let ChSink {
+            client,
+            target,
+            common,
+            opts,
+        } = *self;
         Ok(RestorePlan {
             lines,
             confirm,
             more_parts,
+            restore: Box::new(ChPlanned {
+                client,
+                target,
+                common,
+                opts,
+                plan,
+            }),
         })
+    }
+}
+
+#[async_trait]
+impl Planned for ChPlanned {
+    fn rolls_back(&self, part: &Part) -> bool {
+        // When every database is one the restore creates, a failure drops them again. The
+        // schema part is read before the plan.
+        part.format != PartFormat::ClickhouseSchema && self.plan.rolls_back()
     }
 
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let plan = self.plan.as_ref().ok_or("restore before plan")?;
-        let manifest = verified[0].manifest();
+        let say = ctx.say;
+        let manifest = parts.manifest();
         let counts = restore::run(
             &self.client,
-            plan,
-            store,
-            verified,
-            identities,
+            &self.plan,
+            ctx.store,
+            parts.all(),
+            ctx.identities,
             &self.opts,
-            progress,
+            ctx.progress,
             say,
         )
         .await?;

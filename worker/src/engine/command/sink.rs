@@ -9,11 +9,11 @@ use sha2::Digest;
 use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part};
 use crate::engine::child::StdinChild;
-use crate::engine::{RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{open_plaintext, stream_withheld, Verified, VerifyError};
+use crate::engine::{
+    Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify::{open_plaintext, stream_withheld, VerifyError};
 
 /// Command flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -88,14 +88,11 @@ impl Sink for CommandSink {
     }
 
     async fn plan<'m>(
-        &mut self,
-        _store: &dyn ReadStore,
-        _manifest: &'m Manifest,
-        first: &[Verified<'m>],
-        _identities: &Identities,
-        _progress: &dyn Progress,
+        self: Box<Self>,
+        _ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
-        let part = first[0].part();
+        let part = first.lead().part();
         let to = match &self.destination {
             Destination::Stdout => "stdout".to_string(),
             Destination::Command(argv) => format!("the stdin of {}", argv[0]),
@@ -105,19 +102,22 @@ impl Sink for CommandSink {
                 "plan: write {} ({} bytes) to {to}",
                 part.name, part.plaintext_bytes
             )],
-            ..RestorePlan::default()
+            confirm: None,
+            more_parts: Vec::new(),
+            restore: self,
         })
     }
+}
 
+#[async_trait]
+impl Planned for CommandSink {
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let part = verified[0];
+        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
+        let part = parts.lead();
         let (manifest, meta) = (part.manifest(), part.part().clone());
         let expected =
             Some(manifest.facts.read::<super::Facts>()?.plaintext_sha256).filter(|s| !s.is_empty());

@@ -21,11 +21,11 @@ use serde_json::Value;
 
 use super::{apply_rank, discover_group, Resource};
 use crate::catalog::{Manifest, Part, PartFormat, TableCount};
-use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{self, open_plaintext, stream_withheld, Verified};
+use crate::engine::{
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify::{self, open_plaintext, stream_withheld};
 
 /// The finalizer that makes deleting an Argo CD Application delete its live resources.
 pub const ARGO_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
@@ -78,7 +78,6 @@ impl RestoreArgs {
             common: common.clone(),
             namespace_map: self.namespace_map.iter().cloned().collect(),
             client: None,
-            planned: Vec::new(),
         }))
     }
 }
@@ -89,7 +88,7 @@ enum Destination {
 }
 
 /// One object to apply, decided in the plan.
-struct Planned {
+struct Apply {
     /// The part (kind) it came from, for counting.
     part: String,
     object: Value,
@@ -104,7 +103,15 @@ pub struct KubernetesSink {
     common: RestoreCommon,
     namespace_map: BTreeMap<String, String>,
     client: Option<kube::Client>,
-    planned: Vec<Planned>,
+}
+
+/// A restore of Kubernetes objects as planned: each object looked up in the cluster (or
+/// none, for stdout).
+struct KubernetesPlanned {
+    destination: Destination,
+    common: RestoreCommon,
+    client: Option<kube::Client>,
+    objects: Vec<Apply>,
 }
 
 /// The YAML parts of a backup, in apply order.
@@ -196,31 +203,44 @@ impl Sink for KubernetesSink {
     }
 
     async fn plan<'m>(
-        &mut self,
-        store: &dyn ReadStore,
-        _manifest: &'m Manifest,
-        first: &[Verified<'m>],
-        identities: &Identities,
-        progress: &dyn Progress,
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let (store, identities, progress) = (ctx.store, ctx.identities, ctx.progress);
         let objects: u64 = first
+            .all()
             .iter()
             .flat_map(|v| &v.part().tables)
             .map(|t| t.rows)
             .sum();
-        let Some(client) = self.client.clone() else {
+        let KubernetesSink {
+            destination,
+            common,
+            namespace_map,
+            client,
+        } = *self;
+        let mut planned = KubernetesPlanned {
+            destination,
+            common,
+            client: client.clone(),
+            objects: Vec::new(),
+        };
+        let Some(client) = client else {
             return Ok(RestorePlan {
                 lines: vec![format!(
                     "plan: write {objects} object(s) of {} kind(s) to stdout in apply order: pipe into kubectl apply --server-side -f -",
-                    first.len()
+                    first.all().len()
                 )],
-                ..RestorePlan::default()
+                confirm: None,
+                more_parts: Vec::new(),
+                restore: Box::new(planned),
             });
         };
         // `first` is in apply order: it is `first_parts`, verified.
         let mut discovered: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
         let mut finalizers = 0;
-        for &v in first {
+        for &v in first.all() {
             let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
             let (plain, bar) = open_plaintext(store, v, identities, progress).await?;
             let yaml = tokio::task::spawn_blocking(move || {
@@ -247,7 +267,7 @@ impl Sink for KubernetesSink {
                 docs
             };
             for mut object in docs {
-                if prepare(&mut object, &self.namespace_map) {
+                if prepare(&mut object, &namespace_map) {
                     finalizers += 1;
                 }
                 let api_version = object["apiVersion"]
@@ -276,7 +296,7 @@ impl Sink for KubernetesSink {
                     Err(kube::Error::Api(s)) if s.code == 404 => false,
                     Err(e) => return Err(api_error(e, &format!("looking up {path}"))),
                 };
-                self.planned.push(Planned {
+                planned.objects.push(Apply {
                     part: v.part().name.clone(),
                     object,
                     path,
@@ -284,17 +304,17 @@ impl Sink for KubernetesSink {
                 });
             }
         }
-        let existing = self.planned.iter().filter(|p| p.exists).count();
+        let existing = planned.objects.iter().filter(|p| p.exists).count();
         let mut lines = vec![format!(
             "plan: apply {} object(s) with server-side apply (field manager {FIELD_MANAGER}): {} new, {existing} existing {}",
-            self.planned.len(),
-            self.planned.len() - existing,
-            if self.common.clean { "REPLACED (--clean)" } else { "skipped (--clean replaces them)" }
+            planned.objects.len(),
+            planned.objects.len() - existing,
+            if planned.common.clean { "REPLACED (--clean)" } else { "skipped (--clean replaces them)" }
         )];
         if finalizers > 0 {
             lines.push(format!("note: {finalizers} Argo CD Application(s) are restored without {ARGO_FINALIZER}, so deleting one never deletes live resources; add it back once the cluster is trusted"));
         }
-        let confirm = (self.common.clean && existing > 0).then(|| Confirm {
+        let confirm = (planned.common.clean && existing > 0).then(|| Confirm {
             what: format!("this restore replaces {existing} existing object(s)"),
             prompt: format!("This replaces {existing} object(s) that exist in the cluster."),
             word: "replace".into(),
@@ -303,21 +323,23 @@ impl Sink for KubernetesSink {
             lines,
             confirm,
             more_parts: Vec::new(),
+            restore: Box::new(planned),
         })
     }
+}
 
+#[async_trait]
+impl Planned for KubernetesPlanned {
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let manifest = verified[0].manifest();
+        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
+        let manifest = parts.manifest();
         let Some(client) = self.client.clone() else {
-            // In apply order: `verified` is `first_parts`, checked.
-            for v in verified {
+            // In apply order: `parts` is `first_parts`, checked.
+            for v in parts.all() {
                 let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
                 let (plain, bar) = open_plaintext(store, *v, identities, progress).await?;
                 tokio::task::spawn_blocking(move || {
@@ -343,7 +365,7 @@ impl Sink for KubernetesSink {
             });
         };
         let (mut applied, mut skipped) = (0usize, 0usize);
-        for p in &self.planned {
+        for p in &self.objects {
             if p.exists && !self.common.clean {
                 skipped += 1;
                 continue;
@@ -370,7 +392,7 @@ impl Sink for KubernetesSink {
         ));
         // Count what is there now, per kind, against the manifest.
         let mut present: BTreeMap<&str, u64> = BTreeMap::new();
-        for p in &self.planned {
+        for p in &self.objects {
             match client
                 .request_text(http::Request::get(&p.path).body(Vec::new())?)
                 .await

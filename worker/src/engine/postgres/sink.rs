@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use super::restore::{self, RestoreOptions};
 use super::PgTarget;
 use crate::catalog::{Manifest, Part, PartFormat, Section};
-use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{self, Verified};
+use crate::engine::{
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify;
 
 /// PostgreSQL flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -57,7 +57,15 @@ pub struct PgSink {
     opts: RestoreOptions,
     globals: bool,
     jobs: usize,
-    plan: Option<restore::RestorePlan>,
+}
+
+/// A PostgreSQL restore as planned: the target database and what is done to it.
+struct PgPlanned {
+    common: RestoreCommon,
+    to: PgTarget,
+    opts: RestoreOptions,
+    jobs: usize,
+    plan: restore::RestorePlan,
 }
 
 impl RestoreArgs {
@@ -81,7 +89,6 @@ impl RestoreArgs {
             },
             globals: self.globals,
             jobs: usize::from(self.jobs),
-            plan: None,
         }))
     }
 }
@@ -209,22 +216,16 @@ impl Sink for PgSink {
     }
 
     fn rolls_back(&self, part: &Part) -> bool {
-        // pg_restore --single-transaction, killed before the withheld last chunk when the
-        // part fails its check; a database the restore created is dropped again (the only
-        // kind a split backup restores into). The globals part (psql, roles outside any
-        // database) keeps its pass before.
-        part.format == PartFormat::PgDumpCustom && part.database.is_some()
+        rolls_back(part)
     }
 
     async fn plan<'m>(
-        &mut self,
-        _store: &dyn ReadStore,
-        manifest: &'m Manifest,
-        first: &[Verified<'m>],
-        _identities: &Identities,
-        _progress: &dyn Progress,
+        self: Box<Self>,
+        _ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
-        let lead = first[0].part();
+        let lead = first.lead().part();
+        let manifest = first.manifest();
         let plan = restore::plan(&self.to, lead, &self.opts).await?;
         let split: Vec<&'m Part> = match lead.section {
             None => Vec::new(),
@@ -274,46 +275,86 @@ impl Sink for PgSink {
                 self.jobs
             ));
         }
-        self.plan = Some(plan);
+        let PgSink {
+            common,
+            to,
+            opts,
+            jobs,
+            ..
+        } = *self;
         Ok(RestorePlan {
             lines,
             confirm,
             more_parts: split,
+            restore: Box::new(PgPlanned {
+                common,
+                to,
+                opts,
+                jobs,
+                plan,
+            }),
         })
+    }
+}
+
+#[async_trait]
+impl Planned for PgPlanned {
+    fn rolls_back(&self, part: &Part) -> bool {
+        rolls_back(part)
     }
 
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let plan = self.plan.as_ref().ok_or("restore before plan")?;
-        let part = verified[0];
-        if let Some(globals) = verified.iter().find(|v| v.part().format == PartFormat::Sql) {
+        let plan = &self.plan;
+        let part = parts.lead();
+        if let Some(globals) = parts
+            .all()
+            .iter()
+            .find(|v| v.part().format == PartFormat::Sql)
+        {
             let outcome = super::globals::restore(
-                &self.to, store, *globals, identities, &self.opts, progress,
+                &self.to,
+                ctx.store,
+                *globals,
+                ctx.identities,
+                &self.opts,
+                ctx.progress,
             )
             .await?;
-            say(&outcome.describe());
+            (ctx.say)(&outcome.describe());
         }
         let counts = if part.part().section.is_some() {
-            let mut split = Vec::new();
-            for v in verified {
-                if v.part().database == part.part().database && v.part().section.is_some() {
-                    split.push(*v);
-                }
-            }
+            let split: Vec<_> = parts
+                .all()
+                .iter()
+                .filter(|v| v.part().database == part.part().database && v.part().section.is_some())
+                .copied()
+                .collect();
             restore::run_split(
-                plan, store, &split, identities, &self.opts, self.jobs, progress,
+                plan,
+                ctx.store,
+                &split,
+                ctx.identities,
+                &self.opts,
+                self.jobs,
+                ctx.progress,
             )
             .await?
         } else {
-            restore::run(plan, store, part, identities, &self.opts, progress).await?
+            restore::run(
+                plan,
+                ctx.store,
+                part,
+                ctx.identities,
+                &self.opts,
+                ctx.progress,
+            )
+            .await?
         };
-        say(&format!(
+        (ctx.say)(&format!(
             "restored {} into {}",
             part.manifest().backup_ref(),
             plan.target
@@ -328,4 +369,12 @@ impl Sink for PgSink {
             rows: verify::compare_counts(&part.part().tables, &counts, self.common.max_diff),
         })
     }
+}
+
+/// pg_restore --single-transaction, killed before the withheld last chunk when the part
+/// fails its check; a database the restore created is dropped again (the only kind a split
+/// backup restores into). The globals part (psql, roles outside any database) keeps its
+/// pass before.
+fn rolls_back(part: &Part) -> bool {
+    part.format == PartFormat::PgDumpCustom && part.database.is_some()
 }

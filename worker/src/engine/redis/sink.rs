@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use super::source::Facts;
 use super::{primary, Conn, RedisTarget, ServerVersion};
 use crate::catalog::{Manifest, Part, PartFormat, TableCount};
-use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{self, open_plaintext, Verified};
+use crate::engine::{
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify::{self, open_plaintext};
 
 /// Redis flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -125,13 +125,11 @@ impl Sink for RedisSink {
     }
 
     async fn plan<'m>(
-        &mut self,
-        _store: &dyn ReadStore,
-        manifest: &'m Manifest,
-        _first: &[Verified<'m>],
-        _identities: &Identities,
-        _progress: &dyn Progress,
+        self: Box<Self>,
+        _ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let manifest = first.manifest();
         let server = self.server.clone().ok_or("plan before probe")?;
         let facts: Facts = manifest.facts.read()?;
         super::check_rdb_compatible(facts.rdb_version, &server)?;
@@ -157,18 +155,20 @@ impl Sink for RedisSink {
                 word: "replace".into(),
             }),
             more_parts: Vec::new(),
+            restore: self,
         })
     }
+}
 
+#[async_trait]
+impl Planned for RedisSink {
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let part = verified[0];
+        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
+        let part = parts.lead();
         let (manifest, meta) = (part.manifest(), part.part().clone());
         let backup = manifest.backup_ref().to_string();
         let (plain, bar) = open_plaintext(store, part, identities, progress).await?;

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use super::restore::{self, RestoreOptions};
 use super::{snapshot_part, Token, VaultClient, VaultError, VaultTarget};
 use crate::catalog::{Manifest, Part};
-use crate::engine::{Confirm, RestoreCommon, RestorePlan, RestoredCounts, Sink, SourceFailure};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{self, Verified};
+use crate::engine::{
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
+};
+use crate::verify;
 
 /// Vault/OpenBao flags of `kubectl dr restore`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,7 +59,14 @@ pub struct VaultSink {
     token: Token,
     restored_token: Token,
     opts: RestoreOptions,
-    plan: Option<restore::RestorePlan>,
+}
+
+/// A Vault restore as planned: the active node found and checked.
+struct VaultPlanned {
+    common: RestoreCommon,
+    restored_token: Token,
+    opts: RestoreOptions,
+    plan: restore::RestorePlan,
 }
 
 impl RestoreArgs {
@@ -88,7 +95,6 @@ impl RestoreArgs {
                 force: self.force,
                 wait: self.wait.into(),
             },
-            plan: None,
         }))
     }
 }
@@ -121,13 +127,11 @@ impl Sink for VaultSink {
     }
 
     async fn plan<'m>(
-        &mut self,
-        _store: &dyn ReadStore,
-        manifest: &'m Manifest,
-        _first: &[Verified<'m>],
-        _identities: &Identities,
-        _progress: &dyn Progress,
+        self: Box<Self>,
+        _ctx: RestoreCtx<'_>,
+        first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
+        let manifest = first.manifest();
         let plan = restore::plan(&self.target, self.token.clone(), manifest).await?;
         let mut lines = vec![format!("plan: {}", plan.describe())];
         if plan.other_cluster() {
@@ -142,30 +146,52 @@ impl Sink for VaultSink {
         }
         let target = &self.target;
         let host = target.addr.host_str().unwrap_or("vault").to_string();
-        self.plan = Some(plan);
+        let confirm = Some(Confirm {
+            what: format!("this restore replaces all data of Vault at {target}"),
+            prompt: format!("This replaces ALL data of Vault at {target} with the backup."),
+            word: host,
+        });
+        let VaultSink {
+            common,
+            restored_token,
+            opts,
+            ..
+        } = *self;
         Ok(RestorePlan {
             lines,
-            confirm: Some(Confirm {
-                what: format!("this restore replaces all data of Vault at {target}"),
-                prompt: format!("This replaces ALL data of Vault at {target} with the backup."),
-                word: host,
-            }),
+            confirm,
             more_parts: Vec::new(),
+            restore: Box::new(VaultPlanned {
+                common,
+                restored_token,
+                opts,
+                plan,
+            }),
         })
     }
+}
 
+#[async_trait]
+impl Planned for VaultPlanned {
     async fn restore(
-        &mut self,
-        store: &dyn ReadStore,
-        verified: &[Verified<'_>],
-        identities: &Identities,
-        progress: &dyn Progress,
-        say: &(dyn for<'s> Fn(&'s str) + Sync),
+        self: Box<Self>,
+        ctx: RestoreCtx<'_>,
+        parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let plan = self.plan.as_ref().ok_or("restore before plan")?;
-        let part = verified[0];
+        let plan = &self.plan;
+        let part = parts.lead();
         let manifest = part.manifest();
-        restore::run(plan, store, part, identities, &self.opts, progress, say).await?;
+        restore::run(
+            plan,
+            ctx.store,
+            part,
+            ctx.identities,
+            &self.opts,
+            ctx.progress,
+            ctx.say,
+        )
+        .await?;
+        let say = ctx.say;
         say(&format!(
             "restored {} into {}",
             manifest.backup_ref(),
