@@ -267,6 +267,8 @@ pub fn outcome_code(err: &anyhow::Error) -> u8 {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let is_check = |c: &(dyn std::error::Error + 'static)| {
         c.downcast_ref::<CheckFailed>().is_some()
+            || c.downcast_ref::<crate::rebuild::RunError>()
+                .is_some_and(crate::rebuild::RunError::is_check_failure)
             || c.downcast_ref::<VerifyError>()
                 .is_some_and(VerifyError::is_check_failure)
             || c.downcast_ref::<CatalogError>()

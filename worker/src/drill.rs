@@ -12,41 +12,17 @@
 
 use std::time::Instant;
 
-use crate::catalog::{Engine, Manifest, PartFormat};
-use crate::engine::registry::RestoreFlags;
-use crate::engine::{clickhouse, postgres, redis, RestoredCounts, SourceFailure};
+use crate::catalog::Manifest;
+use crate::engine::registry::{self, RestoreFlags};
+use crate::engine::scratch::both;
+use crate::engine::{RestoreCtx, RestoredCounts, RunKind, SourceFailure};
 use crate::pipeline::keys::Identities;
 use crate::progress::NoProgress;
-use crate::rebuild::{self, Checked, Destinations, Step};
+use crate::rebuild::{Destinations, Run};
 use crate::store::ReadStore;
 use crate::verify::{self, MaxDiff};
 
 pub use crate::engine::scratch::{check_scratch_name, scratch_name, SUFFIX};
-
-/// `url` (a server without a database) naming the scratch database `scratch`, which is
-/// percent-encoded: a `%` or `/` in a database name must not make the URL name another
-/// database. The URL is read back to prove it names exactly the database claimed.
-///
-/// # Errors
-/// A URL that does not parse, or that would name another database.
-fn scratch_url(url: &str, scratch: &str) -> Result<String, SourceFailure> {
-    let mut out = url::Url::parse(url)?;
-    out.path_segments_mut()
-        .map_err(|()| format!("{url} cannot name a database"))?
-        .clear()
-        .push(scratch);
-    let named = postgres::PgTarget::from_url(out.as_str())?.dbname;
-    if named.as_deref() != Some(scratch) {
-        return Err(format!(
-            "the scratch URL names database {named:?}, not {scratch:?}, the one the drill claimed; nothing was restored"
-        )
-        .into());
-    }
-    Ok(out.to_string())
-}
-
-/// The engines the drill restores into scratch destinations.
-pub const RESTORED: &[Engine] = &[Engine::Postgres, Engine::Clickhouse, Engine::Redis];
 
 /// How one target's drill ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -118,7 +94,7 @@ impl Drill<'_> {
         let to = self
             .destinations
             .of(&b)
-            .filter(|_| RESTORED.contains(&manifest.engine));
+            .filter(|_| registry::drills(&manifest.engine));
         let to_scratch = to.is_some();
         let outcome = match to {
             Some(url) => self.restore(manifest, url).await,
@@ -167,13 +143,16 @@ impl Drill<'_> {
                 }
             }
             Err(e) => {
-                let e = anyhow::Error::from_boxed(e);
-                let verdict = if crate::cli::exit_code(&e) == 1 {
+                let verdict = if verify::is_check_failure(&*e) {
                     Verdict::Damaged
                 } else {
                     Verdict::Failed
                 };
-                (verdict, format!("{e:#}"), Vec::new())
+                (
+                    verdict,
+                    format!("{:#}", anyhow::Error::from_boxed(e)),
+                    Vec::new(),
+                )
             }
         };
         Report {
@@ -204,169 +183,54 @@ impl Drill<'_> {
         Ok(())
     }
 
+    fn ctx(&self) -> RestoreCtx<'_> {
+        RestoreCtx {
+            store: self.store,
+            identities: self.identities,
+            progress: &NoProgress,
+            say: &log,
+        }
+    }
+
+    /// Every part checked, then each step its engine names restored into its scratch
+    /// destination, claimed before and released after it whatever happened.
     async fn restore(
         &self,
         manifest: &Manifest,
         url: &str,
     ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        let mut checked = Checked::default();
-        checked
+        let ctx = self.ctx();
+        crate::rebuild::Checked::default()
             .whole_backup(self.store, manifest, self.identities, &NoProgress, &log)
             .await?;
-        match manifest.engine {
-            Engine::Postgres => self.postgres(manifest, url, &mut checked).await,
-            Engine::Clickhouse => self.clickhouse(manifest, url, &mut checked).await,
-            Engine::Redis => self.redis(manifest, url, &mut checked).await,
-            _ => unreachable!("only RESTORED engines get a destination"),
-        }
-    }
-
-    /// Runs one step on its scratch destination.
-    async fn step<'m>(
-        &self,
-        step: Step<'m>,
-        flags: &RestoreFlags,
-        checked: &mut Checked<'m>,
-    ) -> Result<RestoredCounts, SourceFailure> {
-        let common = step.common(false, self.max_diff);
-        let mut sink = flags.build(&step.manifest.engine, &common)?;
-        sink.probe(step.manifest).await?;
-        let ctx = crate::engine::RestoreCtx {
-            store: self.store,
-            identities: self.identities,
-            progress: &NoProgress,
-            say: &log,
-        };
-        let prepared = rebuild::prepare(step, sink, checked, ctx).await?;
-        prepared.run(ctx).await
-    }
-
-    async fn postgres<'m>(
-        &self,
-        manifest: &'m Manifest,
-        url: &str,
-        checked: &mut Checked<'m>,
-    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        let server = postgres::PgTarget::from_url(url)?;
-        if let Some(db) = &server.dbname {
-            return Err(format!(
-                "the drill's PostgreSQL destination names database {db:?}; it restores only into scratch databases it names itself (<database>{SUFFIX}): give the server without a database (postgres://user@host:5432)"
-            )
-            .into());
-        }
         let mut out = Vec::new();
-        for db in manifest.databases() {
-            let scratch = scratch_name(db);
-            postgres::scratch::claim(&server, &scratch).await?;
-            let scratch_url = scratch_url(url, &scratch)?;
-            let step = Step {
-                manifest,
-                database: Some(db.to_string()),
-                to: scratch_url.to_string(),
-                globals: false,
+        for mut scratch in registry::drill_steps(manifest, url, self.flags, ctx).await? {
+            let counts = match scratch.claim.claim().await {
+                Ok(()) => self.step(scratch.step, &scratch.flags).await,
+                Err(e) => Err(e),
             };
-            let flags = step.flags(self.flags);
-            let result = self.step(step, &flags, checked).await;
-            let dropped = postgres::scratch::release(&server, &scratch).await;
-            out.push(both(result, dropped)?);
+            let released = scratch.claim.release().await;
+            out.push(both(counts, released)?);
         }
         Ok(out)
     }
 
-    async fn clickhouse<'m>(
+    /// Runs one step on its scratch destination, with the flags its engine chose.
+    async fn step(
         &self,
-        manifest: &'m Manifest,
-        url: &str,
-        checked: &mut Checked<'m>,
-    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        let target = clickhouse::ChTarget::from_url(url)?;
-        let client = clickhouse::ChClient::new(&target)?;
-        let schema_part = manifest
-            .part_of(&PartFormat::ClickhouseSchema)
-            .ok_or_else(|| format!("backup {} has no schema part", manifest.backup_ref()))?;
-        let schema_v = checked
-            .get(self.store, manifest, schema_part, &NoProgress, &log)
-            .await?;
-        // Every database of the schema gets its scratch name, empty ones too: nothing may
-        // be created under a real name.
-        let schema =
-            clickhouse::restore::read_schema(self.store, schema_v, self.identities, &NoProgress)
-                .await?;
-        let mut flags = self.flags.clone();
-        flags.clickhouse.database_map = schema
-            .databases
-            .iter()
-            .map(|d| (d.name.clone(), scratch_name(&d.name)))
-            .collect();
-        if flags.clickhouse.replicated.is_none() {
-            flags.clickhouse.replicated = Some(clickhouse::sink::ReplicatedArg::Convert);
-        }
-        let mut claimed = Vec::new();
-        let mut result = Ok(());
-        for (_, scratch) in &flags.clickhouse.database_map {
-            result = clickhouse::scratch::claim(&client, scratch).await;
-            if result.is_err() {
-                break;
-            }
-            claimed.push(scratch.clone());
-        }
-        let counts = match result {
-            Ok(()) => {
-                let step = Step {
-                    manifest,
-                    database: None,
-                    to: url.to_string(),
-                    globals: false,
-                };
-                self.step(step, &flags, checked).await
-            }
-            Err(e) => Err(e),
+        step: crate::engine::Step<'_>,
+        flags: &RestoreFlags,
+    ) -> Result<RestoredCounts, SourceFailure> {
+        let run = Run {
+            ctx: self.ctx(),
+            flags,
+            clean: false,
+            max_diff: self.max_diff,
+            kind: RunKind::Drill,
         };
-        let mut dropped = Ok(());
-        for scratch in &claimed {
-            dropped = both(
-                dropped,
-                clickhouse::scratch::release(&client, scratch).await,
-            );
-        }
-        Ok(vec![both(counts, dropped)?])
-    }
-
-    async fn redis<'m>(
-        &self,
-        manifest: &'m Manifest,
-        url: &str,
-        checked: &mut Checked<'m>,
-    ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        let target = redis::RedisTarget::from_url(url)?;
-        redis::scratch::claim(&target).await?;
-        let step = Step {
-            manifest,
-            database: None,
-            to: url.to_string(),
-            globals: false,
-        };
-        let result = self.step(step, self.flags, checked).await;
-        let emptied = redis::scratch::release(&target).await;
-        Ok(vec![both(result, emptied)?])
-    }
-}
-
-/// The outcome of a step and of the cleanup after it: the step's error first (it decides
-/// the verdict), and a failed cleanup is never lost: logged beside a step error, returned
-/// alone otherwise (a scratch database left behind fails the drill).
-fn both<T>(
-    step: Result<T, SourceFailure>,
-    cleanup: Result<(), SourceFailure>,
-) -> Result<T, SourceFailure> {
-    match (step, cleanup) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Ok(_), Err(c)) => Err(c),
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(c)) => {
-            tracing::error!(error = %c, "cleaning up after a failed drill step failed too; drop the scratch database by hand");
-            Err(e)
-        }
+        let mut prepared = run.prepare(vec![(0, step)], 1, false).await?;
+        let (_, p) = prepared.pop().expect("one step prepared");
+        p.run(run.ctx).await
     }
 }
 
@@ -423,15 +287,5 @@ mod tests {
             assert!(check_scratch_name(bad).is_err(), "{bad} accepted");
         }
         assert_eq!(scratch_name("signoz_logs"), "signoz_logs__drill");
-    }
-
-    #[test]
-    fn scratch_urls_name_exactly_the_claimed_database() {
-        for db in ["app", "q%61", "a/b", "x?y#z", "sp ace", "ünï"] {
-            let scratch = scratch_name(db);
-            let url = scratch_url("postgres://u@127.0.0.1:5432", &scratch).unwrap();
-            let named = postgres::PgTarget::from_url(&url).unwrap().dbname;
-            assert_eq!(named.as_deref(), Some(scratch.as_str()), "{db}: {url}");
-        }
     }
 }

@@ -143,11 +143,7 @@ struct DrillArgs {
     #[command(flatten)]
     signers: cli::SignerArgs,
     #[command(flatten)]
-    postgres: drkit::engine::postgres::sink::RestoreArgs,
-    #[command(flatten)]
-    clickhouse: drkit::engine::clickhouse::sink::RestoreArgs,
-    #[command(flatten)]
-    redis: drkit::engine::redis::sink::RestoreArgs,
+    engines: drkit::engine::registry::DrillFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -287,9 +283,14 @@ async fn drill(
     gateway: Option<&Pushgateway>,
 ) -> anyhow::Result<()> {
     use drkit::drill::{self, Verdict};
+    use drkit::engine::registry;
+    let flags = registry::RestoreFlags::from(args.engines.clone());
+    let refused = flags.not_for_drill();
     anyhow::ensure!(
-        !args.postgres.globals && args.clickhouse.database_map.is_empty(),
-        "--globals and --database-map do not apply to a drill: it restores no roles, and names its scratch databases itself (<database>__drill)"
+        refused.is_empty(),
+        "{} {} not apply to a drill: it restores no roles, and names its scratch databases itself (<database>__drill)",
+        refused.join(" and "),
+        if refused.len() == 1 { "does" } else { "do" }
     );
     let identities = args.identity.require()?;
     let trust = args.signers.enforced()?;
@@ -297,12 +298,11 @@ async fn drill(
     for entry in &args.to {
         destinations.add(entry)?;
     }
-    if let Some(e) = destinations
-        .engines()
-        .find(|e| !drill::RESTORED.contains(e))
-    {
+    if let Some(e) = destinations.engines().find(|e| !registry::drills(e)) {
         anyhow::bail!(
-            "--to {e}=…: the drill restores PostgreSQL, ClickHouse and Redis into scratch destinations; {e} backups get their integrity and content checks (a Vault snapshot restore would need the backed-up cluster's unseal keys, which a CronJob must not hold)"
+            "--to {e}=…: the drill restores {} into scratch destinations; {e} backups get their integrity and content checks ({})",
+            registry::drilled_names(),
+            registry::no_drill_reason(e)
         );
     }
     let filter = drkit::catalog::Filter {
@@ -317,12 +317,6 @@ async fn drill(
     }
     let store = store.open().await?;
     let manifests = drkit::rebuild::latest_backups(store.as_ref(), &filter, None, &trust).await?;
-    let flags = drkit::engine::registry::RestoreFlags {
-        postgres: args.postgres.clone(),
-        clickhouse: args.clickhouse.clone(),
-        redis: args.redis.clone(),
-        ..Default::default()
-    };
     let drill = drill::Drill {
         store: store.as_ref(),
         identities: &identities,

@@ -162,6 +162,18 @@ impl VerifyError {
     }
 }
 
+/// True when an error chain (an engine's boxed error, say) holds a failed check of the
+/// backup itself: a damaged part found while it streamed, a manifest that fails its
+/// signature (exit 1), rather than operational trouble (exit 2).
+pub fn is_check_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|c| {
+        c.downcast_ref::<VerifyError>()
+            .is_some_and(VerifyError::is_check_failure)
+            || c.downcast_ref::<crate::catalog::CatalogError>()
+                .is_some_and(crate::catalog::CatalogError::is_check_failure)
+    })
+}
+
 /// A check of a part's plaintext that `verify --identity` runs after decrypting it, for
 /// formats that can prove their own consistency; `Err` says what is wrong. It gets the
 /// manifest's `facts` (e.g. a recorded plaintext sha256) and the part's recorded counts.

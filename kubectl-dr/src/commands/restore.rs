@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use drkit::catalog::{self, Engine, Manifest, Trust};
 use drkit::cli::{CheckFailed, IdentityArgs, SignerArgs, StoreArgs};
-use drkit::engine::registry::{engine_of_url, RestoreFlags};
-use drkit::engine::RestoreCommon;
+use drkit::engine::registry::{self, engine_of_url, RestoreFlags};
+use drkit::engine::{RestoreCtx, RestoredCounts, RunKind};
 use drkit::progress::Progress;
-use drkit::rebuild;
+use drkit::rebuild::{Observer, Run, Step};
 use drkit::store::ReadStore;
 use drkit::verify::MaxDiff;
 
@@ -259,74 +258,55 @@ impl RestoreCmd {
             filter.engine = engine_of_url(&self.single_to()?).map(|e| e.to_string());
         }
         let manifest = catalog::resolve(store, self.selector(), &filter, &trust).await?;
-        let common = RestoreCommon {
-            to: self.single_to()?,
-            database: self.database.clone(),
-            clean: self.clean,
-            max_diff: self.max_diff.unwrap_or_default(),
-        };
-        let mut sink = self
-            .engines
-            .sink(&manifest.engine, &common)
-            .map_err(anyhow::Error::from_boxed)?;
-        // The server first: a typo in --to must not cost a full integrity pass.
-        sink.probe(&manifest)
-            .await
-            .map_err(anyhow::Error::from_boxed)
-            .with_context(|| format!("checking --to {} before restoring", common.to))?;
-        let step = rebuild::Step {
+        let max_diff = self.max_diff.unwrap_or_default();
+        let step = Step {
             manifest: &manifest,
-            database: self.database.clone(),
-            to: common.to.clone(),
-            globals: self.engines.postgres.globals,
+            scope: self.database.clone(),
+            to: self.single_to()?,
+            first: true,
         };
         let say = |m: &str| eprintln!("{m}");
-        let mut checked = rebuild::Checked::default();
-        let prepared = rebuild::prepare(
-            step,
-            sink,
-            &mut checked,
-            drkit::engine::RestoreCtx {
+        let run = Run {
+            ctx: RestoreCtx {
                 store,
                 identities: &identities,
                 progress,
                 say: &say,
             },
-        )
-        .await
-        .map_err(anyhow::Error::from_boxed)?;
-        for line in &prepared.lines {
-            eprintln!("{line}");
+            flags: &self.engines,
+            clean: self.clean,
+            max_diff,
+            kind: RunKind::Single,
+        };
+        // The server first (a typo in --to must not cost a full integrity pass), then the
+        // parts the engine needs, its plan.
+        let prepared = run.prepare(vec![(0, step)], 1, false).await?;
+        for (_, p) in &prepared {
+            for line in &p.lines {
+                eprintln!("{line}");
+            }
         }
         if self.dry_run {
             eprintln!("dry run: backup verified, target inspected, nothing changed");
             return Ok(());
         }
-        if let Some(c) = &prepared.confirm {
-            if !self.yes {
-                super::confirm(&c.what, &c.prompt, &c.word)?;
+        for (_, p) in &prepared {
+            if let Some(c) = &p.confirm {
+                if !self.yes {
+                    super::confirm(&c.what, &c.prompt, &c.word)?;
+                }
             }
         }
-        let counts = prepared
-            .run(drkit::engine::RestoreCtx {
-                store,
-                identities: &identities,
-                progress,
-                say: &say,
-            })
-            .await
-            .map_err(anyhow::Error::from_boxed)?;
-        if counts.rows.is_empty() {
+        let mut counts = Counts {
+            max_diff,
+            report: None,
+        };
+        let outcome = run.execute(prepared, 1, None, &mut counts).await;
+        let Some(report) = counts.report else {
             // Nothing to compare (command backups: their size and sha256 were checked as
-            // the stream ended); stdout may be the restored data itself.
-            return Ok(());
-        }
-        let report = DatabaseCounts::new(
-            &counts.heading,
-            counts.against,
-            common.max_diff,
-            counts.rows,
-        );
+            // the stream ended; stdout may be the restored data itself), or a failed step.
+            return Ok(outcome?);
+        };
         self.report(&manifest, &report)
     }
 
@@ -350,23 +330,13 @@ impl RestoreCmd {
     async fn in_cluster(&self, store: &StoreArgs, trust: &Trust) -> anyhow::Result<()> {
         let to = self.single_to()?;
         let to = to.as_str();
-        let engine = match (
-            self.filter.filter()?.engine,
-            to.split_once("://").map(|(s, _)| s),
-        ) {
-            (Some(e), _) => Engine::from(e.as_str()),
-            (None, Some("postgres" | "postgresql")) => Engine::Postgres,
-            _ => anyhow::bail!("cannot tell the engine from --to {}; pass --engine", to),
+        let engine = match self.filter.filter()?.engine {
+            Some(e) => Engine::from(e.as_str()),
+            None => engine_of_url(to).ok_or_else(|| {
+                anyhow::anyhow!("cannot tell the engine from --to {to}; pass --engine")
+            })?,
         };
-        anyhow::ensure!(
-            engine == Engine::Postgres,
-            "--in-cluster restores PostgreSQL; restore {engine} from your workstation ({})",
-            if engine == Engine::Vault {
-                "a Vault restore needs the new cluster's root token and, after --force, a person to unseal"
-            } else {
-                "it streams over the server's HTTP port, which works as well from outside"
-            }
-        );
+        registry::in_cluster(&engine).map_err(anyhow::Error::msg)?;
         let identity_path = self.identity.identity.as_ref().expect("required above");
         let identity = std::fs::read(identity_path)?;
         let args = Forwarded::of(self, engine.as_str(), store.store.clone(), trust).to_args();
@@ -414,6 +384,32 @@ impl RestoreCmd {
     }
 }
 
+/// Keeps the count comparison of a single restore, to print once it ended.
+struct Counts {
+    max_diff: MaxDiff,
+    report: Option<DatabaseCounts>,
+}
+
+impl Observer for Counts {
+    fn restored(
+        &mut self,
+        _index: usize,
+        _step: &Step<'_>,
+        _seconds: f64,
+        counts: &RestoredCounts,
+        _ok: bool,
+    ) {
+        if !counts.rows.is_empty() {
+            self.report = Some(DatabaseCounts::new(
+                &counts.heading,
+                counts.against.clone(),
+                self.max_diff,
+                counts.rows.clone(),
+            ));
+        }
+    }
+}
+
 /// What an in-cluster restore Job runs `kubectl-dr restore` with (the Job adds the mounted
 /// identity and `--yes`): a typed value that writes itself as argv, checked against the
 /// parser by a round-trip test, so forwarded flags cannot drift from the command's own.
@@ -427,9 +423,8 @@ struct Forwarded {
     store: Option<String>,
     max_diff: MaxDiff,
     clean: bool,
-    keep_owners: bool,
-    globals: bool,
-    jobs: u16,
+    /// The engine's own flags, as its registry entry forwards them.
+    engine_args: Vec<String>,
     dry_run: bool,
     /// The trusted keys as key lines (a `.pub` path on this machine means nothing in a Job).
     signers: Vec<String>,
@@ -447,9 +442,7 @@ impl Forwarded {
             store,
             max_diff: cmd.max_diff.unwrap_or_default(),
             clean: cmd.clean,
-            keep_owners: cmd.engines.postgres.keep_owners,
-            globals: cmd.engines.postgres.globals,
-            jobs: cmd.engines.postgres.jobs,
+            engine_args: cmd.engines.forwarded(&Engine::from(engine)),
             dry_run: cmd.dry_run,
             signers: trust.signers.key_lines(),
             allow_unsigned: trust.allow_unsigned,
@@ -465,9 +458,8 @@ impl Forwarded {
             self.engine.clone(),
             "--max-diff".into(),
             self.max_diff.to_arg(),
-            "--jobs".into(),
-            self.jobs.to_string(),
         ];
+        args.extend(self.engine_args.iter().cloned());
         for (flag, value) in [
             ("--target", &self.target),
             ("--database", &self.database),
@@ -479,8 +471,6 @@ impl Forwarded {
         }
         for (flag, on) in [
             ("--clean", self.clean),
-            ("--keep-owners", self.keep_owners),
-            ("--globals", self.globals),
             ("--dry-run", self.dry_run),
             ("--allow-unsigned", self.allow_unsigned),
         ] {
@@ -532,9 +522,12 @@ mod tests {
                 store: Some("s3://backups/cluster-a".into()),
                 max_diff: MaxDiff::Percent(10.0),
                 clean: true,
-                keep_owners: true,
-                globals: true,
-                jobs: 4,
+                engine_args: vec![
+                    "--jobs".into(),
+                    "4".into(),
+                    "--keep-owners".into(),
+                    "--globals".into(),
+                ],
                 dry_run: true,
                 signers: vec![
                     "RWTWv4k1QdayQhD1oKUZfejZxKfQwbHh8yDJW21yOdwiGNAsaaTFWmE/".into(),
@@ -551,9 +544,7 @@ mod tests {
                 store: None,
                 max_diff: MaxDiff::Rows(250),
                 clean: false,
-                keep_owners: false,
-                globals: false,
-                jobs: 1,
+                engine_args: vec!["--jobs".into(), "1".into()],
                 dry_run: false,
                 signers: Vec::new(),
                 allow_unsigned: true,

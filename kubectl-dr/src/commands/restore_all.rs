@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use drkit::catalog::{self, BackupRef, Engine, Manifest};
-use drkit::cli::{CheckFailed, StoreArgs};
+use drkit::catalog::{self, Manifest};
+use drkit::cli::StoreArgs;
+use drkit::engine::{RestoreCtx, RestoredCounts, RunKind};
 use drkit::progress::Progress;
-use drkit::rebuild::{self, Checked, Destinations, Prepared, Step};
+use drkit::rebuild::state::{read_small_file, StateFile};
+use drkit::rebuild::{self, Destinations, Observer, Run, Step};
 use drkit::store::ReadStore;
 use drkit::verify::MaxDiff;
 use serde::{Deserialize, Serialize};
@@ -67,41 +69,9 @@ where
     d.deserialize_map(Unique)
 }
 
-/// Largest plan or state file read: both are a few kilobytes; a bigger one is a mistake
-/// (`--plan /dev/zero`) and must not exhaust memory.
-const MAX_SMALL_FILE: u64 = 1024 * 1024;
 /// Deepest `[`/`{` nesting accepted in a plan file (it needs two): the YAML parser takes
 /// minutes on a hostile nesting of thousands.
 const MAX_PLAN_NESTING: usize = 32;
-
-/// Reads a small regular file whole: a device, FIFO or directory is refused before it is
-/// opened, and at most [`MAX_SMALL_FILE`] bytes are read.
-fn read_small_file(path: &Path, what: &str) -> anyhow::Result<String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    anyhow::ensure!(
-        meta.is_file(),
-        "the {what} {} is not a regular file",
-        path.display()
-    );
-    anyhow::ensure!(
-        meta.len() <= MAX_SMALL_FILE,
-        "the {what} {} is {} bytes, over the {MAX_SMALL_FILE}-byte limit",
-        path.display(),
-        meta.len()
-    );
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SMALL_FILE + 1).read_to_string(&mut text))
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    anyhow::ensure!(
-        text.len() as u64 <= MAX_SMALL_FILE,
-        "the {what} {} grew past the {MAX_SMALL_FILE}-byte limit while it was read",
-        path.display()
-    );
-    Ok(text)
-}
 
 /// The deepest flow-collection nesting of YAML text (an overestimate: brackets in
 /// strings count too, which real plans do not nest).
@@ -152,120 +122,6 @@ pub fn parse_before(text: &str) -> Result<DateTime<Utc>, String> {
     Err(format!(
         "{text:?}: expected an RFC 3339 time (2026-11-22T02:00:00Z), a date (2026-11-22) or a duration ago (36h)"
     ))
-}
-
-/// What `--resume` needs: the backups the run chose (a resumed run restores the same ones,
-/// whatever was backed up since) and the steps already verified.
-#[derive(Debug, Serialize, Deserialize)]
-struct State {
-    version: u32,
-    store: String,
-    started_at: DateTime<Utc>,
-    backups: Vec<String>,
-    done: Vec<DoneStep>,
-    #[serde(default)]
-    failed: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DoneStep {
-    step: String,
-    destination: String,
-    stored_bytes: u64,
-    seconds: f64,
-    finished_at: DateTime<Utc>,
-    tables: usize,
-}
-
-impl State {
-    fn load(path: &Path) -> anyhow::Result<State> {
-        let text = read_small_file(path, "state file").with_context(|| {
-            "--resume continues a run started with --all from this directory; pass --state to name another file"
-        })?;
-        let state: State = serde_json::from_str(&text)
-            .with_context(|| format!("the state file {} does not parse", path.display()))?;
-        anyhow::ensure!(
-            state.version == 1,
-            "the state file {} has version {}, not 1",
-            path.display(),
-            state.version
-        );
-        let twice = |items: Vec<&str>| {
-            let mut seen = std::collections::BTreeSet::new();
-            items
-                .into_iter()
-                .find(|i| !seen.insert(*i))
-                .map(str::to_string)
-        };
-        if let Some(b) = twice(state.backups.iter().map(String::as_str).collect()) {
-            anyhow::bail!(
-                "the state file {} lists backup {b} twice: it was altered; remove it to start over",
-                path.display()
-            );
-        }
-        if let Some(step) = twice(state.done.iter().map(|d| d.step.as_str()).collect()) {
-            anyhow::bail!(
-                "the state file {} marks step {step} done twice: it was altered; remove it to start over",
-                path.display()
-            );
-        }
-        Ok(state)
-    }
-
-    /// Refuses a state whose done steps are not steps of this run (a step that never ran
-    /// must not be reported verified), or were verified into another destination.
-    fn check_done(&self, steps: &[Step<'_>], path: &Path) -> anyhow::Result<()> {
-        for d in &self.done {
-            let Some(step) = steps.iter().find(|s| s.key() == d.step) else {
-                anyhow::bail!(
-                    "the state file {} marks step {} done, but it is no step of the run's backups ({}): it was altered or belongs to another run; remove it to start over",
-                    path.display(),
-                    d.step,
-                    self.backups.join(", ")
-                );
-            };
-            anyhow::ensure!(
-                step.shown_to() == d.destination,
-                "the state file {} says step {} was verified into {}, but this run restores it to {}; remove the file to start over, or give the same destinations",
-                path.display(),
-                d.step,
-                d.destination,
-                step.shown_to()
-            );
-            anyhow::ensure!(
-                d.finished_at >= self.started_at && d.finished_at <= Utc::now(),
-                "the state file {} dates step {} outside its run ({}): it was altered; remove it to start over",
-                path.display(),
-                d.step,
-                d.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
-        }
-        Ok(())
-    }
-
-    /// Written next to itself and renamed, so a crash never leaves half a file.
-    fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .with_context(|| format!("writing the state file {}", path.display()))
-    }
-
-    fn done(&self, key: &str) -> Option<&DoneStep> {
-        self.done.iter().find(|d| d.step == key)
-    }
-}
-
-fn parse_ref(text: &str) -> anyhow::Result<BackupRef> {
-    let mut it = text.splitn(3, '/');
-    match (it.next(), it.next(), it.next()) {
-        (Some(engine), Some(target), Some(id)) => Ok(BackupRef {
-            engine: engine.to_string(),
-            target: target.to_string(),
-            id: id.parse()?,
-        }),
-        _ => anyhow::bail!("{text:?} is not ENGINE/TARGET/ID"),
-    }
 }
 
 /// One row of the summary.
@@ -360,6 +216,67 @@ fn short_seconds(s: f64) -> String {
     }
 }
 
+/// Prints each step of the run as it goes and keeps its row of the summary.
+struct Printer<'r> {
+    total: usize,
+    max_diff: MaxDiff,
+    reports: &'r mut [StepReport],
+}
+
+impl Observer for Printer<'_> {
+    fn started(&mut self, index: usize, step: &Step<'_>) {
+        eprintln!(
+            "==> step {}/{}: {} → {} ({})",
+            index + 1,
+            self.total,
+            step.key(),
+            step.shown_to(),
+            output::human_bytes(step.stored_bytes())
+        );
+    }
+
+    fn restored(
+        &mut self,
+        index: usize,
+        step: &Step<'_>,
+        seconds: f64,
+        counts: &RestoredCounts,
+        ok: bool,
+    ) {
+        let report = (!counts.rows.is_empty()).then(|| {
+            DatabaseCounts::new(
+                &counts.heading,
+                counts.against.clone(),
+                self.max_diff,
+                counts.rows.clone(),
+            )
+        });
+        if let Some(r) = &report {
+            // Progress on stderr: an unwritable terminal must not stop a run between
+            // a restored step and its record.
+            let _ = r.print_to(true);
+        }
+        eprintln!(
+            "step {}/{} {}: {} in {seconds:.1}s, {}",
+            index + 1,
+            self.total,
+            step.key(),
+            output::human_bytes(step.stored_bytes()),
+            if ok { "verified" } else { "COUNTS DIFFER" }
+        );
+        let row = &mut self.reports[index];
+        row.seconds = Some(seconds);
+        row.counts = report;
+        row.status = if ok { "restored" } else { "failed" };
+    }
+
+    fn failed(&mut self, index: usize, _step: &Step<'_>, seconds: f64) {
+        let row = &mut self.reports[index];
+        row.seconds = Some(seconds);
+        row.status = "failed";
+    }
+}
+
 impl RestoreCmd {
     /// `restore --all`.
     pub(super) async fn run_all(
@@ -380,8 +297,8 @@ impl RestoreCmd {
         for entry in &self.to {
             destinations.add(entry)?;
         }
-        if self.engines.command.to_command {
-            destinations.insert("command", "(--to-command)")?;
+        for (engine, to) in self.engines.implied_destinations() {
+            destinations.insert(engine.as_str(), to)?;
         }
         anyhow::ensure!(
             !destinations.is_empty(),
@@ -394,45 +311,17 @@ impl RestoreCmd {
                 .map_err(|e| anyhow::anyhow!("maxDiff in the plan file: {e}"))?,
             (None, None) => MaxDiff::default(),
         };
-        let globals = self.engines.postgres.globals || plan_file.globals;
+        let mut flags = self.engines.clone();
+        flags.add_globals(plan_file.globals);
 
         let store = store_args.open().await?;
         let store: &dyn ReadStore = store.as_ref();
-        let state_path = self.state.clone();
-        let shown_state = state_path.display().to_string();
-        let mut state = if self.resume {
-            let s = State::load(&state_path)?;
-            anyhow::ensure!(
-                s.store == store.location(),
-                "the state file {shown_state} is of a run on {}, not {}",
-                s.store,
-                store.location()
-            );
-            s
-        } else {
-            if let Ok(old) = State::load(&state_path) {
-                anyhow::ensure!(
-                    old.failed.is_none(),
-                    "{shown_state} holds an unfinished run started {} ({} step(s) verified, then: {}); continue it with --resume, or remove the file to start over",
-                    old.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    old.done.len(),
-                    old.failed.as_deref().unwrap_or("?")
-                );
-            }
-            State {
-                version: 1,
-                store: store.location().to_string(),
-                started_at: Utc::now(),
-                backups: Vec::new(),
-                done: Vec::new(),
-                failed: None,
-            }
-        };
+        let mut state = StateFile::begin(&self.state, store.location(), self.resume)?;
+        let shown_state = self.state.display().to_string();
 
         let mut manifests: Vec<Manifest> = if self.resume {
             let mut out = Vec::new();
-            for b in &state.backups {
-                let b = parse_ref(b).with_context(|| format!("in {shown_state}"))?;
+            for b in state.chosen()? {
                 out.push(catalog::load_manifest(store, &b, trust).await?);
             }
             out
@@ -463,21 +352,12 @@ impl RestoreCmd {
             chosen
         };
         rebuild::sort_for_restore(&mut manifests);
-        state.backups = manifests
+        state.state.backups = manifests
             .iter()
             .map(|m| m.backup_ref().to_string())
             .collect();
-        let steps = rebuild::steps(&manifests, &destinations, globals)?;
-        state.check_done(&steps, &state_path)?;
-        if let Some(s) = steps
-            .iter()
-            .find(|s| s.manifest.engine == Engine::Command && s.to == "-")
-        {
-            anyhow::bail!(
-                "--to command=- would mix {}'s output with the summary on stdout; under --all restore command output with --to-command -- CMD… (e.g. -- sh -c 'cat > out'), or on its own with `kubectl dr restore latest --engine command --to -`",
-                s.manifest.backup_ref()
-            );
-        }
+        let steps = rebuild::steps(&manifests, &destinations)?;
+        state.check_done(&steps)?;
         let total = steps.len();
         let run_started = Instant::now();
         let to_run: Vec<(usize, Step<'_>)> = steps
@@ -496,75 +376,22 @@ impl RestoreCmd {
             }
         }
         let say = |m: &str| eprintln!("{m}");
-
+        let run = Run {
+            ctx: RestoreCtx {
+                store,
+                identities: &identities,
+                progress,
+                say: &say,
+            },
+            flags: &flags,
+            clean: self.clean,
+            max_diff,
+            kind: RunKind::Rebuild,
+        };
         // Everything is checked before anything changes: the destinations answer, every
         // part of every backup matches its manifest and opens with the key, every engine's
         // plan accepts its destination.
-        let mut sinks = Vec::new();
-        for (i, s) in &to_run {
-            let flags = s.flags(&self.engines);
-            let mut common = s.common(self.clean, max_diff);
-            if s.manifest.engine == Engine::Command && self.engines.command.to_command {
-                common.to.clear();
-            }
-            let mut sink = flags
-                .build(&s.manifest.engine, &common)
-                .map_err(anyhow::Error::from_boxed)
-                .with_context(|| format!("step {}/{total} {}", i + 1, s.key()))?;
-            sink.probe(s.manifest)
-                .await
-                .map_err(anyhow::Error::from_boxed)
-                .with_context(|| {
-                    format!(
-                        "checking the destination {} of step {}/{total} {} before restoring anything",
-                        s.shown_to(),
-                        i + 1,
-                        s.key()
-                    )
-                })?;
-            sinks.push(sink);
-        }
-        let mut checked = Checked::default();
-        let mut seen: Vec<&Manifest> = Vec::new();
-        for (_, s) in &to_run {
-            if seen.iter().any(|m| std::ptr::eq(*m, s.manifest)) {
-                continue;
-            }
-            seen.push(s.manifest);
-            checked
-                .whole_backup(store, s.manifest, &identities, progress, &say)
-                .await
-                .with_context(|| {
-                    format!(
-                        "checking {} before restoring anything; nothing was restored",
-                        s.manifest.backup_ref()
-                    )
-                })?;
-        }
-        let mut prepared: Vec<(usize, Prepared<'_>)> = Vec::new();
-        for ((i, s), sink) in to_run.into_iter().zip(sinks) {
-            let key = s.key();
-            let p = rebuild::prepare(
-                s,
-                sink,
-                &mut checked,
-                drkit::engine::RestoreCtx {
-                    store,
-                    identities: &identities,
-                    progress,
-                    say: &say,
-                },
-            )
-            .await
-            .map_err(anyhow::Error::from_boxed)
-            .with_context(|| {
-                format!(
-                    "planning step {}/{total} {key}; nothing was restored",
-                    i + 1
-                )
-            })?;
-            prepared.push((i, p));
-        }
+        let prepared = run.prepare(to_run, total, true).await?;
 
         eprintln!(
             "plan ({} of {total} step(s) to run, max diff {max_diff}):",
@@ -607,8 +434,8 @@ impl RestoreCmd {
                 "restore",
             )?;
         }
-        state.failed = None;
-        state.save(&state_path)?;
+        state.state.failed = None;
+        state.save()?;
         eprintln!("state of this run: {shown_state} (rerun with --resume after a failure)");
 
         let mut reports: Vec<StepReport> = steps
@@ -621,7 +448,7 @@ impl RestoreCmd {
                     engine: s.manifest.engine.to_string(),
                     target: s.manifest.target.clone(),
                     backup: s.manifest.id.to_string(),
-                    database: s.database.clone(),
+                    database: s.scope.clone(),
                     destination: s.shown_to(),
                     stored_bytes: s.stored_bytes(),
                     seconds: earlier.map(|d| d.seconds),
@@ -634,120 +461,32 @@ impl RestoreCmd {
                 }
             })
             .collect();
-        let mut failure: Option<anyhow::Error> = None;
-        for (i, p) in prepared {
-            let key = p.step.key();
-            let to = p.step.shown_to();
-            let bytes = p.step.stored_bytes();
-            eprintln!(
-                "==> step {}/{total}: {key} → {to} ({})",
-                i + 1,
-                output::human_bytes(bytes)
-            );
-            let started = Instant::now();
-            let outcome = p
-                .run(drkit::engine::RestoreCtx {
-                    store,
-                    identities: &identities,
-                    progress,
-                    say: &say,
-                })
-                .await;
-            let seconds = started.elapsed().as_secs_f64();
-            reports[i].seconds = Some(seconds);
-            let counts = match outcome {
-                Ok(c) => c,
-                Err(e) => {
-                    reports[i].status = "failed";
-                    failure = Some(anyhow::Error::from_boxed(e).context(format!(
-                        "step {}/{total} {key} failed after {seconds:.1}s; the steps before it stay restored and verified",
-                        i + 1
-                    )));
-                    break;
-                }
-            };
-            let report = (!counts.rows.is_empty()).then(|| {
-                DatabaseCounts::new(
-                    &counts.heading,
-                    counts.against.clone(),
-                    max_diff,
-                    counts.rows,
-                )
-            });
-            if let Some(r) = &report {
-                // Progress on stderr: an unwritable terminal must not stop a run between
-                // a restored step and its record.
-                let _ = r.print_to(true);
-            }
-            let ok = report.as_ref().is_none_or(|r| r.ok);
-            let tables = report.as_ref().map_or(0, |r| r.tables.len());
-            reports[i].counts = report;
-            eprintln!(
-                "step {}/{total} {key}: {} in {seconds:.1}s, {}",
-                i + 1,
-                output::human_bytes(bytes),
-                if ok { "verified" } else { "COUNTS DIFFER" }
-            );
-            if !ok {
-                reports[i].status = "failed";
-                failure = Some(
-                    CheckFailed(format!(
-                        "step {}/{total} {key}: restored counts differ from the backup beyond --max-diff {max_diff} (table above)",
-                        i + 1
-                    ))
-                    .into(),
-                );
-                break;
-            }
-            reports[i].status = "restored";
-            state.done.push(DoneStep {
-                step: key,
-                destination: to,
-                stored_bytes: bytes,
-                seconds,
-                finished_at: Utc::now(),
-                tables,
-            });
-            // Without its record a step would be redone by --resume: stop here (a full
-            // disk), whatever comes next.
-            if let Err(e) = state.save(&state_path) {
-                failure = Some(e.context(format!(
-                    "step {}/{total} was restored and verified, but the run cannot record it; free the space, then --resume repeats that step (give it --clean)",
-                    i + 1
-                )));
-                break;
-            }
-        }
-        if let Some(e) = &failure {
-            state.failed = Some(
-                format!("{e:#}")
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-            // The step's own error is what the exit code and the message must carry.
-            if let Err(save) = state.save(&state_path) {
-                eprintln!("warning: {save:#}");
-            }
-        }
-        let last = state.done.iter().map(|d| d.finished_at).max();
+        let mut printer = Printer {
+            total,
+            max_diff,
+            reports: &mut reports,
+        };
+        let outcome = run
+            .execute(prepared, total, Some(&mut state), &mut printer)
+            .await;
+        let last = state.state.done.iter().map(|d| d.finished_at).max();
+        let started_at = state.state.started_at;
         let summary = Summary {
             store: store.location().to_string(),
             state_file: shown_state.clone(),
-            started_at: state.started_at,
-            rto_seconds: last.map(|t| (t - state.started_at).num_milliseconds() as f64 / 1000.0),
+            started_at,
+            rto_seconds: last.map(|t| (t - started_at).num_milliseconds() as f64 / 1000.0),
             this_run_seconds: run_started.elapsed().as_secs_f64(),
-            ok: failure.is_none(),
+            ok: outcome.is_ok(),
             steps: reports,
         };
         // A summary nobody reads (a closed stdout) never hides a failed run.
         let printed = summary.print(self.output);
-        match failure {
-            Some(e) => Err(e.context(format!(
+        match outcome {
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
                 "fix the cause, then run the same command with --resume: the steps verified so far (in {shown_state}) are skipped"
             ))),
-            None => printed,
+            Ok(()) => printed,
         }
     }
 }

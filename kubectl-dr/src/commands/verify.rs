@@ -7,7 +7,7 @@ use clap::Args;
 use drkit::catalog;
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
-use drkit::engine::RestoreCommon;
+use drkit::engine::{RestoreCommon, RunKind};
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff};
@@ -115,6 +115,8 @@ impl VerifyCmd {
                     database: self.database.clone(),
                     clean: false,
                     max_diff: self.max_diff,
+                    run: RunKind::Single,
+                    first: true,
                 };
                 let mut sink = RestoreFlags::default()
                     .sink(&manifest.engine, &common)

@@ -6,7 +6,7 @@
 //! [`Sink`] (the restore side: probe, plan, restore, count). Both binaries drive every
 //! engine through them; [`registry`] is the only list of engines.
 //!
-//! Adding an engine (the `command` engine was added this way):
+//! Adding an engine (the `command` engine was added this way; see ARCHITECTURE.md):
 //! - `catalog/kind.rs`: its [`Engine`] variant and its [`PartFormat`] variants (the names
 //!   manifests record; the compiler then points at every match in [`registry`]);
 //! - `engine/<name>/mod.rs`: the module doc, and its `Facts` struct if it records any
@@ -15,15 +15,20 @@
 //! - `engine/<name>/source.rs`: the `worker backup <name>` flags (a `clap::Args` struct with
 //!   its own help heading) whose `source()` builds the [`Source`];
 //! - `engine/<name>/sink.rs`: the `kubectl dr restore` flags (own heading, own group id, a
-//!   `given()` so other engines refuse them) whose `sink()` builds the [`Sink`];
-//! - in [`registry`]: a `BackupCommand` variant, a `RestoreFlags` field with its arms, and
-//!   its content check if the format can check itself;
+//!   `given()` so other engines refuse them) whose `sink()` builds the [`Sink`], whose
+//!   [`Sink::plan`] returns the [`Planned`] restore;
+//! - `engine/<name>/scratch.rs`, if the drill can restore it: its `drill_steps` and their
+//!   [`scratch::Claim`]s;
+//! - in [`registry`]: a `BackupCommand` variant, a `RestoreFlags` field with its arms, its
+//!   arms in `steps_of`, `drills`/`drill_steps` and `in_cluster`, and its content check if
+//!   the format can check itself;
 //! - `manifests/<name>/` (a kustomize component with its CronJob), `tests/it/<name>.rs`,
 //!   a README section and its rows in docs/FORMAT.md.
 //!
 //! Everything else (the store, the pipeline, the commit and its read-back, the catalog,
-//! `list`, the integrity pass and [`crate::verify::Verified`], prune, exit codes) is shared
-//! and does not change.
+//! `list`, the integrity pass and [`crate::verify::Verified`], the restore run of
+//! [`crate::rebuild`] behind `restore`, `restore --all` and the drill, prune, exit codes) is
+//! shared and does not change.
 //!
 //! Every engine's backup goes through a [`BackupRun`], which owns the one rule that makes a
 //! backup trustworthy: parts first, manifest last. Until [`BackupRun::commit`] writes
@@ -39,7 +44,10 @@ pub mod postgres;
 pub mod redis;
 pub mod registry;
 pub mod scratch;
+pub mod step;
 pub mod vault;
+
+pub use step::{RunKind, Step};
 
 use std::io::Write;
 
@@ -278,6 +286,10 @@ pub struct RestoreCommon {
     pub clean: bool,
     /// `--max-diff`.
     pub max_diff: crate::verify::MaxDiff,
+    /// How the restore is run.
+    pub run: RunKind,
+    /// The first step of its backup (see [`Step::first`]); true outside a run.
+    pub first: bool,
 }
 
 /// The restore role of an engine, built from `--to` and the engine's flags. The run

@@ -7,12 +7,13 @@
 
 use clap::Subcommand;
 
+use super::scratch::ScratchStep;
 use super::{
-    clickhouse, command, kubernetes, postgres, redis, vault, RestoreCommon, Sink, Source,
-    SourceFailure,
+    clickhouse, command, kubernetes, postgres, redis, vault, RestoreCommon, RestoreCtx, Sink,
+    Source, SourceFailure, Step,
 };
 use crate::args::{EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
-use crate::catalog::{Engine, PartFormat};
+use crate::catalog::{Engine, Manifest, PartFormat};
 
 /// Every engine of this build, in the order a full restore would take them.
 pub const ENGINES: &[Engine] = Engine::KNOWN;
@@ -259,6 +260,96 @@ pub fn engine_of_url(url: &str) -> Option<Engine> {
     }
 }
 
+/// How `manifest` splits into the steps of a run, each to `to`: one per database for
+/// PostgreSQL (the globals with the first), the whole backup for the others.
+///
+/// # Errors
+/// The engine's refusal (a PostgreSQL URL naming one database for a backup of several).
+pub fn steps_of<'m>(manifest: &'m Manifest, to: &str) -> Result<Vec<Step<'m>>, SourceFailure> {
+    match manifest.engine {
+        Engine::Postgres => postgres::sink::steps(manifest, to),
+        Engine::Vault
+        | Engine::Clickhouse
+        | Engine::Command
+        | Engine::Redis
+        | Engine::Kubernetes
+        | Engine::Unknown(_) => Ok(vec![Step::whole(manifest, to)]),
+    }
+}
+
+/// True when the drill restores `engine`'s backups into scratch destinations (the others
+/// get their integrity and content checks only: a Vault snapshot restore would need the
+/// backed-up cluster's unseal keys, which a CronJob must not hold).
+pub fn drills(engine: &Engine) -> bool {
+    match engine {
+        Engine::Postgres | Engine::Clickhouse | Engine::Redis => true,
+        Engine::Vault | Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => false,
+    }
+}
+
+/// Why the drill does not restore `engine`'s backups (see [`drills`]).
+pub fn no_drill_reason(engine: &Engine) -> &'static str {
+    match engine {
+        Engine::Vault => "a Vault snapshot restore would need the backed-up cluster's unseal keys, which a CronJob must not hold",
+        _ => "there is no scratch destination for them",
+    }
+}
+
+/// The engines the drill restores, for messages.
+pub fn drilled_names() -> String {
+    ENGINES
+        .iter()
+        .filter(|e| drills(e))
+        .map(Engine::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The steps of a drill of `manifest` on the scratch server `url`, each with its claim on
+/// a scratch destination the engine names (see [`drills`]).
+///
+/// # Errors
+/// An engine without a drill, its refusal of the URL, a schema that fails its check.
+pub async fn drill_steps<'m>(
+    manifest: &'m Manifest,
+    url: &str,
+    flags: &RestoreFlags,
+    ctx: RestoreCtx<'_>,
+) -> Result<Vec<ScratchStep<'m>>, SourceFailure> {
+    match manifest.engine {
+        Engine::Postgres => postgres::scratch::drill_steps(manifest, url, flags),
+        Engine::Clickhouse => clickhouse::scratch::drill_steps(manifest, url, flags, ctx).await,
+        Engine::Redis => redis::scratch::drill_steps(manifest, url, flags),
+        Engine::Vault | Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => Err(format!(
+            "the drill restores {} into scratch destinations, not {} backups",
+            drilled_names(),
+            manifest.engine
+        )
+        .into()),
+    }
+}
+
+/// Whether `kubectl dr restore --in-cluster` can run `engine`'s restore as a Job beside the
+/// database.
+///
+/// # Errors
+/// Why not, and what to do instead.
+pub fn in_cluster(engine: &Engine) -> Result<(), String> {
+    let why = match engine {
+        Engine::Postgres => return Ok(()),
+        Engine::Vault => "a Vault restore needs the new cluster's root token and, after --force, a person to unseal",
+        Engine::Clickhouse | Engine::Redis => {
+            "it streams over the server's own port, which works as well from outside"
+        }
+        Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => {
+            "it restores to your workstation or with your own credentials"
+        }
+    };
+    Err(format!(
+        "--in-cluster restores PostgreSQL; restore {engine} from your workstation ({why})"
+    ))
+}
+
 /// Every engine's own flags of `kubectl dr restore`, each under its heading (defaults:
 /// `verify --against` builds a sink with them to probe and count).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -284,6 +375,43 @@ pub struct RestoreFlags {
 }
 
 impl RestoreFlags {
+    /// Destinations the flags imply (`--to-command` is where command backups go), added to a
+    /// run's `--to` entries.
+    pub fn implied_destinations(&self) -> Vec<(Engine, &'static str)> {
+        self.command
+            .implied_to()
+            .map(|to| (Engine::Command, to))
+            .into_iter()
+            .collect()
+    }
+
+    /// The `globals: true` of a rebuild's plan file: restore the roles of every backup that
+    /// has them (PostgreSQL's `--globals`).
+    pub fn add_globals(&mut self, on: bool) {
+        self.postgres.globals |= on;
+    }
+
+    /// Flags a drill cannot honour: it restores no roles, and names its scratch databases
+    /// itself.
+    pub fn not_for_drill(&self) -> Vec<&'static str> {
+        [
+            self.postgres.globals.then_some("--globals"),
+            (!self.clickhouse.database_map.is_empty()).then_some("--database-map"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// `engine`'s flags as `kubectl dr restore` arguments, for a restore Job that runs in
+    /// the cluster (see [`in_cluster`]).
+    pub fn forwarded(&self, engine: &Engine) -> Vec<String> {
+        match engine {
+            Engine::Postgres => self.postgres.to_args(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The restore role of `engine` (a backup's), from `--to` and the flags; flags that
     /// belong to another engine are refused rather than ignored.
     ///
@@ -338,6 +466,32 @@ impl RestoreFlags {
                 Engine::known_names()
             )
             .into()),
+        }
+    }
+}
+
+/// The engines' restore flags a drill takes (those of the engines it restores), each under
+/// its heading.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DrillFlags {
+    /// PostgreSQL's.
+    #[command(flatten)]
+    pub postgres: postgres::sink::RestoreArgs,
+    /// ClickHouse's.
+    #[command(flatten)]
+    pub clickhouse: clickhouse::sink::RestoreArgs,
+    /// Redis's.
+    #[command(flatten)]
+    pub redis: redis::sink::RestoreArgs,
+}
+
+impl From<DrillFlags> for RestoreFlags {
+    fn from(d: DrillFlags) -> Self {
+        RestoreFlags {
+            postgres: d.postgres,
+            clickhouse: d.clickhouse,
+            redis: d.redis,
+            ..Default::default()
         }
     }
 }

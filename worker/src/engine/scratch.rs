@@ -35,3 +35,52 @@ pub fn check_scratch_name(name: &str) -> Result<(), SourceFailure> {
     }
     Ok(())
 }
+
+/// A drill's scratch destination for one step, as its engine names it: claimed before the
+/// step (refused when the name is someone else's), released after it whatever happened.
+#[async_trait::async_trait]
+pub trait Claim: Send + Sync {
+    /// Creates (or takes over its own leftover of) the scratch destination.
+    ///
+    /// # Errors
+    /// A name that exists without the drill's mark, the server's refusal.
+    async fn claim(&mut self) -> Result<(), SourceFailure>;
+
+    /// Drops (or empties) what [`Claim::claim`] took; a no-op when nothing was taken.
+    ///
+    /// # Errors
+    /// The server's refusal: a scratch destination is left behind.
+    async fn release(&mut self) -> Result<(), SourceFailure>;
+}
+
+/// One step of a drill, on a scratch destination its engine named: the step, the flags it
+/// restores with (the engine's own choices for a scratch restore), and its claim.
+pub struct ScratchStep<'m> {
+    /// The step, its destination the scratch one.
+    pub step: super::Step<'m>,
+    /// The flags of the step's restore.
+    pub flags: super::registry::RestoreFlags,
+    /// The scratch destination.
+    pub claim: Box<dyn Claim>,
+}
+
+/// The outcome of a step and of the cleanup after it: the step's error first (it decides
+/// the verdict), and a failed cleanup is never lost: logged beside a step error, returned
+/// alone otherwise (a scratch database left behind fails the drill).
+///
+/// # Errors
+/// The step's error, else the cleanup's.
+pub fn both<T>(
+    step: Result<T, SourceFailure>,
+    cleanup: Result<(), SourceFailure>,
+) -> Result<T, SourceFailure> {
+    match (step, cleanup) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(c)) => Err(c),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => {
+            tracing::error!(error = %c, "cleaning up after a failed drill step failed too; drop the scratch database by hand");
+            Err(e)
+        }
+    }
+}

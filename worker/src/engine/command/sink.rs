@@ -10,7 +10,7 @@ use crate::catalog::PartFormat;
 use crate::catalog::{Manifest, Part};
 use crate::engine::child::StdinChild;
 use crate::engine::{
-    Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
+    Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, RunKind, Sink, SourceFailure,
     VerifiedParts,
 };
 use crate::verify::{open_plaintext, stream_withheld, VerifyError};
@@ -35,7 +35,15 @@ enum Destination {
     Command(Vec<String>),
 }
 
+/// The destination `--to-command` implies in a run over many backups (`command=` it).
+pub const TO_COMMAND: &str = "(--to-command)";
+
 impl RestoreArgs {
+    /// The destination these flags imply, if any: `--to-command` is where command backups go.
+    pub fn implied_to(&self) -> Option<&'static str> {
+        self.to_command.then_some(TO_COMMAND)
+    }
+
     /// The first command-only flag given, for refusing it on another engine's backup.
     pub fn given(&self) -> Option<&'static str> {
         self.to_command.then_some("--to-command")
@@ -45,7 +53,14 @@ impl RestoreArgs {
     /// Neither `--to -` nor `--to-command -- CMD…`.
     pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
         let destination = match (self.to_command, common.to.as_str()) {
-            (true, "") if !self.command.is_empty() => Destination::Command(self.command.clone()),
+            (true, "" | TO_COMMAND) if !self.command.is_empty() => {
+                Destination::Command(self.command.clone())
+            }
+            (false, "-") if common.run == RunKind::Rebuild => {
+                return Err(
+                    "--to command=- would mix the command's output with the summary on stdout; under --all restore command output with --to-command -- CMD… (e.g. -- sh -c 'cat > out'), or on its own with `kubectl dr restore latest --engine command --to -`".into(),
+                )
+            }
             (false, "-") => Destination::Stdout,
             _ => {
                 return Err(

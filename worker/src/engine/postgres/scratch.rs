@@ -73,3 +73,105 @@ pub async fn release(server: &PgTarget, name: &str) -> Result<(), SourceFailure>
     }
     Ok(())
 }
+
+/// A scratch database of one drill step.
+struct ScratchDb {
+    server: PgTarget,
+    name: String,
+    claimed: bool,
+}
+
+#[async_trait::async_trait]
+impl crate::engine::scratch::Claim for ScratchDb {
+    async fn claim(&mut self) -> Result<(), SourceFailure> {
+        claim(&self.server, &self.name).await?;
+        self.claimed = true;
+        Ok(())
+    }
+
+    async fn release(&mut self) -> Result<(), SourceFailure> {
+        if !std::mem::take(&mut self.claimed) {
+            return Ok(());
+        }
+        release(&self.server, &self.name).await
+    }
+}
+
+/// A drill of `manifest` on the server `url`: one step per database, each into its scratch
+/// database (`<db>__drill`), never the roles of its globals part.
+///
+/// # Errors
+/// A URL that names a database (the drill names its own), a flag a drill cannot honour.
+pub fn drill_steps<'m>(
+    manifest: &'m crate::catalog::Manifest,
+    url: &str,
+    flags: &crate::engine::registry::RestoreFlags,
+) -> Result<Vec<crate::engine::scratch::ScratchStep<'m>>, SourceFailure> {
+    use crate::engine::scratch::{scratch_name, ScratchStep, SUFFIX};
+    let server = PgTarget::from_url(url)?;
+    if let Some(db) = &server.dbname {
+        return Err(format!(
+            "the drill's PostgreSQL destination names database {db:?}; it restores only into scratch databases it names itself (<database>{SUFFIX}): give the server without a database (postgres://user@host:5432)"
+        )
+        .into());
+    }
+    let mut flags = flags.clone();
+    flags.postgres.globals = false;
+    let mut out = Vec::new();
+    for db in manifest.databases() {
+        let name = scratch_name(db);
+        out.push(ScratchStep {
+            step: crate::engine::Step {
+                manifest,
+                scope: Some(db.to_string()),
+                to: scratch_url(url, &name)?,
+                first: false,
+            },
+            flags: flags.clone(),
+            claim: Box::new(ScratchDb {
+                server: server.clone(),
+                name,
+                claimed: false,
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// `url` (a server without a database) naming the scratch database `scratch`, which is
+/// percent-encoded: a `%` or `/` in a database name must not make the URL name another
+/// database. The URL is read back to prove it names exactly the database claimed.
+///
+/// # Errors
+/// A URL that does not parse, or that would name another database.
+fn scratch_url(url: &str, scratch: &str) -> Result<String, SourceFailure> {
+    let mut out = url::Url::parse(url)?;
+    out.path_segments_mut()
+        .map_err(|()| format!("{url} cannot name a database"))?
+        .clear()
+        .push(scratch);
+    let named = PgTarget::from_url(out.as_str())?.dbname;
+    if named.as_deref() != Some(scratch) {
+        return Err(format!(
+            "the scratch URL names database {named:?}, not {scratch:?}, the one the drill claimed; nothing was restored"
+        )
+        .into());
+    }
+    Ok(out.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::scratch::scratch_name;
+
+    #[test]
+    fn scratch_urls_name_exactly_the_claimed_database() {
+        for db in ["app", "q%61", "a/b", "x?y#z", "sp ace", "ünï"] {
+            let scratch = scratch_name(db);
+            let url = scratch_url("postgres://u@127.0.0.1:5432", &scratch).unwrap();
+            let named = PgTarget::from_url(&url).unwrap().dbname;
+            assert_eq!(named.as_deref(), Some(scratch.as_str()), "{db}: {url}");
+        }
+    }
+}

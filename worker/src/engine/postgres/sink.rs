@@ -8,8 +8,8 @@ use super::restore::{self, RestoreOptions};
 use super::PgTarget;
 use crate::catalog::{Manifest, Part, PartFormat, Section};
 use crate::engine::{
-    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
-    VerifiedParts,
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, RunKind, Sink,
+    SourceFailure, VerifiedParts,
 };
 use crate::verify;
 
@@ -87,7 +87,8 @@ impl RestoreArgs {
                 keep_owners: self.keep_owners,
                 bin_dir: self.pg_bin_dir.clone(),
             },
-            globals: self.globals,
+            // The roles are restored once per backup, with its first step.
+            globals: self.globals && common.first,
             jobs: usize::from(self.jobs),
         }))
     }
@@ -210,7 +211,12 @@ impl Sink for PgSink {
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
         let mut parts = vec![pick_part(manifest, self.common.database.as_deref())?];
         if self.globals {
-            parts.push(globals_part(manifest)?);
+            match globals_part(manifest) {
+                Ok(p) => parts.push(p),
+                // In a run over many backups, --globals means "where a backup has them".
+                Err(_) if self.common.run != RunKind::Single => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(parts)
     }
@@ -244,7 +250,11 @@ impl Sink for PgSink {
             word: plan.database.clone(),
         });
         let mut lines = Vec::new();
-        if self.globals {
+        if first
+            .all()
+            .iter()
+            .any(|v| v.part().format == PartFormat::Sql)
+        {
             lines.push(format!(
                 "plan: first restore the roles and tablespaces of the globals part on {} ({})",
                 plan.target.with_dbname(""),
@@ -377,4 +387,53 @@ impl Planned for PgPlanned {
 /// pass before.
 fn rolls_back(part: &Part) -> bool {
     part.format == PartFormat::PgDumpCustom && part.database.is_some()
+}
+
+/// How a PostgreSQL backup splits into the steps of a run: one per database (each into its
+/// namesake on the server `to`), the globals with the first.
+///
+/// # Errors
+/// A `to` that names one database for a backup of several.
+pub fn steps<'m>(
+    manifest: &'m Manifest,
+    to: &str,
+) -> Result<Vec<crate::engine::Step<'m>>, SourceFailure> {
+    let dbs = manifest.databases();
+    let names_db = url::Url::parse(to).is_ok_and(|u| !u.path().trim_matches('/').is_empty());
+    if dbs.len() > 1 && names_db {
+        return Err(format!(
+            "{} holds {} databases ({}), but its destination {} names one database; give the server without a database (postgres://user@host:5432) and each database goes to its namesake",
+            manifest.backup_ref(),
+            dbs.len(),
+            dbs.join(", "),
+            crate::engine::redact_url(to)
+        )
+        .into());
+    }
+    Ok(dbs
+        .iter()
+        .enumerate()
+        .map(|(i, db)| crate::engine::Step {
+            manifest,
+            scope: Some(db.to_string()),
+            to: to.to_string(),
+            first: i == 0,
+        })
+        .collect())
+}
+
+impl RestoreArgs {
+    /// These flags as `kubectl dr restore` arguments (an in-cluster restore Job's).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec!["--jobs".to_string(), self.jobs.to_string()];
+        for (flag, on) in [
+            ("--keep-owners", self.keep_owners),
+            ("--globals", self.globals),
+        ] {
+            if on {
+                args.push(flag.to_string());
+            }
+        }
+        args
+    }
 }

@@ -61,3 +61,44 @@ pub async fn release(target: &RedisTarget) -> Result<(), SourceFailure> {
     .await
     .expect("redis thread panicked")
 }
+
+/// The scratch server of one drill.
+struct ScratchServer {
+    target: RedisTarget,
+    claimed: bool,
+}
+
+#[async_trait::async_trait]
+impl crate::engine::scratch::Claim for ScratchServer {
+    async fn claim(&mut self) -> Result<(), SourceFailure> {
+        claim(&self.target).await?;
+        self.claimed = true;
+        Ok(())
+    }
+
+    async fn release(&mut self) -> Result<(), SourceFailure> {
+        if !std::mem::take(&mut self.claimed) {
+            return Ok(());
+        }
+        release(&self.target).await
+    }
+}
+
+/// A drill of `manifest` on the scratch server `url`: one step, the whole snapshot.
+///
+/// # Errors
+/// A malformed URL.
+pub fn drill_steps<'m>(
+    manifest: &'m crate::catalog::Manifest,
+    url: &str,
+    flags: &crate::engine::registry::RestoreFlags,
+) -> Result<Vec<crate::engine::scratch::ScratchStep<'m>>, SourceFailure> {
+    Ok(vec![crate::engine::scratch::ScratchStep {
+        step: crate::engine::Step::whole(manifest, url),
+        flags: flags.clone(),
+        claim: Box::new(ScratchServer {
+            target: RedisTarget::from_url(url)?,
+            claimed: false,
+        }),
+    }])
+}

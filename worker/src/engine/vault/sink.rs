@@ -8,8 +8,8 @@ use super::restore::{self, RestoreOptions};
 use super::{snapshot_part, Token, VaultClient, VaultError, VaultTarget};
 use crate::catalog::{Manifest, Part};
 use crate::engine::{
-    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
-    VerifiedParts,
+    Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, RunKind, Sink,
+    SourceFailure, VerifiedParts,
 };
 use crate::verify;
 
@@ -78,7 +78,8 @@ impl RestoreArgs {
     /// # Errors
     /// PostgreSQL-only flags, a malformed `--to`, no token.
     pub fn sink(&self, common: &RestoreCommon) -> Result<Box<dyn Sink>, SourceFailure> {
-        if common.database.is_some() || common.clean {
+        // In a run over many backups --clean is meant for the engines that have a choice.
+        if common.database.is_some() || (common.clean && common.run == RunKind::Single) {
             return Err("--database and --clean are for PostgreSQL and ClickHouse; a Vault restore always replaces all of the server's data".into());
         }
         let token = Token::from_env()?.ok_or(VaultError::NoToken { backup: false })?;

@@ -20,15 +20,20 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+pub mod run;
+pub mod state;
+
 use crate::catalog::{self, BackupRef, CatalogError, Engine, Filter, Manifest, Part};
+pub use crate::engine::Step;
 use crate::engine::{
-    redact_url, registry::RestoreFlags, Confirm, Planned, RestoreCommon, RestoreCtx,
-    RestoredCounts, Sink, SourceFailure, VerifiedParts,
+    redact_url, registry, Confirm, Planned, RestoreCtx, RestoredCounts, Sink, SourceFailure,
+    VerifiedParts,
 };
 use crate::pipeline::keys::Identities;
 use crate::progress::{NoProgress, Progress};
 use crate::store::ReadStore;
 use crate::verify::{self, Verified, VerifyError};
+pub use run::{Observer, Run, RunError};
 
 /// Where a destination applies: every backup of an engine, or one target's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -207,145 +212,35 @@ pub fn sort_for_restore(manifests: &mut [Manifest]) {
     });
 }
 
-/// One restore of a run: a backup (for PostgreSQL, one database of it) and its destination.
-#[derive(Debug, Clone)]
-pub struct Step<'m> {
-    /// The backup.
-    pub manifest: &'m Manifest,
-    /// PostgreSQL: the database part this step restores.
-    pub database: Option<String>,
-    /// The destination URL as given (may hold a password: show [`Step::shown_to`]).
-    pub to: String,
-    /// PostgreSQL: restore the backup's globals (roles) first.
-    pub globals: bool,
-}
-
-impl Step<'_> {
-    /// A stable name for the step (state files, reports): `engine/target/id[/database]`.
-    pub fn key(&self) -> String {
-        let b = self.manifest.backup_ref();
-        match &self.database {
-            Some(db) => format!("{b}/{}", crate::engine::encode_name(db)),
-            None => b.to_string(),
-        }
-    }
-
-    /// The destination, safe to show.
-    pub fn shown_to(&self) -> String {
-        redact_url(&self.to)
-    }
-
-    /// Bytes this step reads from the store.
-    pub fn stored_bytes(&self) -> u64 {
-        self.parts().map(|p| p.ciphertext_bytes).sum()
-    }
-
-    /// The parts this step restores (its database's and, with globals, the globals part;
-    /// every part for other engines).
-    pub fn parts(&self) -> impl Iterator<Item = &Part> + '_ {
-        self.manifest
-            .parts
-            .iter()
-            .filter(move |p| match &self.database {
-                Some(db) => {
-                    p.database.as_deref() == Some(db) || (self.globals && p.database.is_none())
-                }
-                None => true,
-            })
-    }
-
-    /// The flags common to every engine for this step. `clean` is passed to the engines
-    /// that have a choice (a Vault restore always replaces everything and refuses it).
-    pub fn common(&self, clean: bool, max_diff: verify::MaxDiff) -> RestoreCommon {
-        RestoreCommon {
-            to: self.to.clone(),
-            database: self.database.clone(),
-            clean: clean && self.manifest.engine != Engine::Vault,
-            max_diff,
-        }
-    }
-
-    /// The engine's flags for this step: `flags` with the step's globals choice, and
-    /// PostgreSQL's own choices (--keep-owners, --jobs) only on PostgreSQL steps, where
-    /// other engines would refuse them as not theirs.
-    pub fn flags(&self, flags: &RestoreFlags) -> RestoreFlags {
-        let mut flags = flags.clone();
-        flags.postgres.globals = self.globals;
-        if self.manifest.engine != Engine::Postgres {
-            flags.postgres.keep_owners = false;
-            flags.postgres.jobs = 1;
-        }
-        flags
-    }
-}
-
 /// Why the backups cannot be turned into steps.
 #[derive(Debug, thiserror::Error)]
 pub enum StepsError {
     /// Chosen backups without a destination.
     #[error("no destination for {}; add --to ENGINE=URL (or ENGINE/TARGET=URL) for each, or leave them out with --engine/--target", .0.join(", "))]
     NoDestination(Vec<String>),
-    /// A PostgreSQL URL that names one database for a backup of several.
-    #[error("{backup} holds {count} databases ({databases}), but its destination {to} names one database; give the server without a database (postgres://user@host:5432) and each database goes to its namesake")]
-    OneDatabaseForMany {
-        /// The backup.
-        backup: String,
-        /// How many databases it holds.
-        count: usize,
-        /// Their names.
-        databases: String,
-        /// The destination (redacted).
-        to: String,
-    },
+    /// The engine refuses the destination for the backup (a PostgreSQL URL that names one
+    /// database for a backup of several).
+    #[error(transparent)]
+    Engine(SourceFailure),
 }
 
-/// Turns the chosen backups into steps: one per backup, except PostgreSQL (one per
-/// database part, the globals restored with the first when `globals`).
+/// Turns the chosen backups into steps, as their engines split them (one per backup,
+/// except PostgreSQL: one per database, the globals with the first).
 ///
 /// # Errors
-/// [`StepsError`]: missing destinations (all named at once), a one-database URL for a
-/// backup of several.
+/// [`StepsError`]: missing destinations (all named at once), an engine's refusal.
 pub fn steps<'m>(
     manifests: &'m [Manifest],
     destinations: &Destinations,
-    globals: bool,
 ) -> Result<Vec<Step<'m>>, StepsError> {
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for m in manifests {
-        let b = m.backup_ref();
-        let Some(to) = destinations.of(&b) else {
+        let Some(to) = destinations.of(&m.backup_ref()) else {
             missing.push(format!("{}/{}", m.engine, m.target));
             continue;
         };
-        if m.engine != Engine::Postgres {
-            out.push(Step {
-                manifest: m,
-                database: None,
-                to: to.to_string(),
-                globals: false,
-            });
-            continue;
-        }
-        let dbs = m.databases();
-        let names_db = url::Url::parse(to).is_ok_and(|u| !u.path().trim_matches('/').is_empty());
-        if dbs.len() > 1 && names_db {
-            return Err(StepsError::OneDatabaseForMany {
-                backup: b.to_string(),
-                count: dbs.len(),
-                databases: dbs.join(", "),
-                to: redact_url(to),
-            });
-        }
-        let has_globals = crate::engine::postgres::sink::globals_part(m).is_ok();
-        for (i, db) in dbs.iter().enumerate() {
-            out.push(Step {
-                manifest: m,
-                database: Some(db.to_string()),
-                to: to.to_string(),
-                globals: globals && has_globals && i == 0,
-            });
-        }
+        out.extend(registry::steps_of(m, to).map_err(StepsError::Engine)?);
     }
     if !missing.is_empty() {
         return Err(StepsError::NoDestination(missing));
