@@ -10,7 +10,15 @@ use std::sync::OnceLock;
 use rand::Rng;
 
 pub mod bao;
-use tokio_postgres::{Client, NoTls};
+mod fakes;
+mod postgres;
+mod s3;
+mod synthetic;
+
+pub use fakes::*;
+pub use postgres::*;
+pub use s3::*;
+pub use synthetic::*;
 
 /// The services' environment, read once from `.dr-services/env`.
 pub fn services() -> &'static HashMap<String, String> {
@@ -237,62 +245,6 @@ impl TestStore {
     }
 }
 
-/// An S3 client for the test server (or any endpoint, e.g. a closed port).
-pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{
-        Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    };
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(endpoint)
-        .region(Region::new(svc("AWS_REGION")))
-        .credentials_provider(Credentials::new(
-            svc("AWS_ACCESS_KEY_ID"),
-            svc("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-/// Multipart uploads in progress on the test S3 server: s3s-fs keeps one
-/// `.upload-<id>.json` per upload in its data root until it is completed or aborted.
-pub fn s3_uploads() -> std::collections::HashSet<String> {
-    let root = PathBuf::from(svc("DR_SERVICES_DIR")).join("s3/data");
-    std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".upload-") && n.ends_with(".json"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Fails unless every multipart upload that appeared after `before` was taken is completed
-/// or aborted within 30 s. Uploads of tests running in parallel finish quickly; a leaked one
-/// never does.
-pub async fn assert_no_upload_leaked(before: &std::collections::HashSet<String>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let leaked: Vec<String> = s3_uploads().difference(before).cloned().collect();
-        if leaked.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "multipart uploads left behind: {leaked:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
 fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -360,67 +312,88 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The major version the PostgreSQL tests run against: 15, or 18 with DR_TEST_PG=18.
-pub fn pg_major() -> &'static str {
-    if std::env::var("DR_TEST_PG").is_ok_and(|v| v == "18") {
-        "18"
-    } else {
-        "15"
+/// A run of a workspace binary, built up: `dr("kubectl-dr").args(["verify", id]).store(&s)
+/// .run().assert_exit(0, "")`.
+pub fn dr(bin: &str) -> Dr {
+    Dr {
+        bin: bin.to_string(),
+        args: Vec::new(),
+        env: Vec::new(),
     }
 }
 
-/// URL of a database on the test server (no password: it travels in PGPASSWORD).
-pub fn pg_url(db: &str) -> String {
-    format!(
-        "postgres://{}@{}:{}/{db}",
-        svc("PGUSER"),
-        svc("PGHOST"),
-        svc("PGPORT")
-    )
+/// See [`dr`].
+pub struct Dr {
+    bin: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
-pub async fn pg_connect(db: &str) -> Client {
-    pg_connect_at(&svc("PGPORT"), db).await
+impl Dr {
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Dr
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Adds `--store URL`.
+    pub fn store(self, store: &TestStore) -> Dr {
+        self.args(["--store", store.url()])
+    }
+
+    /// Adds `--identity FILE` with the keys' private half.
+    pub fn identity(self, keys: &Keys) -> Dr {
+        self.args(["--identity", keys.identity.to_str().unwrap()])
+    }
+
+    /// Sets an environment variable for the run.
+    pub fn env(mut self, key: &str, value: &str) -> Dr {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs it (with the services' environment, as [`run`]).
+    pub fn run(&self) -> Ran {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Ran(run(&self.bin, &args, &env))
+    }
 }
 
-/// A connection to a database of the test cluster listening on `port` (15 or 18).
-pub async fn pg_connect_at(port: &str, db: &str) -> Client {
-    let conn = format!(
-        "host={} port={port} user={} password={} dbname='{db}'",
-        svc("PGHOST"),
-        svc("PGUSER"),
-        svc("PGPASSWORD")
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-        .await
-        .expect("connect to test postgres");
-    tokio::spawn(connection);
-    client
-}
+/// What a [`Dr`] run did.
+pub struct Ran(pub Output);
 
-/// Creates an empty database (dropped by [`drop_database`]).
-pub async fn create_database(name: &str) {
-    pg_connect("postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create database");
-}
+impl Ran {
+    /// Asserts the exit code, and that stdout or stderr holds `needle` (`""`: anything).
+    #[track_caller]
+    pub fn assert_exit(&self, expected: i32, needle: &str) -> &Ran {
+        let (out, err) = (self.stdout(), self.stderr());
+        assert_eq!(code(&self.0), expected, "stdout:\n{out}\nstderr:\n{err}");
+        assert!(
+            out.contains(needle) || err.contains(needle),
+            "neither stdout nor stderr holds {needle:?}:\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        self
+    }
 
-pub async fn drop_database(name: &str) {
-    let _ = pg_connect("postgres")
-        .await
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await;
-}
+    /// Stdout, as text.
+    pub fn stdout(&self) -> String {
+        stdout(&self.0)
+    }
 
-pub async fn database_exists(name: &str) -> bool {
-    pg_connect("postgres")
-        .await
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .expect("query")
-        .is_some()
+    /// Stderr, as text.
+    pub fn stderr(&self) -> String {
+        stderr(&self.0)
+    }
 }
 
 /// `worker backup command --target TARGET --store … -r KEY -- ARGV…`, with `env`.
@@ -457,37 +430,6 @@ pub fn list_json(store: &TestStore) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("list -o json prints JSON")
 }
 
-/// Runs `worker backup postgres` for `db` into `store` and returns the new backup id.
-pub fn backup_postgres(
-    store: &TestStore,
-    keys: &Keys,
-    target: &str,
-    db: &str,
-    extra: &[&str],
-) -> String {
-    let mut args = vec![
-        "backup",
-        "postgres",
-        "--target",
-        target,
-        "--database",
-        db,
-        "--store",
-        store.url(),
-        "--recipient",
-        &keys.recipient,
-    ];
-    args.extend_from_slice(extra);
-    let out = run("worker", &args, &[]);
-    assert!(out.status.success(), "backup failed: {}", stderr(&out));
-    let id = stdout(&out).trim().to_string();
-    assert!(
-        id.parse::<drkit::catalog::BackupId>().is_ok(),
-        "not an id: {id:?}"
-    );
-    id
-}
-
 /// Runs a workspace binary under GNU time (Debian package `time`) and returns its output
 /// and peak RSS in KiB: memory bounds are asserted on real processes.
 pub fn run_measured(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, u64) {
@@ -516,314 +458,6 @@ pub fn run_measured(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, 
         String::from_utf8_lossy(&out.stderr)
     );
     (out, kib)
-}
-
-/// Writes a backup as the worker lays it out (one small part, then the manifest unless
-/// `complete` is false), started at `started`: for retention tests and benchmarks that need
-/// many backups quickly.
-pub async fn write_synthetic_backup(
-    store: &dyn drkit::store::DeleteStore,
-    target: &str,
-    started: chrono::DateTime<chrono::Utc>,
-    complete: bool,
-) -> drkit::catalog::BackupRef {
-    use drkit::catalog::{
-        BackupId, BackupRef, Compression, Manifest, Part, TableCount, FORMAT_VERSION,
-    };
-    let b = BackupRef {
-        engine: "postgres".into(),
-        target: target.into(),
-        id: BackupId::new(started),
-    };
-    let file = "db-app.pgdump.zst.age";
-    let part = vec![0u8; 64];
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&part))
-    };
-    store
-        .put_bytes(&b.part_key(file), bytes::Bytes::from(part))
-        .await
-        .expect("put part");
-    if complete {
-        let m = Manifest {
-            format_version: FORMAT_VERSION,
-            id: b.id.clone(),
-            engine: b.engine.as_str().into(),
-            target: b.target.clone(),
-            started_at: started,
-            finished_at: started,
-            tool: "synthetic".into(),
-            server_version: "15".into(),
-            // Shaped like a real recipient: the catalog checks manifests before trusting them.
-            recipients: vec![format!("age1{}", "q".repeat(58))],
-            parts: vec![Part {
-                name: "db-app".into(),
-                file: file.into(),
-                format: "pg_dump-custom".into(),
-                compression: Compression::Zstd,
-                ciphertext_bytes: 64,
-                // The real sum: synthetic backups pass an integrity-only verify.
-                ciphertext_sha256: sha,
-                header_sha256: None,
-                plaintext_bytes: 128,
-                database: Some("app".into()),
-                tables: vec![TableCount {
-                    schema: "public".into(),
-                    name: "users".into(),
-                    rows: 42,
-                }],
-                section: None,
-            }],
-            facts: Default::default(),
-        };
-        let json = serde_json::to_vec(&m).expect("json");
-        sign_manifest(store, &b, &json).await;
-        store
-            .put_bytes(&b.manifest_key(), bytes::Bytes::from(json))
-            .await
-            .expect("put manifest");
-    }
-    b
-}
-
-/// Writes `manifest.json.minisig` for these manifest bytes with the suite's key, as the
-/// worker does before it commits.
-pub async fn sign_manifest(
-    store: &dyn drkit::store::DeleteStore,
-    b: &drkit::catalog::BackupRef,
-    manifest: &[u8],
-) {
-    let key = drkit::catalog::SigningKey::from_file(&suite_signer().key_file).expect("suite key");
-    let sig = key.sign(manifest, b).expect("sign");
-    store
-        .put_bytes(&b.signature_key(), bytes::Bytes::from(sig))
-        .await
-        .expect("put signature");
-}
-
-/// A minimal HTTP/1.1 server on loopback for what no real server here can do (a Kubernetes
-/// API, a Vault that sends a broken snapshot): `handler(method, path, body)` answers each
-/// request with a status and a JSON body.
-pub async fn fake_http<F>(handler: F) -> String
-where
-    F: Fn(&str, &str, &str) -> (u16, Vec<u8>) + Send + Sync + 'static,
-{
-    fake_http_with_headers(move |method, path, body| {
-        let (status, reply) = handler(method, path, body);
-        (
-            status,
-            vec![("Content-Type", "application/json".to_string())],
-            reply,
-        )
-    })
-    .await
-}
-
-/// [`fake_http`] whose handler also chooses the response headers.
-pub async fn fake_http_with_headers<F>(handler: F) -> String
-where
-    F: Fn(&str, &str, &str) -> (u16, Vec<(&'static str, String)>, Vec<u8>) + Send + Sync + 'static,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = std::sync::Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let (head, body) = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break (head.to_string(), body.to_string());
-                        }
-                    }
-                };
-                let mut first = head.lines().next().unwrap_or("").split_whitespace();
-                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                let (status, headers, reply) = handler(method, path, &body);
-                let headers: String = headers
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}\r\n"))
-                    .collect();
-                let mut response = format!(
-                    "HTTP/1.1 {status} X\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    reply.len()
-                )
-                .into_bytes();
-                response.extend_from_slice(&reply);
-                let _ = sock.write_all(&response).await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// A PostgreSQL server of its own (the services' binaries, a new data directory, a free
-/// port, the services' password): the "fresh server" of a rebuild. Stopped when dropped.
-pub struct FreshPostgres {
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl FreshPostgres {
-    pub fn start() -> FreshPostgres {
-        let bin = PathBuf::from(svc("DR_PG_BIN_DIR"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let pwfile = dir.path().join("pwfile");
-        std::fs::write(&pwfile, format!("{}\n", svc("PGPASSWORD"))).expect("pwfile");
-        // initdb and postgres refuse to run as root: as the postgres user then (created by
-        // scripts/services.sh), owning the directory.
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let as_pg = |program: PathBuf| {
-            if root {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(program);
-                c
-            } else {
-                Command::new(program)
-            }
-        };
-        if root {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(ok.success());
-        }
-        let data = dir.path().join("data");
-        let out = as_pg(bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-host=scram-sha-256",
-                "--auth-local=trust",
-            ])
-            .args(["-E", "UTF8", "--locale=C.UTF-8"])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = as_pg(bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .args(["-w", "-t", "60", "start", "-o"])
-            .arg(format!(
-                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off",
-                dir.path().display()
-            ))
-            .output()
-            .expect("pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        FreshPostgres { port, dir }
-    }
-
-    /// The server's URL, without a database and without the password (PGPASSWORD).
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
-    }
-
-    pub async fn connect(&self, db: &str) -> Client {
-        let conn = format!(
-            "host=127.0.0.1 port={} user=postgres password={} dbname='{db}'",
-            self.port,
-            svc("PGPASSWORD")
-        );
-        let (client, connection) = tokio_postgres::connect(&conn, NoTls)
-            .await
-            .expect("connect to the fresh postgres");
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Drop for FreshPostgres {
-    fn drop(&mut self) {
-        let pg_ctl = PathBuf::from(svc("DR_PG_BIN_DIR")).join("pg_ctl");
-        let data = self.dir.path().join("data");
-        let mut c = if Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(pg_ctl);
-            c
-        } else {
-            Command::new(pg_ctl)
-        };
-        let _ = c
-            .arg("-D")
-            .arg(data)
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
-
-/// An order-independent fingerprint of every table of a PostgreSQL database: each table's
-/// name, count and the md5 of its rows as text in a fixed order.
-pub async fn pg_fingerprint(client: &Client) -> Vec<(String, i64, String)> {
-    let tables = client
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("list tables");
-    let mut out = Vec::new();
-    for t in tables {
-        let name: String = t.get(0);
-        let row = client
-            .query_one(
-                &format!("SELECT count(*), coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {name} x"),
-                &[],
-            )
-            .await
-            .expect("fingerprint");
-        out.push((name, row.get(0), row.get(1)));
-    }
-    out
 }
 
 /// A running command whose stderr is read line by line as a person at the terminal would:
@@ -906,50 +540,4 @@ pub async fn pushed_lines(prefix: &str, target: &str) -> Vec<String> {
         .filter(|l| l.starts_with(prefix) && l.contains(&label))
         .map(String::from)
         .collect()
-}
-
-/// A fake Redis server on loopback for hostile-peer tests: it reads RESP commands and
-/// answers PING, INFO (as Redis 7.0.15) and anything else with +OK, except `SYNC`, which
-/// it hands to `on_sync` with the connection (whatever that writes is the "snapshot"; the
-/// connection closes when it returns). Returns the server's `redis://` URL.
-pub fn fake_redis(on_sync: fn(&mut std::net::TcpStream)) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let Some(n) = line.trim().strip_prefix('*') else {
-                        continue;
-                    };
-                    let mut args = Vec::new();
-                    for _ in 0..n.parse::<usize>().unwrap_or(0) {
-                        let (mut len, mut arg) = (String::new(), String::new());
-                        reader.read_line(&mut len).unwrap();
-                        reader.read_line(&mut arg).unwrap();
-                        args.push(arg.trim().to_uppercase());
-                    }
-                    let reply: &[u8] = match args.first().map(String::as_str) {
-                        Some("PING") => b"+PONG\r\n",
-                        Some("INFO") => b"$22\r\nredis_version:7.0.15\r\n\r\n",
-                        Some("SYNC") => {
-                            on_sync(&mut w);
-                            return;
-                        }
-                        _ => b"+OK\r\n",
-                    };
-                    let _ = w.write_all(reply);
-                }
-            });
-        }
-    });
-    url
 }

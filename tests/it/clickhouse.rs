@@ -10,6 +10,22 @@ use dr_tests::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// One test per ClickHouse server for a test body that takes the server: `$legacy` on the
+/// Debian 18.16 server, `$modern` on ClickHouse 26's engine (chDB).
+macro_rules! on_both_servers {
+    ($legacy:ident, $modern:ident => $body:ident) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $legacy() {
+            $body(Server::legacy()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $modern() {
+            $body(Server::modern()).await;
+        }
+    };
+}
+
 /// One of the two test servers.
 #[derive(Clone)]
 pub(crate) struct Server {
@@ -140,15 +156,7 @@ fn dr(store: &TestStore, args: &[&str]) -> std::process::Output {
     run("kubectl-dr", &all, &[])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn round_trip_under_another_name_on_18_16() {
-    round_trip_under_another_name_keeps_rows_views_and_order(Server::legacy()).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn round_trip_under_another_name_on_26() {
-    round_trip_under_another_name_keeps_rows_views_and_order(Server::modern()).await;
-}
+on_both_servers!(round_trip_under_another_name_on_18_16, round_trip_under_another_name_on_26 => round_trip_under_another_name_keeps_rows_views_and_order);
 
 async fn round_trip_under_another_name_keeps_rows_views_and_order(server: Server) {
     let db = unique("chsrc");
@@ -318,15 +326,7 @@ async fn round_trip_under_another_name_keeps_rows_views_and_order(server: Server
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_subset_and_damaged_or_foreign_input_on_18_16() {
-    a_subset_of_tables_and_damaged_or_foreign_input(Server::legacy()).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_subset_and_damaged_or_foreign_input_on_26() {
-    a_subset_of_tables_and_damaged_or_foreign_input(Server::modern()).await;
-}
+on_both_servers!(a_subset_and_damaged_or_foreign_input_on_18_16, a_subset_and_damaged_or_foreign_input_on_26 => a_subset_of_tables_and_damaged_or_foreign_input);
 
 async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
     let db = unique("chsub");
@@ -487,18 +487,10 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
     }
 }
 
-/// A query that fails after the server has started answering 200: the walker finds the
-/// exception text after the good blocks, on the real server's own output.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_exception_in_a_real_result_is_caught_on_18_16() {
-    an_exception_in_the_middle_of_a_real_result_is_caught(Server::legacy()).await;
-}
-
-/// ClickHouse 26's engine fails mid-result; the front writes it in the 25.11+ envelope.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_exception_in_a_real_result_is_caught_on_26() {
-    an_exception_in_the_middle_of_a_real_result_is_caught(Server::modern()).await;
-}
+// A query that fails after the server has started answering 200: the walker finds the
+// exception text after the good blocks, on the real server's own output.
+// ClickHouse 26's engine fails mid-result; the front writes it in the 25.11+ envelope.
+on_both_servers!(an_exception_in_a_real_result_is_caught_on_18_16, an_exception_in_a_real_result_is_caught_on_26 => an_exception_in_the_middle_of_a_real_result_is_caught);
 
 async fn an_exception_in_the_middle_of_a_real_result_is_caught(server: Server) {
     let resp = reqwest::Client::new()
@@ -574,17 +566,9 @@ async fn a_table_failing_mid_dump_fails_the_backup() {
     assert!(!store.files().iter().any(|f| f.ends_with("manifest.json")));
 }
 
-/// Replicated tables (which the 18.16 test server cannot create without ZooKeeper) need an
-/// explicit policy; `convert` makes the single-node engine, and the result really creates.
-#[tokio::test(flavor = "multi_thread")]
-async fn replicated_tables_need_a_policy_on_18_16() {
-    replicated_tables_need_a_policy_and_convert_creates(Server::legacy()).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn replicated_tables_need_a_policy_on_26() {
-    replicated_tables_need_a_policy_and_convert_creates(Server::modern()).await;
-}
+// Replicated tables (which the 18.16 test server cannot create without ZooKeeper) need an
+// explicit policy; `convert` makes the single-node engine, and the result really creates.
+on_both_servers!(replicated_tables_need_a_policy_on_18_16, replicated_tables_need_a_policy_on_26 => replicated_tables_need_a_policy_and_convert_creates);
 
 async fn replicated_tables_need_a_policy_and_convert_creates(server: Server) {
     use drkit::engine::clickhouse::restore::{self, Replicated, RestoreOptions};

@@ -279,6 +279,50 @@ fn every_overlay_renders_and_keeps_the_rules() {
     }
 }
 
+/// Every component of `manifests/`, rendered beside the base in an overlay of its own: a
+/// component no shipped overlay includes (an example engine's) keeps the rules too.
+#[test]
+fn every_component_renders_beside_the_base_and_keeps_the_rules() {
+    let root = dr_tests::repo_root();
+    let mut components: Vec<_> = std::fs::read_dir(root.join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").exists())
+        .collect();
+    components.sort();
+    assert!(components.len() >= 5, "{components:?}");
+    for component in components {
+        let text = std::fs::read_to_string(component.join("kustomization.yaml")).unwrap();
+        if !text.contains("kind: Component") {
+            continue;
+        }
+        // Two floors below the root (kustomize takes relative roots only), outside the
+        // overlays (another test lists those).
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        let dir = tempfile::tempdir_in(root.join("target")).unwrap();
+        let name = component
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: kube-dr\nresources:\n  - ../../kustomize/base\ncomponents:\n  - ../../manifests/{name}\n"
+            ),
+        )
+        .unwrap();
+        let objects = render(dir.path());
+        let bad: Vec<String> = objects.iter().flat_map(violations).collect();
+        assert!(
+            bad.is_empty(),
+            "{}:\n{}",
+            component.display(),
+            bad.join("\n")
+        );
+    }
+}
+
 #[test]
 fn secret_templates_hold_no_identity_and_keep_the_rules() {
     let dir = dr_tests::repo_root().join("manifests/secret-templates");

@@ -2,12 +2,11 @@
 //! key opens it (full decryption, nothing written to disk), and how its row counts compare
 //! with a live or restored database.
 
-use anyhow::Context;
 use clap::Args;
 use drkit::catalog;
 use drkit::cli::{CheckFailed, IdentityArgs, StoreArgs};
 use drkit::engine::registry::RestoreFlags;
-use drkit::engine::{RestoreCommon, RunKind};
+use drkit::engine::{redact_url, EngineFailed, RestoreCommon, RunKind};
 use drkit::progress::Progress;
 use drkit::store::ReadStore;
 use drkit::verify::{self, MaxDiff};
@@ -120,11 +119,14 @@ impl VerifyCmd {
                 };
                 let mut sink = RestoreFlags::default()
                     .sink(&manifest.engine, &common)
-                    .map_err(anyhow::Error::from_boxed)?;
-                sink.probe(&manifest)
-                    .await
-                    .map_err(anyhow::Error::from_boxed)
-                    .with_context(|| format!("checking --against {url} before verifying"))?;
+                    .map_err(|source| EngineFailed {
+                        doing: format!("--against {}", redact_url(url)),
+                        source,
+                    })?;
+                sink.probe(&manifest).await.map_err(|source| EngineFailed {
+                    doing: format!("checking --against {url} before verifying"),
+                    source,
+                })?;
                 Some(sink)
             }
             None => None,
@@ -178,7 +180,10 @@ impl VerifyCmd {
             Some(sink) => sink
                 .live_counts(&manifest)
                 .await
-                .map_err(anyhow::Error::from_boxed)?
+                .map_err(|source| EngineFailed {
+                    doing: "counting what --against holds".into(),
+                    source,
+                })?
                 .into_iter()
                 .map(|c| DatabaseCounts::new(&c.heading, c.against, self.max_diff, c.rows))
                 .collect(),

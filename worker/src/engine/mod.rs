@@ -65,6 +65,19 @@ use crate::store::{StoreError, WriteStore};
 /// path can carry any engine's (`downcast_ref` finds it again).
 pub type SourceFailure = Box<dyn std::error::Error + Send + Sync>;
 
+/// An engine's error with what the command was doing. The engine's own error stays in the
+/// chain (a boxed error turned into `anyhow::Error` directly would hide its type, and with it
+/// whether it is a failed check: exit 1), and each cause is printed once.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}")]
+pub struct EngineFailed {
+    /// What the command was doing, e.g. "checking --against URL before verifying".
+    pub doing: String,
+    /// The engine's error.
+    #[source]
+    pub source: SourceFailure,
+}
+
 /// What a dump reports for the manifest besides its parts.
 #[derive(Debug, Clone, Default)]
 pub struct DumpOutcome {
@@ -193,6 +206,31 @@ pub struct RestoreCtx<'a> {
     pub progress: &'a dyn crate::progress::Progress,
     /// Lines a person must see (e.g. a node to unseal).
     pub say: &'a (dyn for<'s> Fn(&'s str) + Sync),
+}
+
+impl RestoreCtx<'_> {
+    /// The plaintext of a verified part, and its progress bar (see
+    /// [`crate::verify::open_plaintext`]).
+    ///
+    /// # Errors
+    /// [`crate::verify::VerifyError`]: the store, a wrong key.
+    pub async fn open(
+        &self,
+        part: crate::verify::Verified<'_>,
+    ) -> Result<
+        (
+            crate::pipeline::decode::PlainReader,
+            std::sync::Arc<dyn crate::progress::ProgressBar>,
+        ),
+        crate::verify::VerifyError,
+    > {
+        crate::verify::open_plaintext(self.store, part, self.identities, self.progress).await
+    }
+
+    /// Tells a person `line`.
+    pub fn say(&self, line: &str) {
+        (self.say)(line);
+    }
 }
 
 /// The verified parts one restore reads: never empty, the lead (the first part

@@ -236,79 +236,96 @@ impl<'a> Run<'a> {
         mut state: Option<&mut StateFile>,
         observer: &mut dyn Observer,
     ) -> Result<(), RunError> {
-        let result = self
-            .execute_steps(prepared, total, state.as_deref_mut(), observer)
-            .await;
-        if let (Err(e), Some(state)) = (&result, state) {
-            state.state.failed = Some(
-                error_chain(e)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-            // The step's own error is what the exit code and the message must carry.
-            if let Err(save) = state.save() {
-                tracing::warn!(error = %save, "the state file could not record the failure");
-            }
-        }
-        result
-    }
-
-    async fn execute_steps(
-        &self,
-        prepared: Vec<(usize, Prepared<'_>)>,
-        total: usize,
-        mut state: Option<&mut StateFile>,
-        observer: &mut dyn Observer,
-    ) -> Result<(), RunError> {
-        let mut first = true;
-        for (i, p) in prepared {
-            let step = p.step.clone();
-            observer.started(i, &step);
-            let started = Instant::now();
-            let outcome = p.run(self.ctx).await;
-            let seconds = started.elapsed().as_secs_f64();
-            let counts = match outcome {
-                Ok(c) => c,
-                Err(source) => {
-                    observer.failed(i, &step, seconds);
-                    return Err(RunError::Restore {
-                        step: label(i, total, &step),
-                        seconds,
-                        first,
-                        source,
-                    });
-                }
+        for (n, (index, p)) in prepared.into_iter().enumerate() {
+            let step = Position {
+                index,
+                total,
+                first: n == 0,
             };
-            first = false;
-            let ok = counts.rows.iter().all(|r| r.ok);
-            observer.restored(i, &step, seconds, &counts, ok);
-            if !ok {
-                return Err(RunError::CountsDiffer {
-                    step: label(i, total, &step),
-                    max_diff: self.max_diff,
-                });
+            let done = self
+                .execute_step(step, p, state.as_deref_mut(), observer)
+                .await;
+            if let (Err(e), Some(state)) = (&done, state.as_deref_mut()) {
+                state.state.failed = Some(
+                    error_chain(e)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                // The step's own error is what the exit code and the message must carry.
+                if let Err(save) = state.save() {
+                    tracing::warn!(error = %save, "the state file could not record the failure");
+                }
             }
-            if let Some(state) = state.as_deref_mut() {
-                state.state.done.push(DoneStep {
-                    step: step.key(),
-                    destination: step.shown_to(),
-                    stored_bytes: step.stored_bytes(),
-                    seconds,
-                    finished_at: Utc::now(),
-                    tables: counts.rows.len(),
-                });
-                // Without its record a step would be redone by --resume: stop here (a full
-                // disk), whatever comes next.
-                state.save().map_err(|source| RunError::Record {
-                    step: format!("step {}/{total}", i + 1),
-                    source,
-                })?;
-            }
+            done?;
         }
         Ok(())
     }
+
+    /// Restores one prepared step, compares its counts and records it.
+    async fn execute_step(
+        &self,
+        at: Position,
+        p: Prepared<'_>,
+        state: Option<&mut StateFile>,
+        observer: &mut dyn Observer,
+    ) -> Result<(), RunError> {
+        let (i, total) = (at.index, at.total);
+        let step = p.step.clone();
+        observer.started(i, &step);
+        let started = Instant::now();
+        let outcome = p.run(self.ctx).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let counts = match outcome {
+            Ok(c) => c,
+            Err(source) => {
+                observer.failed(i, &step, seconds);
+                return Err(RunError::Restore {
+                    step: label(i, total, &step),
+                    seconds,
+                    first: at.first,
+                    source,
+                });
+            }
+        };
+        let ok = counts.rows.iter().all(|r| r.ok);
+        observer.restored(i, &step, seconds, &counts, ok);
+        if !ok {
+            return Err(RunError::CountsDiffer {
+                step: label(i, total, &step),
+                max_diff: self.max_diff,
+            });
+        }
+        if let Some(state) = state {
+            state.state.done.push(DoneStep {
+                step: step.key(),
+                destination: step.shown_to(),
+                stored_bytes: step.stored_bytes(),
+                seconds,
+                finished_at: Utc::now(),
+                tables: counts.rows.len(),
+            });
+            // Without its record a step would be redone by --resume: stop here (a full
+            // disk), whatever comes next.
+            state.save().map_err(|source| RunError::Record {
+                step: format!("step {}/{total}", i + 1),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a step stands in its run.
+#[derive(Clone, Copy)]
+struct Position {
+    /// Its index among all the run's steps (0-based).
+    index: usize,
+    /// How many steps the run has.
+    total: usize,
+    /// The first step this run executes: nothing was changed before it.
+    first: bool,
 }
 
 /// An error and its causes on one line, as `{:#}` prints an `anyhow::Error`.

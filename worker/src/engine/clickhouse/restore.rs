@@ -549,17 +549,14 @@ pub async fn count(client: &ChClient, db: &str, table: &str) -> Result<u64, ChEr
 ///
 /// # Errors
 /// DDL and load errors, damaged parts.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &ChClient,
     plan: &Plan,
-    store: &dyn ReadStore,
     verified: &[Verified<'_>],
-    identities: &Identities,
     opts: &RestoreOptions,
-    progress: &dyn Progress,
-    say: &(dyn Fn(&str) + Sync),
+    ctx: crate::engine::RestoreCtx<'_>,
 ) -> Result<Vec<TableCount>, RestoreError> {
+    let say = ctx.say;
     let mut made = Vec::new();
     let restored = async {
     for (db, create) in &plan.databases {
@@ -626,17 +623,8 @@ pub async fn run(
                         "part {part_name} was not verified before the restore (or is not in the manifest)"
                     ))
                 })?;
-            load(
-                client,
-                store,
-                part,
-                identities,
-                &step.database,
-                &table,
-                columns,
-                progress,
-            )
-            .await
+            load(client, ctx, part, &step.database, &table, columns)
+                .await
             .map_err(|e| RestoreError::Load {
                 table: format!("{}.{table}", step.database),
                 source: Box::new(e),
@@ -677,19 +665,16 @@ pub async fn run(
 }
 
 /// Streams one part into `INSERT INTO db.table (columns) FORMAT Native|TabSeparated`.
-#[allow(clippy::too_many_arguments)]
 async fn load(
     client: &ChClient,
-    store: &dyn ReadStore,
+    ctx: crate::engine::RestoreCtx<'_>,
     verified: Verified<'_>,
-    identities: &Identities,
     db: &str,
     table: &str,
     columns: &[String],
-    progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
     let (manifest, part) = (verified.manifest(), verified.part());
-    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let (plain, bar) = ctx.open(verified).await?;
     let (body, feeding) = verified_body(plain, manifest.backup_ref().to_string(), part.clone());
     let cols = columns
         .iter()

@@ -221,20 +221,9 @@ impl Planned for ChPlanned {
         ctx: RestoreCtx<'_>,
         parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let say = ctx.say;
         let manifest = parts.manifest();
-        let counts = restore::run(
-            &self.client,
-            &self.plan,
-            ctx.store,
-            parts.all(),
-            ctx.identities,
-            &self.opts,
-            ctx.progress,
-            say,
-        )
-        .await?;
-        say(&format!(
+        let counts = restore::run(&self.client, &self.plan, parts.all(), &self.opts, ctx).await?;
+        ctx.say(&format!(
             "restored {} into {}",
             manifest.backup_ref(),
             self.target

@@ -13,7 +13,7 @@ use crate::engine::{
     Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, RunKind, Sink, SourceFailure,
     VerifiedParts,
 };
-use crate::verify::{open_plaintext, stream_withheld, VerifyError};
+use crate::verify::{stream_withheld, VerifyError};
 
 /// Command flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -131,13 +131,12 @@ impl Planned for CommandSink {
         ctx: RestoreCtx<'_>,
         parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
         let part = parts.lead();
         let (manifest, meta) = (part.manifest(), part.part().clone());
         let expected =
             Some(manifest.facts.read::<super::Facts>()?.plaintext_sha256).filter(|s| !s.is_empty());
         let backup = manifest.backup_ref().to_string();
-        let (plain, bar) = open_plaintext(store, part, identities, progress).await?;
+        let (plain, bar) = ctx.open(part).await?;
         let argv = match &self.destination {
             Destination::Command(argv) => Some(argv.clone()),
             Destination::Stdout => None,
@@ -184,7 +183,7 @@ impl Planned for CommandSink {
         .expect("restore thread panicked");
         bar.finish();
         let bytes = fed?;
-        say(&format!(
+        ctx.say(&format!(
             "restored {} ({bytes} bytes)",
             manifest.backup_ref()
         ));

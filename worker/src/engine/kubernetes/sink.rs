@@ -25,7 +25,7 @@ use crate::engine::{
     Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
     VerifiedParts,
 };
-use crate::verify::{self, open_plaintext, stream_withheld};
+use crate::verify::{self, stream_withheld};
 
 /// The finalizer that makes deleting an Argo CD Application delete its live resources.
 pub const ARGO_FINALIZER: &str = "resources-finalizer.argocd.argoproj.io";
@@ -207,7 +207,6 @@ impl Sink for KubernetesSink {
         ctx: RestoreCtx<'_>,
         first: &VerifiedParts<'m>,
     ) -> Result<RestorePlan<'m>, SourceFailure> {
-        let (store, identities, progress) = (ctx.store, ctx.identities, ctx.progress);
         let objects: u64 = first
             .all()
             .iter()
@@ -242,7 +241,7 @@ impl Sink for KubernetesSink {
         let mut finalizers = 0;
         for &v in first.all() {
             let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
-            let (plain, bar) = open_plaintext(store, v, identities, progress).await?;
+            let (plain, bar) = ctx.open(v).await?;
             let yaml = tokio::task::spawn_blocking(move || {
                 let mut yaml = Vec::new();
                 stream_withheld(plain, &backup, &part, |d, _| -> Result<(), SourceFailure> {
@@ -335,13 +334,12 @@ impl Planned for KubernetesPlanned {
         ctx: RestoreCtx<'_>,
         parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
         let manifest = parts.manifest();
         let Some(client) = self.client.clone() else {
             // In apply order: `parts` is `first_parts`, checked.
             for v in parts.all() {
                 let (backup, part) = (v.manifest().backup_ref().to_string(), v.part().clone());
-                let (plain, bar) = open_plaintext(store, *v, identities, progress).await?;
+                let (plain, bar) = ctx.open(*v).await?;
                 tokio::task::spawn_blocking(move || {
                     let stdout = std::io::stdout();
                     stream_withheld(plain, &backup, &part, |data, _| {
@@ -354,7 +352,7 @@ impl Planned for KubernetesPlanned {
                 .expect("restore thread panicked")?;
                 bar.finish();
             }
-            say(&format!(
+            ctx.say(&format!(
                 "wrote the objects of {} to stdout",
                 manifest.backup_ref()
             ));
@@ -382,7 +380,7 @@ impl Planned for KubernetesPlanned {
                 .map_err(|e| api_error(e, &format!("applying {}", p.path)))?;
             applied += 1;
         }
-        say(&format!(
+        ctx.say(&format!(
             "applied {applied} object(s); {skipped} existing left as they were{}",
             if skipped > 0 {
                 " (--clean replaces them)"

@@ -17,10 +17,7 @@ use std::collections::BTreeSet;
 use super::restore::{RestoreError, RestoreOptions};
 use super::PgTarget;
 use crate::engine::child::{self, StdinChild};
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::ReadStore;
-use crate::verify::{finish_checked, open_plaintext, Verified, VerifyError};
+use crate::verify::{finish_checked, Verified, VerifyError};
 
 /// Largest globals part read (real ones are kilobytes; thousands of roles stay far below).
 const MAX_GLOBALS_BYTES: u64 = 64 * 1024 * 1024;
@@ -156,11 +153,9 @@ fn filter(sql: &str, existing: &Existing, clean: bool) -> (String, GlobalsOutcom
 /// one).
 pub async fn restore(
     target: &PgTarget,
-    store: &dyn ReadStore,
     verified: Verified<'_>,
-    identities: &Identities,
     opts: &RestoreOptions,
-    progress: &dyn Progress,
+    ctx: crate::engine::RestoreCtx<'_>,
 ) -> Result<GlobalsOutcome, RestoreError> {
     let (manifest, part) = (verified.manifest(), verified.part());
     let backup = manifest.backup_ref().to_string();
@@ -175,7 +170,7 @@ pub async fn restore(
         }
         .into());
     }
-    let (mut plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let (mut plain, bar) = ctx.open(verified).await?;
     let part_owned = part.clone();
     let sql = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VerifyError> {
         let mut sql = Vec::new();

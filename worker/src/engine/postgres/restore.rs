@@ -18,11 +18,10 @@ use futures::{StreamExt, TryStreamExt};
 use super::{count_tables, quote_ident, PgError, PgTarget, LIST_TABLES};
 use crate::catalog::{Part, Section, TableCount};
 use crate::engine::child::{self, ChildError, StdinChild};
+use crate::engine::RestoreCtx;
 use crate::pipeline::decode::PlainReader;
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::{ReadStore, StoreError};
-use crate::verify::{open_plaintext, stream_withheld, Verified, VerifyError};
+use crate::store::StoreError;
+use crate::verify::{stream_withheld, Verified, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -185,14 +184,12 @@ pub async fn plan(
 /// is left as it was.
 pub async fn run(
     plan: &RestorePlan,
-    store: &dyn ReadStore,
     verified: Verified<'_>,
-    identities: &Identities,
     opts: &RestoreOptions,
-    progress: &dyn Progress,
+    ctx: RestoreCtx<'_>,
 ) -> Result<Vec<TableCount>, RestoreError> {
     // The age header opens first: a wrong key fails before the target is touched.
-    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let (plain, bar) = ctx.open(verified).await?;
     let maintenance = create_if_new(plan).await?;
     let mut args = vec!["--single-transaction".to_string()];
     if plan.clean {
@@ -222,12 +219,10 @@ pub async fn run(
 /// As [`run`]; the created database is dropped again.
 pub async fn run_split(
     plan: &RestorePlan,
-    store: &dyn ReadStore,
     parts: &[Verified<'_>],
-    identities: &Identities,
     opts: &RestoreOptions,
     jobs: usize,
-    progress: &dyn Progress,
+    ctx: RestoreCtx<'_>,
 ) -> Result<Vec<TableCount>, RestoreError> {
     let pre = *of(parts, Section::PreData)
         .first()
@@ -236,16 +231,10 @@ pub async fn run_split(
         .first()
         .ok_or(RestoreError::Layout("no post-data part"))?;
     // The key is checked on the first part before the database is created.
-    let (plain, bar) = open_plaintext(store, pre, identities, progress).await?;
+    let (plain, bar) = ctx.open(pre).await?;
     let maintenance = create_if_new(plan).await?;
     let jobs = jobs.max(1);
-    let loader = Loader {
-        plan,
-        store,
-        identities,
-        opts,
-        progress,
-    };
+    let loader = Loader { plan, ctx, opts };
     let loaded = async {
         let first = feed_blocking(plan, opts, pre, plain, one_transaction()).await;
         bar.finish();
@@ -355,17 +344,14 @@ fn pg_restore(
 /// What every load of a split restore shares.
 struct Loader<'a> {
     plan: &'a RestorePlan,
-    store: &'a dyn ReadStore,
-    identities: &'a Identities,
+    ctx: RestoreCtx<'a>,
     opts: &'a RestoreOptions,
-    progress: &'a dyn Progress,
 }
 
 impl Loader<'_> {
     /// Opens one part and feeds it to a pg_restore with `args`.
     async fn load(&self, verified: Verified<'_>, args: Vec<String>) -> Result<(), RestoreError> {
-        let (plain, bar) =
-            open_plaintext(self.store, verified, self.identities, self.progress).await?;
+        let (plain, bar) = self.ctx.open(verified).await?;
         let loaded = feed_blocking(self.plan, self.opts, verified, plain, args).await;
         bar.finish();
         loaded
@@ -373,8 +359,7 @@ impl Loader<'_> {
 
     /// The table of contents of a part (`pg_restore -l`), read from its checked stream.
     async fn list(&self, verified: Verified<'_>) -> Result<String, RestoreError> {
-        let (plain, bar) =
-            open_plaintext(self.store, verified, self.identities, self.progress).await?;
+        let (plain, bar) = self.ctx.open(verified).await?;
         let mut cmd = child::tool(self.opts.bin_dir.as_deref(), "pg_restore");
         cmd.arg("--list")
             .envs(self.plan.target.child_env(&self.plan.database));

@@ -325,16 +325,8 @@ impl Planned for PgPlanned {
             .iter()
             .find(|v| v.part().format == PartFormat::Sql)
         {
-            let outcome = super::globals::restore(
-                &self.to,
-                ctx.store,
-                *globals,
-                ctx.identities,
-                &self.opts,
-                ctx.progress,
-            )
-            .await?;
-            (ctx.say)(&outcome.describe());
+            let outcome = super::globals::restore(&self.to, *globals, &self.opts, ctx).await?;
+            ctx.say(&outcome.describe());
         }
         let counts = if part.part().section.is_some() {
             let split: Vec<_> = parts
@@ -343,28 +335,11 @@ impl Planned for PgPlanned {
                 .filter(|v| v.part().database == part.part().database && v.part().section.is_some())
                 .copied()
                 .collect();
-            restore::run_split(
-                plan,
-                ctx.store,
-                &split,
-                ctx.identities,
-                &self.opts,
-                self.jobs,
-                ctx.progress,
-            )
-            .await?
+            restore::run_split(plan, &split, &self.opts, self.jobs, ctx).await?
         } else {
-            restore::run(
-                plan,
-                ctx.store,
-                part,
-                ctx.identities,
-                &self.opts,
-                ctx.progress,
-            )
-            .await?
+            restore::run(plan, part, &self.opts, ctx).await?
         };
-        (ctx.say)(&format!(
+        ctx.say(&format!(
             "restored {} into {}",
             part.manifest().backup_ref(),
             plan.target

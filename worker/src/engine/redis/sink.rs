@@ -12,7 +12,7 @@ use crate::engine::{
     Confirm, Planned, RestoreCommon, RestoreCtx, RestorePlan, RestoredCounts, Sink, SourceFailure,
     VerifiedParts,
 };
-use crate::verify::{self, open_plaintext};
+use crate::verify;
 
 /// Redis flags of `kubectl dr restore`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -167,11 +167,10 @@ impl Planned for RedisSink {
         ctx: RestoreCtx<'_>,
         parts: &VerifiedParts<'_>,
     ) -> Result<RestoredCounts, SourceFailure> {
-        let (store, identities, progress, say) = (ctx.store, ctx.identities, ctx.progress, ctx.say);
         let part = parts.lead();
         let (manifest, meta) = (part.manifest(), part.part().clone());
         let backup = manifest.backup_ref().to_string();
-        let (plain, bar) = open_plaintext(store, part, identities, progress).await?;
+        let (plain, bar) = ctx.open(part).await?;
         let (target, listen, wait) = (self.target.clone(), self.listen.clone(), self.wait);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let work = blocking(move || {
@@ -243,17 +242,17 @@ impl Planned for RedisSink {
         tokio::pin!(work);
         let done = loop {
             tokio::select! {
-                Some(line) = rx.recv() => say(&line),
+                Some(line) = rx.recv() => ctx.say(&line),
                 done = &mut work => break done,
             }
         };
         // What the work said last (e.g. a cleanup that failed beside its error) is heard too.
         while let Ok(line) = rx.try_recv() {
-            say(&line);
+            ctx.say(&line);
         }
         let counts = done?;
         bar.finish();
-        say(&format!(
+        ctx.say(&format!(
             "restored {} into {}; it is a primary again",
             manifest.backup_ref(),
             self.target

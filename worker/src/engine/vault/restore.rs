@@ -19,10 +19,8 @@ use reqwest::{Method, StatusCode};
 
 use super::{check_usable, Health, Token, VaultClient, VaultError, VaultTarget, SNAPSHOT_PATH};
 use crate::catalog::Manifest;
-use crate::pipeline::keys::Identities;
-use crate::progress::Progress;
-use crate::store::{ReadStore, StoreError};
-use crate::verify::{open_plaintext, verified_body, Verified, VerifyError};
+use crate::store::StoreError;
+use crate::verify::{verified_body, Verified, VerifyError};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -140,25 +138,22 @@ pub async fn plan(
     })
 }
 
-/// Sends the snapshot and waits for the node to be active again. `notify` hears about
+/// Sends the snapshot and waits for the node to be active again. `ctx.say` hears about
 /// states a person must act on (a sealed node) while this keeps waiting.
 ///
 /// # Errors
 /// Wrong key, damaged stream, refusal by the server, a node that stays sealed or inactive.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     plan: &RestorePlan,
-    store: &dyn ReadStore,
     verified: Verified<'_>,
-    identities: &Identities,
     opts: &RestoreOptions,
-    progress: &dyn Progress,
-    notify: &(dyn Fn(&str) + Sync),
+    ctx: crate::engine::RestoreCtx<'_>,
 ) -> Result<(), RestoreError> {
+    let notify = ctx.say;
     let (manifest, part) = (verified.manifest(), verified.part());
     let backup = manifest.backup_ref();
     // The age header opens first: a wrong key fails before the server is touched.
-    let (plain, bar) = open_plaintext(store, verified, identities, progress).await?;
+    let (plain, bar) = ctx.open(verified).await?;
 
     let (body, feeding) = verified_body(plain, backup.to_string(), part.clone());
     let path = if opts.force {
@@ -185,7 +180,7 @@ pub async fn run(
     let status = response.status();
     if !status.is_success() {
         if status == StatusCode::BAD_REQUEST && !opts.force {
-            let message = super::errors_of(response).await;
+            let message = super::client::errors_of(response).await;
             if message.contains("unseal keys") || message.contains("hash file") {
                 return Err(RestoreError::ForceNeeded {
                     addr: client.addr().to_string(),

@@ -182,18 +182,8 @@ impl Planned for VaultPlanned {
         let plan = &self.plan;
         let part = parts.lead();
         let manifest = part.manifest();
-        restore::run(
-            plan,
-            ctx.store,
-            part,
-            ctx.identities,
-            &self.opts,
-            ctx.progress,
-            ctx.say,
-        )
-        .await?;
-        let say = ctx.say;
-        say(&format!(
+        restore::run(plan, part, &self.opts, ctx).await?;
+        ctx.say(&format!(
             "restored {} into {}",
             manifest.backup_ref(),
             plan.client.addr()

@@ -2,20 +2,25 @@
 //! store and key options and map failures to the same exit codes:
 //! 0 ok, 1 a check failed (integrity or count mismatch), 2 usage or operational error.
 
+mod exit;
+mod logging;
+
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
 
 use crate::catalog::signature::SignatureError;
-use crate::catalog::{CatalogError, Signers, Trust};
+use crate::catalog::{Signers, Trust};
 use crate::pipeline::keys::{Identities, KeyError};
 use crate::store::{self, DeleteStore, OpenMode, S3Options, StoreUrl};
-use crate::verify::VerifyError;
 
 // The flags of a backup live a floor lower, where the engines' registry can use them.
 pub use crate::args::{CompressionArg, EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
+pub use exit::{
+    exit_code, outcome_code, print_line, report, stdout_error, CheckFailed, StdoutClosed,
+};
+pub use logging::{init_logging, init_logging_to, LogFormat};
 
 /// Where backups live.
 #[derive(Debug, Clone, Args)]
@@ -212,120 +217,6 @@ impl IdentityArgs {
     }
 }
 
-/// A check that ran and failed (as opposed to an error that stopped it): exit code 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CheckFailed(pub String);
-
-/// Stdout's reader went away (`kubectl dr list | head`): the command stops, successfully.
-/// Only writes to stdout make this; a broken pipe anywhere else (a restore tool that stopped
-/// reading) stays an error.
-#[derive(Debug, thiserror::Error)]
-#[error("stdout was closed by its reader")]
-pub struct StdoutClosed;
-
-/// A failed write to stdout, as an error: [`StdoutClosed`] for a reader that went away.
-pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        StdoutClosed.into()
-    } else {
-        anyhow::Error::new(e).context("writing to stdout")
-    }
-}
-
-/// Prints one line on stdout (unlike `println!`, a closed stdout is an error value, not a
-/// panic).
-///
-/// # Errors
-/// [`stdout_error`].
-pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
-    use std::io::Write;
-    writeln!(std::io::stdout().lock(), "{line}").map_err(stdout_error)
-}
-
-/// Maps an error chain to an exit code and prints it (unless `quiet`: the caller logged it
-/// already, e.g. as a JSON line); a closed stdout (`| head`) is success.
-pub fn report(err: &anyhow::Error, quiet: bool) -> ExitCode {
-    let code = outcome_code(err);
-    if code != 0 && !quiet {
-        eprintln!("error: {err:#}");
-    }
-    ExitCode::from(code)
-}
-
-/// The exit code an error ends the program with: 0 for a closed stdout (the reader had
-/// enough), else [`exit_code`].
-pub fn outcome_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|c| c.is::<StdoutClosed>()) {
-        0
-    } else {
-        exit_code(err)
-    }
-}
-
-/// 1 when the chain holds a failed check, else 2.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let is_check = |c: &(dyn std::error::Error + 'static)| {
-        c.downcast_ref::<CheckFailed>().is_some()
-            || c.downcast_ref::<crate::rebuild::RunError>()
-                .is_some_and(crate::rebuild::RunError::is_check_failure)
-            || c.downcast_ref::<VerifyError>()
-                .is_some_and(VerifyError::is_check_failure)
-            || c.downcast_ref::<CatalogError>()
-                .is_some_and(CatalogError::is_check_failure)
-    };
-    // An engine's error arrives boxed (`SourceFailure`); `anyhow::Error::from_boxed` keeps
-    // the box itself out of `chain()`, so it is looked into here.
-    let boxed = err.downcast_ref::<crate::engine::SourceFailure>().map(|b| {
-        std::iter::successors(
-            Some(b.as_ref() as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        )
-    });
-    if err.chain().any(is_check) || boxed.is_some_and(|mut chain| chain.any(is_check)) {
-        1
-    } else {
-        2
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One JSON document.
-    Json,
-    /// Aligned columns for people.
-    Text,
-}
-
-/// Logs to stderr; `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    init_logging_to(format, default_level, std::io::stderr);
-}
-
-/// [`init_logging`] through `writer` (e.g. a [`crate::observe::tail::LogTail`], which
-/// writes to stderr and keeps the end for the ping).
-pub fn init_logging_to<W>(format: LogFormat, default_level: &str, writer: W)
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    // The AWS credential chain warns with a raw struct dump for each provider it tries
-    // (IMDS on a laptop); the store's own error says what to set in one sentence.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},aws_config=error"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // No `target` field: it would be tracing's module path, and in this tool `target`
-    // means the backup's --target (log lines name it inside `backup`).
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_target(false).init(),
-        LogFormat::Text => builder.with_target(false).init(),
-    }
-}
-
 /// Retention rules, shared by `worker prune`, `kubectl dr prune` and `kubectl dr list`.
 /// Calendar periods are UTC and count back from the newest complete backup of each target.
 #[derive(Debug, Clone, Args)]
@@ -392,158 +283,5 @@ impl RetentionArgs {
             incomplete_grace: dur(self.grace),
             max_clock_skew: dur(self.max_clock_skew),
         }
-    }
-}
-
-#[cfg(test)]
-mod exit_code_tests {
-    use super::*;
-    use crate::catalog::CatalogError;
-    use crate::pipeline::decode::DecodeError;
-    use crate::store::StoreError;
-
-    fn hash_mismatch() -> VerifyError {
-        VerifyError::HashMismatch {
-            backup: "postgres/prod/20261122T020000Z-7f3a9c".into(),
-            part: "db-app".into(),
-            expected: "a".repeat(64),
-            found: "b".repeat(64),
-        }
-    }
-
-    fn unreachable() -> StoreError {
-        StoreError::Unreachable {
-            location: "s3://b".into(),
-            detail: "connection refused".into(),
-        }
-    }
-
-    /// The one exit-code table: 0 ok; 1 a check failed (integrity, counts, staleness, a
-    /// mismatch found mid-restore, a damaged backup); 2 usage or operational error.
-    #[test]
-    fn exit_codes_row_by_row() {
-        let rows: Vec<(&str, anyhow::Error, u8)> = vec![
-            (
-                "count mismatch",
-                CheckFailed("counts differ".into()).into(),
-                1,
-            ),
-            ("hash mismatch in verify", hash_mismatch().into(), 1),
-            (
-                "mismatch found mid-restore (PostgreSQL)",
-                anyhow::Error::new(crate::engine::postgres::restore::RestoreError::Verify(
-                    hash_mismatch(),
-                ))
-                .context("restoring prod"),
-                1,
-            ),
-            (
-                "mismatch found mid-restore (ClickHouse, inside a table load)",
-                anyhow::Error::new(crate::engine::clickhouse::restore::RestoreError::Load {
-                    table: "db.t".into(),
-                    source: Box::new(crate::engine::clickhouse::restore::RestoreError::Verify(
-                        hash_mismatch(),
-                    )),
-                }),
-                1,
-            ),
-            (
-                "mismatch found mid-restore (Vault)",
-                crate::engine::vault::restore::RestoreError::Verify(hash_mismatch()).into(),
-                1,
-            ),
-            (
-                "damaged part (corrupt age stream)",
-                VerifyError::Undecodable {
-                    backup: "b".into(),
-                    part: "p".into(),
-                    cause: DecodeError::Corrupt("bad tag".into()),
-                }
-                .into(),
-                1,
-            ),
-            (
-                "damaged manifest",
-                CatalogError::Damaged {
-                    backup: "b".into(),
-                    key: "k".into(),
-                    reason: "is empty".into(),
-                }
-                .into(),
-                1,
-            ),
-            (
-                "wrong key",
-                VerifyError::WrongKey {
-                    backup: "b".into(),
-                    identity_file: "key.txt".into(),
-                    recipients: "age1…".into(),
-                }
-                .into(),
-                2,
-            ),
-            (
-                "store unreachable while verifying",
-                VerifyError::Store(unreachable()).into(),
-                2,
-            ),
-            (
-                "store stops answering mid-stream",
-                VerifyError::Undecodable {
-                    backup: "b".into(),
-                    part: "p".into(),
-                    cause: DecodeError::Transport("reset".into()),
-                }
-                .into(),
-                2,
-            ),
-            (
-                "no such backup",
-                CatalogError::NoBackup("id x".into()).into(),
-                2,
-            ),
-            (
-                "store missing",
-                CatalogError::Store(StoreError::Missing {
-                    location: "file:///x".into(),
-                })
-                .into(),
-                2,
-            ),
-            ("anything else", anyhow::anyhow!("no store given"), 2),
-        ];
-        // A closed stdout is success; a broken pipe to a restore tool is not.
-        assert_eq!(
-            report(&stdout_error(std::io::ErrorKind::BrokenPipe.into()), true),
-            ExitCode::SUCCESS
-        );
-        let tool = anyhow::Error::new(crate::engine::child::ChildError::Stream {
-            program: "pg_restore".into(),
-            source: std::io::ErrorKind::BrokenPipe.into(),
-        });
-        assert_eq!(report(&tool, true), ExitCode::from(2));
-        for (what, err, code) in rows {
-            assert_eq!(exit_code(&err), code, "{what}: {err:#}");
-        }
-    }
-
-    /// Each cause is printed once by `{:#}` (a cause shown in a message is not also a
-    /// `source()`).
-    #[test]
-    fn causes_are_printed_once() {
-        let err = anyhow::Error::new(VerifyError::Undecodable {
-            backup: "b".into(),
-            part: "p".into(),
-            cause: DecodeError::Corrupt("bad tag".into()),
-        });
-        assert_eq!(format!("{err:#}").matches("bad tag").count(), 1, "{err:#}");
-        let err = anyhow::Error::new(crate::engine::postgres::restore::RestoreError::Verify(
-            hash_mismatch(),
-        ));
-        assert_eq!(
-            format!("{err:#}").matches("has sha256").count(),
-            1,
-            "{err:#}"
-        );
     }
 }
