@@ -14,7 +14,8 @@ use clap::Parser;
 use drkit::cli::{self, LogFormat, StoreArgs};
 
 /// List, verify and restore encrypted backups (PostgreSQL, Vault/OpenBao, ClickHouse,
-/// Redis/Valkey, Kubernetes objects, command output); check and run the backup CronJobs.
+/// Redis/Valkey, SQLite, Kubernetes objects, command output); check and run the backup
+/// CronJobs.
 ///
 /// list, verify, restore and prune work without the cluster: the store and keys come from
 /// flags or the environment (DR_STORE, AWS_*, DR_IDENTITY_FILE). status, backup and

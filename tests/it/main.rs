@@ -66,5 +66,6 @@ mod rebuild;
 mod redis;
 mod rekey;
 mod signing;
+mod sqlite;
 mod store;
 mod vault;

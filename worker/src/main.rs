@@ -15,7 +15,7 @@ use drkit::observe::tail::LogTail;
 use drkit::retention::prune;
 
 /// Take encrypted, verified backups (PostgreSQL, Vault/OpenBao, ClickHouse, Redis/Valkey,
-/// Kubernetes objects, command output) into S3 or a directory.
+/// SQLite, Kubernetes objects, command output) into S3 or a directory.
 ///
 /// Each backup streams the database's own dump through zstd and age (to public keys only)
 /// into the store, then writes manifest.json with sizes, sha256 sums and exact row counts.

@@ -66,6 +66,9 @@ use crate::output::{self, Format};
 /// last); existing objects are skipped unless --clean; --namespace-map renames; restored
 /// Argo CD Applications lose their cascading resources-finalizer. --to - writes the YAML.
 ///
+/// SQLite (--to sqlite:///path/app.db): written beside the file, checked (integrity_check,
+/// counts) and renamed into place; an existing file needs --clean.
+///
 /// Command output (--to - or --to-command -- CMD…): the plaintext goes to stdout or into
 /// the command's stdin, its last chunk held back until its size and sha256 matched the
 /// manifest; a failing command fails the restore.
@@ -73,7 +76,7 @@ use crate::output::{self, Format};
 /// The rebuild day (--all): the newest backup of every target (or --before TIME), each to
 /// its --to ENGINE=URL / ENGINE/TARGET=URL (or a --plan file), in the order Vault/OpenBao,
 /// Kubernetes objects, PostgreSQL (one step per database; --globals first), ClickHouse,
-/// Redis, command output. Every destination is probed, every part of every backup checked
+/// Redis, SQLite, command output. Every destination is probed, every part of every backup checked
 /// and every restore planned before anything changes; one confirmation; each step prints
 /// its counts; a summary with the RTO ends the run (stdout, -o json|yaml). The first failed
 /// step stops it: fix the cause and rerun with --resume (state in --state, default
@@ -189,7 +192,7 @@ pub struct RestoreCmd {
     ///
     /// Every target in the store (or those --engine and --target choose, less --skip), in
     /// the rebuild order: Vault/OpenBao, Kubernetes objects, PostgreSQL, ClickHouse, Redis,
-    /// command output.
+    /// SQLite, command output.
     #[arg(long, help_heading = "Rebuild (--all)", conflicts_with_all = ["database", "in_cluster"])]
     pub(super) all: bool,
 

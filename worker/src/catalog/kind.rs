@@ -105,6 +105,8 @@ named! {
         Clickhouse = "clickhouse",
         /// Redis and Valkey RDB snapshots.
         Redis = "redis",
+        /// SQLite database files.
+        Sqlite = "sqlite",
         /// Whatever a command prints on stdout.
         Command = "command",
     }
@@ -120,6 +122,7 @@ impl Engine {
             Engine::Command => "command output",
             Engine::Redis => "Redis/Valkey",
             Engine::Kubernetes => "Kubernetes objects",
+            Engine::Sqlite => "SQLite",
             Engine::Unknown(name) => name,
         }
     }
@@ -146,6 +149,8 @@ named! {
         RedisRdb = "redis-rdb",
         /// Kubernetes objects of one kind, a YAML stream.
         KubernetesYaml = "kubernetes-yaml",
+        /// A SQLite database file, as the online backup API copied it.
+        SqliteDb = "sqlite-db",
     }
 }
 
@@ -185,6 +190,7 @@ mod tests {
                 "kubernetes",
                 "postgres",
                 "redis",
+                "sqlite",
                 "vault"
             ]
         );

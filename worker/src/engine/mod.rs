@@ -6,7 +6,8 @@
 //! [`Sink`] (the restore side: probe, plan, restore, count). Both binaries drive every
 //! engine through them; [`registry`] is the only list of engines.
 //!
-//! Adding an engine (the `command` engine was added this way; see ARCHITECTURE.md):
+//! Adding an engine (the `sqlite` engine was added this way, as the example; see
+//! ARCHITECTURE.md):
 //! - `catalog/kind.rs`: its [`Engine`] variant and its [`PartFormat`] variants (the names
 //!   manifests record; the compiler then points at every match in [`registry`]);
 //! - `engine/<name>/mod.rs`: the module doc, and its `Facts` struct if it records any
@@ -44,6 +45,7 @@ pub mod postgres;
 pub mod redis;
 pub mod registry;
 pub mod scratch;
+pub mod sqlite;
 pub mod step;
 pub mod vault;
 

@@ -9,8 +9,8 @@ use clap::Subcommand;
 
 use super::scratch::ScratchStep;
 use super::{
-    clickhouse, command, kubernetes, postgres, redis, vault, RestoreCommon, RestoreCtx, Sink,
-    Source, SourceFailure, Step,
+    clickhouse, command, kubernetes, postgres, redis, sqlite, vault, RestoreCommon, RestoreCtx,
+    Sink, Source, SourceFailure, Step,
 };
 use crate::args::{EncodingArgs, LockArgs, RecipientArgs, SigningArgs};
 use crate::catalog::{Engine, Manifest, PartFormat};
@@ -50,6 +50,7 @@ pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {
         PartFormat::CommandStdout => |r, facts, _| command::check_plaintext(r, facts),
         PartFormat::RedisRdb => redis::check_rdb,
         PartFormat::KubernetesYaml => kubernetes::check_yaml,
+        PartFormat::SqliteDb => sqlite::check_db,
         // Checked when restored (pg_restore, the server) or not checkable alone.
         PartFormat::PgDumpCustom
         | PartFormat::Sql
@@ -172,6 +173,15 @@ pub enum BackupCommand {
     ///     --kinds applications.argoproj.io,appprojects.argoproj.io,secrets,configmaps
     #[command(verbatim_doc_comment)]
     Kubernetes(Backup<kubernetes::source::BackupArgs>),
+    /// Back up a SQLite database file: a consistent copy through the online backup API.
+    ///
+    /// The file: --path (DR_SQLITE_PATH), on the application's volume mounted into the
+    /// CronJob's pod. The copy is made in TMPDIR, counted table by table, then streamed.
+    ///
+    /// Example:
+    ///   worker backup sqlite --target grafana --path /var/lib/grafana/grafana.db
+    #[command(verbatim_doc_comment)]
+    Sqlite(Backup<sqlite::source::BackupArgs>),
 }
 
 /// A backup command taken apart: the engine's name, the common flags and its source.
@@ -203,6 +213,7 @@ impl BackupCommand {
             BackupCommand::Command(b) => (Engine::Command, &b.target),
             BackupCommand::Redis(b) => (Engine::Redis, &b.target),
             BackupCommand::Kubernetes(b) => (Engine::Kubernetes, &b.target),
+            BackupCommand::Sqlite(b) => (Engine::Sqlite, &b.target),
         }
     }
 
@@ -215,6 +226,7 @@ impl BackupCommand {
             BackupCommand::Command(b) => b.timeout,
             BackupCommand::Redis(b) => b.timeout,
             BackupCommand::Kubernetes(b) => b.timeout,
+            BackupCommand::Sqlite(b) => b.timeout,
         }
     }
 
@@ -245,6 +257,7 @@ impl BackupCommand {
             BackupCommand::Command(b) => parts(Engine::Command, b, |a| a.source()),
             BackupCommand::Redis(b) => parts(Engine::Redis, b, |a| a.source()),
             BackupCommand::Kubernetes(b) => parts(Engine::Kubernetes, b, |a| a.source()),
+            BackupCommand::Sqlite(b) => parts(Engine::Sqlite, b, |a| a.source()),
         }
     }
 }
@@ -256,6 +269,7 @@ pub fn engine_of_url(url: &str) -> Option<Engine> {
     match scheme.as_str() {
         "postgres" | "postgresql" => Some(Engine::Postgres),
         "redis" | "rediss" => Some(Engine::Redis),
+        "sqlite" => Some(Engine::Sqlite),
         _ => None,
     }
 }
@@ -273,6 +287,7 @@ pub fn steps_of<'m>(manifest: &'m Manifest, to: &str) -> Result<Vec<Step<'m>>, S
         | Engine::Command
         | Engine::Redis
         | Engine::Kubernetes
+        | Engine::Sqlite
         | Engine::Unknown(_) => Ok(vec![Step::whole(manifest, to)]),
     }
 }
@@ -282,7 +297,7 @@ pub fn steps_of<'m>(manifest: &'m Manifest, to: &str) -> Result<Vec<Step<'m>>, S
 /// backed-up cluster's unseal keys, which a CronJob must not hold).
 pub fn drills(engine: &Engine) -> bool {
     match engine {
-        Engine::Postgres | Engine::Clickhouse | Engine::Redis => true,
+        Engine::Postgres | Engine::Clickhouse | Engine::Redis | Engine::Sqlite => true,
         Engine::Vault | Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => false,
     }
 }
@@ -320,6 +335,7 @@ pub async fn drill_steps<'m>(
         Engine::Postgres => postgres::scratch::drill_steps(manifest, url, flags),
         Engine::Clickhouse => clickhouse::scratch::drill_steps(manifest, url, flags, ctx).await,
         Engine::Redis => redis::scratch::drill_steps(manifest, url, flags),
+        Engine::Sqlite => sqlite::scratch::drill_steps(manifest, url, flags),
         Engine::Vault | Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => Err(format!(
             "the drill restores {} into scratch destinations, not {} backups",
             drilled_names(),
@@ -341,7 +357,7 @@ pub fn in_cluster(engine: &Engine) -> Result<(), String> {
         Engine::Clickhouse | Engine::Redis => {
             "it streams over the server's own port, which works as well from outside"
         }
-        Engine::Command | Engine::Kubernetes | Engine::Unknown(_) => {
+        Engine::Command | Engine::Kubernetes | Engine::Sqlite | Engine::Unknown(_) => {
             "it restores to your workstation or with your own credentials"
         }
     };
@@ -372,6 +388,9 @@ pub struct RestoreFlags {
     /// Kubernetes's.
     #[command(flatten)]
     pub kubernetes: kubernetes::sink::RestoreArgs,
+    /// SQLite's.
+    #[command(flatten)]
+    pub sqlite: sqlite::sink::RestoreArgs,
 }
 
 impl RestoreFlags {
@@ -430,6 +449,7 @@ impl RestoreFlags {
             (Engine::Command, self.command.given()),
             (Engine::Redis, self.redis.given()),
             (Engine::Kubernetes, self.kubernetes.given()),
+            (Engine::Sqlite, self.sqlite.given()),
         ];
         if let Some((owner, flag)) = given
             .iter()
@@ -460,6 +480,7 @@ impl RestoreFlags {
             Engine::Command => self.command.sink(common),
             Engine::Redis => self.redis.sink(common),
             Engine::Kubernetes => self.kubernetes.sink(common),
+            Engine::Sqlite => self.sqlite.sink(common),
             Engine::Unknown(other) => Err(format!(
                 "restoring {} backups is not supported by this version; upgrade kubectl-dr (it knows: {})",
                 crate::catalog::printable(other),
@@ -483,6 +504,9 @@ pub struct DrillFlags {
     /// Redis's.
     #[command(flatten)]
     pub redis: redis::sink::RestoreArgs,
+    /// SQLite's.
+    #[command(flatten)]
+    pub sqlite: sqlite::sink::RestoreArgs,
 }
 
 impl From<DrillFlags> for RestoreFlags {
@@ -491,6 +515,7 @@ impl From<DrillFlags> for RestoreFlags {
             postgres: d.postgres,
             clickhouse: d.clickhouse,
             redis: d.redis,
+            sqlite: d.sqlite,
             ..Default::default()
         }
     }
