@@ -64,6 +64,58 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// Attempts per request (the first and its retries) for transient errors.
 const S3_MAX_ATTEMPTS: u32 = 6;
 
+/// Rounds of [`S3_MAX_ATTEMPTS`] a read gets (reads are idempotent): a restore at 3 a.m.
+/// through a proxy that drops one connection in three must not fail on six drops in a row
+/// when a pause and another round would have carried it.
+const READ_ROUNDS: u64 = 3;
+
+/// True when another round of attempts may succeed: the connection was cut or timed out, or
+/// the server answered 5xx. A refused connection or an unknown host (a wrong endpoint) is
+/// not worth waiting for.
+fn worth_another_round<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool
+where
+    E: std::error::Error + 'static,
+{
+    match err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            let cause = root_cause(err).to_ascii_lowercase();
+            !(cause.contains("refused")
+                || cause.contains("dns")
+                || cause.contains("lookup")
+                || cause.contains("credentials")
+                || cause.contains("identity"))
+        }
+        _ => err
+            .raw_response()
+            .is_some_and(|r| r.status().is_server_error()),
+    }
+}
+
+/// Runs a read, giving it up to [`READ_ROUNDS`] rounds of attempts with a pause between
+/// them while [`worth_another_round`] says so.
+async fn patiently<T, E, F, Fut>(
+    mut read: F,
+) -> Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    >,
+{
+    let mut round = 1;
+    loop {
+        match read().await {
+            Err(e) if round < READ_ROUNDS && worth_another_round(&e) => {
+                tracing::debug!(round, error = %root_cause(&e), "a read failed every attempt of its round; pausing before another");
+                tokio::time::sleep(Duration::from_secs(round)).await;
+                round += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Size of the first 1,000 parts; doubles for each following thousand.
 pub const BASE_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts uploaded concurrently while the next one fills.
@@ -202,13 +254,16 @@ impl S3Store {
         key: &str,
         op: &'static str,
     ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, StoreError> {
-        self.client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key)?)
-            .send()
-            .await
-            .map_err(|e| self.map_err(op, key, e))
+        let full_key = self.full_key(key)?;
+        patiently(|| {
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .send()
+        })
+        .await
+        .map_err(|e| self.map_err(op, key, e))
     }
 
     /// Checks that the object now stored under `key` has the size that was sent.
@@ -601,16 +656,21 @@ impl ReadStore for S3Store {
         } else {
             self.prefix.len() + 1
         };
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&full_prefix)
-            .into_paginator()
-            .send();
         let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.map_err("list", prefix, e))?;
+        let mut token: Option<String> = None;
+        loop {
+            // Page by page, each page read patiently: a listing of thousands of backups
+            // must not start over (or fail) on one dropped connection.
+            let page = patiently(|| {
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(&full_prefix)
+                    .set_continuation_token(token.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| self.map_err("list", prefix, e))?;
             for obj in page.contents() {
                 let Some(key) = obj.key() else { continue };
                 if key.len() < strip {
@@ -621,20 +681,26 @@ impl ReadStore for S3Store {
                     size: obj.size().unwrap_or(0).max(0) as u64,
                 });
             }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key)?)
-            .send()
-            .await
-            .map_err(|e| self.map_err("download", key, e))?;
+        let full_key = self.full_key(key)?;
+        let out = patiently(|| {
+            self.client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .send()
+        })
+        .await
+        .map_err(|e| self.map_err("download", key, e))?;
         let length = u64::try_from(out.content_length().unwrap_or(-1)).ok();
         let etag = out.e_tag().map(str::to_string);
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
