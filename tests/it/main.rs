@@ -52,6 +52,7 @@ mod faulty_s3;
 mod first_hour;
 mod hardening;
 mod help;
+mod image;
 mod install;
 mod kubernetes;
 mod manifests;

@@ -221,6 +221,45 @@ fn violations(obj: &Value) -> Vec<String> {
                 || (drill && volumes.contains("secretName: kube-dr-drill-identity")),
             "a backup container must not hold an age identity (only the drill's, from Secret kube-dr-drill-identity)",
         );
+        // What the variables say must make sense: an overlay that patches env by position
+        // once put a target name into DR_SIGNING_KEY_FILE and a URL into DR_TARGET.
+        let mounts: Vec<String> = get(c, "volumeMounts")
+            .and_then(Value::as_sequence)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|v| get(v, "mountPath").and_then(Value::as_str))
+                    .map(|p| format!("{}/", p.trim_end_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in get(c, "env")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let name = get(e, "name").and_then(Value::as_str).unwrap_or("");
+            let Some(value) = get(e, "value").and_then(Value::as_str) else {
+                continue;
+            };
+            if name.ends_with("_FILE") || name.ends_with("_PATH") || name.ends_with("_DIR") {
+                check(
+                    value.starts_with('/') && mounts.iter().any(|m| value.starts_with(m.as_str())),
+                    &format!("{name}={value} must name a file under one of the container's mounts"),
+                );
+            }
+            if name == "DR_TARGET" {
+                check(
+                    drkit::catalog::validate_name("target", value).is_ok(),
+                    &format!("DR_TARGET={value} is not a valid target name"),
+                );
+            }
+            if name.ends_with("_ADDR") || name.ends_with("_URL") {
+                check(
+                    value.contains("://"),
+                    &format!("{name}={value} must be a URL"),
+                );
+            }
+        }
     }
     bad
 }
@@ -430,6 +469,28 @@ fn the_rules_catch_a_weakened_cronjob() {
                 let c = first_container(v, container);
                 let env = c["env"].as_sequence_mut().unwrap();
                 env.retain(|e| e["name"] != "DR_SIGNING_KEY_FILE");
+            }),
+        ),
+        (
+            "must name a file under one of the container's mounts",
+            Box::new(move |v| {
+                let c = first_container(v, container);
+                for e in c["env"].as_sequence_mut().unwrap() {
+                    if e["name"] == "DR_SIGNING_KEY_FILE" {
+                        e["value"] = "app-db".into();
+                    }
+                }
+            }),
+        ),
+        (
+            "is not a valid target name",
+            Box::new(move |v| {
+                let c = first_container(v, container);
+                for e in c["env"].as_sequence_mut().unwrap() {
+                    if e["name"] == "DR_TARGET" {
+                        e["value"] = "https://openbao.openbao.svc:8200".into();
+                    }
+                }
             }),
         ),
         (

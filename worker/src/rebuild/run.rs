@@ -137,10 +137,6 @@ pub trait Observer: Send {
     fn failed(&mut self, _index: usize, _step: &Step<'_>, _seconds: f64) {}
 }
 
-/// An observer that hears nothing.
-pub struct Quiet;
-impl Observer for Quiet {}
-
 /// `step i/N key`, or the key alone in a run of one step.
 fn label(index: usize, total: usize, step: &Step<'_>) -> String {
     if total == 1 {

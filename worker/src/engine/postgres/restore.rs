@@ -71,6 +71,16 @@ pub enum RestoreError {
     /// A `pg_restore --use-list` file could not be written.
     #[error("cannot write a pg_restore list file in the temporary directory (TMPDIR)")]
     ListFile(#[source] std::io::Error),
+    /// pg_restore 17 or newer into a server older than 17.
+    #[error("pg_restore {tool} cannot restore into PostgreSQL {server_major} on {server}: since 17 it sets transaction_timeout, which older servers refuse, and the restore would fail; nothing was changed. Restore into PostgreSQL 17 or newer (a rebuild is the moment to move up), or, for a backup taken by pg_dump {server_major} or older, point DR_PG_BIN_DIR (--pg-bin-dir) at that major's pg_restore")]
+    ToolTooNew {
+        /// pg_restore's version line.
+        tool: String,
+        /// The server's major version.
+        server_major: u32,
+        /// The server.
+        server: String,
+    },
     /// A split backup into a database that exists.
     #[error("the backup stores database {database} in several parts (taken with `worker backup postgres --jobs`), which cannot be restored in one transaction, so it restores only into a database the restore creates (and drops again if it fails); database {database} exists on {server}: restore under a new name (--to …/NEWDB) or drop it first")]
     SplitIntoExisting {
@@ -133,6 +143,7 @@ pub async fn plan(
         .or_else(|| part.database.clone())
         .ok_or(PgError::NoDatabase)?;
     let maintenance = to.connect("postgres").await?;
+    check_tool_fits(to, &maintenance, opts).await?;
     let exists = maintenance
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
         .await
@@ -175,6 +186,51 @@ pub async fn plan(
         existing_tables,
         clean: opts.clean,
     })
+}
+
+/// Refuses a pg_restore of 17 or newer for a server older than 17: it opens every restore
+/// with `SET transaction_timeout = 0`, which such servers reject, so the restore would fail
+/// after its plan (and a one-transaction restore rolls back to nothing).
+async fn check_tool_fits(
+    to: &PgTarget,
+    maintenance: &tokio_postgres::Client,
+    opts: &RestoreOptions,
+) -> Result<(), RestoreError> {
+    let server: i32 = maintenance
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| to.query_error("reading the server version", &e))?
+        .get(0);
+    let server_major = u32::try_from(server / 10000).unwrap_or(0);
+    if server_major >= 17 {
+        return Ok(());
+    }
+    let out = child::tool(opts.bin_dir.as_deref(), "pg_restore")
+        .arg("--version")
+        .output();
+    let Ok(out) = out else {
+        // A missing pg_restore is named by the restore itself.
+        return Ok(());
+    };
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let tool_major = line
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if tool_major >= 17 {
+        return Err(RestoreError::ToolTooNew {
+            tool: line,
+            server_major,
+            server: to
+                .with_dbname("")
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs a planned restore of `part` and returns the restored database's exact counts.

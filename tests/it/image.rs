@@ -1,0 +1,339 @@
+//! The worker image, run as the cluster runs it: the CronJob's container exactly as an
+//! overlay renders it (command, args, env, the ConfigMap and Secret values put in, the
+//! Secret files mounted read-only), under podman with a read-only root, UID 65532 and no
+//! capabilities. The backup it makes is verified and restored on the host, identical.
+//!
+//! `scripts/test.sh` builds the image first (`scripts/image.sh`) and sets DR_TEST_IMAGE=1,
+//! which makes these tests mandatory; run alone without it they say how to get the image
+//! and skip.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use dr_tests::*;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const IMAGE: &str = "localhost/kube-dr-worker:dev";
+
+/// True when the image is there to test. With DR_TEST_IMAGE=1 (scripts/test.sh) a missing
+/// image fails the test; without, the test is skipped with what to run.
+fn image_ready() -> bool {
+    let exists = podman()
+        .args(["image", "exists", IMAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if std::env::var("DR_TEST_IMAGE").is_ok_and(|v| v == "1") {
+        assert!(
+            exists,
+            "DR_TEST_IMAGE=1 but {IMAGE} is missing: run scripts/image.sh"
+        );
+        return true;
+    }
+    if !exists {
+        eprintln!("skipped: no {IMAGE}; build it with scripts/image.sh (needs Debian's podman, buildah, runc, debootstrap: the script installs them), or run scripts/test.sh");
+    }
+    exists
+}
+
+/// Podman as scripts/image.sh configures it (runc, cgroupfs).
+fn podman() -> Command {
+    let mut cmd = Command::new("podman");
+    let conf = std::env::var("HOME").map(|h| format!("{h}/.cache/kube-dr/image/containers.conf"));
+    if let Ok(conf) = conf {
+        cmd.env("CONTAINERS_CONF", conf);
+    }
+    cmd
+}
+
+/// The rendered objects of an overlay.
+fn render(overlay: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo_root().join("kustomize/overlays").join(overlay))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name} not rendered"))
+}
+
+/// The data of a rendered ConfigMap or Secret, with `values` put in for its keys (every key
+/// must get one: a key the test does not know would reach the container unset).
+fn source_data(object: &Value, values: &BTreeMap<&str, String>) -> Vec<(String, String)> {
+    let data = object["data"]
+        .as_mapping()
+        .or_else(|| object["stringData"].as_mapping())
+        .cloned()
+        .unwrap_or_default();
+    data.keys()
+        .map(|k| {
+            let k = k.as_str().unwrap().to_string();
+            let v = values
+                .get(k.as_str())
+                .unwrap_or_else(|| {
+                    panic!("no test value for {k} of {:?}", object["metadata"]["name"])
+                })
+                .clone();
+            (k, v)
+        })
+        .collect()
+}
+
+/// `podman run` of a CronJob's first container as the cluster would run it: its args, its
+/// env (ConfigMaps and Secrets through `values`), its Secret volumes as read-only files
+/// from `secrets` (volume name → key → content), its emptyDirs as tmpfs.
+fn run_cronjob(
+    objects: &[Value],
+    cronjob: &str,
+    values: &BTreeMap<&str, String>,
+    secrets: &BTreeMap<&str, BTreeMap<&str, String>>,
+) -> Ran {
+    let job = find(objects, "CronJob", cronjob);
+    let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = [
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--user",
+        "65532:65532",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for from in c["envFrom"].as_sequence().into_iter().flatten() {
+        let (kind, name) = if let Some(n) = from["configMapRef"]["name"].as_str() {
+            ("ConfigMap", n)
+        } else {
+            ("Secret", from["secretRef"]["name"].as_str().unwrap())
+        };
+        let object = objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name);
+        // A Secret the overlay leaves to the user (its template): the test's values for it.
+        let pairs = match object {
+            Some(o) => source_data(o, values),
+            None => values
+                .iter()
+                .filter(|(k, _)| k.starts_with("AWS_ACCESS") || k.starts_with("AWS_SECRET"))
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        for (k, v) in pairs {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+    }
+    for e in c["env"].as_sequence().into_iter().flatten() {
+        if let Some(v) = e["value"].as_str() {
+            args.extend([
+                "--env".into(),
+                format!("{}={v}", e["name"].as_str().unwrap()),
+            ]);
+        }
+    }
+    let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+    for m in c["volumeMounts"].as_sequence().into_iter().flatten() {
+        let (name, path) = (
+            m["name"].as_str().unwrap(),
+            m["mountPath"].as_str().unwrap(),
+        );
+        let volume = volumes.iter().find(|v| v["name"] == name).unwrap();
+        if volume.get("emptyDir").is_some() {
+            args.extend(["--tmpfs".into(), format!("{path}:size=64m,mode=1777")]);
+        } else if volume.get("secret").is_some() {
+            let files = dir.path().join(name);
+            std::fs::create_dir_all(&files).unwrap();
+            let content = &secrets[name];
+            for item in volume["secret"]["items"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
+                let (key, file) = (
+                    item["key"].as_str().unwrap(),
+                    item["path"].as_str().unwrap(),
+                );
+                let value = content
+                    .get(key)
+                    .unwrap_or_else(|| panic!("no test content for {name}/{key}"));
+                std::fs::write(files.join(file), value).unwrap();
+            }
+            chmod_readable(&files);
+            args.extend(["-v".into(), format!("{}:{path}:ro", files.display())]);
+        } else {
+            panic!("volume {name} of {cronjob}: neither a Secret nor an emptyDir; teach the test");
+        }
+    }
+    args.push(IMAGE.into());
+    args.extend(
+        c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    let out = podman().args(&args).output().expect("podman run");
+    eprintln!(
+        "$ podman {}\n-- exit {:?}\n-- stdout\n{}\n-- stderr\n{}",
+        args.iter()
+            .map(|a| if a.contains("SECRET") || a.contains("PASSWORD=") {
+                "(secret)"
+            } else {
+                a
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ran(out)
+}
+
+/// Secret files as Kubernetes mounts them: readable by the pod's user.
+fn chmod_readable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// The PostgreSQL CronJob of the postgres-only overlay, run from the image against the
+/// services' PostgreSQL on `port`: the backup is signed, verifies with the key on the host,
+/// and restores identical.
+async fn postgres_cronjob_backs_up_and_restores(port: &str) {
+    let objects = render("postgres-only");
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let db = unique("img");
+    pg_connect_at(port, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .unwrap();
+    let source = pg_connect_at(port, &db).await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, body text);
+             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
+             CREATE TABLE u (x jsonb); INSERT INTO u VALUES ('{\"a\": [1, 2]}');",
+        )
+        .await
+        .unwrap();
+    let signer = suite_signer();
+    let values: BTreeMap<&str, String> = BTreeMap::from([
+        ("DR_STORE", store.url().to_string()),
+        ("AWS_ENDPOINT_URL", svc("AWS_ENDPOINT_URL")),
+        ("AWS_REGION", svc("AWS_REGION")),
+        ("AWS_ACCESS_KEY_ID", svc("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", svc("AWS_SECRET_ACCESS_KEY")),
+        ("DR_LOG_FORMAT", "json".to_string()),
+        ("DR_RECIPIENTS", keys.recipient.clone()),
+        ("DR_SIGNERS", signer.public.clone()),
+        ("PGHOST", svc("PGHOST")),
+        ("PGPORT", port.to_string()),
+        ("PGUSER", svc("PGUSER")),
+        ("PGDATABASE", db.clone()),
+    ]);
+    let secrets = BTreeMap::from([
+        (
+            "signing-key",
+            BTreeMap::from([(
+                "signing.key",
+                std::fs::read_to_string(&signer.key_file).unwrap(),
+            )]),
+        ),
+        (
+            "postgres-password",
+            BTreeMap::from([("password", svc("PGPASSWORD"))]),
+        ),
+    ]);
+    run_cronjob(&objects, "kube-dr-postgres", &values, &secrets).assert_exit(0, "backup committed");
+
+    // On the host: the key verifies it (signature included), and a restore is identical.
+    let kubectl_dr = |args: &[&str]| dr("kubectl-dr").args(args).identity(&keys).store(&store);
+    kubectl_dr(&[
+        "verify", "latest", "--engine", "postgres", "--target", "app-db",
+    ])
+    .run()
+    .assert_exit(0, "intact");
+    // The image's pg_dump is 18's: its dumps need pg_restore 18. pg_restore 17+ cannot
+    // restore into a server older than 17 (it sets transaction_timeout): refused before
+    // anything changes, and the same backup restores into 18, identical.
+    let copy = format!("{db}_copy");
+    let restore = |port: &str| {
+        let to = format!(
+            "postgres://{}@{}:{port}/{copy}",
+            svc("PGUSER"),
+            svc("PGHOST")
+        );
+        kubectl_dr(&[
+            "restore", "latest", "--engine", "postgres", "--target", "app-db",
+        ])
+        .args(["--to", &to])
+        .env("PGPASSWORD", &svc("PGPASSWORD"))
+        .env("DR_PG_BIN_DIR", &svc("DR_PG18_BIN_DIR"))
+        .run()
+    };
+    let pg18 = svc("DR_PG18_PORT");
+    if port != pg18 {
+        restore(port).assert_exit(2, "cannot restore into PostgreSQL 15");
+        let exists = pg_connect_at(port, "postgres")
+            .await
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&copy])
+            .await
+            .unwrap();
+        assert!(exists.is_none(), "the refused restore created {copy}");
+    }
+    restore(&pg18).assert_exit(0, "match");
+    let restored = pg_connect_at(&pg18, &copy).await;
+    assert_eq!(
+        pg_fingerprint(&restored).await,
+        pg_fingerprint(&source).await
+    );
+    drop((source, restored));
+    for (port, d) in [(port, &db), (pg18.as_str(), &copy)] {
+        pg_connect_at(port, "postgres")
+            .await
+            .batch_execute(&format!("DROP DATABASE \"{d}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_cronjob_runs_from_the_image_against_postgres_18() {
+    if image_ready() {
+        postgres_cronjob_backs_up_and_restores(&svc("DR_PG18_PORT")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_cronjob_runs_from_the_image_against_postgres_15() {
+    if image_ready() {
+        postgres_cronjob_backs_up_and_restores(&svc("DR_PG15_PORT")).await;
+    }
+}
