@@ -101,7 +101,7 @@ fn run_cronjob(
     objects: &[Value],
     cronjob: &str,
     values: &BTreeMap<&str, String>,
-    secrets: &BTreeMap<&str, BTreeMap<&str, String>>,
+    secrets: &Secrets,
 ) -> Ran {
     let job = find(objects, "CronJob", cronjob);
     let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
@@ -113,6 +113,7 @@ fn run_cronjob(
         "--network",
         "host",
         "--read-only",
+        "--read-only-tmpfs=false",
         "--user",
         "65532:65532",
         "--cap-drop",
@@ -166,21 +167,28 @@ fn run_cronjob(
             let files = dir.path().join(name);
             std::fs::create_dir_all(&files).unwrap();
             let content = &secrets[name];
-            for item in volume["secret"]["items"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-            {
-                let (key, file) = (
-                    item["key"].as_str().unwrap(),
-                    item["path"].as_str().unwrap(),
-                );
+            let items: Vec<(String, String)> = match volume["secret"]["items"].as_sequence() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| {
+                        let key = i["key"].as_str().unwrap().to_string();
+                        (key, i["path"].as_str().unwrap().to_string())
+                    })
+                    .collect(),
+                // No items: every key of the Secret, each a file of its name.
+                None => content
+                    .keys()
+                    .map(|k| (k.to_string(), k.to_string()))
+                    .collect(),
+            };
+            for (key, file) in items {
                 let value = content
-                    .get(key)
+                    .get(key.as_str())
                     .unwrap_or_else(|| panic!("no test content for {name}/{key}"));
                 std::fs::write(files.join(file), value).unwrap();
             }
-            chmod_readable(&files);
+            let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+            as_kubelet_mounts(&files, mode, pod["securityContext"]["fsGroup"].as_u64());
             args.extend(["-v".into(), format!("{}:{path}:ro", files.display())]);
         } else {
             panic!("volume {name} of {cronjob}: neither a Secret nor an emptyDir; teach the test");
@@ -212,13 +220,22 @@ fn run_cronjob(
     Ran(out)
 }
 
-/// Secret files as Kubernetes mounts them: readable by the pod's user.
-fn chmod_readable(dir: &Path) {
+/// Secret files as the kubelet mounts them: owned by root with the volume's `defaultMode`;
+/// with a pod `fsGroup`, group-owned by it with group read added. (The tests run as root,
+/// so the files are root's already.)
+fn as_kubelet_mounts(dir: &Path, mode: u32, fs_group: Option<u64>) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for f in std::fs::read_dir(dir).unwrap() {
         let f = f.unwrap().path();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = match fs_group {
+            Some(gid) => {
+                std::os::unix::fs::chown(&f, None, Some(gid as u32)).unwrap();
+                mode | 0o440
+            }
+            None => mode,
+        };
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
 
@@ -243,34 +260,7 @@ async fn postgres_cronjob_backs_up_and_restores(port: &str) {
         )
         .await
         .unwrap();
-    let signer = suite_signer();
-    let values: BTreeMap<&str, String> = BTreeMap::from([
-        ("DR_STORE", store.url().to_string()),
-        ("AWS_ENDPOINT_URL", svc("AWS_ENDPOINT_URL")),
-        ("AWS_REGION", svc("AWS_REGION")),
-        ("AWS_ACCESS_KEY_ID", svc("AWS_ACCESS_KEY_ID")),
-        ("AWS_SECRET_ACCESS_KEY", svc("AWS_SECRET_ACCESS_KEY")),
-        ("DR_LOG_FORMAT", "json".to_string()),
-        ("DR_RECIPIENTS", keys.recipient.clone()),
-        ("DR_SIGNERS", signer.public.clone()),
-        ("PGHOST", svc("PGHOST")),
-        ("PGPORT", port.to_string()),
-        ("PGUSER", svc("PGUSER")),
-        ("PGDATABASE", db.clone()),
-    ]);
-    let secrets = BTreeMap::from([
-        (
-            "signing-key",
-            BTreeMap::from([(
-                "signing.key",
-                std::fs::read_to_string(&signer.key_file).unwrap(),
-            )]),
-        ),
-        (
-            "postgres-password",
-            BTreeMap::from([("password", svc("PGPASSWORD"))]),
-        ),
-    ]);
+    let (values, secrets) = postgres_job(&store, &keys, port, &db);
     run_cronjob(&objects, "kube-dr-postgres", &values, &secrets).assert_exit(0, "backup committed");
 
     // On the host: the key verifies it (signature included), and a restore is identical.
@@ -336,4 +326,202 @@ async fn the_postgres_cronjob_runs_from_the_image_against_postgres_15() {
     if image_ready() {
         postgres_cronjob_backs_up_and_restores(&svc("DR_PG15_PORT")).await;
     }
+}
+
+/// The Redis CronJob of the full-stack overlay, run from the image against a real
+/// redis-server with a password: the snapshot it stores restores on the host into an empty
+/// server, every key and expiry equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_cronjob_runs_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let source = crate::redis::Server::start(Some("image-Redis-pw"), &[]);
+    source.seed();
+    let objects = render("full-stack");
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let mut values = job_values(&store, &keys);
+    values.insert("REDIS_URL", source.url());
+    let secrets = BTreeMap::from([
+        signing_key(),
+        (
+            "redis-password",
+            BTreeMap::from([("password", "image-Redis-pw".to_string())]),
+        ),
+    ]);
+    run_cronjob(&objects, "kube-dr-redis", &values, &secrets).assert_exit(0, "backup committed");
+
+    let target = crate::redis::Server::start(None, &[]);
+    dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "redis", "--target", "cache",
+        ])
+        .args(["--to", &target.url()])
+        .identity(&keys)
+        .store(&store)
+        .run()
+        .assert_exit(0, "it is a primary again");
+    assert_eq!(target.canonical(), source.canonical());
+}
+
+/// The drill's CronJob of the full-stack overlay, run from the image: it holds the private
+/// key (mounted 0400, readable through the pod's fsGroup, as the kubelet does it), restores
+/// the newest PostgreSQL backup into a scratch database on PostgreSQL 18, compares the
+/// counts and drops it. Without the fsGroup the key is root's and the drill says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drill_cronjob_runs_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let db = unique("imgdrill");
+    create_database(&db).await;
+    pg_connect(&db)
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1234) g")
+        .await
+        .unwrap();
+    backup_postgres(&store, &keys, "drilled", &db, &[]);
+    let pg18 = svc("DR_PG18_PORT");
+    let mut values = job_values(&store, &keys);
+    values.insert("CLICKHOUSE_USER", svc("CLICKHOUSE_USER"));
+    values.insert(
+        "DR_DRILL_TO",
+        format!(
+            "postgres=postgres://{}@{}:{pg18}",
+            svc("PGUSER"),
+            svc("PGHOST")
+        ),
+    );
+    let secrets = BTreeMap::from([
+        (
+            "identity",
+            BTreeMap::from([(
+                "identity.txt",
+                std::fs::read_to_string(&keys.identity).unwrap(),
+            )]),
+        ),
+        (
+            "drill-passwords",
+            BTreeMap::from([
+                ("pg-password", svc("PGPASSWORD")),
+                ("clickhouse-password", svc("CLICKHOUSE_PASSWORD")),
+            ]),
+        ),
+    ]);
+    let objects = render("full-stack");
+    run_cronjob(&objects, "kube-dr-drill", &values, &secrets).assert_exit(0, "every drill passed");
+    let scratch = pg_connect_at(&pg18, "postgres")
+        .await
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&format!("{db}__drill")],
+        )
+        .await
+        .unwrap();
+    assert!(scratch.is_none(), "the drill left its scratch database");
+
+    // The same pod without fsGroup: the identity is root's 0400, and the drill names it.
+    let mut without = objects.clone();
+    for o in &mut without {
+        if o["kind"] == "CronJob" && o["metadata"]["name"] == "kube-dr-drill" {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["securityContext"]
+                .as_mapping_mut()
+                .unwrap()
+                .remove("fsGroup");
+        }
+    }
+    run_cronjob(&without, "kube-dr-drill", &values, &secrets).assert_exit(2, "identity.txt");
+    drop_database(&db).await;
+}
+
+/// The values of the `kube-dr` ConfigMap and the S3 Secret, pointed at the services' S3, a
+/// store of the test and its keys.
+fn job_values(store: &TestStore, keys: &Keys) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("DR_STORE", store.url().to_string()),
+        ("AWS_ENDPOINT_URL", svc("AWS_ENDPOINT_URL")),
+        ("AWS_REGION", svc("AWS_REGION")),
+        ("AWS_ACCESS_KEY_ID", svc("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", svc("AWS_SECRET_ACCESS_KEY")),
+        ("DR_LOG_FORMAT", "json".to_string()),
+        ("DR_PUSHGATEWAY_URL", svc("DR_TEST_PUSHGATEWAY")),
+        ("DR_RECIPIENTS", keys.recipient.clone()),
+        ("DR_SIGNERS", suite_signer().public.clone()),
+    ])
+}
+
+/// The `signing-key` volume: the suite's minisign key.
+fn signing_key() -> (&'static str, BTreeMap<&'static str, String>) {
+    (
+        "signing-key",
+        BTreeMap::from([(
+            "signing.key",
+            std::fs::read_to_string(&suite_signer().key_file).unwrap(),
+        )]),
+    )
+}
+
+/// Secret volumes' files: volume name → key → content.
+type Secrets = BTreeMap<&'static str, BTreeMap<&'static str, String>>;
+
+/// The PostgreSQL CronJob's values and Secret files, for database `db` on `port`.
+fn postgres_job(
+    store: &TestStore,
+    keys: &Keys,
+    port: &str,
+    db: &str,
+) -> (BTreeMap<&'static str, String>, Secrets) {
+    let mut values = job_values(store, keys);
+    values.extend([
+        ("PGHOST", svc("PGHOST")),
+        ("PGPORT", port.to_string()),
+        ("PGUSER", svc("PGUSER")),
+        ("PGDATABASE", db.to_string()),
+    ]);
+    let secrets = BTreeMap::from([
+        signing_key(),
+        (
+            "postgres-password",
+            BTreeMap::from([("password", svc("PGPASSWORD"))]),
+        ),
+    ]);
+    (values, secrets)
+}
+
+/// What a pod lacks is named, and what it does not need is not needed: without its password
+/// Secret mounted the PostgreSQL CronJob exits 2 naming the file; without a writable /tmp
+/// (no emptyDir) it backs up all the same, since nothing is written locally.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_mount_is_named_and_tmp_is_not_needed() {
+    if !image_ready() {
+        return;
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let db = unique("imgmount");
+    create_database(&db).await;
+    let (values, secrets) = postgres_job(&store, &keys, &svc("PGPORT"), &db);
+    let without = |mount: &str| {
+        let mut objects = render("postgres-only");
+        for o in &mut objects {
+            if o["kind"] == "CronJob" && o["metadata"]["name"] == "kube-dr-postgres" {
+                let c = &mut o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+                c["volumeMounts"]
+                    .as_sequence_mut()
+                    .unwrap()
+                    .retain(|m| m["name"] != mount);
+            }
+        }
+        objects
+    };
+    run_cronjob(
+        &without("postgres-password"),
+        "kube-dr-postgres",
+        &values,
+        &secrets,
+    )
+    .assert_exit(2, "/var/run/secrets/kube-dr/postgres/password");
+    run_cronjob(&without("tmp"), "kube-dr-postgres", &values, &secrets)
+        .assert_exit(0, "backup committed");
+    drop_database(&db).await;
 }

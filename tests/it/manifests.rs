@@ -169,6 +169,22 @@ fn violations(obj: &Value) -> Vec<String> {
     if containers.is_empty() {
         fail("no containers");
     }
+    // A Secret mounted without world read is root's: only fsGroup lets the pod's user in.
+    let fs_group = get(pod, "securityContext.fsGroup").and_then(Value::as_u64);
+    for v in get(pod, "volumes")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let mode = get(v, "secret.defaultMode").and_then(Value::as_u64);
+        if mode.is_some_and(|m| m & 0o004 == 0) && fs_group.is_none() {
+            fail(&format!(
+                "volume {}: a Secret with defaultMode {:o} is unreadable by the pod's user without securityContext.fsGroup",
+                get(v, "name").and_then(Value::as_str).unwrap_or("?"),
+                mode.unwrap_or(0)
+            ));
+        }
+    }
     for c in &containers {
         let cname = get(c, "name").and_then(Value::as_str).unwrap_or("?");
         let mut check = |ok: bool, what: &str| {

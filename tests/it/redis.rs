@@ -12,7 +12,7 @@ use dr_tests::*;
 const PASSWORD: &str = "redis-Test-Secret-5150";
 
 /// A redis-server on a free loopback port, stopped on drop.
-struct Server {
+pub(crate) struct Server {
     port: u16,
     password: Option<&'static str>,
     /// The CA file, for a TLS-only server.
@@ -29,7 +29,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(password: Option<&'static str>, extra: &[&str]) -> Server {
+    pub(crate) fn start(password: Option<&'static str>, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -84,7 +84,7 @@ impl Server {
         panic!("redis-server on {port} did not start");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
@@ -118,7 +118,7 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn seed(&self) {
+    pub(crate) fn seed(&self) {
         let s = |db: u32, args: &[&str]| {
             self.cli(db, args);
         };
@@ -160,7 +160,7 @@ impl Server {
 
     /// Every key of databases 0 to 3 with its value in an order-independent form and
     /// whether it expires.
-    fn canonical(&self) -> BTreeMap<String, String> {
+    pub(crate) fn canonical(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for db in 0..4 {
             for key in self.cli(db, &["--scan"]).lines().filter(|k| !k.is_empty()) {
