@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Secret, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    PodSecurityContext, Secret, SecretVolumeSource, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -110,6 +112,9 @@ pub fn identity_secret(name: &str, identity: &[u8]) -> Secret {
     }
 }
 
+/// The image's unprivileged user (and group).
+const NONROOT: i64 = 65532;
+
 /// The restore Job: the CronJob's pod running `kubectl-dr restore ARGS` with the identity
 /// mounted; no retries (a restore is not repeated behind the operator's back). The backup
 /// pod's signing key is left out: a restore never signs, and a pod holding both the
@@ -157,6 +162,15 @@ pub fn restore_job(
         if let Some(env) = c.env.as_mut() {
             env.retain(|e| e.name != "DR_SIGNING_KEY_FILE");
         }
+    }
+    // The identity is mounted 0400, owned by root: the pod's user reads it only through
+    // fsGroup (the kubelet then gives it that group, with group read). Without one the
+    // worker (UID 65532) could not open its key and the restore would fail at once.
+    let sc = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    if sc.fs_group.is_none() {
+        sc.fs_group = Some(sc.run_as_group.or(sc.run_as_user).unwrap_or(NONROOT));
     }
     pod.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: "age-identity".into(),
@@ -573,6 +587,47 @@ mod tests {
         let seen = seen.await.unwrap();
         assert_eq!(seen.len(), 7);
         assert_eq!(seen[6].1, json!({"spec": {"replicas": 2}}));
+    }
+
+    #[test]
+    fn the_restore_pod_can_read_its_identity() {
+        let job = restore_job(&cronjob(), "j", "s", &[], Duration::from_secs(60)).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let identity = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "age-identity")
+            .unwrap();
+        assert_eq!(identity.secret.unwrap().default_mode, Some(0o400));
+        // 0400 and root's: only fsGroup lets the pod's user read it.
+        assert_eq!(pod.security_context.unwrap().fs_group, Some(NONROOT));
+        // A pod that names its group keeps it.
+        let mut cj = cronjob();
+        let template = &mut cj.spec.as_mut().unwrap().job_template;
+        template
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .security_context = Some(PodSecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(2000),
+            ..PodSecurityContext::default()
+        });
+        let job = restore_job(&cj, "j", "s", &[], Duration::from_secs(60)).unwrap();
+        let sc = job
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .security_context
+            .unwrap();
+        assert_eq!(sc.fs_group, Some(2000));
     }
 
     #[test]
