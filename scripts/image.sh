@@ -36,7 +36,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- tools ---
 missing=()
-for tool in podman:podman buildah:buildah runc:runc debootstrap:debootstrap patchelf:patchelf; do
+# busybox-static is for the tests: the tar the command engine's image test mounts into the
+# CronJob's tools volume, as an init container does in the cluster.
+for tool in podman:podman buildah:buildah runc:runc debootstrap:debootstrap patchelf:patchelf busybox:busybox-static; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,7 +1,10 @@
-//! The worker image, run as the cluster runs it: the CronJob's container exactly as an
-//! overlay renders it (command, args, env, the ConfigMap and Secret values put in, the
-//! Secret files mounted read-only), under podman with a read-only root, UID 65532 and no
-//! capabilities. The backup it makes is verified and restored on the host, identical.
+//! The worker image, run as the cluster runs it: a CronJob's container exactly as an overlay
+//! renders it (command, args, env, the ConfigMap and Secret values put in, the Secret files
+//! mounted read-only with the kubelet's owners and modes), under podman with a read-only
+//! root and no /tmp of its own, UID 65532 and no capabilities. Each backup is verified and
+//! restored on the host and compared: PostgreSQL 15 and 18, ClickHouse 26, Redis, a tar of
+//! a mounted directory through the command engine; the drill runs in the image; a missing
+//! mount is named.
 //!
 //! `scripts/test.sh` builds the image first (`scripts/image.sh`) and sets DR_TEST_IMAGE=1,
 //! which makes these tests mandatory; run alone without it they say how to get the image
@@ -103,6 +106,18 @@ fn run_cronjob(
     values: &BTreeMap<&str, String>,
     secrets: &Secrets,
 ) -> Ran {
+    run_cronjob_filled(objects, cronjob, values, secrets, &BTreeMap::new())
+}
+
+/// [`run_cronjob`], with emptyDir volumes that an init container fills in the cluster given
+/// as host directories (volume name → directory), mounted as the container mounts them.
+fn run_cronjob_filled(
+    objects: &[Value],
+    cronjob: &str,
+    values: &BTreeMap<&str, String>,
+    secrets: &Secrets,
+    filled: &BTreeMap<&str, &Path>,
+) -> Ran {
     let job = find(objects, "CronJob", cronjob);
     let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -161,7 +176,14 @@ fn run_cronjob(
             m["mountPath"].as_str().unwrap(),
         );
         let volume = volumes.iter().find(|v| v["name"] == name).unwrap();
-        if volume.get("emptyDir").is_some() {
+        if let Some(host) = filled.get(name) {
+            let ro = if m["readOnly"].as_bool() == Some(true) {
+                ":ro"
+            } else {
+                ""
+            };
+            args.extend(["-v".into(), format!("{}:{path}{ro}", host.display())]);
+        } else if volume.get("emptyDir").is_some() {
             args.extend(["--tmpfs".into(), format!("{path}:size=64m,mode=1777")]);
         } else if volume.get("secret").is_some() {
             let files = dir.path().join(name);
@@ -524,4 +546,162 @@ async fn a_missing_mount_is_named_and_tmp_is_not_needed() {
     run_cronjob(&without("tmp"), "kube-dr-postgres", &values, &secrets)
         .assert_exit(0, "backup committed");
     drop_database(&db).await;
+}
+
+/// The ClickHouse CronJob of the full-stack overlay (SigNoz's), run from the image against
+/// ClickHouse 26's engine, its `--database` list pointed at the test's database (the
+/// overlay names SigNoz's): restored on the host under another name, every row equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clickhouse_cronjob_runs_from_the_image_against_clickhouse_26() {
+    if !image_ready() {
+        return;
+    }
+    let server = crate::clickhouse::Server::modern();
+    let db = unique("imgch");
+    crate::rebuild::seed_clickhouse(&server, &db).await;
+    let mut objects = render("full-stack");
+    for o in &mut objects {
+        if o["kind"] == "CronJob" && o["metadata"]["name"] == "kube-dr-clickhouse" {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] =
+                serde_yaml::to_value(["backup", "clickhouse", "--database", db.as_str()]).unwrap();
+        }
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let mut values = job_values(&store, &keys);
+    values.extend([
+        ("CLICKHOUSE_URL", server.url.clone()),
+        ("CLICKHOUSE_USER", svc("CLICKHOUSE_USER")),
+        ("DR_CH_PARALLEL", "2".to_string()),
+    ]);
+    let secrets = BTreeMap::from([
+        signing_key(),
+        (
+            "clickhouse-password",
+            BTreeMap::from([("password", svc("CLICKHOUSE_PASSWORD"))]),
+        ),
+    ]);
+    run_cronjob(&objects, "kube-dr-clickhouse", &values, &secrets)
+        .assert_exit(0, "backup committed");
+
+    let copy = format!("{db}_copy");
+    dr("kubectl-dr")
+        .args([
+            "restore",
+            "latest",
+            "--engine",
+            "clickhouse",
+            "--target",
+            "signoz",
+        ])
+        .args([
+            "--to",
+            &server.url,
+            "--database-map",
+            &format!("{db}={copy}"),
+        ])
+        .identity(&keys)
+        .store(&store)
+        .run()
+        .assert_exit(0, "match");
+    for (table, rows) in [("logs", "*"), ("per_level", "level, sum(c) GROUP BY level")] {
+        assert_eq!(
+            crate::rebuild::ch_fingerprint(&server, &copy, table, rows).await,
+            crate::rebuild::ch_fingerprint(&server, &db, table, rows).await,
+            "{table}"
+        );
+    }
+    for d in [&db, &copy] {
+        server.ch(&format!("DROP DATABASE {d}")).await;
+    }
+}
+
+/// The command engine from the image, in the tfstate CronJob of the full-stack overlay with
+/// its command swapped for a tar of a mounted directory: the tool comes in through the
+/// CronJob's `tools` volume (an init container fills it in the cluster; here a static
+/// busybox), the directory through its `workspace` volume. The restore on the host unpacks
+/// the same files.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_cronjob_tars_a_mounted_directory_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "a static busybox is needed (Debian's busybox-static; scripts/image.sh installs it)"
+    );
+    let (tools, workspace) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::copy(busybox, tools.path().join("busybox")).unwrap();
+    std::fs::create_dir_all(workspace.path().join("sub")).unwrap();
+    let random: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(workspace.path().join("state.json"), br#"{"version": 4}"#).unwrap();
+    std::fs::write(workspace.path().join("sub/blob.bin"), &random).unwrap();
+    for d in [
+        tools.path(),
+        workspace.path(),
+        &workspace.path().join("sub"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in std::fs::read_dir(d).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+    }
+    let mut objects = render("full-stack");
+    for o in &mut objects {
+        if o["kind"] == "CronJob" && o["metadata"]["name"] == "kube-dr-tfstate" {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"] =
+                serde_yaml::to_value([
+                    "backup",
+                    "command",
+                    "--",
+                    "/tools/busybox",
+                    "tar",
+                    "-C",
+                    "/workspace",
+                    "-cf",
+                    "-",
+                    ".",
+                ])
+                .unwrap();
+        }
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let values = job_values(&store, &keys);
+    let secrets = BTreeMap::from([signing_key()]);
+    let filled = BTreeMap::from([("tools", tools.path()), ("workspace", workspace.path())]);
+    run_cronjob_filled(&objects, "kube-dr-tfstate", &values, &secrets, &filled)
+        .assert_exit(0, "backup committed");
+
+    let out = tempfile::tempdir().unwrap();
+    dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "command", "--target", "tfstate",
+        ])
+        // --identity and --store before `--`: what follows it is the command.
+        .identity(&keys)
+        .store(&store)
+        .args([
+            "--to-command",
+            "--",
+            "tar",
+            "-C",
+            out.path().to_str().unwrap(),
+            "-xf",
+            "-",
+        ])
+        .run()
+        .assert_exit(0, "restored");
+    for f in ["state.json", "sub/blob.bin"] {
+        assert_eq!(
+            std::fs::read(out.path().join(f)).unwrap(),
+            std::fs::read(workspace.path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }

@@ -35,7 +35,7 @@ async fn seed_postgres(prefix: &str) -> (String, String) {
 }
 
 /// A small telemetry-like ClickHouse database with a materialized view.
-async fn seed_clickhouse(server: &Server, db: &str) {
+pub(crate) async fn seed_clickhouse(server: &Server, db: &str) {
     for sql in [
         format!("CREATE DATABASE {db}"),
         format!("CREATE TABLE {db}.logs (ts DateTime, level String, body String, n UInt64) ENGINE = MergeTree ORDER BY (ts, n)"),
@@ -49,7 +49,7 @@ async fn seed_clickhouse(server: &Server, db: &str) {
 
 /// Count and an order-independent content hash of a table; `rows` folds what a merge
 /// may fold (a SummingMergeTree's unmerged parts).
-async fn ch_fingerprint(server: &Server, db: &str, table: &str, rows: &str) -> String {
+pub(crate) async fn ch_fingerprint(server: &Server, db: &str, table: &str, rows: &str) -> String {
     let (columns, group) = rows.split_once(" GROUP BY ").unwrap_or((rows, ""));
     let group = if group.is_empty() {
         String::new()
