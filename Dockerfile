@@ -16,7 +16,8 @@
 #   offline (only Debian's packages and the crate/PyPI registries):
 #     scripts/image.sh                                  # tags localhost/kube-dr-worker:dev
 #     binaries: target/release, built on the host       (BINARIES=prebuilt, from bin/)
-#     PostgreSQL tools: the services' PostgreSQL 18     (PGTOOLS=prebuilt, from pg/)
+#     PostgreSQL tools: the services' PostgreSQL 18     (PGTOOLS=prebuilt, from pg/;
+#       that build's libpq has no TLS: for sslmode=require build online, from PGDG)
 #     bases: made by the script from Debian's packages  (DEBIAN_IMAGE, RUNTIME_IMAGE)
 #   The script assembles a small build context (bin/, pg/, this file); see it for details.
 
