@@ -705,3 +705,91 @@ async fn the_command_cronjob_tars_a_mounted_directory_from_the_image() {
         );
     }
 }
+
+/// A TLS endpoint with a private CA given as a mounted file, as a user's overlay adds it to
+/// the Redis CronJob (REDIS_CACERT and a Secret volume): the image's worker trusts that CA
+/// and no other, and the snapshot restores equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_redis_with_a_mounted_ca_works_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    crate::redis::certificates(certs.path());
+    let file = |f: &str| certs.path().join(f).display().to_string();
+    let source = crate::redis::Server::start(
+        Some("image-Redis-pw"),
+        &[
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+        ],
+    );
+    source.seed();
+    let mut objects = render("full-stack");
+    for o in &mut objects {
+        if o["kind"] == "CronJob" && o["metadata"]["name"] == "kube-dr-redis" {
+            let pod = &mut o["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+            pod["volumes"].as_sequence_mut().unwrap().push(
+                serde_yaml::from_str("{name: redis-ca, secret: {secretName: kube-dr-redis-ca}}")
+                    .unwrap(),
+            );
+            let c = &mut pod["containers"][0];
+            c["volumeMounts"].as_sequence_mut().unwrap().push(
+                serde_yaml::from_str(
+                    "{name: redis-ca, mountPath: /var/run/secrets/kube-dr/redis-ca, readOnly: true}",
+                )
+                .unwrap(),
+            );
+            c["env"].as_sequence_mut().unwrap().push(
+                serde_yaml::from_str(
+                    "{name: REDIS_CACERT, value: /var/run/secrets/kube-dr/redis-ca/ca.crt}",
+                )
+                .unwrap(),
+            );
+        }
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let mut values = job_values(&store, &keys);
+    values.insert("REDIS_URL", source.url());
+    assert!(source.url().starts_with("rediss://"), "{}", source.url());
+    let secrets = BTreeMap::from([
+        signing_key(),
+        (
+            "redis-password",
+            BTreeMap::from([("password", "image-Redis-pw".to_string())]),
+        ),
+        (
+            "redis-ca",
+            BTreeMap::from([("ca.crt", std::fs::read_to_string(file("ca.crt")).unwrap())]),
+        ),
+    ]);
+    run_cronjob(&objects, "kube-dr-redis", &values, &secrets).assert_exit(0, "backup committed");
+    // Another CA mounted instead: refused, and the message names the setting to check.
+    let other = tempfile::tempdir().unwrap();
+    crate::redis::certificates(other.path());
+    let mut wrong = secrets.clone();
+    wrong.insert(
+        "redis-ca",
+        BTreeMap::from([(
+            "ca.crt",
+            std::fs::read_to_string(other.path().join("ca.crt")).unwrap(),
+        )]),
+    );
+    run_cronjob(&objects, "kube-dr-redis", &values, &wrong).assert_exit(2, "REDIS_CACERT");
+
+    let target = crate::redis::Server::start(None, &[]);
+    dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "redis", "--target", "cache",
+        ])
+        .args(["--to", &target.url()])
+        .identity(&keys)
+        .store(&store)
+        .run()
+        .assert_exit(0, "it is a primary again");
+    assert_eq!(target.canonical(), source.canonical());
+}

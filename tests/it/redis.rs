@@ -405,7 +405,7 @@ async fn a_cut_part_streamed_in_one_pass_leaves_the_target_as_it_was() {
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
-fn certificates(dir: &std::path::Path) {
+pub(crate) fn certificates(dir: &std::path::Path) {
     let sh = format!(
         "cd '{}' && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca \
          && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
