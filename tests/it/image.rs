@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use dr_tests::bao::Bao;
 use dr_tests::*;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -162,7 +163,14 @@ fn run_cronjob_filled(
         }
     }
     for e in c["env"].as_sequence().into_iter().flatten() {
-        if let Some(v) = e["value"].as_str() {
+        // A value the test gives for a literal variable replaces it, as an overlay would
+        // (the overlays write cluster addresses such as VAULT_ADDR into env directly).
+        if let Some(v) = e["name"].as_str().and_then(|n| values.get(n)) {
+            args.extend([
+                "--env".into(),
+                format!("{}={v}", e["name"].as_str().unwrap()),
+            ]);
+        } else if let Some(v) = e["value"].as_str() {
             args.extend([
                 "--env".into(),
                 format!("{}={v}", e["name"].as_str().unwrap()),
@@ -792,4 +800,81 @@ async fn a_tls_redis_with_a_mounted_ca_works_from_the_image() {
         .run()
         .assert_exit(0, "it is a primary again");
     assert_eq!(target.canonical(), source.canonical());
+}
+
+/// The Vault CronJob of the full-stack overlay, run from the image against OpenBao: it logs
+/// in with Kubernetes auth (its projected service-account token, here the test's JWT behind
+/// a fake TokenReview API, as the vault tests do), and the snapshot it stores brings deleted
+/// secrets back when restored on the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_cronjob_runs_from_the_image_against_openbao() {
+    if !image_ready() {
+        return;
+    }
+    use serde_json::json;
+    let bao = Bao::start().await;
+    bao.seed().await;
+    let jwt = crate::vault::service_account_jwt();
+    let kube = crate::vault::fake_token_review(jwt.clone()).await;
+    let objects = render("full-stack");
+    let cronjob = find(&objects, "CronJob", "kube-dr-vault");
+    let role = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DR_VAULT_K8S_ROLE")
+        .and_then(|e| e["value"].as_str())
+        .expect("the CronJob names its Vault role")
+        .to_string();
+    for (path, body) in [
+        ("sys/auth/kubernetes", json!({"type": "kubernetes"})),
+        (
+            "auth/kubernetes/config",
+            json!({"kubernetes_host": kube, "kubernetes_ca_cert": crate::vault::FAKE_KUBE_CA, "disable_local_ca_jwt": true, "token_reviewer_jwt": "reviewer"}),
+        ),
+        (
+            "sys/policies/acl/kube-dr-backup",
+            json!({"policy": "path \"sys/storage/raft/snapshot\" { capabilities = [\"read\"] }"}),
+        ),
+        (
+            &format!("auth/kubernetes/role/{role}"),
+            json!({"bound_service_account_names": ["dr-worker"], "bound_service_account_namespaces": ["dr"], "token_policies": ["kube-dr-backup"]}),
+        ),
+    ] {
+        let (status, resp) = bao.api("POST", path, body).await;
+        assert!(status < 300, "{path}: {status} {resp}");
+    }
+    let token = tempfile::tempdir().unwrap();
+    std::fs::write(token.path().join("token"), &jwt).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [token.path().to_path_buf(), token.path().join("token")] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let mut values = job_values(&store, &keys);
+    values.insert("VAULT_ADDR", bao.addr.clone());
+    let secrets = BTreeMap::from([signing_key()]);
+    let filled = BTreeMap::from([("sa-token", token.path())]);
+    run_cronjob_filled(&objects, "kube-dr-vault", &values, &secrets, &filled)
+        .assert_exit(0, "logged in with Kubernetes auth");
+
+    // Deleted after the backup, back after its restore.
+    let (status, body) = bao
+        .api("DELETE", "secret/metadata/app/db", serde_json::Value::Null)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(bao.read_secret(&bao.root_token, "app/db").await.is_none());
+    dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "vault", "--target", "vault",
+        ])
+        .args(["--to", &bao.addr, "--yes"])
+        .env("VAULT_TOKEN", &bao.root_token)
+        .identity(&keys)
+        .store(&store)
+        .run()
+        .assert_exit(0, "restored");
+    crate::vault::assert_secrets(&bao, &bao.root_token).await;
 }

@@ -551,7 +551,7 @@ async fn by_hand_age_zstd_and_bao_snapshot_restore() {
 
 /// A stand-in for the Kubernetes API's TokenReview endpoint (no API server can run here):
 /// it authenticates exactly one JWT as `system:serviceaccount:dr:dr-worker`.
-async fn fake_token_review(jwt: String) -> String {
+pub(crate) async fn fake_token_review(jwt: String) -> String {
     fake_http(move |_, _, body| {
         let review: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         let status = if review["spec"]["token"] == jwt.as_str() {
@@ -573,10 +573,10 @@ async fn fake_token_review(jwt: String) -> String {
 }
 
 /// Required by the auth method's config; unused, the fake API speaks plain HTTP.
-const FAKE_KUBE_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhjCCASugAwIBAgIUIK+5+pA3Ppf++WgMCWvFEkjkckQwCgYIKoZIzj0EAwIw\nFzEVMBMGA1UEAwwMZmFrZS1rdWJlLWNhMCAXDTI2MTEyMjA3MjcxMVoYDzIxMjYx\nMDI5MDcyNzExWjAXMRUwEwYDVQQDDAxmYWtlLWt1YmUtY2EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAQD/wryEyWXiKbnrbS5PNKEFfc4GuDMfMDGoiUlbs1+Q2Uj\nmJnSVFPVVtwquRbSRAbopOUOk10SjEqYraQtFQYpo1MwUTAdBgNVHQ4EFgQUP89A\ncNrGCCOrdchh04lVfGqoLmMwHwYDVR0jBBgwFoAUP89AcNrGCCOrdchh04lVfGqo\nLmMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA4mhGqV7Ysoaa\nL7XW1FXjNHNYWoh9ZPGyE8zSEHtdht8CIQCYlpKxX+qXCKwkwTqanQUCWahUubDY\nTzQUH3Qtjh8CDw==\n-----END CERTIFICATE-----\n";
+pub(crate) const FAKE_KUBE_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhjCCASugAwIBAgIUIK+5+pA3Ppf++WgMCWvFEkjkckQwCgYIKoZIzj0EAwIw\nFzEVMBMGA1UEAwwMZmFrZS1rdWJlLWNhMCAXDTI2MTEyMjA3MjcxMVoYDzIxMjYx\nMDI5MDcyNzExWjAXMRUwEwYDVQQDDAxmYWtlLWt1YmUtY2EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAQD/wryEyWXiKbnrbS5PNKEFfc4GuDMfMDGoiUlbs1+Q2Uj\nmJnSVFPVVtwquRbSRAbopOUOk10SjEqYraQtFQYpo1MwUTAdBgNVHQ4EFgQUP89A\ncNrGCCOrdchh04lVfGqoLmMwHwYDVR0jBBgwFoAUP89AcNrGCCOrdchh04lVfGqo\nLmMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA4mhGqV7Ysoaa\nL7XW1FXjNHNYWoh9ZPGyE8zSEHtdht8CIQCYlpKxX+qXCKwkwTqanQUCWahUubDY\nTzQUH3Qtjh8CDw==\n-----END CERTIFICATE-----\n";
 
 /// An unsigned service-account JWT with the claims Kubernetes puts in one.
-fn service_account_jwt() -> String {
+pub(crate) fn service_account_jwt() -> String {
     use base64::Engine;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     format!(
