@@ -2,9 +2,9 @@
 //! renders it (command, args, env, the ConfigMap and Secret values put in, the Secret files
 //! mounted read-only with the kubelet's owners and modes), under podman with a read-only
 //! root and no /tmp of its own, UID 65532 and no capabilities. Each backup is verified and
-//! restored on the host and compared: PostgreSQL 15 and 18, ClickHouse 26, Redis, a tar of
-//! a mounted directory through the command engine; the drill runs in the image; a missing
-//! mount is named.
+//! restored on the host and compared: PostgreSQL 15 and 18, ClickHouse 26, OpenBao (through
+//! Kubernetes auth), Redis (also over TLS with a mounted CA), a tar of a mounted directory
+//! through the command engine; the drill runs in the image; a missing mount is named.
 //!
 //! `scripts/test.sh` builds the image first (`scripts/image.sh`) and sets DR_TEST_IMAGE=1,
 //! which makes these tests mandatory; run alone without it they say how to get the image
