@@ -396,6 +396,16 @@ impl Ran {
     }
 }
 
+/// The `status` of every step of a `restore --all` summary (`-o json`), in order.
+pub fn step_statuses(summary: &serde_json::Value) -> Vec<&str> {
+    summary["steps"]
+        .as_array()
+        .expect("a summary with steps")
+        .iter()
+        .map(|s| s["status"].as_str().expect("a status"))
+        .collect()
+}
+
 /// `worker backup command --target TARGET --store … -r KEY -- ARGV…`, with `env`.
 pub fn backup_command(
     store: &TestStore,

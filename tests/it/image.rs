@@ -366,32 +366,16 @@ async fn the_redis_cronjob_runs_from_the_image() {
     if !image_ready() {
         return;
     }
-    let source = crate::redis::Server::start(Some("image-Redis-pw"), &[]);
+    let source = crate::redis::Server::start(Some(REDIS_PASSWORD), &[]);
     source.seed();
     let objects = render("full-stack");
     let (store, keys) = (TestStore::s3(), Keys::generate());
     let mut values = job_values(&store, &keys);
     values.insert("REDIS_URL", source.url());
-    let secrets = BTreeMap::from([
-        signing_key(),
-        (
-            "redis-password",
-            BTreeMap::from([("password", "image-Redis-pw".to_string())]),
-        ),
-    ]);
+    let secrets = redis_secrets();
     run_cronjob(&objects, "kube-dr-redis", &values, &secrets).assert_exit(0, "backup committed");
 
-    let target = crate::redis::Server::start(None, &[]);
-    dr("kubectl-dr")
-        .args([
-            "restore", "latest", "--engine", "redis", "--target", "cache",
-        ])
-        .args(["--to", &target.url()])
-        .identity(&keys)
-        .store(&store)
-        .run()
-        .assert_exit(0, "it is a primary again");
-    assert_eq!(target.canonical(), source.canonical());
+    restores_equal(&store, &keys, &source);
 }
 
 /// The drill's CronJob of the full-stack overlay, run from the image: it holds the private
@@ -726,7 +710,7 @@ async fn a_tls_redis_with_a_mounted_ca_works_from_the_image() {
     crate::redis::certificates(certs.path());
     let file = |f: &str| certs.path().join(f).display().to_string();
     let source = crate::redis::Server::start(
-        Some("image-Redis-pw"),
+        Some(REDIS_PASSWORD),
         &[
             "--tls-cert-file",
             &file("server.crt"),
@@ -764,17 +748,11 @@ async fn a_tls_redis_with_a_mounted_ca_works_from_the_image() {
     let mut values = job_values(&store, &keys);
     values.insert("REDIS_URL", source.url());
     assert!(source.url().starts_with("rediss://"), "{}", source.url());
-    let secrets = BTreeMap::from([
-        signing_key(),
-        (
-            "redis-password",
-            BTreeMap::from([("password", "image-Redis-pw".to_string())]),
-        ),
-        (
-            "redis-ca",
-            BTreeMap::from([("ca.crt", std::fs::read_to_string(file("ca.crt")).unwrap())]),
-        ),
-    ]);
+    let mut secrets = redis_secrets();
+    secrets.insert(
+        "redis-ca",
+        BTreeMap::from([("ca.crt", std::fs::read_to_string(file("ca.crt")).unwrap())]),
+    );
     run_cronjob(&objects, "kube-dr-redis", &values, &secrets).assert_exit(0, "backup committed");
     // Another CA mounted instead: refused, and the message names the setting to check.
     let other = tempfile::tempdir().unwrap();
@@ -789,17 +767,7 @@ async fn a_tls_redis_with_a_mounted_ca_works_from_the_image() {
     );
     run_cronjob(&objects, "kube-dr-redis", &values, &wrong).assert_exit(2, "REDIS_CACERT");
 
-    let target = crate::redis::Server::start(None, &[]);
-    dr("kubectl-dr")
-        .args([
-            "restore", "latest", "--engine", "redis", "--target", "cache",
-        ])
-        .args(["--to", &target.url()])
-        .identity(&keys)
-        .store(&store)
-        .run()
-        .assert_exit(0, "it is a primary again");
-    assert_eq!(target.canonical(), source.canonical());
+    restores_equal(&store, &keys, &source);
 }
 
 /// The Vault CronJob of the full-stack overlay, run from the image against OpenBao: it logs
@@ -877,4 +845,34 @@ async fn the_vault_cronjob_runs_from_the_image_against_openbao() {
         .run()
         .assert_exit(0, "restored");
     crate::vault::assert_secrets(&bao, &bao.root_token).await;
+}
+
+/// The password of the Redis servers the image tests back up.
+const REDIS_PASSWORD: &str = "image-Redis-pw";
+
+/// The Redis CronJob's Secret files: the signing key and the password.
+fn redis_secrets() -> Secrets {
+    BTreeMap::from([
+        signing_key(),
+        (
+            "redis-password",
+            BTreeMap::from([("password", REDIS_PASSWORD.to_string())]),
+        ),
+    ])
+}
+
+/// The newest `redis/cache` backup restored on the host into an empty server holds exactly
+/// what `source` holds.
+fn restores_equal(store: &TestStore, keys: &Keys, source: &crate::redis::Server) {
+    let target = crate::redis::Server::start(None, &[]);
+    dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "redis", "--target", "cache",
+        ])
+        .args(["--to", &target.url()])
+        .identity(keys)
+        .store(store)
+        .run()
+        .assert_exit(0, "it is a primary again");
+    assert_eq!(target.canonical(), source.canonical());
 }

@@ -375,12 +375,7 @@ async fn a_failed_step_resumes_without_redoing_the_verified_ones() {
     assert!(err.contains("--resume"), "{err}");
     let summary: Value =
         serde_json::from_slice(&out.stdout).expect("a summary after a failure too");
-    let statuses: Vec<&str> = summary["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses = step_statuses(&summary);
     assert_eq!(statuses, ["restored", "restored", "failed"]);
     assert_eq!(summary["ok"], false);
 
@@ -414,12 +409,7 @@ async fn a_failed_step_resumes_without_redoing_the_verified_ones() {
         "{err}"
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let statuses: Vec<&str> = summary["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses = step_statuses(&summary);
     assert_eq!(statuses, ["done earlier", "done earlier", "restored"]);
     let restored = std::fs::read_to_string(&sink_file).unwrap();
     assert_eq!(

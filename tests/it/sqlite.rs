@@ -152,12 +152,7 @@ fn the_example_engine_works_in_restore_all_and_the_drill() {
         .run();
     ran.assert_exit(0, "step 2/2");
     let summary: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
-    let statuses: Vec<&str> = summary["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses = step_statuses(&summary);
     assert_eq!(statuses, ["restored", "restored"]);
     assert_eq!(counts(&ra), counts(&a));
     assert_eq!(counts(&rb), counts(&b));

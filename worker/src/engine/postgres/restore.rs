@@ -205,9 +205,10 @@ async fn check_tool_fits(
     if server_major >= 17 {
         return Ok(());
     }
-    let out = child::tool(opts.bin_dir.as_deref(), "pg_restore")
-        .arg("--version")
-        .output();
+    let mut version = child::tool(opts.bin_dir.as_deref(), "pg_restore");
+    version.arg("--version");
+    // Not on the runtime's thread: a tool that hangs must not stall the others.
+    let out = tokio::process::Command::from(version).output().await;
     let Ok(out) = out else {
         // A missing pg_restore is named by the restore itself.
         return Ok(());
