@@ -323,6 +323,7 @@ pub fn dr(bin: &str) -> Dr {
 }
 
 /// See [`dr`].
+#[derive(Clone)]
 pub struct Dr {
     bin: String,
     args: Vec<String>,

@@ -4,7 +4,9 @@
 //! root and no /tmp of its own, UID 65532 and no capabilities. Each backup is verified and
 //! restored on the host and compared: PostgreSQL 15 and 18, ClickHouse 26, OpenBao (through
 //! Kubernetes auth), Redis (also over TLS with a mounted CA), a tar of a mounted directory
-//! through the command engine; the drill runs in the image; a missing mount is named.
+//! through the command engine; the drill runs in the image; a missing mount is named. The
+//! in-cluster restore Job the plugin makes runs from the image too, behind a scripted
+//! Kubernetes API whose kubelet is podman.
 //!
 //! `scripts/test.sh` builds the image first (`scripts/image.sh`) and sets DR_TEST_IMAGE=1,
 //! which makes these tests mandatory; run alone without it they say how to get the image
@@ -121,6 +123,20 @@ fn run_cronjob_filled(
 ) -> Ran {
     let job = find(objects, "CronJob", cronjob);
     let pod = &job["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    run_pod(objects, cronjob, pod, values, secrets, filled)
+}
+
+/// `podman run` of a pod spec's first container (`what` names it in panics): its command
+/// (as the entrypoint) and args, its env, its volumes as [`run_cronjob_filled`] describes;
+/// the ConfigMaps and Secrets its env names are looked up in `objects`.
+fn run_pod(
+    objects: &[Value],
+    what: &str,
+    pod: &Value,
+    values: &BTreeMap<&str, String>,
+    secrets: &Secrets,
+    filled: &BTreeMap<&str, &Path>,
+) -> Ran {
     let c = &pod["containers"][0];
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = [
@@ -221,8 +237,15 @@ fn run_cronjob_filled(
             as_kubelet_mounts(&files, mode, pod["securityContext"]["fsGroup"].as_u64());
             args.extend(["-v".into(), format!("{}:{path}:ro", files.display())]);
         } else {
-            panic!("volume {name} of {cronjob}: neither a Secret nor an emptyDir; teach the test");
+            panic!("volume {name} of {what}: neither a Secret nor an emptyDir; teach the test");
         }
+    }
+    if let Some(command) = c["command"].as_sequence() {
+        let command: Vec<&str> = command.iter().map(|a| a.as_str().unwrap()).collect();
+        args.extend([
+            "--entrypoint".into(),
+            serde_json::to_string(&command).unwrap(),
+        ]);
     }
     args.push(IMAGE.into());
     args.extend(
@@ -875,4 +898,264 @@ fn restores_equal(store: &TestStore, keys: &Keys, source: &crate::redis::Server)
         .run()
         .assert_exit(0, "it is a primary again");
     assert_eq!(target.canonical(), source.canonical());
+}
+
+/// A scripted Kubernetes API for `restore --in-cluster`, with the kubelet's part played by
+/// podman: it serves the CronJob an overlay renders, keeps the Secrets the plugin creates,
+/// and runs a created Job's pod from the image (its identity Secret mounted from what the
+/// plugin sent). Nothing here decides the outcome: the Job's status and log are the
+/// container's exit and output.
+#[derive(Default)]
+struct FakeCluster {
+    /// Secrets created and not deleted: name → object.
+    secrets: BTreeMap<String, serde_json::Value>,
+    /// Secrets deleted, in order.
+    deleted: Vec<String>,
+    /// The created Job's name, and its container's end once it ran.
+    job: Option<(String, Option<std::process::Output>)>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<FakeCluster>>;
+
+/// Serves `objects` (an overlay's render) in namespace kube-dr; a created Job runs with
+/// `values` and `secrets` (the identity Secret's files are added from the API).
+async fn fake_cluster(
+    objects: Vec<Value>,
+    values: BTreeMap<&'static str, String>,
+    secrets: Secrets,
+) -> (String, Shared) {
+    use serde_json::json;
+    let state = Shared::default();
+    let shared = state.clone();
+    let url = fake_http_with_headers(move |method, path, body| {
+        let path = path.split('?').next().unwrap_or(path);
+        let json = |status: u16, v: serde_json::Value| {
+            (
+                status,
+                vec![("Content-Type", "application/json".to_string())],
+                v.to_string().into_bytes(),
+            )
+        };
+        let not_found = || {
+            json(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
+            )
+        };
+        let mut state = shared.lock().unwrap();
+        let (core, batch) = ("/api/v1/namespaces/kube-dr", "/apis/batch/v1/namespaces/kube-dr");
+        match (method, path) {
+            ("GET", p) if p == format!("{batch}/cronjobs") => {
+                let items: Vec<serde_json::Value> = objects
+                    .iter()
+                    .filter(|o| {
+                        o["kind"] == "CronJob"
+                            && o["metadata"]["labels"]["kube-dr.io/engine"] == "postgres"
+                    })
+                    .map(|o| serde_json::to_value(o).unwrap())
+                    .collect();
+                json(
+                    200,
+                    json!({"kind": "CronJobList", "apiVersion": "batch/v1", "metadata": {}, "items": items}),
+                )
+            }
+            ("POST", p) if p == format!("{core}/secrets") => {
+                let secret: serde_json::Value = serde_json::from_str(body).unwrap();
+                let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+                state.secrets.insert(name, secret.clone());
+                json(201, secret)
+            }
+            ("DELETE", p) if p.starts_with(&format!("{core}/secrets/")) => {
+                let name = p.rsplit('/').next().unwrap().to_string();
+                match state.secrets.remove(&name) {
+                    Some(_) => {
+                        state.deleted.push(name);
+                        json(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                    }
+                    None => not_found(),
+                }
+            }
+            ("POST", p) if p == format!("{batch}/jobs") => {
+                let job: serde_json::Value = serde_json::from_str(body).unwrap();
+                let name = job["metadata"]["name"].as_str().unwrap().to_string();
+                let pod: Value =
+                    serde_yaml::to_value(&job["spec"]["template"]["spec"]).unwrap();
+                // The kubelet: the identity volume's files come from the Secret it names.
+                let mut secrets = secrets.clone();
+                for v in pod["volumes"].as_sequence().into_iter().flatten() {
+                    let Some(from) = v["secret"]["secretName"].as_str() else { continue };
+                    if let Some(secret) = state.secrets.get(from) {
+                        let files = secret["data"]
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .map(|(k, v)| {
+                                use base64::Engine as _;
+                                let bytes = base64::engine::general_purpose::STANDARD
+                                    .decode(v.as_str().unwrap())
+                                    .unwrap();
+                                (&*k.clone().leak(), String::from_utf8(bytes).unwrap())
+                            })
+                            .collect();
+                        secrets.insert(v["name"].as_str().unwrap().to_string().leak(), files);
+                    }
+                }
+                state.job = Some((name.clone(), None));
+                let (objects, values, shared) = (objects.clone(), values.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let ran = run_pod(&objects, &name, &pod, &values, &secrets, &BTreeMap::new());
+                    shared.lock().unwrap().job.as_mut().unwrap().1 = Some(ran.0);
+                });
+                json(201, job)
+            }
+            ("GET", p) if p.starts_with(&format!("{batch}/jobs/")) => {
+                let Some((name, ended)) = &state.job else { return not_found() };
+                let conditions = match ended {
+                    None => json!([]),
+                    Some(out) if out.status.success() => {
+                        json!([{"type": "Complete", "status": "True"}])
+                    }
+                    Some(out) => json!([{"type": "Failed", "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": format!("the container exited {:?}", out.status.code())}]),
+                };
+                json(
+                    200,
+                    json!({"kind": "Job", "apiVersion": "batch/v1", "metadata": {"name": name},
+                           "status": {"conditions": conditions}}),
+                )
+            }
+            ("GET", p) if p == format!("{core}/pods") => {
+                let items = match &state.job {
+                    Some((name, _)) => json!([{"metadata": {"name": format!("{name}-pod"),
+                        "creationTimestamp": "2026-12-03T00:00:00Z"}}]),
+                    None => json!([]),
+                };
+                json(
+                    200,
+                    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", p) if p.starts_with(&format!("{core}/pods/")) && p.ends_with("/log") => {
+                let Some((_, Some(out))) = &state.job else { return not_found() };
+                let mut log = out.stdout.clone();
+                log.extend_from_slice(&out.stderr);
+                (200, vec![("Content-Type", "text/plain".to_string())], log)
+            }
+            ("GET", _) => not_found(),
+            _ => panic!("the fake API does not serve {method} {path}"),
+        }
+    })
+    .await;
+    (url, state)
+}
+
+/// A kubeconfig for the fake API at `url`, with no credentials.
+fn kubeconfig(dir: &Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\nusers:\n- name: fake\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `kubectl dr restore --in-cluster`: the plugin renders the restore Job from the overlay's
+/// PostgreSQL CronJob, and its container (kubectl-dr in the image, the identity from the
+/// Secret the plugin made, the password from the CronJob's Secret file) restores the
+/// newest backup into a new database on PostgreSQL 18, identical; the identity Secret is
+/// gone afterwards. The same restore again meets a database that is no longer empty: the
+/// Job fails, its log says why, and the plugin exits 2 with the Secret deleted all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_cluster_restore_job_restores_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let pg18 = svc("DR_PG18_PORT");
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let db = unique("imgjob");
+    pg_connect_at(&pg18, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .unwrap();
+    let source = pg_connect_at(&pg18, &db).await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, body text);
+             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 3000) g;",
+        )
+        .await
+        .unwrap();
+    let objects = render("postgres-only");
+    let (values, secrets) = postgres_job(&store, &keys, &pg18, &db);
+    run_cronjob(&objects, "kube-dr-postgres", &values, &secrets).assert_exit(0, "backup committed");
+
+    let (url, cluster) = fake_cluster(objects, values, secrets).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &url);
+    let copy = format!("{db}_copy");
+    let to = format!(
+        "postgres://{}@{}:{pg18}/{copy}",
+        svc("PGUSER"),
+        svc("PGHOST")
+    );
+    let restore = dr("kubectl-dr")
+        .args([
+            "restore", "latest", "--engine", "postgres", "--target", "app-db",
+        ])
+        .args(["--to", &to, "--in-cluster", "--timeout", "5m"])
+        .args(["--kubeconfig", config.to_str().unwrap()])
+        .identity(&keys)
+        .store(&store);
+    let run = || {
+        let restore = restore.clone();
+        tokio::task::spawn_blocking(move || restore.run())
+    };
+    run()
+        .await
+        .unwrap()
+        .assert_exit(0, "succeeded")
+        .assert_exit(0, "match");
+    let restored = pg_connect_at(&pg18, &copy).await;
+    assert_eq!(
+        pg_fingerprint(&restored).await,
+        pg_fingerprint(&source).await
+    );
+    {
+        let state = cluster.lock().unwrap();
+        assert!(
+            state.secrets.is_empty(),
+            "left behind: {:?}",
+            state.secrets.keys()
+        );
+        assert_eq!(state.deleted.len(), 1, "{:?}", state.deleted);
+    }
+
+    run()
+        .await
+        .unwrap()
+        .assert_exit(2, "already has 1 table(s)")
+        .assert_exit(2, "failed");
+    {
+        let state = cluster.lock().unwrap();
+        assert!(
+            state.secrets.is_empty(),
+            "left behind: {:?}",
+            state.secrets.keys()
+        );
+        assert_eq!(state.deleted.len(), 2, "{:?}", state.deleted);
+    }
+    drop((source, restored));
+    for d in [&db, &copy] {
+        pg_connect_at(&pg18, "postgres")
+            .await
+            .batch_execute(&format!("DROP DATABASE \"{d}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
 }
