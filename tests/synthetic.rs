@@ -59,8 +59,11 @@ pub async fn write_synthetic_backup(
                     rows: 42,
                 }],
                 section: None,
+                partition: None,
+                from: None,
             }],
             facts: Default::default(),
+            base: None,
         };
         let json = serde_json::to_vec(&m).expect("json");
         sign_manifest(store, &b, &json).await;

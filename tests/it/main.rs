@@ -25,6 +25,8 @@
 //! - `prune`: retention on a real store: per target, crash repair, running backups, bad flags.
 //! - `clickhouse`: backup → verify → restore under another name with views and Distributed
 //!   tables, subsets, damaged parts, wrong keys, a real mid-result exception.
+//! - `clickhouse_chain`: incremental backups: a full one and three nights of change, each
+//!   restored equal; references on the store, prune keeping bases, a damaged base.
 //! - `install`: scripts/install.sh and the krew archive and manifest of scripts/release.sh.
 //! - `kubernetes`: the Kubernetes engine against a scripted API server (discovery, lists,
 //!   stripping, counts, apply order, a forbidden kind).
@@ -44,7 +46,9 @@
 //!   by hand), and sealed / bad token / missing capability / damaged part / wrong key.
 
 mod bad_input;
+#[macro_use]
 mod clickhouse;
+mod clickhouse_chain;
 mod command;
 mod compat;
 mod durability;

@@ -116,8 +116,11 @@ async fn forge_at(
                 rows: 3,
             }],
             section: None,
+            partition: None,
+            from: None,
         }],
         facts: Default::default(),
+        base: None,
     };
     store
         .put_bytes(&b.part_key(&file), Bytes::from(part))

@@ -19,6 +19,11 @@
 //! A rerun finishes an interrupted one: a backup already encrypted to exactly the new
 //! recipients only gets step 3's cleanup of objects its manifest does not name. A backup
 //! with any object under Object Lock is refused (its old parts could not be removed).
+//!
+//! Incremental chains: an incremental backup's references are re-encrypted into its own
+//! directory, so afterwards it stands alone (a full backup) and its base's parts are no
+//! longer needed by it. A backup that others still reference is refused until they are
+//! rekeyed: `rekey --all` goes newest first, so a whole chain is done in one run.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -57,6 +62,12 @@ pub enum Outcome {
     Held {
         /// The hold, with its date.
         hold: Hold,
+    },
+    /// Newer incremental backups reference its parts: nothing was changed. Rekeying them
+    /// first (newest first, as `--all` does) frees it.
+    Referenced {
+        /// The backups that reference it.
+        by: Vec<String>,
     },
 }
 
@@ -163,6 +174,12 @@ impl Rekey<'_> {
         if let Some(hold) = self.hold(&objects).await? {
             return Ok(Outcome::Held { hold });
         }
+        let by = catalog::dependents(self.store, &backup, &self.signers).await?;
+        if !by.is_empty() {
+            return Ok(Outcome::Referenced {
+                by: by.iter().map(ToString::to_string).collect(),
+            });
+        }
         let mut parts = Vec::with_capacity(manifest.parts.len());
         for part in &manifest.parts {
             parts.push(self.reencrypt(manifest, part).await?);
@@ -170,6 +187,9 @@ impl Rekey<'_> {
         let mut next = manifest.clone();
         next.recipients = self.new_recipients().into_iter().collect();
         next.parts = parts;
+        // Every reference now has its own copy here: the backup no longer needs a base.
+        next.base = None;
+        next.format_version = catalog::format_version_for(&next.parts);
         next.check(&backup).map_err(|why| RekeyError::Invalid {
             backup: backup.to_string(),
             why,
@@ -190,11 +210,11 @@ impl Rekey<'_> {
         let backup = manifest.backup_ref();
         let reader = self
             .store
-            .get(&backup.part_key(&part.file))
+            .get(&manifest.object_key(part))
             .await
             .map_err(|e| match e {
                 StoreError::NotFound { .. } => VerifyError::Missing {
-                    backup: backup.to_string(),
+                    backup: manifest.holder_of(part).to_string(),
                     part: part.name.clone(),
                 },
                 e => VerifyError::Store(e),
@@ -267,6 +287,7 @@ impl Rekey<'_> {
         bar.finish();
         Ok(Part {
             file,
+            from: None,
             ciphertext_bytes: stats.ciphertext_bytes,
             ciphertext_sha256: stats.ciphertext_sha256,
             header_sha256: Some(stats.header_sha256),
@@ -371,7 +392,8 @@ impl Rekey<'_> {
             .map(|o| (o.key, o.size))
             .collect();
         let mut keep: BTreeSet<String> = BTreeSet::new();
-        for p in &manifest.parts {
+        // References live in their base's directory: nothing of this one's to keep.
+        for p in manifest.parts.iter().filter(|p| p.from.is_none()) {
             let key = backup.part_key(&p.file);
             if listed.get(&key) != Some(&p.ciphertext_bytes) {
                 return Err(RekeyError::NotVerified {

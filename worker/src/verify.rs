@@ -129,6 +129,24 @@ pub enum VerifyError {
 
 /// Maps the store's error on opening a part: a missing object or one that is no object at
 /// all (a symlink, a FIFO) is damage to the backup; anything else is operational.
+/// Where a part is stored, as errors name it: the backup, or for a reference the older
+/// backup that holds it and the one that refers to it (damage there breaks both).
+struct StoredIn<'m>(&'m Manifest, &'m Part);
+
+impl std::fmt::Display for StoredIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.1.from {
+            None => write!(f, "{}", self.0.backup_ref()),
+            Some(_) => write!(
+                f,
+                "{} (the base that {} refers to)",
+                self.0.holder_of(self.1),
+                self.0.backup_ref()
+            ),
+        }
+    }
+}
+
 fn open_error(backup: &str, part: &Part, e: StoreError) -> VerifyError {
     match e {
         StoreError::NotFound { .. } => VerifyError::Missing {
@@ -204,8 +222,8 @@ pub async fn check_part(
     progress: &dyn Progress,
 ) -> Result<(), VerifyError> {
     let identities = decrypt.map(|d| d.identities);
-    let backup = manifest.backup_ref();
-    let key = backup.part_key(&part.file);
+    let backup = StoredIn(manifest, part);
+    let key = manifest.object_key(part);
     let reader = store
         .get(&key)
         .await
@@ -375,9 +393,9 @@ pub async fn open_plaintext(
     VerifyError,
 > {
     let (manifest, part) = (verified.manifest, verified.part);
-    let backup = manifest.backup_ref();
+    let backup = StoredIn(manifest, part);
     let reader = store
-        .get(&backup.part_key(&part.file))
+        .get(&manifest.object_key(part))
         .await
         .map_err(|e| open_error(&backup.to_string(), part, e))?;
     let bar = progress.start(

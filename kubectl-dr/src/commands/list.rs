@@ -63,6 +63,16 @@ struct Row {
     finished_at: Option<String>,
     size_bytes: u64,
     status: &'static str,
+    /// `full` or `incremental` (complete backups only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    /// An incremental backup's base.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
+    /// Bytes of every part a restore reads, references to older backups included
+    /// (`size_bytes` counts what this backup stored itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logical_bytes: Option<u64>,
     parts: usize,
     databases: Vec<String>,
     tables: usize,
@@ -99,6 +109,9 @@ fn describe(b: &Inspected) -> Row {
             Status::Incomplete => "incomplete",
             Status::Damaged => "damaged",
         },
+        kind: None,
+        base: None,
+        logical_bytes: None,
         parts: b.scanned.objects.len(),
         databases: Vec::new(),
         tables: 0,
@@ -111,8 +124,17 @@ fn describe(b: &Inspected) -> Row {
         row.created_at = rfc3339(m.started_at);
         row.finished_at = Some(rfc3339(m.finished_at));
         row.parts = m.parts.len();
+        row.kind = Some(m.kind());
+        row.base = m.base.as_ref().map(ToString::to_string);
+        row.logical_bytes = Some(m.size_bytes());
         row.databases = m.databases().into_iter().map(str::to_string).collect();
-        row.tables = m.parts.iter().map(|p| p.tables.len()).sum();
+        // A table stored a part per partition counts once.
+        row.tables = m
+            .parts
+            .iter()
+            .flat_map(|p| p.tables.iter().map(|t| (&t.schema, &t.name)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         row.rows = m.total_rows();
     }
     row
@@ -199,6 +221,7 @@ impl ListCmd {
             "TARGET",
             "CREATED",
             "STATUS",
+            "KIND",
             "SIZE",
             "DATABASES",
             "ROWS",
@@ -220,6 +243,7 @@ impl ListCmd {
                     } else {
                         r.status.to_string()
                     },
+                    r.kind.unwrap_or("-").to_string(),
                     output::human_bytes(r.size_bytes),
                     if r.databases.is_empty() {
                         "-".into()

@@ -165,6 +165,10 @@ impl RekeyCmd {
                     "{b} is already encrypted to these recipients ({removed} leftover object(s) removed)"
                 ),
                 Outcome::Held { hold } => format!("NOT rekeyed {b}: held by {hold}"),
+                Outcome::Referenced { by } => format!(
+                    "NOT rekeyed {b}: incremental backups refer to its parts ({}); rekey them first",
+                    by.join(", ")
+                ),
             };
             eprintln!("==> {}/{} {said}", i + 1, manifests.len());
             rows.push(Row {
@@ -176,6 +180,17 @@ impl RekeyCmd {
         if self.output != Format::Table {
             output::print_structured(self.output, &rows)?;
         }
+        let referenced: Vec<&str> = rows
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Referenced { .. }))
+            .map(|r| r.backup.as_str())
+            .collect();
+        anyhow::ensure!(
+            referenced.is_empty(),
+            "{} backup(s) are bases of incremental backups that were not rekeyed, and were left as they are: {}; rekey the incremental ones first (`rekey --all` does, newest first)",
+            referenced.len(),
+            referenced.join(", ")
+        );
         let held: Vec<&Row> = rows
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Held { .. }))
@@ -227,6 +242,9 @@ impl RekeyCmd {
             }
         }
         anyhow::ensure!(!out.is_empty(), "no complete backup matches {filter}");
+        // Newest first: an incremental backup stands alone once rekeyed, which frees its
+        // base to be rekeyed after it in the same run.
+        out.reverse();
         Ok(out)
     }
 }

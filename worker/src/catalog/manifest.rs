@@ -9,17 +9,45 @@ use super::{BackupId, BackupRef, Engine, Facts, PartFormat};
 
 /// Bumped when a reader of an older version could misread a newer manifest. 2: a database
 /// may be stored as several parts, one per [`Section`] (`worker backup postgres --jobs`);
-/// a version 1 reader would restore its first part alone. Manifests without sections are
-/// still written as version 1, so older readers keep reading them.
-pub const FORMAT_VERSION: u32 = 2;
+/// a version 1 reader would restore its first part alone. 3: a ClickHouse table may be
+/// stored as one part per partition ([`Partition`]), and a part may live in an older
+/// backup ([`Part::from`], incremental backups); a version 2 reader would miss both. A
+/// manifest is written with the oldest version that reads it, so older readers keep
+/// reading what they can.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The format version a manifest with these parts needs: the oldest that reads it.
 pub fn format_version_for(parts: &[Part]) -> u32 {
-    if parts.iter().any(|p| p.section.is_some()) {
+    if parts
+        .iter()
+        .any(|p| p.from.is_some() || p.partition.is_some())
+    {
+        3
+    } else if parts.iter().any(|p| p.section.is_some()) {
         2
     } else {
         1
     }
+}
+
+/// The partition of a table a part holds (ClickHouse's MergeTree family): one part per
+/// partition, so a backup can store only the partitions that changed since an older one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// The server's `partition_id` (`202612`, `all` for a table without a partition key).
+    pub id: String,
+    /// What the partition's data was when it was dumped, from the server's own
+    /// bookkeeping (its parts' file hashes where the server has them, else their names and
+    /// sizes), the table's columns and identity: equal fingerprints mean equal data.
+    /// Absent when it could not be taken (the partition is then never reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The oldest time in the partition, where its key has a date or time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_time: Option<DateTime<Utc>>,
+    /// The newest time in the partition, where its key has a date or time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_time: Option<DateTime<Utc>>,
 }
 
 /// Which section of a database's dump a part holds, when the dump was split into several
@@ -64,6 +92,10 @@ pub struct Manifest {
     /// Read them typed with [`Facts::read`] and the engine's own struct.
     #[serde(default, skip_serializing_if = "Facts::is_empty")]
     pub facts: Facts,
+    /// For an incremental backup: the backup it was compared with (its parts that did not
+    /// change are referenced, see [`Part::from`]). Absent for a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BackupId>,
 }
 
 /// One stored object of a backup: an age-encrypted, usually zstd-compressed stream.
@@ -100,6 +132,15 @@ pub struct Part {
     /// absent for a whole dump in one part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section: Option<Section>,
+    /// The table partition this part holds (ClickHouse), when the table was stored a part
+    /// per partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<Partition>,
+    /// A reference: the part was not stored again, its object is the one in this older
+    /// backup of the same engine and target (the backup that stored it, never a backup
+    /// that referenced it in turn). Its sizes and sums are that object's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BackupId>,
 }
 
 impl Part {
@@ -203,7 +244,11 @@ impl Manifest {
         if self.parts.is_empty() {
             return Err("it lists no part".into());
         }
+        if self.base.as_ref().is_some_and(|b| *b >= self.id) {
+            return Err("its base is not older than itself".into());
+        }
         let mut files = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         let (mut bytes, mut rows) = (0u64, 0u64);
         for part in &self.parts {
             let shown = crate::catalog::printable(&part.file);
@@ -212,8 +257,23 @@ impl Manifest {
                     "part file name {shown} is not a valid part name (see docs/FORMAT.md)"
                 ));
             }
-            if !files.insert(part.file.as_str()) {
+            if !files.insert((part.from.as_ref(), part.file.as_str())) {
                 return Err(format!("part file {shown} is listed twice"));
+            }
+            if !names.insert(part.name.as_str()) {
+                return Err(format!(
+                    "part {} is listed twice",
+                    crate::catalog::printable(&part.name)
+                ));
+            }
+            if let Some(from) = &part.from {
+                // Only older backups can be referenced: no cycle, and prune can keep a
+                // chain by walking back.
+                if *from >= self.id || self.base.is_none() {
+                    return Err(format!(
+                        "part {shown} refers to backup {from}, which is not an older one of its chain"
+                    ));
+                }
             }
             if part.name.is_empty() || part.name.len() > 255 || part.name.contains(char::is_control)
             {
@@ -240,6 +300,46 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The backup whose directory holds `part`'s object: this one, or the older one a
+    /// reference names.
+    pub fn holder_of(&self, part: &Part) -> BackupRef {
+        BackupRef {
+            engine: self.engine.to_string(),
+            target: self.target.clone(),
+            id: part.from.clone().unwrap_or_else(|| self.id.clone()),
+        }
+    }
+
+    /// The store key of `part`'s object (in an older backup for a reference).
+    pub fn object_key(&self, part: &Part) -> String {
+        self.holder_of(part).part_key(&part.file)
+    }
+
+    /// The older backups whose objects this one references, oldest first: they must be
+    /// kept, and be intact, for this one to restore.
+    pub fn references(&self) -> Vec<BackupId> {
+        let set: std::collections::BTreeSet<&BackupId> =
+            self.parts.iter().filter_map(|p| p.from.as_ref()).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// `full` or `incremental`.
+    pub fn kind(&self) -> &'static str {
+        if self.base.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+    }
+
+    /// Stored bytes of this backup's own parts (references excluded).
+    pub fn own_bytes(&self) -> u64 {
+        self.parts
+            .iter()
+            .filter(|p| p.from.is_none())
+            .fold(0u64, |n, p| n.saturating_add(p.ciphertext_bytes))
     }
 
     /// Where the backup lives.
@@ -314,6 +414,8 @@ mod tests {
                 ciphertext_sha256: "ab".repeat(32),
                 header_sha256: None,
                 section: None,
+                partition: None,
+                from: None,
                 plaintext_bytes: 5678,
                 database: Some("app".into()),
                 tables: vec![TableCount {
@@ -323,6 +425,7 @@ mod tests {
                 }],
             }],
             facts: Facts::from([("cluster_id", "c-1")]),
+            base: None,
         }
     }
 
@@ -348,6 +451,34 @@ mod tests {
     fn a_sound_manifest_passes_its_check() {
         let m = sample();
         m.check(&m.backup_ref()).unwrap();
+    }
+
+    #[test]
+    fn an_incremental_manifest_names_where_each_object_is_and_needs_format_3() {
+        let mut m = sample();
+        assert_eq!(format_version_for(&m.parts), 1);
+        let base: BackupId = "20261121T020000Z-000001".parse().unwrap();
+        m.base = Some(base.clone());
+        let mut old = m.parts[0].clone();
+        old.name = "db-old".into();
+        old.from = Some(base.clone());
+        m.parts.push(old);
+        m.format_version = format_version_for(&m.parts);
+        assert_eq!(m.format_version, 3);
+        m.check(&m.backup_ref()).unwrap();
+        assert_eq!(m.kind(), "incremental");
+        assert_eq!(m.references(), vec![base.clone()]);
+        assert_eq!(
+            m.object_key(&m.parts[1]),
+            format!("postgres/prod/{base}/{}", m.parts[1].file)
+        );
+        assert_eq!(
+            m.object_key(&m.parts[0]),
+            format!("postgres/prod/{}/{}", m.id, m.parts[0].file)
+        );
+        assert_eq!(m.own_bytes() * 2, m.size_bytes());
+        // A version 2 reader refuses it: "format version 3 is not one this tool reads".
+        assert!(m.format_version > 2);
     }
 
     #[test]
@@ -393,7 +524,22 @@ mod tests {
                 m.parts[0].ciphertext_bytes = u64::MAX;
                 let mut p = m.parts[0].clone();
                 p.file = "db-b.pgdump.zst.age".into();
+                p.name = "db-b".into();
                 m.parts.push(p);
+            }),
+            ("is listed twice", |m| {
+                let mut p = m.parts[0].clone();
+                p.file = "db-b.pgdump.zst.age".into();
+                m.parts.push(p);
+            }),
+            ("base is not older", |m| m.base = Some(m.id.clone())),
+            ("not an older one of its chain", |m| {
+                // A reference without a base.
+                m.parts[0].from = Some("20261121T020000Z-000001".parse().unwrap());
+            }),
+            ("not an older one of its chain", |m| {
+                m.base = Some("20261121T020000Z-000001".parse().unwrap());
+                m.parts[0].from = Some("20261123T020000Z-000001".parse().unwrap());
             }),
             ("row counts overflow", |m| {
                 let t = m.parts[0].tables[0].clone();

@@ -28,8 +28,8 @@ pub use facts::{Facts, FactsError};
 pub use id::{BackupId, BadBackupId};
 pub use kind::{Engine, PartFormat};
 pub use manifest::{
-    format_version_for, part_file_is_valid, Compression, Manifest, Part, Section, TableCount,
-    FORMAT_VERSION,
+    format_version_for, part_file_is_valid, Compression, Manifest, Part, Partition, Section,
+    TableCount, FORMAT_VERSION,
 };
 pub use signature::{Signature, Signers, SigningKey, Trust, SIGNATURE_FILE};
 
@@ -552,6 +552,36 @@ pub async fn load_manifest(
     }
     warn_if_unverified(trust, backup, &sig);
     Ok(manifest)
+}
+
+/// The complete backups of `backup`'s series that reference its objects (incremental
+/// backups built on it): while one exists, its parts must stay as they are.
+///
+/// # Errors
+/// Store errors; damaged manifests are skipped (they restore nothing anyway).
+pub async fn dependents(
+    store: &dyn ReadStore,
+    backup: &BackupRef,
+    signers: &Signers,
+) -> Result<Vec<BackupRef>, CatalogError> {
+    let filter = Filter {
+        engine: Some(backup.engine.clone()),
+        target: Some(backup.target.clone()),
+    };
+    let mut out = Vec::new();
+    for newer in scan(store, &filter)
+        .await?
+        .into_iter()
+        .filter(|b| b.complete && b.backup.id > backup.id)
+    {
+        match load_judged(store, &newer.backup, signers).await {
+            Ok((m, _)) if m.references().contains(&backup.id) => out.push(newer.backup),
+            Ok(_) | Err(CatalogError::Damaged { .. } | CatalogError::TooNew { .. }) => {}
+            Err(CatalogError::Store(StoreError::NotFound { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// The loud warning `--allow-unsigned` promises, once per backup actually used.

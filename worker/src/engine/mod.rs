@@ -412,6 +412,8 @@ pub struct BackupRun<'a> {
     started_at: chrono::DateTime<Utc>,
     /// Parts stored so far; several may be stored at once (`store_part` takes `&self`).
     parts: std::sync::Mutex<Vec<Part>>,
+    /// The backup an incremental one was compared with.
+    base: std::sync::Mutex<Option<BackupId>>,
 }
 
 impl<'a> BackupRun<'a> {
@@ -443,6 +445,7 @@ impl<'a> BackupRun<'a> {
             engine,
             started_at,
             parts: std::sync::Mutex::new(Vec::new()),
+            base: std::sync::Mutex::new(None),
         })
     }
 
@@ -530,8 +533,110 @@ impl<'a> BackupRun<'a> {
             database: spec.database,
             tables: Vec::new(),
             section: spec.section,
+            partition: None,
+            from: None,
         });
         Ok(facts)
+    }
+
+    /// The id this backup is stored under.
+    pub fn id(&self) -> &BackupId {
+        &self.backup.id
+    }
+
+    /// The newest complete backup of this run's engine and target: the base an
+    /// incremental backup compares with. With a signing key it must carry a valid
+    /// signature by that key (a planted manifest must not choose what is left out of
+    /// tonight's backup); without one, as any reader judges an unsigned store.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn newest_complete(&self) -> Result<Option<Manifest>, CatalogError> {
+        let filter = catalog::Filter {
+            engine: Some(self.backup.engine.clone()),
+            target: Some(self.backup.target.clone()),
+        };
+        let scanned = catalog::scan(self.store, &filter).await?;
+        let trust = match &self.settings.signing {
+            Some(key) => catalog::Trust {
+                signers: catalog::Signers::of(key),
+                allow_unsigned: false,
+                enforce: true,
+            },
+            None => catalog::Trust::report_only(catalog::Signers::default()),
+        };
+        Ok(catalog::newest_complete(self.store, scanned, &trust)
+            .await?
+            .0)
+    }
+
+    /// Sizes of the objects in a backup's directory, by file name: whether a part to be
+    /// referenced is still there, as its manifest recorded it.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn objects_of(
+        &self,
+        backup: &BackupRef,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let dir = format!("{}/", backup.dir());
+        Ok(self
+            .store
+            .list(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((o.key.strip_prefix(&dir)?.to_string(), o.size)))
+            .collect())
+    }
+
+    /// The recipients this run encrypts to, as the manifest writes them.
+    pub fn recipients(&self) -> Vec<String> {
+        self.settings
+            .recipients
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Makes this an incremental backup of `base`: its unchanged parts are then added
+    /// with [`BackupRun::reference`] instead of being stored again.
+    pub fn set_base(&self, base: BackupId) {
+        *self.base.lock().expect("base lock") = Some(base);
+    }
+
+    /// Adds a part of the base (or of a backup the base referenced) without storing it:
+    /// the manifest names the backup whose object it is. Call [`BackupRun::set_base`]
+    /// first; the commit refuses a reference without a base.
+    ///
+    /// # Errors
+    /// Extending the object's lock failed (with Object Lock, a reference keeps its object
+    /// retained as long as this backup's own parts are).
+    pub async fn reference(&self, part: Part, holder: BackupId) -> Result<(), StoreError> {
+        let key = BackupRef {
+            id: holder.clone(),
+            ..self.backup.clone()
+        }
+        .part_key(&part.file);
+        self.store.extend_lock(&key).await?;
+        tracing::info!(part = %part.name, from = %holder, stored_bytes = part.ciphertext_bytes, "part unchanged: referenced");
+        self.parts.lock().expect("parts lock").push(Part {
+            from: Some(holder),
+            ..part
+        });
+        Ok(())
+    }
+
+    /// Records which table partition a stored part holds.
+    pub fn record_partition(&self, part: &str, partition: crate::catalog::Partition) {
+        if let Some(p) = self
+            .parts
+            .lock()
+            .expect("parts lock")
+            .iter_mut()
+            .find(|p| p.name == part)
+        {
+            p.partition = Some(partition);
+        }
     }
 
     /// Records the exact row counts of a stored part.
@@ -577,6 +682,7 @@ impl<'a> BackupRun<'a> {
                 .collect(),
             parts,
             facts,
+            base: self.base.into_inner().expect("base lock"),
         };
         // A manifest readers would call damaged must never be written as a commit.
         manifest.check(&self.backup).map_err(CommitError::Invalid)?;

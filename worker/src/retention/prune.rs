@@ -133,7 +133,9 @@ pub fn plan_inspected(
                 problem: b.problem.clone(),
             })
             .collect();
-        for (b, decision) in series.iter().zip(policy.apply(&candidates, now)) {
+        let mut decisions = policy.apply(&candidates, now);
+        keep_bases(series, &mut decisions);
+        for (b, decision) in series.iter().zip(decisions) {
             out.push(PlanItem {
                 engine: b.scanned.backup.engine.clone(),
                 target: b.scanned.backup.target.clone(),
@@ -147,6 +149,32 @@ pub fn plan_inspected(
         }
     }
     out
+}
+
+/// Keeps every backup whose objects a kept backup of the series references (an
+/// incremental backup's bases), whatever the policy said: deleting one would break a
+/// backup that stays. References name the backup holding each object, so one pass finds
+/// the whole chain.
+fn keep_bases(series: &[Inspected], decisions: &mut [Decision]) {
+    let mut needed: std::collections::BTreeMap<&catalog::BackupId, Vec<&catalog::BackupId>> =
+        std::collections::BTreeMap::new();
+    for (b, d) in series.iter().zip(decisions.iter()) {
+        if let (true, Some(m)) = (d.keep, &b.manifest) {
+            for base in m.parts.iter().filter_map(|p| p.from.as_ref()) {
+                let by = needed.entry(base).or_default();
+                if !by.contains(&&m.id) {
+                    by.push(&m.id);
+                }
+            }
+        }
+    }
+    for (b, d) in series.iter().zip(decisions.iter_mut()) {
+        if let (false, Some(by)) = (d.keep, needed.get(&b.scanned.backup.id)) {
+            d.keep = true;
+            let by: Vec<String> = by.iter().map(ToString::to_string).collect();
+            d.reasons = vec![format!("kept: base of {}", by.join(", "))];
+        }
+    }
 }
 
 /// A plan prune will not run.

@@ -329,6 +329,17 @@ pub trait WriteStore: ReadStore {
         body: mpsc::Receiver<BodyChunk>,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError>;
+
+    /// Makes an existing object retained at least as long as one written now would be,
+    /// when this store locks what it writes (an incremental backup's reference to an
+    /// older object must not outlive that object's lock). Never shortens a retention.
+    /// Stores without locks do nothing.
+    ///
+    /// # Errors
+    /// Transport or permission errors.
+    async fn extend_lock(&self, _key: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// An upload that was started and never completed nor aborted (a crashed writer).

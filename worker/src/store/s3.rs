@@ -38,7 +38,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockLegalHoldStatus,
-    ObjectLockMode,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
 };
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
@@ -790,6 +790,35 @@ impl ReadStore for S3Store {
 
 #[async_trait]
 impl WriteStore for S3Store {
+    async fn extend_lock(&self, key: &str) -> Result<(), StoreError> {
+        let Some((mode, until)) = self.lock_now() else {
+            return Ok(());
+        };
+        let current = self.hold(key).await?.and_then(|h| h.until);
+        if current.is_some_and(|c| c.timestamp() >= until.secs()) {
+            return Ok(());
+        }
+        let mode = match mode {
+            ObjectLockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            _ => ObjectLockRetentionMode::Governance,
+        };
+        let full_key = self.full_key(key)?;
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .retention(
+                ObjectLockRetention::builder()
+                    .mode(mode)
+                    .retain_until_date(until)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.map_err("extend the lock of", key, e))?;
+        Ok(())
+    }
+
     async fn put_bytes(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         let sent = data.len() as u64;
         let (mode, until) = self.lock_now().unzip();

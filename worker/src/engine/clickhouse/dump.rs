@@ -1,13 +1,15 @@
 //! The ClickHouse backup: one schema part (every database's and table's DDL as the server
-//! prints it, with the columns each data part holds), then one Native part per table that
-//! stores data, walked as it streams so its row count is exact and a result that ends in a
-//! server exception (or is cut) fails the backup.
+//! prints it, with the columns each data part holds), then the data: one Native part per
+//! partition of a MergeTree table (one per table for the others), walked as it streams so
+//! its row count is exact and a result that ends in a server exception (or is cut) fails
+//! the backup. With `--incremental`, a partition whose fingerprint is its base's is
+//! referenced instead of dumped ([`super::partitions`]).
 
 use std::io::{self, BufReader, Read, Write};
 
 use super::native::{self, NativeError};
 use super::schema::{stores_data, DataFormat, DatabaseDdl, Facts, Schema, TableDdl};
-use super::{quote_ident, quote_str, ChClient, ChError, ChTarget, SYSTEM_DATABASES};
+use super::{partitions, quote_ident, quote_str, ChClient, ChError, ChTarget, SYSTEM_DATABASES};
 use crate::catalog::PartFormat;
 use crate::catalog::TableCount;
 use crate::engine::{encode_name, BackupRun, PartSpec};
@@ -22,6 +24,10 @@ pub struct DumpOptions {
     pub exclude: Vec<String>,
     /// Tables dumped at once.
     pub parallel: usize,
+    /// Reference the partitions that did not change since the newest backup.
+    pub incremental: bool,
+    /// With `incremental`: a full backup after this many incremental ones in a chain.
+    pub full_every: u32,
 }
 
 /// Errors of a ClickHouse backup.
@@ -50,6 +56,13 @@ pub enum DumpError {
     /// Storing the schema part failed.
     #[error("storing the schema failed")]
     Schema(#[source] EncodeError),
+    /// Two tables' parts would have the same name (a table named like another's
+    /// partition part).
+    #[error("two parts would both be named {0}; rename one of the tables, or leave one out with --exclude")]
+    Clash(String),
+    /// Reading the base of an incremental backup failed.
+    #[error("reading the newest backup, the base of this incremental one, failed: {0}")]
+    Base(String),
 }
 
 /// Simple glob: `*` any run, `?` one character.
@@ -291,19 +304,77 @@ pub async fn dump(
         .await
         .map_err(DumpError::Schema)?;
 
-    // Several tables at once: each holds a few MiB of buffers and one HTTP stream. The
+    let names: Vec<String> = schema.databases.iter().map(|d| d.name.clone()).collect();
+    let live = partitions::list(&client, &names).await?;
+    let base = match opts.incremental {
+        true => Base::choose(run, opts.full_every).await?,
+        false => None,
+    };
+    let mut units = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut referenced = 0usize;
+    for table in schema.tables.iter().filter(|t| t.part.is_some()) {
+        let table_part = table.part.clone().expect("filtered");
+        let key = (table.database.clone(), table.name.clone());
+        let Some(found) = live.get(&key).filter(|p| !p.is_empty()) else {
+            // No partitions (Log, Memory, an empty MergeTree): the table in one part.
+            if !seen.insert(table_part.clone()) {
+                return Err(DumpError::Clash(table_part));
+            }
+            units.push(Unit {
+                table,
+                name: table_part,
+                partition: None,
+            });
+            continue;
+        };
+        for p in found {
+            let name = super::partition_part_name(&table_part, &p.id);
+            if !seen.insert(name.clone()) {
+                return Err(DumpError::Clash(name));
+            }
+            let recorded = p.recorded(table);
+            if let Some((part, holder)) = base.as_ref().and_then(|b| b.unchanged(&name, &recorded))
+            {
+                if referenced == 0 {
+                    run.set_base(base.as_ref().expect("a base").manifest.id.clone());
+                }
+                run.reference(part, holder)
+                    .await
+                    .map_err(|e| DumpError::Base(e.to_string()))?;
+                referenced += 1;
+                continue;
+            }
+            units.push(Unit {
+                table,
+                name,
+                partition: Some(recorded),
+            });
+        }
+    }
+    tracing::info!(
+        parts = units.len(),
+        referenced,
+        base = %base.as_ref().map_or("none".to_string(), |b| b.manifest.id.to_string()),
+        "data to dump"
+    );
+
+    // Several parts at once: each holds a few MiB of buffers and one HTTP stream. The
     // futures are boxed so the whole dump stays `Send` for every caller (closures returning
     // futures over borrowed tables defeat the compiler's lifetime inference there).
-    let with_data: Vec<&TableDdl> = schema.tables.iter().filter(|t| t.part.is_some()).collect();
-    let mut tasks = Vec::with_capacity(with_data.len());
-    for table in with_data {
+    let mut tasks = Vec::with_capacity(units.len());
+    for unit in &units {
         let task: std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<(), DumpError>> + Send + '_>,
-        > = Box::pin(dump_and_log(run, &client, table));
+        > = Box::pin(dump_and_log(run, &client, unit));
         tasks.push(task);
     }
     run.all_or_stop(tasks, opts.parallel).await?;
     let facts = Facts {
+        incrementals: match (&base, referenced) {
+            (Some(b), 1..) => b.incrementals + 1,
+            _ => 0,
+        },
         ttl_tables: schema
             .tables
             .iter()
@@ -322,13 +393,115 @@ pub async fn dump(
     Ok((schema.server_version, facts))
 }
 
+/// One data part to dump: a table, or one partition of it.
+struct Unit<'a> {
+    table: &'a TableDdl,
+    /// The part's name.
+    name: String,
+    /// The partition (with its fingerprint, read before the dump), for a MergeTree table.
+    partition: Option<crate::catalog::Partition>,
+}
+
+/// The backup an incremental one compares with, and what it can reference.
+struct Base {
+    manifest: crate::catalog::Manifest,
+    /// Its chain position (`Facts::incrementals`).
+    incrementals: u32,
+    /// Objects present in each backup the base's parts live in: file → size.
+    objects: std::collections::BTreeMap<
+        crate::catalog::BackupId,
+        std::collections::BTreeMap<String, u64>,
+    >,
+}
+
+impl Base {
+    /// The newest complete backup of the series, when an incremental one may build on it:
+    /// encrypted to the same recipients (a reference keeps its base's encryption), with
+    /// partition fingerprints, and its chain shorter than `full_every`. Otherwise the
+    /// backup is a full one, and the log says why.
+    async fn choose(run: &BackupRun<'_>, full_every: u32) -> Result<Option<Base>, DumpError> {
+        let Some(manifest) = run
+            .newest_complete()
+            .await
+            .map_err(|e| DumpError::Base(e.to_string()))?
+        else {
+            tracing::info!("incremental: no earlier backup of this target; this one is full");
+            return Ok(None);
+        };
+        let facts: Facts = manifest
+            .facts
+            .read()
+            .map_err(|e| DumpError::Base(e.to_string()))?;
+        let mine: std::collections::BTreeSet<String> = run.recipients().into_iter().collect();
+        let theirs: std::collections::BTreeSet<String> =
+            manifest.recipients.iter().cloned().collect();
+        let why_full = if mine != theirs {
+            Some("it is encrypted to other recipients")
+        } else if facts.incrementals >= full_every {
+            Some("its chain reached --full-every")
+        } else if !manifest.parts.iter().any(|p| {
+            p.partition
+                .as_ref()
+                .is_some_and(|q| q.fingerprint.is_some())
+        }) {
+            Some("it has no partition fingerprints (made before incrementals, or by a full layout)")
+        } else {
+            None
+        };
+        if let Some(why) = why_full {
+            tracing::info!(newest = %manifest.id, why, "incremental: starting a new chain with a full backup");
+            return Ok(None);
+        }
+        let mut objects = std::collections::BTreeMap::new();
+        let holders: std::collections::BTreeSet<crate::catalog::BackupRef> = manifest
+            .parts
+            .iter()
+            .map(|p| manifest.holder_of(p))
+            .collect();
+        for holder in holders {
+            let listed = run
+                .objects_of(&holder)
+                .await
+                .map_err(|e| DumpError::Base(e.to_string()))?;
+            objects.insert(holder.id, listed);
+        }
+        Ok(Some(Base {
+            manifest,
+            incrementals: facts.incrementals,
+            objects,
+        }))
+    }
+
+    /// The base's part for partition part `name` when its data is unchanged (the same
+    /// fingerprint) and its object is still stored as recorded; with the backup holding it.
+    fn unchanged(
+        &self,
+        name: &str,
+        now: &crate::catalog::Partition,
+    ) -> Option<(crate::catalog::Part, crate::catalog::BackupId)> {
+        let part = self.manifest.parts.iter().find(|p| p.name == name)?;
+        let before = part.partition.as_ref()?;
+        if before.fingerprint.is_none() || before.fingerprint != now.fingerprint {
+            return None;
+        }
+        let holder = self.manifest.holder_of(part).id;
+        let size = self.objects.get(&holder)?.get(&part.file)?;
+        if *size != part.ciphertext_bytes {
+            tracing::warn!(part = name, holder = %holder, "the base's object has another size than its manifest says: dumping the partition again");
+            return None;
+        }
+        Some((part.clone(), holder))
+    }
+}
+
 async fn dump_and_log(
     run: &BackupRun<'_>,
     client: &ChClient,
-    table: &TableDdl,
+    unit: &Unit<'_>,
 ) -> Result<(), DumpError> {
+    let table = unit.table;
     let qualified = format!("{}.{}", table.database, table.name);
-    let rows = dump_table(run, client, table)
+    let rows = dump_table(run, client, unit)
         .await
         .map_err(|source| match source {
             TableFailure::Ch(e) => DumpError::Ch(e),
@@ -337,7 +510,10 @@ async fn dump_and_log(
                 source,
             },
         })?;
-    tracing::info!(table = %qualified, rows, "table stored");
+    match &unit.partition {
+        Some(p) => tracing::info!(table = %qualified, partition = %p.id, rows, "partition stored"),
+        None => tracing::info!(table = %qualified, rows, "table stored"),
+    }
     Ok(())
 }
 
@@ -349,8 +525,9 @@ enum TableFailure {
 async fn dump_table(
     run: &BackupRun<'_>,
     client: &ChClient,
-    table: &TableDdl,
+    unit: &Unit<'_>,
 ) -> Result<u64, TableFailure> {
+    let table = unit.table;
     let columns = table
         .columns
         .iter()
@@ -358,8 +535,14 @@ async fn dump_table(
         .collect::<Vec<_>>()
         .join(", ");
     let format = table.data_format;
+    // `_partition_id` (a virtual column since 18.x) picks the partition whatever its key:
+    // rows a merge moves between parts in the meantime stay in their partition.
+    let only = match &unit.partition {
+        Some(p) => format!(" WHERE _partition_id = {}", quote_str(&p.id)),
+        None => String::new(),
+    };
     let sql = format!(
-        "SELECT {columns} FROM {}.{} FORMAT {}",
+        "SELECT {columns} FROM {}.{}{only} FORMAT {}",
         quote_ident(&table.database),
         quote_ident(&table.name),
         format.clickhouse_name()
@@ -389,7 +572,7 @@ async fn dump_table(
         .map(|t| format!("__exception__{t}"));
     let reader = crate::pipeline::batched_reader(response.bytes_stream());
     let spec = PartSpec {
-        name: table.part.clone().expect("tables with data have a part"),
+        name: unit.name.clone(),
         format: format.part_format(),
         extension: match format {
             DataFormat::Native => "native",
@@ -445,6 +628,9 @@ async fn dump_table(
             rows,
         }],
     );
+    if let Some(p) = &unit.partition {
+        run.record_partition(&part_name, p.clone());
+    }
     Ok(rows)
 }
 

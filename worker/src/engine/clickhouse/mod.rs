@@ -1,14 +1,17 @@
 //! ClickHouse (e.g. SigNoz telemetry): logical backups over the HTTP interface, one part per
-//! table in Native format (TabSeparated for tables with columns Native cannot be walked
-//! by size rules), walked as they stream for exact row counts and to catch errors the
-//! server writes into a 200 response.
+//! table, or per partition of a MergeTree table, in Native format (TabSeparated for tables
+//! with columns Native cannot be walked by size rules), walked as they stream for exact
+//! row counts and to catch errors the server writes into a 200 response. Incremental
+//! backups reference the partitions that did not change since their base.
 //!
-//! Modules: [`native`] and [`tsv`] walk the formats, [`dump`] takes backups, [`ddl`]
-//! rewrites and orders DDL for restores, [`restore`] plans and runs them.
+//! Modules: [`native`] and [`tsv`] walk the formats, [`partitions`] fingerprints what
+//! changed, [`dump`] takes backups, [`ddl`] rewrites and orders DDL for restores,
+//! [`restore`] plans and runs them.
 
 pub mod ddl;
 pub mod dump;
 pub mod native;
+pub mod partitions;
 pub mod restore;
 pub mod schema;
 pub mod scratch;
@@ -345,6 +348,39 @@ pub fn unescape_tsv(field: &str) -> String {
             Some('f') => out.push('\u{c}'),
             Some(other) => out.push(other),
             None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The name of the part holding partition `id` of the table whose schema entry names
+/// `table_part` (`data-DB.TABLE`).
+pub fn partition_part_name(table_part: &str, id: &str) -> String {
+    format!("{table_part}.partition-{}", crate::engine::encode_name(id))
+}
+
+/// True when `part` holds rows of the table whose schema entry names `table_part`: its one
+/// part, or one of its partitions' parts (older backups have only the former).
+pub fn holds_table(part: &crate::catalog::Part, table_part: &str) -> bool {
+    part.name == table_part
+        || (part.partition.is_some()
+            && part
+                .name
+                .strip_prefix(table_part)
+                .is_some_and(|rest| rest.starts_with(".partition-")))
+}
+
+/// Each table's rows at backup time, summed over its parts (one per partition), in the
+/// order the tables first appear.
+pub fn table_counts(manifest: &crate::catalog::Manifest) -> Vec<crate::catalog::TableCount> {
+    let mut out: Vec<crate::catalog::TableCount> = Vec::new();
+    for t in manifest.parts.iter().flat_map(|p| p.tables.iter()) {
+        match out
+            .iter_mut()
+            .find(|o| o.schema == t.schema && o.name == t.name)
+        {
+            Some(o) => o.rows = o.rows.saturating_add(t.rows),
+            None => out.push(t.clone()),
         }
     }
     out

@@ -613,22 +613,26 @@ pub async fn run(
                 _ => vec![],
             };
         for (table, backed_up_as, part_name, columns) in loads {
-            // Only parts checked before the server was touched can be loaded.
-            let part = verified
+            // Only parts checked before the server was touched can be loaded: the table's
+            // one part, or its partitions' parts, one after the other.
+            let parts: Vec<Verified<'_>> = verified
                 .iter()
-                .find(|v| v.part().name == part_name)
+                .filter(|v| super::holds_table(v.part(), &part_name))
                 .copied()
-                .ok_or_else(|| {
-                    RestoreError::BadSchema(format!(
-                        "part {part_name} was not verified before the restore (or is not in the manifest)"
-                    ))
-                })?;
-            load(client, ctx, part, &step.database, &table, columns)
-                .await
-            .map_err(|e| RestoreError::Load {
-                table: format!("{}.{table}", step.database),
-                source: Box::new(e),
-            })?;
+                .collect();
+            if parts.is_empty() {
+                return Err(RestoreError::BadSchema(format!(
+                    "part {part_name} was not verified before the restore (or is not in the manifest)"
+                )));
+            }
+            for part in parts {
+                load(client, ctx, part, &step.database, &table, columns)
+                    .await
+                    .map_err(|e| RestoreError::Load {
+                        table: format!("{}.{table}", step.database),
+                        source: Box::new(e),
+                    })?;
+            }
             let rows = count(client, &step.database, &table).await?;
             say(&format!("loaded {}.{table}: {rows} rows", step.database));
             counts.push(TableCount {

@@ -133,6 +133,18 @@ pub struct Facts {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub inner_tables: BTreeMap<String, String>,
+    /// Incremental backups between this one and the full backup its chain starts with
+    /// (0, absent, for a full backup): `--full-every` starts a new chain when it is reached.
+    #[serde(
+        default,
+        with = "crate::catalog::facts::text",
+        skip_serializing_if = "is_zero"
+    )]
+    pub incrementals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `ttl_tables` fact's text: `db.a,db.b` (the form every manifest since the first

@@ -117,11 +117,7 @@ impl Sink for ChSink {
         &mut self,
         manifest: &Manifest,
     ) -> Result<Vec<RestoredCounts>, SourceFailure> {
-        let backup: Vec<TableCount> = manifest
-            .parts
-            .iter()
-            .flat_map(|p| p.tables.iter().cloned())
-            .collect();
+        let backup = super::table_counts(manifest);
         // A view's inner table may have another name on this server (`.inner_id.<uuid>`
         // after a restore into an Atomic database): find it through its view.
         let facts: super::schema::Facts = manifest.facts.read()?;
@@ -172,7 +168,12 @@ impl Sink for ChSink {
             .steps
             .iter()
             .flat_map(|s| s.part.iter().chain(s.inner_part.iter().map(|i| &i.part)))
-            .filter_map(|name| manifest.parts.iter().find(|p| &p.name == name))
+            .flat_map(|table| {
+                manifest
+                    .parts
+                    .iter()
+                    .filter(|p| super::holds_table(p, table))
+            })
             .collect();
         let mut lines = vec![format!("plan for {}:", self.target)];
         lines.extend(plan.describe().into_iter().map(|l| format!("  {l}")));
@@ -228,16 +229,13 @@ impl Planned for ChPlanned {
             manifest.backup_ref(),
             self.target
         ));
-        let restored: Vec<TableCount> = manifest
-            .parts
-            .iter()
-            .flat_map(|p| p.tables.iter())
+        let restored: Vec<TableCount> = super::table_counts(manifest)
+            .into_iter()
             .filter(|t| {
                 counts
                     .iter()
                     .any(|c| c.schema == t.schema && c.name == t.name)
             })
-            .cloned()
             .collect();
         let mut rows = verify::compare_counts(&restored, &counts, self.common.max_diff);
         let facts: super::schema::Facts = manifest.facts.read()?;

@@ -22,6 +22,17 @@ pub struct BackupArgs {
     /// in flight, compression); the server does the reading.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16), env = "DR_CH_PARALLEL")]
     pub parallel: u16,
+
+    /// Store only the partitions of MergeTree tables that changed since the newest backup
+    /// of this target (its base); unchanged ones are referenced. Restores, verify, prune
+    /// and the drill follow the references.
+    #[arg(long, env = "DR_CLICKHOUSE_INCREMENTAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub incremental: bool,
+
+    /// With --incremental: a full backup after this many incremental ones in a chain, so a
+    /// restore never reads across more than N+1 backups.
+    #[arg(long, env = "DR_CLICKHOUSE_FULL_EVERY", default_value_t = 7, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_every: u32,
 }
 
 impl BackupArgs {
@@ -34,6 +45,8 @@ impl BackupArgs {
                 databases: self.databases,
                 exclude: self.exclude,
                 parallel: usize::from(self.parallel),
+                incremental: self.incremental,
+                full_every: self.full_every,
             },
         }))
     }
