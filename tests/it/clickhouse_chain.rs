@@ -343,3 +343,253 @@ async fn an_incremental_chain_restores_every_night(server: Server) {
     );
     server.ch(&format!("DROP DATABASE {db}")).await;
 }
+
+/// A small partitioned table on the 18.16 server and a full then an incremental backup of
+/// it into `store` (`extra` flags for each): returns the database and the two ids.
+async fn two_night_chain(
+    store: &str,
+    keys: &Keys,
+    env: &[(&str, &str)],
+    extra: [&[&str]; 2],
+) -> (Server, String, String, String) {
+    let server = Server::legacy();
+    let db = unique("chainrk");
+    for sql in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE TABLE {db}.logs (d Date, n UInt64) ENGINE = MergeTree PARTITION BY d ORDER BY n"),
+        format!("INSERT INTO {db}.logs SELECT toDate('2026-11-25') + number % 3, number FROM numbers(3000)"),
+    ] {
+        server.ch(&sql).await;
+    }
+    let mut ids = Vec::new();
+    for (night, extra) in extra.into_iter().enumerate() {
+        if night == 1 {
+            server
+                .ch(&format!(
+                    "INSERT INTO {db}.logs VALUES ('2026-11-27', 99999)"
+                ))
+                .await;
+            // Ids have one-second resolution: the incremental one must be newer.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        let mut args = vec![
+            "backup",
+            "clickhouse",
+            "--target",
+            TARGET,
+            "--database",
+            &db,
+            "--incremental",
+            "--store",
+            store,
+            "-r",
+            &keys.recipient,
+        ];
+        args.extend_from_slice(extra);
+        let mut all_env = vec![("CLICKHOUSE_URL", server.url.as_str())];
+        all_env.extend_from_slice(env);
+        let out = run("worker", &args, &all_env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        ids.push(stdout(&out).trim().to_string());
+    }
+    let inc = ids.pop().unwrap();
+    (server, db, ids.pop().unwrap(), inc)
+}
+
+/// Rekey of a chain: the base alone is refused while the incremental one refers to it;
+/// `rekey --all` goes newest first, so the incremental backup gets its own copies (it is
+/// full afterwards) and then the base is rekeyed; the new key restores both equal, the old
+/// one opens neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_makes_an_incremental_backup_stand_alone() {
+    let (store, old, new) = (TestStore::s3(), Keys::generate(), Keys::generate());
+    let (server, db, full, inc) = two_night_chain(store.url(), &old, &[], [&[], &[]]).await;
+    assert_eq!(manifest(&store, &inc)["base"], full.as_str());
+    let rekey = |what: &[&str]| {
+        let mut args = vec![
+            "rekey",
+            "--store",
+            store.url(),
+            "-i",
+            old.identity.to_str().unwrap(),
+            "-r",
+            &new.recipient,
+            "--yes",
+        ];
+        args.extend_from_slice(what);
+        run("kubectl-dr", &args, &[])
+    };
+    let out = rekey(&[&full]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("refer to its parts (clickhouse/{TARGET}/{inc})")),
+        "{}",
+        stderr(&out)
+    );
+    let out = rekey(&["--all"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let m = manifest(&store, &inc);
+    assert!(m.get("base").is_none(), "{m}");
+    assert!(
+        m["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.get("from").is_none()),
+        "{m}"
+    );
+    assert_objects_follow_references(&store, &inc, &m);
+    let expected = fingerprint(&server, &db, "logs", "MergeTree").await;
+    for (i, id) in [&full, &inc].into_iter().enumerate() {
+        let copy = format!("{db}_rk{i}");
+        let restore = |keys: &Keys| {
+            run(
+                "kubectl-dr",
+                &[
+                    "restore",
+                    id,
+                    "-i",
+                    keys.identity.to_str().unwrap(),
+                    "--to",
+                    &server.url,
+                    "--database-map",
+                    &format!("{db}={copy}"),
+                    "--yes",
+                    "--store",
+                    store.url(),
+                ],
+                &[],
+            )
+        };
+        assert_eq!(code(&restore(&old)), 2, "the old key still opens {id}");
+        let out = restore(&new);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        if id == &inc {
+            assert_eq!(
+                fingerprint(&server, &copy, "logs", "MergeTree").await,
+                expected
+            );
+        }
+        server.ch(&format!("DROP DATABASE {copy}")).await;
+    }
+    server.ch(&format!("DROP DATABASE {db}")).await;
+}
+
+/// Object Lock (moto): a reference keeps its object retained as long as the incremental
+/// backup's own parts, so an attacker cannot delete the base from under a locked backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_extends_the_lock_of_its_object() {
+    let bucket = unique("chainlock").replace('_', "-");
+    let moto = svc("DR_TEST_MOTO_URL");
+    let s3 = s3_client(&moto);
+    s3.create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let store = format!("s3://{bucket}/dr");
+    let keys = Keys::generate();
+    let (server, db, full, inc) = two_night_chain(
+        &store,
+        &keys,
+        &[("AWS_ENDPOINT_URL", &moto)],
+        [
+            &["--object-lock", "governance", "--retain", "30s"],
+            &["--object-lock", "governance", "--retain", "1h"],
+        ],
+    )
+    .await;
+    let m: Value = serde_json::from_slice(
+        &s3.get_object()
+            .bucket(&bucket)
+            .key(format!("dr/clickhouse/{TARGET}/{inc}/manifest.json"))
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes(),
+    )
+    .unwrap();
+    let referenced: Vec<&Value> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["from"] == full.as_str())
+        .collect();
+    assert_eq!(referenced.len(), 2, "{m}");
+    let now = chrono::Utc::now().timestamp();
+    for p in referenced {
+        let head = s3
+            .head_object()
+            .bucket(&bucket)
+            .key(format!(
+                "dr/clickhouse/{TARGET}/{full}/{}",
+                p["file"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap();
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        assert!(
+            until > now + 3000,
+            "{}: until {until}, now {now}",
+            p["name"]
+        );
+    }
+    server.ch(&format!("DROP DATABASE {db}")).await;
+}
+
+/// The drill and `restore --all` read an incremental backup across its chain: the drill's
+/// scratch database passes its counts, and the rebuild's copy equals the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_drill_and_restore_all_follow_a_chain() {
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let (server, db, full, inc) = two_night_chain(store.url(), &keys, &[], [&[], &[]]).await;
+    assert_eq!(manifest(&store, &inc)["base"], full.as_str());
+    let to = format!("clickhouse={}", server.url);
+    let identity = keys.identity.to_str().unwrap();
+    let out = run(
+        "worker",
+        &["drill", "-i", identity, "--to", &to, "--store", store.url()],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["verdict"], "passed", "{report}");
+    assert_eq!(report["restored"], true, "{report}");
+
+    let copy = format!("{db}_all");
+    let state = tempfile::tempdir().unwrap();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "--all",
+            "-i",
+            identity,
+            "--to",
+            &to,
+            "--database-map",
+            &format!("{db}={copy}"),
+            "--yes",
+            "--state",
+            state.path().join("s.json").to_str().unwrap(),
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(&inc) || stderr(&out).contains(&inc));
+    assert_eq!(
+        fingerprint(&server, &copy, "logs", "MergeTree").await,
+        fingerprint(&server, &db, "logs", "MergeTree").await
+    );
+    for d in [&db, &copy] {
+        server.ch(&format!("DROP DATABASE {d}")).await;
+    }
+}

@@ -587,6 +587,8 @@ async fn the_clickhouse_cronjob_runs_from_the_image_against_clickhouse_26() {
         ("CLICKHOUSE_URL", server.url.clone()),
         ("CLICKHOUSE_USER", svc("CLICKHOUSE_USER")),
         ("DR_CH_PARALLEL", "2".to_string()),
+        ("DR_CLICKHOUSE_INCREMENTAL", "false".to_string()),
+        ("DR_CLICKHOUSE_FULL_EVERY", "7".to_string()),
     ]);
     let secrets = BTreeMap::from([
         signing_key(),
