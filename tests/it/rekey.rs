@@ -233,7 +233,8 @@ async fn a_rekey_killed_mid_way_leaves_every_backup_restorable_and_a_rerun_finis
             .all(|r| r["status"] == "complete" && r["signature"]["state"] == "valid"),
         "{rows:?}"
     );
-    let (first, last) = (&before[0].1, &before[2].1);
+    // `rekey --all` goes newest first (an incremental backup before its base).
+    let (first, last) = (&before[2].1, &before[0].1);
     assert_eq!(verify(&t, first, &new), 0, "the finished backup");
     assert_eq!(verify(&t, first, &old), 2);
     assert_eq!(verify(&t, last, &old), 0, "a backup not reached yet");

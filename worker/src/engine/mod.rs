@@ -628,19 +628,16 @@ impl<'a> BackupRun<'a> {
 
     /// Records which table partition a stored part holds.
     pub fn record_partition(&self, part: &str, partition: crate::catalog::Partition) {
-        if let Some(p) = self
-            .parts
-            .lock()
-            .expect("parts lock")
-            .iter_mut()
-            .find(|p| p.name == part)
-        {
-            p.partition = Some(partition);
-        }
+        self.amend(part, |p| p.partition = Some(partition));
     }
 
     /// Records the exact row counts of a stored part.
     pub fn record_tables(&self, part: &str, tables: Vec<crate::catalog::TableCount>) {
+        self.amend(part, |p| p.tables = tables);
+    }
+
+    /// Changes the entry of a stored part (known once its stream ended).
+    fn amend(&self, part: &str, change: impl FnOnce(&mut Part)) {
         if let Some(p) = self
             .parts
             .lock()
@@ -648,7 +645,7 @@ impl<'a> BackupRun<'a> {
             .iter_mut()
             .find(|p| p.name == part)
         {
-            p.tables = tables;
+            change(p);
         }
     }
 

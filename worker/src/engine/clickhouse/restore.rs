@@ -55,6 +55,45 @@ pub struct RestoreOptions {
     pub replicated: Replicated,
     /// Drop and recreate tables that exist.
     pub clean: bool,
+    /// Only the partitions of a time window (`--since`, `--until`).
+    pub window: Window,
+}
+
+/// A time window over partitions: `--since` restores the newest days first, `--until` the
+/// rest later into the same tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Partitions whose newest time is at or after this.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Partitions whose newest time is before this.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Window {
+    /// True when a window was given.
+    pub fn is_set(&self) -> bool {
+        self.since.is_some() || self.until.is_some()
+    }
+
+    /// Whether `part` belongs to this window. Data without a time (tables without a date
+    /// in their partition key, Log tables) comes back with the first run (no `--until`),
+    /// never with an `--until` run, so two runs load it once.
+    pub fn admits(&self, part: &crate::catalog::Part) -> bool {
+        match part.partition.as_ref().and_then(|p| p.max_time) {
+            Some(t) => self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t < u),
+            None => self.until.is_none(),
+        }
+    }
+}
+
+/// What a restore loaded, to compare: the backup's counts and the server's, per table, or
+/// per partition in a windowed restore (where a table also holds other windows' rows).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Rows the backup recorded for what was loaded.
+    pub expected: Vec<TableCount>,
+    /// Rows the server has for it now.
+    pub live: Vec<TableCount>,
 }
 
 /// Errors of a ClickHouse restore.
@@ -361,7 +400,10 @@ pub async fn plan(
             create = ddl::unreplicate(&create).0;
         }
         let here = exists(&database, &t.name);
-        if here && phase == Phase::Data {
+        // An `--until` run completes tables an earlier `--since` run created and filled:
+        // their rows are expected; partitions already there are skipped one by one.
+        let completing = opts.window.until.is_some() && !opts.clean;
+        if here && phase == Phase::Data && !completing {
             let rows = count(client, &database, &t.name).await?;
             if rows > 0 && !opts.clean {
                 occupied.push(format!("{database}.{} ({rows} rows)", t.name));
@@ -382,7 +424,7 @@ pub async fn plan(
                     })
             })
             .flatten();
-        if here && phase == Phase::MaterializedView && !opts.clean {
+        if here && phase == Phase::MaterializedView && !opts.clean && !completing {
             if let Some(inner) = inner_table_in(&existing, &database, &t.name) {
                 let rows = count(client, &database, &inner).await?;
                 if rows > 0 {
@@ -544,8 +586,8 @@ pub async fn count(client: &ChClient, db: &str, table: &str) -> Result<u64, ChEr
         .unwrap_or(0))
 }
 
-/// Runs the plan; returns the restored tables' counts (by their backed-up names, so they
-/// compare with the manifest).
+/// Runs the plan; returns the restored tables' counts with the backup's (by their
+/// backed-up names), per partition in a windowed restore.
 ///
 /// # Errors
 /// DDL and load errors, damaged parts.
@@ -555,7 +597,7 @@ pub async fn run(
     verified: &[Verified<'_>],
     opts: &RestoreOptions,
     ctx: crate::engine::RestoreCtx<'_>,
-) -> Result<Vec<TableCount>, RestoreError> {
+) -> Result<Loaded, RestoreError> {
     let say = ctx.say;
     let mut made = Vec::new();
     let restored = async {
@@ -571,7 +613,7 @@ pub async fn run(
             .find(|(_, new)| *new == db)
             .map_or(db.to_string(), |(old, _)| old.clone())
     };
-    let mut counts = Vec::new();
+    let mut counts = Loaded::default();
     for step in &plan.steps {
         let qualified = format!(
             "{}.{}",
@@ -620,26 +662,72 @@ pub async fn run(
                 .filter(|v| super::holds_table(v.part(), &part_name))
                 .copied()
                 .collect();
-            if parts.is_empty() {
+            if parts.is_empty() && !opts.window.is_set() {
                 return Err(RestoreError::BadSchema(format!(
                     "part {part_name} was not verified before the restore (or is not in the manifest)"
                 )));
             }
+            let present = match opts.window.is_set() {
+                true => partitions_present(client, &step.database, &table).await?,
+                false => Vec::new(),
+            };
+            let recorded = |p: &crate::catalog::Part| p.tables.iter().map(|t| t.rows).sum::<u64>();
+            let schema = original_db(&step.database);
             for part in parts {
+                let partition = part.part().partition.as_ref().map(|p| p.id.clone());
+                if let Some(id) = partition.as_ref().filter(|id| present.contains(id)) {
+                    say(&format!(
+                        "skipped {}.{table} partition {id}: already on the server (loaded by an earlier run?)",
+                        step.database
+                    ));
+                    continue;
+                }
                 load(client, ctx, part, &step.database, &table, columns)
                     .await
                     .map_err(|e| RestoreError::Load {
                         table: format!("{}.{table}", step.database),
                         source: Box::new(e),
                     })?;
+                if let (true, Some(id)) = (opts.window.is_set(), &partition) {
+                    let rows = count_partition(client, &step.database, &table, id).await?;
+                    say(&format!(
+                        "loaded {}.{table} partition {id}: {rows} rows",
+                        step.database
+                    ));
+                    let name = format!("{backed_up_as} partition {id}");
+                    counts.expected.push(TableCount {
+                        schema: schema.clone(),
+                        name: name.clone(),
+                        rows: recorded(part.part()),
+                    });
+                    counts.live.push(TableCount {
+                        schema: schema.clone(),
+                        name,
+                        rows,
+                    });
+                } else if opts.window.is_set() {
+                    // A table in one part, loaded by the first run only: its own count.
+                    counts.expected.push(TableCount {
+                        schema: schema.clone(),
+                        name: backed_up_as.clone(),
+                        rows: recorded(part.part()),
+                    });
+                    counts.live.push(TableCount {
+                        schema: schema.clone(),
+                        name: backed_up_as.clone(),
+                        rows: count(client, &step.database, &table).await?,
+                    });
+                }
             }
-            let rows = count(client, &step.database, &table).await?;
-            say(&format!("loaded {}.{table}: {rows} rows", step.database));
-            counts.push(TableCount {
-                schema: original_db(&step.database),
-                name: backed_up_as,
-                rows,
-            });
+            if !opts.window.is_set() {
+                let rows = count(client, &step.database, &table).await?;
+                say(&format!("loaded {}.{table}: {rows} rows", step.database));
+                counts.live.push(TableCount {
+                    schema,
+                    name: backed_up_as,
+                    rows,
+                });
+            }
         }
     }
         Ok(counts)
@@ -666,6 +754,55 @@ pub async fn run(
         }
     }
     restored
+}
+
+/// The partitions a table on the target has rows in.
+async fn partitions_present(
+    client: &ChClient,
+    db: &str,
+    table: &str,
+) -> Result<Vec<String>, ChError> {
+    Ok(client
+        .rows(
+            "listing the target's partitions",
+            &format!(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE active AND rows > 0 AND database = {} AND table = {}",
+                quote_str(db),
+                quote_str(table)
+            ),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect())
+}
+
+/// Rows of one partition of a table.
+async fn count_partition(
+    client: &ChClient,
+    db: &str,
+    table: &str,
+    partition: &str,
+) -> Result<u64, ChError> {
+    let text = client
+        .rows(
+            "counting a partition",
+            &format!(
+                "SELECT count() FROM {}.{} WHERE _partition_id = {}",
+                quote_ident(db),
+                quote_ident(table),
+                quote_str(partition)
+            ),
+        )
+        .await?;
+    text.first()
+        .and_then(|r| r.first())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ChError::Query {
+            addr: client.addr(),
+            what: "counting a partition".into(),
+            message: "no count in the answer".into(),
+        })
 }
 
 /// Streams one part into `INSERT INTO db.table (columns) FORMAT Native|TabSeparated`.
@@ -714,4 +851,44 @@ async fn load(
     fed?;
     sent?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: &str) -> crate::catalog::Part {
+        let mut p: crate::catalog::Part = serde_json::from_value(serde_json::json!({
+            "name": "data-db.t.partition-x", "file": "x.native.zst.age",
+            "format": "clickhouse-native", "compression": "zstd",
+            "ciphertext_bytes": 1, "ciphertext_sha256": "0".repeat(64), "plaintext_bytes": 1
+        }))
+        .unwrap();
+        p.partition = Some(crate::catalog::Partition {
+            id: d.replace('-', ""),
+            fingerprint: None,
+            min_time: None,
+            max_time: Some(format!("{d}T23:59:59Z").parse().unwrap()),
+        });
+        p
+    }
+
+    #[test]
+    fn a_window_admits_partitions_by_their_newest_time_and_untimed_data_once() {
+        let mut untimed = day("2026-11-25");
+        untimed.partition = None;
+        let at = |s: &str| Some(s.parse().unwrap());
+        let since = Window {
+            since: at("2026-11-28T00:00:00Z"),
+            until: None,
+        };
+        let until = Window {
+            since: None,
+            until: at("2026-11-28T00:00:00Z"),
+        };
+        assert!(since.admits(&day("2026-11-28")) && !since.admits(&day("2026-11-27")));
+        assert!(until.admits(&day("2026-11-27")) && !until.admits(&day("2026-11-28")));
+        assert!(since.admits(&untimed) && !until.admits(&untimed));
+        assert!(Window::default().admits(&untimed) && !Window::default().is_set());
+    }
 }
