@@ -13,6 +13,15 @@ memory (RSS of the process tree) of:
 Usage (services from scripts/services.sh; builds release binaries):
 
   scripts/bench-clickhouse.py [--legacy] [ROWS …]    default: ClickHouse 26 (chdb), 1000000 20000000
+  scripts/bench-clickhouse.py --incremental [--legacy] [ROWS_PER_DAY]    default 100000
+
+--incremental builds a SigNoz-like store (logs, traces, metric samples; 30 daily
+partitions, ROWS_PER_DAY logs and traces and twice as many samples a day) and runs 7
+nights: a new day arrives, 2% of yesterday's rows change (a mutation), the oldest day is
+dropped (TTL). Each night is backed up twice, `--incremental` into one store and full into
+another; then the newest of each is restored, and the newest day alone (`--since`) of the
+incremental one.
+It prints stored bytes and time per night side by side, and the restores.
 
 --legacy uses the Debian 18.16 server (attributes as two arrays: it has no Map); the default,
 ClickHouse 26's engine behind scripts/chdb-front.py, stores them as SigNoz does, in a
@@ -120,5 +129,122 @@ def main():
               f"{ours[2]:>12.1f} MiB  {stored / 1048576:>6.1f} MiB  {agg_time}  {agg_stored}")
 
 
+TABLES = {
+    # name: (columns, the day's rows as a SELECT over numbers(N) with `day` the partition)
+    "logs": ("ts DateTime, service LowCardinality(String), severity LowCardinality(String), body String, trace_id String",
+             "toDateTime(day) + intDiv(number, 2), concat('service-', toString(number % 23)), "
+             "['INFO', 'WARN', 'ERROR'][number % 3 + 1], concat('request ', toString(number), ' took ', "
+             "toString(number % 977), ' ms'), hex(MD5(concat(toString(day), toString(number))))"),
+    "traces": ("ts DateTime, trace_id String, span String, duration_ns UInt64, status UInt8",
+               "toDateTime(day) + intDiv(number, 2), hex(MD5(concat(toString(day), toString(number)))), "
+               "concat('GET /api/', toString(number % 300)), number * 7919 % 100000000, number % 3"),
+    "samples": ("ts DateTime, metric LowCardinality(String), fingerprint UInt64, value Float64",
+                "toDateTime(day) + intDiv(number, 4), concat('metric_', toString(number % 40)), "
+                "cityHash64(number % 5000), number / 3"),
+}
+# What a late change does to 2% of yesterday's rows (a column outside the sorting key).
+UPDATES = {"logs": "body = concat(body, ' (late)')", "traces": "status = status + 1",
+           "samples": "value = value + 1"}
+FIRST_DAY = "2026-10-01"
+
+
+def day_rows(table, per_day):
+    return per_day * 2 if table == "samples" else per_day
+
+
+def add_day(db, day, per_day):
+    for t, (_, select) in TABLES.items():
+        rows = select.replace("day", f"toDate('{day}')")
+        ch(f"INSERT INTO {db}.{t} SELECT {rows} FROM numbers({day_rows(t, per_day)})")
+
+
+def wait_mutations(db):
+    import time
+    while ch(f"SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0") != "0":
+        time.sleep(0.2)
+
+
+def incremental(per_day):
+    import datetime
+    subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
+    worker = os.path.join(ROOT, "target", "release", "worker")
+    plugin = os.path.join(ROOT, "target", "release", "kubectl-dr")
+    key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
+    recipient = next(l.split(": ")[1] for l in key.splitlines() if l.startswith("# public key"))
+    db = "bench_chain"
+    ch(f"DROP DATABASE IF EXISTS {db}")
+    ch(f"CREATE DATABASE {db}")
+    for t, (cols, _) in TABLES.items():
+        ch(f"CREATE TABLE {db}.{t} ({cols}) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY ts")
+    first = datetime.date.fromisoformat(FIRST_DAY)
+    print(f"building {db}: 30 days of {per_day} logs and traces and {2 * per_day} samples a day…",
+          file=sys.stderr)
+    for d in range(30):
+        add_day(db, first + datetime.timedelta(days=d), per_day)
+    work = tempfile.mkdtemp(dir=os.path.join(ROOT, ".dr-services"), prefix="bench-chain-")
+    stores = {kind: os.path.join(work, kind) for kind in ("incremental", "full")}
+    with open(os.path.join(work, "key.txt"), "w") as f:
+        f.write(key)
+
+    def size(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+    def backup(kind):
+        before = size(stores[kind])
+        flag = "--incremental" if kind == "incremental" else ""
+        secs, _, rss = measure(f"CLICKHOUSE_URL={URL} DR_LOG_FORMAT=json {worker} backup clickhouse --target signoz "
+                               f"--database {db} {flag} --store file://{stores[kind]} -r {recipient} "
+                               f"> /dev/null 2>> {work}/log")
+        return secs, size(stores[kind]) - before, rss
+
+    nights = [(0, backup("incremental"), backup("full"))]
+    for night in range(1, 8):
+        today = first + datetime.timedelta(days=29 + night)
+        add_day(db, today, per_day)
+        yesterday = today - datetime.timedelta(days=1)
+        for t, change in UPDATES.items():
+            ch(f"ALTER TABLE {db}.{t} UPDATE {change} WHERE toDate(ts) = '{yesterday}' "
+               f"AND cityHash64(toString(ts)) % 50 = 0")
+            ch(f"ALTER TABLE {db}.{t} DROP PARTITION '{first + datetime.timedelta(days=night - 1)}'")
+        wait_mutations(db)
+        nights.append((night, backup("incremental"), backup("full")))
+
+    def restore(kind, extra=""):
+        target = f"{db}_restored"
+        ch(f"DROP DATABASE IF EXISTS {target}")
+        secs, _, rss = measure(f"{plugin} restore latest --engine clickhouse --target signoz -i {work}/key.txt "
+                               f"--to {URL} --database-map {db}={target} --yes --no-progress "
+                               f"--store file://{stores[kind]} {extra} > /dev/null 2>> {work}/log")
+        rows = int(ch(f"SELECT sum(rows) FROM system.parts WHERE active AND database = '{target}'") or 0)
+        ch(f"DROP DATABASE IF EXISTS {target}")
+        return secs, rss, rows
+
+    chain = restore("incremental")
+    whole = restore("full")
+    newest_day = first + datetime.timedelta(days=36)
+    newest = restore("incremental", f"--since {newest_day}T00:00:00Z")
+    server = "ClickHouse 18.16 server" if LEGACY else "ClickHouse 26 engine (chdb front)"
+    print(f"\n{server}: 30 daily partitions, {per_day} logs + {per_day} traces + {2 * per_day} samples a day")
+    print(f"{'night':>5}  {'incremental':>12}  {'stored':>10}  {'full':>8}  {'stored':>10}  {'time ratio':>10}")
+    for night, inc, full in nights:
+        print(f"{night:>5}  {inc[0]:>10.1f} s  {inc[1] / 1048576:>6.1f} MiB  {full[0]:>6.1f} s  "
+              f"{full[1] / 1048576:>6.1f} MiB  {inc[0] / full[0]:>9.2f}×")
+    inc_total = sum(n[1][1] for n in nights[1:])
+    full_total = sum(n[2][1] for n in nights[1:])
+    one_full = nights[0][2][1]
+    print(f"nights 1-7 stored: incremental {inc_total / 1048576:.1f} MiB ({inc_total / one_full:.2f}× one full "
+          f"backup), full {full_total / 1048576:.1f} MiB ({full_total / one_full:.2f}×)")
+    print(f"peak RSS of the worker: incremental {max(n[1][2] for n in nights):.0f} MiB, "
+          f"full {max(n[2][2] for n in nights):.0f} MiB")
+    print(f"restore of the newest: chain {chain[0]:.1f} s ({chain[2]} rows), full {whole[0]:.1f} s "
+          f"({whole[2]} rows): {chain[0] / whole[0]:.2f}×; the newest day alone (--since {newest_day}) "
+          f"{newest[0]:.1f} s ({newest[2]} rows)")
+    ch(f"DROP DATABASE IF EXISTS {db}")
+    subprocess.run(["rm", "-rf", work], check=True)
+
+
 if __name__ == "__main__":
-    main()
+    if "--incremental" in sys.argv:
+        incremental(next((int(a) for a in sys.argv[1:] if not a.startswith("--")), 100_000))
+    else:
+        main()

@@ -294,6 +294,11 @@ async fn an_incremental_chain_restores_every_night(server: Server) {
         .collect();
     left.sort();
     assert_eq!(left, needed);
+    let copy = format!("{db}_pruned");
+    let out = restore_as(&server, &store, &keys, &inc3, &format!("{db}={copy}"), &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(&contents(&server, &copy).await, &nights[3].1);
+    server.ch(&format!("DROP DATABASE {copy}")).await;
 
     // A flipped byte in a base's part: the dependent's verify fails naming the base, and a
     // restore of it creates nothing.

@@ -139,7 +139,8 @@ pub async fn backup(
     tracing::info!(
         backup = %backup,
         parts = manifest.parts.len(),
-        stored_bytes = manifest.size_bytes(),
+        stored_bytes = manifest.own_bytes(),
+        referenced_bytes = manifest.size_bytes() - manifest.own_bytes(),
         seconds = (manifest.finished_at - manifest.started_at).num_milliseconds() as f64 / 1000.0,
         "backup committed"
     );

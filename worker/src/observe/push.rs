@@ -272,8 +272,8 @@ pub fn backup_metrics(
             },
             Metric {
                 name: STORED_BYTES,
-                help: "Bytes stored by the last committed backup (encrypted, compressed).",
-                value: m.size_bytes() as f64,
+                help: "Bytes stored by the last committed backup (encrypted, compressed; an incremental backup's references to older backups are not counted).",
+                value: m.own_bytes() as f64,
             },
             Metric {
                 name: ROWS,

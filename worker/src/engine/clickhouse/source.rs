@@ -26,7 +26,7 @@ pub struct BackupArgs {
     /// Store only the partitions of MergeTree tables that changed since the newest backup
     /// of this target (its base); unchanged ones are referenced. Restores, verify, prune
     /// and the drill follow the references.
-    #[arg(long, env = "DR_CLICKHOUSE_INCREMENTAL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DR_CLICKHOUSE_INCREMENTAL", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub incremental: bool,
 
     /// With --incremental: a full backup after this many incremental ones in a chain, so a
