@@ -650,3 +650,51 @@ async fn the_newest_days_come_back_first(server: Server) {
         server.ch(&format!("DROP DATABASE {d}")).await;
     }
 }
+
+/// `worker copy` takes an incremental backup with the backup its references live in, and
+/// the copy restores on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_is_copied_with_its_base() {
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let (server, db, full, inc) = two_night_chain(store.url(), &keys, &[], [&[], &[]]).await;
+    let local = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/copy", local.path().display());
+    let out = run(
+        "worker",
+        &["copy", "--store", store.url(), "--to", &dest],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for id in [&full, &inc] {
+        assert!(local
+            .path()
+            .join(format!("copy/clickhouse/{TARGET}/{id}/manifest.json"))
+            .exists());
+    }
+    let copy = format!("{db}_copied");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            &inc,
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--to",
+            &server.url,
+            "--database-map",
+            &format!("{db}={copy}"),
+            "--yes",
+            "--store",
+            &dest,
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        fingerprint(&server, &copy, "logs", "MergeTree").await,
+        fingerprint(&server, &db, "logs", "MergeTree").await
+    );
+    for d in [&db, &copy] {
+        server.ch(&format!("DROP DATABASE {d}")).await;
+    }
+}

@@ -11,6 +11,8 @@
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
 //! - `command`: the command engine on real processes (round trip, failures, argv, sha256).
+//! - `copy`: `worker copy` into a directory and another S3 account: verify and restore from
+//!   the copy, reruns, damaged and stranger-signed backups refused, a killed copy.
 //! - `compat`: backups written before the engine abstraction still list, verify and restore.
 //! - `faulty_s3`: backups, verify and restore through a front that answers 503 SlowDown,
 //!   resets connections, loses answers of requests that happened, and cuts bodies: every
@@ -51,6 +53,7 @@ mod clickhouse;
 mod clickhouse_chain;
 mod command;
 mod compat;
+mod copy;
 mod durability;
 mod faulty_s3;
 mod first_hour;

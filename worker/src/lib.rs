@@ -18,6 +18,7 @@
 //! - [`rebuild`]: the order of work of every restore, and of many at once (`restore --all`,
 //!   `worker drill`).
 //! - [`rekey`]: re-encrypting backups to new recipients, streamed, never unrestorable.
+//! - [`copy`]: `worker copy`, backups copied as stored into a second store (3-2-1).
 //! - [`drill`]: `worker drill`, the scheduled restore into scratch destinations.
 //! - [`observe`]: metrics for a Prometheus Pushgateway and a dead man's switch ping.
 //! - [`progress`]: a small reporting trait so the plugin can draw bars while `worker` stays quiet.
@@ -39,7 +40,7 @@
 //! | 2 | `pipeline`, `retention` |
 //! | 3 | `verify`, `args` |
 //! | 4 | `engine` |
-//! | 5 | `rebuild`, `rekey`, `drill`, `observe`, `cli` |
+//! | 5 | `rebuild`, `rekey`, `copy`, `drill`, `observe`, `cli` |
 //!
 //! What a lower floor needs from a higher one is passed in (the engines' content checks
 //! reach `verify` as [`verify::Decrypt`]), not imported.
@@ -49,6 +50,7 @@
 pub mod args;
 pub mod catalog;
 pub mod cli;
+pub mod copy;
 pub mod drill;
 pub mod engine;
 pub mod observe;
@@ -81,6 +83,7 @@ mod layers {
         ("engine", 4),
         ("rebuild", 5),
         ("rekey", 5),
+        ("copy", 5),
         ("drill", 5),
         ("observe", 5),
         ("cli", 5),

@@ -115,6 +115,53 @@ enum Command {
     ///     --to clickhouse=http://clickhouse.signoz:8123 --max-diff 0
     #[command(verbatim_doc_comment)]
     Drill(Box<DrillArgs>),
+    /// Copy every complete backup the destination lacks, as it is stored (3-2-1).
+    ///
+    /// Ciphertext, signature and manifest are copied byte for byte, so this job holds no
+    /// private key and the copy verifies and restores like the original: `kubectl dr …
+    /// --store <the copy>` works when the primary store is gone. Each part is hashed as it
+    /// streams and completed only when it matches its manifest; the manifest goes last, so
+    /// a copy killed anywhere leaves nothing visible, and a rerun copies only what is
+    /// missing. Damaged backups, and backups the trusted signers (DR_SIGNERS) refuse, are
+    /// not copied and are reported (exit 1); incremental backups are copied with the
+    /// backups their references live in.
+    ///
+    /// The destination's S3 account: DR_COPY_AWS_ENDPOINT_URL, DR_COPY_AWS_REGION,
+    /// DR_COPY_AWS_ACCESS_KEY_ID, DR_COPY_AWS_SECRET_ACCESS_KEY where set, else the
+    /// standard AWS variables (which are the source's).
+    ///
+    /// Exit codes: 0 everything selected is in the destination, 1 a backup was refused,
+    /// 2 a store failed.
+    ///
+    /// Example (a nightly CronJob after the backups):
+    ///   worker copy --store s3://backups/prod --to s3://offsite/prod --since 7d
+    #[command(verbatim_doc_comment)]
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CopyArgs {
+    /// The destination store: s3://bucket/prefix or file:///absolute/dir (created if
+    /// missing).
+    #[arg(long, env = "DR_COPY_TO", value_name = "URL")]
+    to: String,
+    /// Only backups of this engine.
+    #[arg(long)]
+    engine: Option<String>,
+    /// Only backups of this target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Only backups younger than this (e.g. 7d); the bases of incremental ones come too.
+    #[arg(long, value_name = "AGE")]
+    since: Option<humantime::Duration>,
+    #[command(flatten)]
+    lock: drkit::args::LockArgs,
+    /// Trusted signers: with them, a backup no trusted key signed is not copied.
+    #[command(flatten)]
+    signers: cli::SignerArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long, short = 'o', value_parser = ["json"])]
+    output: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -216,6 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prune(args) => prune(&cli.store, args, gateway.as_ref()).await,
         Command::Drill(args) => drill(&cli.store, *args, gateway.as_ref()).await,
+        Command::Copy(args) => copy(&cli.store, args, cancel).await,
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
@@ -384,6 +432,78 @@ async fn drill(
         reports.len()
     );
     tracing::info!(drills = reports.len(), "every drill passed");
+    Ok(())
+}
+
+async fn copy(
+    store: &StoreArgs,
+    args: CopyArgs,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    for (kind, name) in [("engine", &args.engine), ("target", &args.target)] {
+        if let Some(n) = name {
+            drkit::catalog::validate_name(kind, n)?;
+        }
+    }
+    let trust = args.signers.lenient()?;
+    if !trust.enforce {
+        tracing::warn!("no signers (DR_SIGNERS): copy cannot tell a forged backup from the worker's own and copies both; set DR_SIGNERS to the worker's public key");
+    }
+    let from = store.open().await?;
+    let url: drkit::store::StoreUrl = args.to.parse()?;
+    let to = drkit::store::open(
+        &url,
+        &drkit::store::S3Options {
+            path_style: store.s3_path_style,
+            object_lock: args.lock.lock(),
+            env_prefix: Some("DR_COPY_"),
+        },
+        drkit::store::OpenMode::CreateIfMissing,
+    )
+    .await?;
+    let since = match args.since {
+        Some(age) => Some(
+            chrono::Utc::now() - chrono::Duration::from_std(*age).context("--since is too long")?,
+        ),
+        None => None,
+    };
+    let copy = drkit::copy::Copy {
+        from: from.as_ref(),
+        to: to.as_ref(),
+        trust,
+        filter: drkit::catalog::Filter {
+            engine: args.engine,
+            target: args.target,
+        },
+        since,
+        cancel,
+    };
+    let report = copy.run().await?;
+    let bytes: u64 = report.copied.iter().map(|c| c.bytes).sum();
+    if report.copied.is_empty() && report.refused.is_empty() {
+        tracing::info!(present = report.present, to = %args.to, "nothing to copy: the destination has every backup");
+    } else {
+        tracing::info!(copied = report.copied.len(), bytes, present = report.present, refused = report.refused.len(), to = %args.to, "copy finished");
+    }
+    if args.output.is_some() {
+        cli::print_line(&serde_json::to_string(&report)?)?;
+    }
+    if !report.refused.is_empty() {
+        for r in &report.refused {
+            tracing::error!(backup = %r.backup, why = %r.why, "not copied");
+        }
+        return Err(cli::CheckFailed(format!(
+            "{} backup(s) were not copied: {}",
+            report.refused.len(),
+            report
+                .refused
+                .iter()
+                .map(|r| format!("{} ({})", r.backup, r.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .into());
+    }
     Ok(())
 }
 

@@ -84,6 +84,7 @@ impl StoreArgs {
         let opts = S3Options {
             path_style: self.s3_path_style,
             object_lock: None,
+            env_prefix: None,
         };
         Ok(store::stores_beside(&url, &opts).await?)
     }
@@ -104,6 +105,7 @@ impl StoreArgs {
             &S3Options {
                 path_style: self.s3_path_style,
                 object_lock,
+                env_prefix: None,
             },
             mode,
         )

@@ -428,6 +428,11 @@ pub struct S3Options {
     pub path_style: Option<bool>,
     /// Lock every object written (backups only).
     pub object_lock: Option<ObjectLock>,
+    /// Read the endpoint, region and credentials from `<prefix>AWS_ENDPOINT_URL`,
+    /// `<prefix>AWS_REGION`, `<prefix>AWS_ACCESS_KEY_ID`, `<prefix>AWS_SECRET_ACCESS_KEY`
+    /// (and `…AWS_SESSION_TOKEN`) where set, over the standard variables: a second store
+    /// with its own account (`worker copy --to`, `DR_COPY_`).
+    pub env_prefix: Option<&'static str>,
 }
 
 /// A parsed `--store` value.

@@ -169,22 +169,41 @@ impl S3Store {
             .retry_config(retries)
             .load()
             .await;
-        let custom_endpoint = shared.endpoint_url().is_some();
+        // A second store's own account (`DR_COPY_AWS_…`), over the standard variables.
+        let own = |name: &str| {
+            opts.env_prefix
+                .and_then(|p| std::env::var(format!("{p}{name}")).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let endpoint_url =
+            own("AWS_ENDPOINT_URL").or_else(|| shared.endpoint_url().map(str::to_string));
+        let custom_endpoint = endpoint_url.is_some();
         let mut conf = aws_sdk_s3::config::Builder::from(&shared)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .force_path_style(opts.path_style.unwrap_or(custom_endpoint));
-        if shared.region().is_none() {
+        if let Some(url) = &endpoint_url {
+            conf = conf.endpoint_url(url);
+        }
+        if let Some(region) = own("AWS_REGION") {
+            conf = conf.region(aws_sdk_s3::config::Region::new(region));
+        } else if shared.region().is_none() {
             // S3-compatible servers rarely care; the SDK refuses to sign without one.
             conf = conf.region(aws_sdk_s3::config::Region::from_static("us-east-1"));
+        }
+        if let (Some(id), Some(secret)) = (own("AWS_ACCESS_KEY_ID"), own("AWS_SECRET_ACCESS_KEY")) {
+            conf = conf.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id,
+                secret,
+                own("AWS_SESSION_TOKEN"),
+                None,
+                "kube-dr second store",
+            ));
         }
         let conf = conf.build();
         let endpoint = format!(
             "{} (region {})",
-            shared.endpoint_url().map_or_else(
-                || "AWS S3 (AWS_ENDPOINT_URL is not set)".to_string(),
-                str::to_string
-            ),
+            endpoint_url.unwrap_or_else(|| "AWS S3 (AWS_ENDPOINT_URL is not set)".to_string()),
             conf.region().map_or("us-east-1", |r| r.as_ref())
         );
         let mut store =
