@@ -203,8 +203,21 @@ async fn damaged_and_stranger_signed_backups_are_not_copied() {
 
     let local = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/copy", local.path().display());
-    let out = copy(&source, &dest, &[], &[]);
+    let gateway = svc("DR_TEST_PUSHGATEWAY");
+    let out = copy(&source, &dest, &[], &[("DR_PUSHGATEWAY_URL", &gateway)]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
+    // Each series' group says whether the copy left it whole (job kube_dr_copy).
+    for (target, success) in [("files", "0"), ("forged", "0"), ("app", "1")] {
+        let lines = pushed_lines("kube_dr_copy_success", target).await;
+        let line = lines
+            .iter()
+            .find(|l| l.contains("job=\"kube_dr_copy\""))
+            .unwrap_or_else(|| panic!("no kube_dr_copy_success for {target}: {lines:?}"));
+        assert!(line.ends_with(&format!(" {success}")), "{line}");
+    }
+    assert!(!pushed_lines("kube_dr_copy_last_success", "app")
+        .await
+        .is_empty());
     let r = report(&out);
     let refused: Vec<String> = r["refused"]
         .as_array()

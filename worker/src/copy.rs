@@ -58,6 +58,55 @@ pub struct CopyReport {
     pub present: usize,
     /// Backups not copied, and why (exit 1).
     pub refused: Vec<Refused>,
+    /// Per engine and target, what the destination holds now.
+    pub series: Vec<Series>,
+}
+
+/// One engine/target's outcome, for its metrics.
+#[derive(Debug, Serialize)]
+pub struct Series {
+    /// The engine.
+    pub engine: String,
+    /// The target.
+    pub target: String,
+    /// Backups copied now.
+    pub copied: usize,
+    /// Bytes uploaded now.
+    pub bytes: u64,
+    /// Backups not copied.
+    pub refused: usize,
+}
+
+impl CopyReport {
+    /// Fills [`CopyReport::series`] from the backups copied and refused, and every series
+    /// of the selection (a series with nothing to copy is whole, and says so).
+    fn tally(&mut self, all: &BTreeSet<(String, String)>) {
+        let of = |backup: &str| {
+            let mut s = backup.splitn(3, '/');
+            (
+                s.next().unwrap_or("").to_string(),
+                s.next().unwrap_or("").to_string(),
+            )
+        };
+        self.series = all
+            .iter()
+            .map(|(engine, target)| {
+                let key = (engine.clone(), target.clone());
+                let copied: Vec<&Copied> = self
+                    .copied
+                    .iter()
+                    .filter(|c| of(&c.backup) == key)
+                    .collect();
+                Series {
+                    engine: engine.clone(),
+                    target: target.clone(),
+                    copied: copied.len(),
+                    bytes: copied.iter().map(|c| c.bytes).sum(),
+                    refused: self.refused.iter().filter(|r| of(&r.backup) == key).count(),
+                }
+            })
+            .collect();
+    }
 }
 
 /// One backup copied.
@@ -78,6 +127,48 @@ pub struct Refused {
     pub backup: String,
     /// Why.
     pub why: String,
+}
+
+/// `kube_dr_copy_success`.
+pub const SUCCESS: &str = "kube_dr_copy_success";
+/// `kube_dr_copy_last_success_timestamp_seconds`.
+pub const LAST_SUCCESS: &str = "kube_dr_copy_last_success_timestamp_seconds";
+/// `kube_dr_copy_copied_backups`.
+pub const COPIED_BACKUPS: &str = "kube_dr_copy_copied_backups";
+/// `kube_dr_copy_copied_bytes`.
+pub const COPIED_BYTES: &str = "kube_dr_copy_copied_bytes";
+
+/// What one series' copy pushes into its group (job `kube_dr_copy`). The last success is
+/// only pushed when nothing of the series was refused, so a failing copy keeps the time of
+/// the last one that succeeded.
+pub fn metrics(series: &Series, finished: DateTime<Utc>) -> Vec<crate::observe::push::Metric> {
+    use crate::observe::push::Metric;
+    let ok = series.refused == 0;
+    let mut out = vec![
+        Metric {
+            name: SUCCESS,
+            help: "1 if the last copy left every selected backup of this engine and target in the second store, else 0.",
+            value: if ok { 1.0 } else { 0.0 },
+        },
+        Metric {
+            name: COPIED_BACKUPS,
+            help: "Backups of this engine and target the last copy uploaded.",
+            value: series.copied as f64,
+        },
+        Metric {
+            name: COPIED_BYTES,
+            help: "Bytes of this engine and target the last copy uploaded.",
+            value: series.bytes as f64,
+        },
+    ];
+    if ok {
+        out.push(Metric {
+            name: LAST_SUCCESS,
+            help: "When a copy last left every selected backup of this engine and target in the second store (Unix time).",
+            value: finished.timestamp_millis() as f64 / 1000.0,
+        });
+    }
+    out
 }
 
 /// Why a copy stopped: the stores, not a backup (those are [`Refused`]).
@@ -134,6 +225,13 @@ impl Copy<'_> {
             .collect();
         let mut report = CopyReport::default();
         let mut good: BTreeMap<BackupRef, Manifest> = BTreeMap::new();
+        let all_series: BTreeSet<(String, String)> = inspected
+            .iter()
+            .map(|b| {
+                let r = &b.scanned.backup;
+                (r.engine.clone(), r.target.clone())
+            })
+            .collect();
         for b in inspected {
             let backup = b.scanned.backup.clone();
             let wanted = self.since.is_none_or(|s| backup.id.created_at() >= s);
@@ -209,6 +307,7 @@ impl Copy<'_> {
             }
         }
         report.refused.sort_by(|a, b| a.backup.cmp(&b.backup));
+        report.tally(&all_series);
         Ok(report)
     }
 

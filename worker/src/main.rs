@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prune(args) => prune(&cli.store, args, gateway.as_ref()).await,
         Command::Drill(args) => drill(&cli.store, *args, gateway.as_ref()).await,
-        Command::Copy(args) => copy(&cli.store, args, cancel).await,
+        Command::Copy(args) => copy(&cli.store, args, cancel, gateway.as_ref()).await,
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
@@ -439,6 +439,7 @@ async fn copy(
     store: &StoreArgs,
     args: CopyArgs,
     cancel: tokio_util::sync::CancellationToken,
+    gateway: Option<&Pushgateway>,
 ) -> anyhow::Result<()> {
     for (kind, name) in [("engine", &args.engine), ("target", &args.target)] {
         if let Some(n) = name {
@@ -479,6 +480,18 @@ async fn copy(
         cancel,
     };
     let report = copy.run().await?;
+    if let Some(gateway) = gateway.map(|g| g.for_job(push::COPY_JOB)) {
+        let finished = chrono::Utc::now();
+        for series in &report.series {
+            gateway
+                .push_or_warn(
+                    &series.engine,
+                    &series.target,
+                    &drkit::copy::metrics(series, finished),
+                )
+                .await;
+        }
+    }
     let bytes: u64 = report.copied.iter().map(|c| c.bytes).sum();
     if report.copied.is_empty() && report.refused.is_empty() {
         tracing::info!(present = report.present, to = %args.to, "nothing to copy: the destination has every backup");

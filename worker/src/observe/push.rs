@@ -18,6 +18,8 @@ pub const JOB: &str = "kube_dr";
 
 /// The job label of the drill's groups (`worker drill`).
 pub const DRILL_JOB: &str = "kube_dr_drill";
+/// The job label of the copy's groups (`worker copy`).
+pub const COPY_JOB: &str = "kube_dr_copy";
 
 /// Whole time one push may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
