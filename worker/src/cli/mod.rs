@@ -49,6 +49,20 @@ pub struct StoreArgs {
         help_heading = "Global options"
     )]
     pub s3_path_style: Option<bool>,
+
+    /// Limit uploads, and downloads, to this rate each (e.g. 50MiB/s, 10MB/s), shared by
+    /// every stream of the process: backups, copies, verify and restores leave the rest of
+    /// the link to the cluster.
+    #[arg(
+        hide_short_help = true,
+        long,
+        env = "DR_MAX_RATE",
+        value_name = "RATE",
+        value_parser = store::rate::parse_rate,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub max_rate: Option<u64>,
 }
 
 impl StoreArgs {
@@ -100,6 +114,9 @@ impl StoreArgs {
             )
         })?;
         let url: StoreUrl = text.parse()?;
+        if let Some(rate) = self.max_rate {
+            store::rate::set_max_rate(rate);
+        }
         Ok(store::open(
             &url,
             &S3Options {

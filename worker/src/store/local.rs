@@ -206,9 +206,8 @@ impl ReadStore for LocalStore {
             what,
         };
         match opened {
-            Ok(Ok(f)) => Ok(Box::pin(tokio::io::BufReader::with_capacity(
-                256 * 1024,
-                tokio::fs::File::from_std(f),
+            Ok(Ok(f)) => Ok(Box::pin(super::rate::Limited::new(
+                tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::from_std(f)),
             ))),
             Ok(Err(what)) => Err(not_regular(what)),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(key)),
@@ -306,6 +305,7 @@ impl WriteStore for LocalStore {
                 };
                 match chunk {
                     Some(BodyChunk::Data(bytes)) => {
+                        super::rate::upload(bytes.len()).await;
                         file.write_all(&bytes)
                             .await
                             .map_err(Self::io("write", &tmp))?;

@@ -5,6 +5,7 @@
 //! Keys are relative to the store's prefix and always use `/`.
 
 pub mod local;
+pub mod rate;
 pub mod s3;
 
 use std::fmt;

@@ -437,6 +437,7 @@ impl S3Store {
             };
             match chunk {
                 Some(BodyChunk::Data(bytes)) => {
+                    super::rate::upload(bytes.len()).await;
                     buf.extend_from_slice(&bytes);
                     let size = part_size(parts.next_part);
                     if buf.len() >= size {
@@ -732,7 +733,9 @@ impl ReadStore for S3Store {
         tokio::spawn(resume.run(out.body, tx));
         let mut rx = rx;
         let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(Box::pin(tokio_util::io::StreamReader::new(chunks)))
+        Ok(Box::pin(super::rate::Limited::new(
+            tokio_util::io::StreamReader::new(chunks),
+        )))
     }
 
     async fn hold(&self, key: &str) -> Result<Option<Hold>, StoreError> {
@@ -871,6 +874,7 @@ impl WriteStore for S3Store {
             };
             match chunk {
                 Some(BodyChunk::Data(bytes)) => {
+                    super::rate::upload(bytes.len()).await;
                     buf.extend_from_slice(&bytes);
                     if buf.len() >= BASE_PART_SIZE {
                         let first = buf.split_to(BASE_PART_SIZE).freeze();
