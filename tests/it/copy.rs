@@ -316,3 +316,55 @@ async fn a_copy_killed_mid_part_leaves_nothing_visible_and_a_rerun_finishes() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// The primary store is gone: `restore --all --store <the copy>` rebuilds PostgreSQL from
+/// the copy alone, identical, and the command backup restores from it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_works_from_the_copy_when_the_primary_is_gone() {
+    let keys = Keys::generate();
+    let (source, db, payload) = three_backups(&keys).await;
+    let before = pg_fingerprint(&pg_connect(&db).await).await;
+    let local = tempfile::tempdir().unwrap();
+    let dest = format!("file://{}/copy", local.path().display());
+    let out = copy(&source, &dest, &[], &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // The primary's objects and the database are gone.
+    let primary = source.open().await;
+    for object in primary.list("").await.unwrap() {
+        primary.delete(&object.key).await.unwrap();
+    }
+    assert!(source.files().is_empty());
+    drop_database(&db).await;
+
+    let to = format!(
+        "postgres=postgres://{}@{}:{}",
+        svc("PGUSER"),
+        svc("PGHOST"),
+        svc("PGPORT")
+    );
+    let state = keys.dir.path().join("state.json");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "restore",
+            "--all",
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--engine",
+            "postgres",
+            "--to",
+            &to,
+            "--yes",
+            "--state",
+            state.to_str().unwrap(),
+            "--store",
+            &dest,
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(pg_fingerprint(&pg_connect(&db).await).await, before);
+    assert_copy_is_whole(&dest, &keys, &[], &payload);
+    drop_database(&db).await;
+}
