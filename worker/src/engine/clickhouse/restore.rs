@@ -688,35 +688,30 @@ pub async fn run(
                         table: format!("{}.{table}", step.database),
                         source: Box::new(e),
                     })?;
-                if let (true, Some(id)) = (opts.window.is_set(), &partition) {
-                    let rows = count_partition(client, &step.database, &table, id).await?;
-                    say(&format!(
-                        "loaded {}.{table} partition {id}: {rows} rows",
-                        step.database
-                    ));
-                    let name = format!("{backed_up_as} partition {id}");
-                    counts.expected.push(TableCount {
+                if opts.window.is_set() {
+                    // Per partition: the table also holds other windows' rows. A table in
+                    // one part (loaded by the first run only) is counted whole.
+                    let (name, rows) = match &partition {
+                        Some(id) => {
+                            let rows = count_partition(client, &step.database, &table, id).await?;
+                            say(&format!(
+                                "loaded {}.{table} partition {id}: {rows} rows",
+                                step.database
+                            ));
+                            (format!("{backed_up_as} partition {id}"), rows)
+                        }
+                        None => (
+                            backed_up_as.clone(),
+                            count(client, &step.database, &table).await?,
+                        ),
+                    };
+                    let of = |rows| TableCount {
                         schema: schema.clone(),
                         name: name.clone(),
-                        rows: recorded(part.part()),
-                    });
-                    counts.live.push(TableCount {
-                        schema: schema.clone(),
-                        name,
                         rows,
-                    });
-                } else if opts.window.is_set() {
-                    // A table in one part, loaded by the first run only: its own count.
-                    counts.expected.push(TableCount {
-                        schema: schema.clone(),
-                        name: backed_up_as.clone(),
-                        rows: recorded(part.part()),
-                    });
-                    counts.live.push(TableCount {
-                        schema: schema.clone(),
-                        name: backed_up_as.clone(),
-                        rows: count(client, &step.database, &table).await?,
-                    });
+                    };
+                    counts.expected.push(of(recorded(part.part())));
+                    counts.live.push(of(rows));
                 }
             }
             if !opts.window.is_set() {
