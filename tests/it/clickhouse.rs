@@ -384,7 +384,7 @@ async fn a_subset_of_tables_and_damaged_or_foreign_input(server: Server) {
     // each part once, as it streams, and drops what it created when the part fails; a
     // restore into an existing database checks the parts before it touches anything.
     let part = store.object_path(&format!(
-        "clickhouse/ch/{id}/data-{db}.events.partition-202611.native.zst.age"
+        "clickhouse/ch/{id}/data-{db}.events.p-202611.native.zst.age"
     ));
     let mut bytes = std::fs::read(&part).unwrap();
     let i = bytes.len() / 2;
@@ -1056,17 +1056,11 @@ async fn variant_dynamic_and_json_columns_round_trip_on_26() {
         })
         .collect();
     assert!(
-        formats.contains(&(
-            format!("data-{db}.v.partition-all"),
-            "clickhouse-native".into()
-        )),
+        formats.contains(&(format!("data-{db}.v.p-all"), "clickhouse-native".into())),
         "{formats:?}"
     );
     assert!(
-        formats.contains(&(
-            format!("data-{db}.j.partition-all"),
-            "clickhouse-tsv".into()
-        )),
+        formats.contains(&(format!("data-{db}.j.p-all"), "clickhouse-tsv".into())),
         "{formats:?}"
     );
     let identity = keys.identity.to_str().unwrap();

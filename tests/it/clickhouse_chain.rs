@@ -50,7 +50,7 @@ fn logs_parts(m: &Value) -> BTreeMap<String, Option<String>> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["name"].as_str().unwrap().contains(".logs.partition-"))
+        .filter(|p| p["name"].as_str().unwrap().contains(".logs.p-"))
         .map(|p| {
             (
                 p["partition"]["id"].as_str().unwrap().to_string(),

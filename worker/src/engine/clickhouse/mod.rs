@@ -354,20 +354,22 @@ pub fn unescape_tsv(field: &str) -> String {
 }
 
 /// The name of the part holding partition `id` of the table whose schema entry names
-/// `table_part` (`data-DB.TABLE`).
+/// `table_part` (`data-DB.TABLE`): `data-DB.TABLE.p-ID`. Short on purpose: S3-compatible
+/// servers that keep objects as files (s3s-fs, for one) fail keys past ~155 bytes, and
+/// SigNoz's inner tables (`.inner_id.<uuid>`) are long already.
 pub fn partition_part_name(table_part: &str, id: &str) -> String {
-    format!("{table_part}.partition-{}", crate::engine::encode_name(id))
+    format!("{table_part}.p-{}", crate::engine::encode_name(id))
 }
 
 /// True when `part` holds rows of the table whose schema entry names `table_part`: its one
 /// part, or one of its partitions' parts (older backups have only the former).
 pub fn holds_table(part: &crate::catalog::Part, table_part: &str) -> bool {
+    // Exactly the name its partition gives: a table named `t.p-1` is not a partition of `t`.
     part.name == table_part
-        || (part.partition.is_some()
-            && part
-                .name
-                .strip_prefix(table_part)
-                .is_some_and(|rest| rest.starts_with(".partition-")))
+        || part
+            .partition
+            .as_ref()
+            .is_some_and(|p| part.name == partition_part_name(table_part, &p.id))
 }
 
 /// Each table's rows at backup time, summed over its parts (one per partition), in the
@@ -399,6 +401,40 @@ pub fn quote_str(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_holds_its_own_part_and_its_partitions_parts_only() {
+        let part = |name: &str, partition: Option<&str>| -> crate::catalog::Part {
+            let mut p: crate::catalog::Part = serde_json::from_value(serde_json::json!({
+                "name": name, "file": "x.native.zst.age", "format": "clickhouse-native",
+                "compression": "zstd", "ciphertext_bytes": 1,
+                "ciphertext_sha256": "0".repeat(64), "plaintext_bytes": 1
+            }))
+            .unwrap();
+            p.partition = partition.map(|id| crate::catalog::Partition {
+                id: id.into(),
+                fingerprint: None,
+                min_time: None,
+                max_time: None,
+            });
+            p
+        };
+        assert!(holds_table(&part("data-db.t", None), "data-db.t"));
+        assert!(holds_table(
+            &part("data-db.t.p-202612", Some("202612")),
+            "data-db.t"
+        ));
+        // Table `t.p-1`, partition `all`: not a partition of `t`.
+        assert!(!holds_table(
+            &part("data-db.t.p-1.p-all", Some("all")),
+            "data-db.t"
+        ));
+        assert!(holds_table(
+            &part("data-db.t.p-1.p-all", Some("all")),
+            "data-db.t.p-1"
+        ));
+        assert!(!holds_table(&part("data-db.t.p-202612", None), "data-db.t"));
+    }
 
     #[test]
     fn unescapes_tab_separated_fields() {

@@ -854,7 +854,7 @@ mod tests {
 
     fn day(d: &str) -> crate::catalog::Part {
         let mut p: crate::catalog::Part = serde_json::from_value(serde_json::json!({
-            "name": "data-db.t.partition-x", "file": "x.native.zst.age",
+            "name": "data-db.t.p-x", "file": "x.native.zst.age",
             "format": "clickhouse-native", "compression": "zstd",
             "ciphertext_bytes": 1, "ciphertext_sha256": "0".repeat(64), "plaintext_bytes": 1
         }))
