@@ -514,6 +514,15 @@ impl Watched {
     }
 
     /// SIGKILLs the command (a crash, an OOM kill, a node gone): no cleanup runs.
+    /// Sends `signal` (`TERM`, `INT`…) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
     }

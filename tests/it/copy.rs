@@ -272,30 +272,43 @@ async fn a_copy_killed_mid_part_leaves_nothing_visible_and_a_rerun_finishes() {
     let id = stdout(&out).trim().to_string();
     let local = tempfile::tempdir().unwrap();
     let dest = format!("file://{}/copy", local.path().display());
-    let mut killed = Watched::spawn(command(
-        "worker",
-        &[
-            "copy",
-            "--store",
-            source.url(),
-            "--to",
-            &dest,
-            "--log-format",
-            "text",
-        ],
-        &[],
-    ));
-    // The part's upload is under way once its temporary file appears.
+    // SIGTERM first: the upload is aborted and the copy exits within seconds; then SIGKILL,
+    // which leaves the temporary file behind. Neither leaves a backup anyone can see.
     let dir = local.path().join(format!("copy/command/big/{id}"));
-    let started = std::time::Instant::now();
-    while !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none() {
-        assert!(started.elapsed().as_secs() < 30, "the copy never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    for signal in ["TERM", "KILL"] {
+        let copying = Watched::spawn(command(
+            "worker",
+            &[
+                "copy",
+                "--store",
+                source.url(),
+                "--to",
+                &dest,
+                "--log-format",
+                "text",
+            ],
+            &[],
+        ));
+        // The part's upload is under way once its temporary file appears.
+        let started = std::time::Instant::now();
+        while !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none() {
+            assert!(started.elapsed().as_secs() < 30, "the copy never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        copying.signal(signal);
+        let signalled = std::time::Instant::now();
+        let (status, _, err) = copying.finish();
+        assert!(!status.success(), "{signal}: {err}");
+        if signal == "TERM" {
+            assert_eq!(status.code(), Some(2), "{err}");
+            assert!(
+                signalled.elapsed() < std::time::Duration::from_secs(10),
+                "still copying {:?} after SIGTERM",
+                signalled.elapsed()
+            );
+        }
+        assert!(!dir.join("manifest.json").exists(), "{signal}");
     }
-    killed.kill();
-    let (status, _, _) = killed.finish();
-    assert!(!status.success());
-    assert!(!dir.join("manifest.json").exists());
     let out = run("kubectl-dr", &["list", "-o", "json", "--store", &dest], &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "[]");

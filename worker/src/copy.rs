@@ -430,9 +430,22 @@ impl Copy<'_> {
             let _ = tx.send(BodyChunk::End).await;
             Ok(())
         };
-        let (uploaded, fed) = tokio::join!(upload, feed);
-        fed?;
-        uploaded?;
+        // The upload is always awaited to its end (dropped half-way it would leave an open
+        // multipart upload behind); the read is dropped when the upload ends first (SIGTERM,
+        // a store error), so a stalled source never holds a shutdown.
+        tokio::pin!(upload);
+        tokio::select! {
+            fed = feed => {
+                let uploaded = upload.await;
+                fed?;
+                uploaded?;
+            }
+            uploaded = &mut upload => {
+                // Ended before the read did: only with an error, or after `End`, which is
+                // sent once every byte matched.
+                uploaded?;
+            }
+        }
         Ok(())
     }
 }
