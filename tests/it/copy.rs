@@ -54,27 +54,23 @@ async fn three_backups(keys: &Keys) -> (TestStore, String, Vec<u8>) {
     (source, db, payload)
 }
 
+/// `kubectl dr verify latest` of one series in `dest`, with the key: intact (exit 0).
+fn verify_latest(dest: &str, keys: &Keys, engine: &str, target: &str, env: &[(&str, &str)]) {
+    let mut verify = dr("kubectl-dr")
+        .args(["verify", "latest", "--engine", engine, "--target", target])
+        .identity(keys)
+        .args(["--store", dest]);
+    for (k, v) in env {
+        verify = verify.env(k, v);
+    }
+    verify.run().assert_exit(0, "intact");
+}
+
 /// The copy at `dest` verifies (key and signer) and its newest command backup restores
 /// `payload`.
 fn assert_copy_is_whole(dest: &str, keys: &Keys, env: &[(&str, &str)], payload: &[u8]) {
     for (engine, target) in [("command", "files"), ("postgres", "app")] {
-        let out = run(
-            "kubectl-dr",
-            &[
-                "verify",
-                "latest",
-                "--engine",
-                engine,
-                "--target",
-                target,
-                "-i",
-                keys.identity.to_str().unwrap(),
-                "--store",
-                dest,
-            ],
-            env,
-        );
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        verify_latest(dest, keys, engine, target, env);
     }
     let restored = keys.dir.path().join("restored.bin");
     let out = run(
@@ -144,23 +140,13 @@ async fn copies_verify_and_restore_and_a_rerun_copies_nothing() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(report(&out)["copied"].as_array().unwrap().len(), 2);
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "latest",
-            "--engine",
-            "command",
-            "--target",
-            "files",
-            "-i",
-            keys.identity.to_str().unwrap(),
-            "--store",
-            &dest,
-        ],
+    verify_latest(
+        &dest,
+        &keys,
+        "command",
+        "files",
         &[("AWS_ENDPOINT_URL", &moto)],
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
     drop_database(&db).await;
 }
 
