@@ -11,7 +11,11 @@ signatures still match) and, at the rates given, instead:
   - forwards, answers the status and headers, sends half the body, and closes (a cut body).
 
 `--lose-once REGEX` loses the answer of the first request that matches (e.g.
-'^POST .*uploadId=' for a CompleteMultipartUpload). Deterministic for a seed. Prints `listening on PORT` once ready; counts each fault and
+'^POST .*uploadId=' for a CompleteMultipartUpload). `--full-after BYTES` answers 507
+Insufficient Storage (as MinIO does when its drives are full) to every write once the
+request bodies forwarded reach BYTES. A `Location` header naming the upstream (a GCS
+resumable session) is rewritten to name the front, so the session's requests pass it too.
+Any HTTP store works behind it (Azurite, fake-gcs-server). Deterministic for a seed. Prints `listening on PORT` once ready; counts each fault and
 prints the counts on SIGTERM / SIGINT (and to --stats-file after every request).
 
     scripts/faulty-s3.py --upstream 127.0.0.1:9000 --port 0 --slowdown 0.15 --cut 0.05 \
@@ -49,11 +53,14 @@ def main():
         metavar="REGEX",
         help="lose the answer of the first request whose 'METHOD PATH' matches (repeatable)",
     )
+    ap.add_argument("--full-after", type=int, default=-1, metavar="BYTES")
     ap.add_argument("--stats-file")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     lock = threading.Lock()
-    counts = {"requests": 0, "slowdown": 0, "reset": 0, "lost": 0, "cut": 0, "clean": 0}
+    counts = {"requests": 0, "slowdown": 0, "reset": 0, "lost": 0, "cut": 0, "clean": 0, "full": 0}
+    written = [0]
+    front = {}
     up_host, up_port = args.upstream.rsplit(":", 1)
 
     import re
@@ -119,7 +126,25 @@ def main():
         def handle_any(self):
             body = self.read_body()
             fault = decide(f"{self.command} {self.path}")
+            if args.full_after >= 0 and self.command in ("PUT", "POST") and body:
+                with lock:
+                    if written[0] + len(body) > args.full_after:
+                        counts["full"] += 1
+                        fault = "full"
+                    else:
+                        written[0] += len(body)
             try:
+                if fault == "full":
+                    xml = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>XMinioStorageFull</Code>'
+                        b"<Message>Storage backend has reached its minimum free drive threshold.</Message></Error>"
+                    )
+                    self.send_response(507)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
                 if fault == "slowdown":
                     xml = (
                         b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -136,9 +161,16 @@ def main():
                     return
                 conn = http.client.HTTPConnection(up_host, int(up_port), timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-                if "Content-Length" not in headers and body:
-                    headers["Content-Length"] = str(len(body))
-                conn.request(self.command, self.path, body=body, headers=headers)
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    # Sent on as it came: a Content-Length the client did not sign would
+                    # break a Shared Key signature (Azure signs that header).
+                    headers["Transfer-Encoding"] = "chunked"
+                    conn.request(self.command, self.path, body=iter([body] if body else []),
+                                 headers=headers, encode_chunked=True)
+                else:
+                    if not any(k.lower() == "content-length" for k in headers) and body:
+                        headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
@@ -147,6 +179,8 @@ def main():
                     return
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
+                    if k.lower() == "location":
+                        v = v.replace(f"{up_host}:{up_port}", f"127.0.0.1:{front['port']}")
                     if k.lower() not in HOP and k.lower() != "content-length":
                         self.send_header(k, v)
                 # A HEAD answer has no body but the object's length.
@@ -170,6 +204,7 @@ def main():
         allow_reuse_address = True
 
     server = Server(("127.0.0.1", args.port), Handler)
+    front["port"] = server.server_address[1]
 
     def stop(*_):
         with lock:

@@ -12,9 +12,9 @@ use dr_tests::*;
 use sha2::Digest;
 
 /// The faulty front, stopped on drop.
-struct Front {
+pub(crate) struct Front {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     stats: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -28,9 +28,13 @@ impl Drop for Front {
 
 impl Front {
     fn start(rates: &[(&str, &str)], seed: u32) -> Front {
+        Front::before(&svc("AWS_ENDPOINT_URL"), rates, seed)
+    }
+
+    /// A front before any HTTP store at `upstream` (`http://host:port`).
+    pub(crate) fn before(upstream: &str, rates: &[(&str, &str)], seed: u32) -> Front {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.json");
-        let upstream = svc("AWS_ENDPOINT_URL");
         let upstream = upstream.trim_start_matches("http://").to_string();
         let mut cmd = Command::new("python3");
         cmd.arg(repo_root().join("scripts/faulty-s3.py"))
@@ -59,7 +63,7 @@ impl Front {
         }
     }
 
-    fn stats(&self) -> serde_json::Value {
+    pub(crate) fn stats(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
     }
 }

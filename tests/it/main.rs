@@ -51,6 +51,7 @@ mod bad_input;
 #[macro_use]
 mod clickhouse;
 mod clickhouse_chain;
+mod clouds;
 mod command;
 mod compat;
 mod copy;

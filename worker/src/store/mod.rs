@@ -56,7 +56,7 @@ pub enum StoreError {
         key: String,
     },
     /// No answer from the store.
-    #[error("cannot reach {location}: {detail}; check the endpoint (AWS_ENDPOINT_URL / --store) and the network")]
+    #[error("cannot reach {location}: {detail}; check the store's endpoint (--store, and AWS_ENDPOINT_URL, AZURE_STORAGE_CONNECTION_STRING or STORAGE_EMULATOR_HOST where set) and the network")]
     Unreachable {
         /// The store (bucket and prefix, or directory).
         location: String,
