@@ -491,3 +491,36 @@ on_both_clouds!(
     command_round_trip_and_a_damaged_part,
     copies_arrive_whole,
 );
+
+/// `--object-lock` is S3's: on Azure Blob and GCS it is refused before anything is
+/// written, saying what to use instead.
+#[test]
+fn object_lock_is_refused_on_azure_and_gcs() {
+    let keys = Keys::generate();
+    for store in [TestStore::azure(), TestStore::gcs()] {
+        let out = run(
+            "worker",
+            &[
+                "backup",
+                "command",
+                "--target",
+                "t",
+                "--store",
+                store.url(),
+                "-r",
+                &keys.recipient,
+                "--object-lock",
+                "governance",
+                "--retain",
+                "1d",
+                "--",
+                "echo",
+                "x",
+            ],
+            &[],
+        );
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(stderr(&out).contains("immutability"), "{}", stderr(&out));
+        assert!(store.files().is_empty(), "{:?}", store.files());
+    }
+}

@@ -401,3 +401,101 @@ async fn prune_aborts_the_upload_a_killed_worker_left() {
         .unwrap();
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
 }
+
+/// `worker copy --object-lock` into a locked bucket on another server and account: every
+/// object of the copy is locked as asked, and the copy keeps its own retention: its prune
+/// holds the locked copy, while the primary's prune, with its own policy, deletes there.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_are_locked_and_each_store_prunes_by_its_own_policy() {
+    let keys = Keys::generate();
+    let source = TestStore::s3();
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let out = backup_command(&source, &keys, "locked", &["echo", &n.to_string()], &[]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        ids.push(stdout(&out).trim().to_string());
+        next_second().await;
+    }
+    let bucket = locked_bucket(false).await;
+    let dest = format!("s3://{bucket}/copy");
+    let moto = moto();
+    let copy_env = [
+        ("DR_COPY_AWS_ENDPOINT_URL", moto.as_str()),
+        ("DR_COPY_AWS_ACCESS_KEY_ID", "second"),
+        ("DR_COPY_AWS_SECRET_ACCESS_KEY", "account"),
+    ];
+    let out = run(
+        "worker",
+        &[
+            "copy",
+            "--store",
+            source.url(),
+            "--to",
+            &dest,
+            "--object-lock",
+            "governance",
+            "--retain",
+            "1h",
+        ],
+        &copy_env,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s3 = s3_client(&moto);
+    for id in &ids {
+        for file in [
+            "manifest.json",
+            "manifest.json.minisig",
+            "stdout.out.zst.age",
+        ] {
+            let head = s3
+                .head_object()
+                .bucket(&bucket)
+                .key(format!("copy/command/locked/{id}/{file}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{id}/{file}: {e:?}"));
+            assert_eq!(
+                head.object_lock_mode().map(|m| m.as_str()),
+                Some("GOVERNANCE"),
+                "{id}/{file}"
+            );
+            let until = head.object_lock_retain_until_date().unwrap().secs();
+            let now = chrono::Utc::now().timestamp();
+            assert!(
+                (now + 3000..=now + 3601).contains(&until),
+                "{file}: until {until}, now {now}"
+            );
+        }
+    }
+    // The copy's prune: the policy would delete the older one, the lock holds it.
+    let out = prune_keeping_one(&dest);
+    assert!(
+        stderr(&out).contains("held by object lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(keys_under(&bucket, "copy/command/locked/").await.len(), 6);
+    // The primary's prune, with its own policy, deletes at the primary only.
+    let out = run(
+        "worker",
+        &[
+            "prune",
+            "--store",
+            source.url(),
+            "--keep-last",
+            "1",
+            "--max-delete",
+            "100%",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let left: Vec<String> = list_json(&source)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec![ids[1].clone()]);
+    assert_eq!(keys_under(&bucket, "copy/command/locked/").await.len(), 6);
+}

@@ -141,8 +141,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct CopyArgs {
-    /// The destination store: s3://bucket/prefix or file:///absolute/dir (created if
-    /// missing).
+    /// The destination store: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix
+    /// or file:///absolute/dir (created if missing). Its credentials: the store's standard
+    /// variables with the prefix DR_COPY_ (DR_COPY_AWS_ACCESS_KEY_ID,
+    /// DR_COPY_AZURE_STORAGE_CONNECTION_STRING, DR_COPY_GOOGLE_APPLICATION_CREDENTIALS…),
+    /// each falling back to the unprefixed one.
     #[arg(long, env = "DR_COPY_TO", value_name = "URL")]
     to: String,
     /// Only backups of this engine.

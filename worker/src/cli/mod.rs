@@ -25,10 +25,14 @@ pub use logging::{init_logging, init_logging_to, LogFormat};
 /// Where backups live.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Backup store: s3://bucket/prefix or file:///absolute/dir.
+    /// Backup store: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or
+    /// file:///absolute/dir.
     ///
-    /// S3 credentials, region and endpoint come from the standard AWS variables
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    /// Credentials come from each cloud's standard variables: S3 from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL; Azure Blob from
+    /// AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY,
+    /// AZURE_STORAGE_SAS_TOKEN or workload identity; GCS from GOOGLE_APPLICATION_CREDENTIALS
+    /// or workload identity (STORAGE_EMULATOR_HOST for an emulator).
     #[arg(
         long,
         env = "DR_STORE",
@@ -110,7 +114,7 @@ impl StoreArgs {
     ) -> anyhow::Result<Arc<dyn DeleteStore>> {
         let text = self.store.as_deref().ok_or_else(|| {
             anyhow::anyhow!(
-                "no store given: pass --store s3://bucket/prefix (or file:///dir), or set DR_STORE"
+                "no store given: pass --store s3://bucket/prefix (or az://, gs://, file:///dir), or set DR_STORE"
             )
         })?;
         let url: StoreUrl = text.parse()?;
