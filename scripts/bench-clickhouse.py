@@ -7,8 +7,12 @@ memory (RSS of the process tree) of:
 
   curl '…?query=SELECT <columns> FROM t FORMAT Native' > /dev/null        reading it, nothing else
   curl '…?query=SELECT <columns> FROM t FORMAT TabSeparated' > /dev/null  the fallback format's cost
-  worker backup clickhouse (local store)                                   walk + zstd + age + store
+  curl … FORMAT Native | zstd -1 | age -r KEY | aws s3 cp - s3://…        the by-hand pipeline
+  worker backup clickhouse (the same S3 server)                            walk + zstd + age + S3
   worker backup clickhouse of the same rows plus an aggregate-state column (TabSeparated)
+
+The by-hand pipeline and the worker are run RUNS times (environment, default 3) in turns;
+the table shows medians and the spread (min-max).
 
 Usage (services from scripts/services.sh; builds release binaries):
 
@@ -27,7 +31,7 @@ It prints stored bytes and time per night side by side, and the restores.
 ClickHouse 26's engine behind scripts/chdb-front.py, stores them as SigNoz does, in a
 Map(LowCardinality(String), String).
 """
-import os, subprocess, sys, tempfile
+import json, os, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -86,47 +90,81 @@ def build_tsv(table, rows):
     return name
 
 
-def backup_one(worker, recipient, keep, everything):
-    """Runs the worker on one table of bench_ch (the others excluded)."""
-    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, ".dr-services")) as store:
+def backup_one(worker, recipient, keep, everything, store=None):
+    """Runs the worker on one table of bench_ch (the others excluded), into `store` (an
+    S3 URL) or a temporary directory."""
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, ".dr-services")) as tmp:
+        target = store or f"file://{tmp}"
         excludes = " ".join(f"--exclude 'bench_ch.{t}'" for t in everything if t != keep)
         result = measure(f"CLICKHOUSE_URL={URL} DR_LOG_FORMAT=json {worker} backup clickhouse --target bench "
                          f"--database bench_ch {excludes} --exclude 'bench_ch.*_building' "
-                         f"--store file://{store} -r {recipient} > /dev/null")
-        stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs)
+                         f"--store {target} -r {recipient} > /dev/null")
+        if store:
+            listed = subprocess.run([os.path.join(os.path.dirname(worker), "kubectl-dr"), "list", "--store", store,
+                                     "-o", "json"], env=ENV, capture_output=True, text=True, check=True).stdout
+            stored = json.loads(listed)[-1]["size_bytes"]
+        else:
+            stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
     return result, stored
+
+
+def spread(runs):
+    secs = [r[0] for r in runs]
+    return statistics.median(secs), min(secs), max(secs)
 
 
 def main():
     sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")] or [1_000_000, 20_000_000]
+    runs = int(os.environ.get("RUNS", "3"))
     subprocess.run(["cargo", "build", "--release", "--bins", "--quiet"], cwd=ROOT, check=True)
     worker = os.path.join(ROOT, "target", "release", "worker")
     key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
     recipient = next(l.split(": ")[1] for l in key.splitlines() if l.startswith("# public key"))
+    bucket = ENV["DR_TEST_BUCKET"]
+    prefix = f"bench-ch-{int(time.time())}"
     results = []
-    for rows in sizes:
-        table = f"logs_{rows}"
-        build(table, rows)
-        agg = build_tsv(table, rows) if rows <= 1_000_000 else None
-        native = int(ch(f"SELECT count() FROM bench_ch.{table}"))
-        assert native == rows, (native, rows)
-        everything = ch("SELECT name FROM system.tables WHERE database = 'bench_ch'").split()
-        plain = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary "
-                        f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT Native' > /dev/null")
-        tsv = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary "
-                      f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT TabSeparated' > /dev/null")
-        ours, stored = backup_one(worker, recipient, table, everything)
-        agg_run = backup_one(worker, recipient, agg, everything) if agg else None
-        results.append((rows, plain, tsv, ours, stored, agg_run))
+    try:
+        for rows in sizes:
+            table = f"logs_{rows}"
+            build(table, rows)
+            agg = build_tsv(table, rows) if rows <= 1_000_000 else None
+            native = int(ch(f"SELECT count() FROM bench_ch.{table}"))
+            assert native == rows, (native, rows)
+            everything = ch("SELECT name FROM system.tables WHERE database = 'bench_ch'").split()
+            select = f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT Native'"
+            plain = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary {select} > /dev/null")
+            tsv = measure(f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary "
+                          f"'SELECT {COLUMNS} FROM bench_ch.{table} FORMAT TabSeparated' > /dev/null")
+            hand_key = f"{prefix}/hand-{rows}.native.zst.age"
+            hand, ours, stored = [], [], 0
+            for n in range(runs):
+                hand.append(measure(
+                    f"curl -sS --fail -u '{AUTH}' '{URL}' --data-binary {select} | zstd -1 -q | "
+                    f"age -r {recipient} | aws --endpoint-url $AWS_ENDPOINT_URL s3 cp --quiet - s3://{bucket}/{hand_key}"))
+                run, stored = backup_one(worker, recipient, table, everything, f"s3://{bucket}/{prefix}/w{rows}")
+                ours.append(run)
+            hand_stored = int(subprocess.run(
+                f"aws --endpoint-url $AWS_ENDPOINT_URL s3api head-object --bucket {bucket} --key {hand_key} "
+                "--query ContentLength --output text", shell=True, env=ENV, capture_output=True, text=True,
+                check=True).stdout)
+            agg_run = backup_one(worker, recipient, agg, everything) if agg else None
+            results.append((rows, plain, tsv, hand, hand_stored, ours, stored, agg_run))
+    finally:
+        subprocess.run(f"aws --endpoint-url $AWS_ENDPOINT_URL s3 rm --quiet --recursive s3://{bucket}/{prefix}",
+                       shell=True, env=ENV, check=False)
     server = "ClickHouse 18.16 server" if LEGACY else "ClickHouse 26 engine (chdb front)"
-    print(f"\n{server}")
-    print(f"{'rows':>12}  {'curl Native':>12}  {'curl TSV':>10}  {'worker':>10}  {'ratio':>6}  "
-          f"{'worker peak RSS':>16}  {'stored':>10}  {'TSV-path worker':>16}  {'TSV stored':>10}")
-    for rows, plain, tsv, ours, stored, agg_run in results:
-        agg_time = f"{agg_run[0][0]:>14.1f} s" if agg_run else f"{'-':>16}"
-        agg_stored = f"{agg_run[1] / 1048576:>6.1f} MiB" if agg_run else f"{'-':>10}"
-        print(f"{rows:>12}  {plain[0]:>10.1f} s  {tsv[0]:>8.1f} s  {ours[0]:>8.1f} s  {ours[0] / plain[0]:>5.2f}×  "
-              f"{ours[2]:>12.1f} MiB  {stored / 1048576:>6.1f} MiB  {agg_time}  {agg_stored}")
+    print(f"\n{server}, {os.cpu_count()} cores; by hand and worker: median (min-max) of {runs} runs in turns, "
+          "both into the services' S3")
+    print(f"{'rows':>12}  {'curl Native':>11}  {'curl TSV':>8}  {'by hand (curl|zstd|age|aws)':>28}  "
+          f"{'worker':>20}  {'ratio':>6}  {'peak RSS hand/worker':>21}  {'stored hand/worker':>20}  "
+          f"{'TSV-path worker':>15}")
+    for rows, plain, tsv, hand, hand_stored, ours, stored, agg_run in results:
+        h, w = spread(hand), spread(ours)
+        agg_time = f"{agg_run[0][0]:>13.1f} s" if agg_run else f"{'-':>15}"
+        print(f"{rows:>12}  {plain[0]:>9.1f} s  {tsv[0]:>6.1f} s  {h[0]:>12.1f} s ({h[1]:.1f}-{h[2]:.1f})  "
+              f"{w[0]:>6.1f} s ({w[1]:.1f}-{w[2]:.1f})  {w[0] / h[0]:>5.2f}×  "
+              f"{max(r[1] for r in hand):>8.0f} / {max(r[2] for r in ours):>5.0f} MiB  "
+              f"{hand_stored / 1048576:>7.1f} / {stored / 1048576:>6.1f} MiB  {agg_time}")
 
 
 TABLES = {

@@ -12,7 +12,7 @@ def load_env():
     for line in open(path):
         if line.startswith("export "):
             k, v = line[7:].strip().split("=", 1)
-            env[k] = v
+            env[k] = v.strip("'")
     return env
 
 
