@@ -104,7 +104,7 @@ def stats(runs):
     return statistics.median(secs), min(secs), max(secs)
 
 
-TIMING = re.compile(r"^\s+([a-zA-Z0-9 ]+?)\s+([0-9.]+) s", re.M)
+TIMING = re.compile(r"^  (\S.*?)\s+([0-9.]+) s$", re.M)
 
 
 def main():

@@ -294,9 +294,23 @@ async fn a_forbidden_kind_names_the_rule_it_needs_and_commits_nothing() {
 
 type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
 
+/// Every object the source cluster's backup holds, at its path in the target.
+const ALL_OBJECTS: [&str; 8] = [
+    "/api/v1/namespaces/shop",
+    "/api/v1/namespaces/kube-dr",
+    "/api/v1/namespaces/shop/secrets/db-credentials",
+    "/api/v1/namespaces/shop/configmaps/settings",
+    "/api/v1/namespaces/shop/services/web",
+    "/apis/apps/v1/namespaces/shop/deployments/web",
+    "/apis/argoproj.io/v1alpha1/namespaces/argocd/appprojects/shop",
+    "/apis/argoproj.io/v1alpha1/namespaces/argocd/applications/shop-app",
+];
+
 /// A new cluster to restore into: discovery as above, the objects at `existing` paths
-/// present (all of them with `all_exist`), every PATCH recorded and then present.
-async fn target_cluster(existing: &[&str], all_exist: bool) -> (String, Calls) {
+/// present, every PATCH recorded and then present. A collection is listed (`?limit=`) in
+/// pages of `page` objects (1 exercises paging); a GET of one object is answered too, but a
+/// restore should never need one.
+async fn target_cluster(existing: &[&str], page: usize) -> (String, Calls) {
     let calls: Calls = Arc::default();
     let log = calls.clone();
     let present: Arc<Mutex<Vec<String>>> =
@@ -309,18 +323,54 @@ async fn target_cluster(existing: &[&str], all_exist: bool) -> (String, Calls) {
         if path == "/version" {
             return (200, br#"{"gitVersion":"v1.34.0"}"#.to_vec());
         }
-        let object = path.split('?').next().unwrap().to_string();
+        let (object, query) = path.split_once('?').unwrap_or((path, ""));
+        if method == "GET" && query.starts_with("limit=") {
+            // The objects directly in this collection, one a page: `continue` is the index.
+            let start: usize = query
+                .split("continue=")
+                .nth(1)
+                .map_or(0, |c| c.parse().unwrap());
+            let mut names: Vec<String> = present
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("{object}/")))
+                .filter(|rest| !rest.contains('/'))
+                .map(str::to_string)
+                .collect();
+            names.sort();
+            let items: Vec<Value> = names.iter().skip(start).take(page).map(|n| object_named(n)).collect();
+            let next = if start + page < names.len() { (start + page).to_string() } else { String::new() };
+            return (200, serde_json::to_vec(&list(items, &next)).unwrap());
+        }
         match method {
             "PATCH" => {
-                present.lock().unwrap().push(object);
+                present.lock().unwrap().push(object.to_string());
                 (200, body.as_bytes().to_vec())
             }
-            _ if all_exist || present.lock().unwrap().contains(&object) => (200, br#"{"kind":"X"}"#.to_vec()),
+            _ if present.lock().unwrap().iter().any(|p| p == object) => (200, br#"{"kind":"X"}"#.to_vec()),
             _ => (404, br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec()),
         }
     })
     .await;
     (url, calls)
+}
+
+fn object_named(name: &str) -> Value {
+    json!({"metadata": {"name": name}})
+}
+
+/// GETs of single objects (neither discovery, nor /version, nor a list).
+fn object_gets(calls: &Calls) -> Vec<String> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, p, _)| {
+            m == "GET" && !p.contains("?limit=") && p != "/version" && discovery(p, true).is_none()
+        })
+        .map(|(_, p, _)| p.clone())
+        .collect()
 }
 
 fn patches(calls: &Calls) -> Vec<(String, Value)> {
@@ -360,7 +410,7 @@ async fn a_restore_applies_in_order_skips_what_exists_and_drops_the_argo_finaliz
     };
 
     // A new cluster that already has namespace kube-dr; shop is renamed to shop2.
-    let (url, calls) = target_cluster(&["/api/v1/namespaces/kube-dr"], false).await;
+    let (url, calls) = target_cluster(&["/api/v1/namespaces/kube-dr"], 1).await;
     let config = kubeconfig(&url);
     let out = restore(&config, &["--namespace-map", "shop=shop2"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -399,9 +449,11 @@ async fn a_restore_applies_in_order_skips_what_exists_and_drops_the_argo_finaliz
         "{}",
         stdout(&out)
     );
+    // Existence and counts came from lists, never from a GET per object.
+    assert!(object_gets(&calls).is_empty(), "{:?}", object_gets(&calls));
 
     // Again into a cluster that has it all: nothing applied, nothing changed.
-    let (url, calls) = target_cluster(&[], true).await;
+    let (url, calls) = target_cluster(&ALL_OBJECTS, 1).await;
     let config = kubeconfig(&url);
     let out = restore(&config, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -412,9 +464,68 @@ async fn a_restore_applies_in_order_skips_what_exists_and_drops_the_argo_finaliz
     assert_eq!(patches(&calls).len(), 8, "{:?}", patches(&calls));
 
     // --dry-run: the plan, no write.
-    let (url, calls) = target_cluster(&[], false).await;
+    let (url, calls) = target_cluster(&[], 1).await;
     let out = restore(&kubeconfig(&url), &["--dry-run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("8 new"), "{}", stderr(&out));
     assert!(patches(&calls).is_empty());
+}
+
+/// The benchmark of issue 31 (`scripts/bench-kubernetes.sh` runs it; ignored in the suite):
+/// 10,000 ConfigMaps backed up from a scripted API server and restored into another, with
+/// the time of each and the requests per object. What it checks is the request pattern, not
+/// time: lists in pages of 500, one apply per object, no GET of a single object.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: scripts/bench-kubernetes.sh"]
+async fn ten_thousand_objects_in_pages_benchmark() {
+    const N: usize = 10_000;
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let source = fake_http(move |method, path, _body| {
+        log.lock().unwrap().push(format!("{method} {path}"));
+        let ok = |v: Value| (200, serde_json::to_vec(&v).unwrap());
+        match path {
+            "/version" => ok(json!({"gitVersion": "v1.33.1"})),
+            p if discovery(p, false).is_some() => discovery(p, false).unwrap(),
+            "/api/v1/namespaces?limit=500" => ok(list(vec![object("bench", None, json!({}))], "")),
+            p if p.starts_with("/api/v1/configmaps?limit=500") => {
+                let start: usize = p.split("continue=").nth(1).map_or(0, |c| c.parse().unwrap());
+                let items = (start..(start + 500).min(N))
+                    .map(|i| object(&format!("cm-{i:05}"), Some("bench"), json!({"data": {"k": format!("value {i}")}})))
+                    .collect();
+                let next = if start + 500 < N { (start + 500).to_string() } else { String::new() };
+                ok(list(items, &next))
+            }
+            p if p.contains("?limit=500") => ok(list(vec![], "")),
+            _ => (404, br#"{"kind":"Status","code":404,"message":"not found"}"#.to_vec()),
+        }
+    })
+    .await;
+    let (store, keys) = (TestStore::local(), Keys::generate());
+    let started = std::time::Instant::now();
+    let out = backup(&kubeconfig(&source), &store, &keys);
+    let backup_secs = started.elapsed().as_secs_f64();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let backup_requests = seen.lock().unwrap().len();
+
+    let (target, calls) = target_cluster(&[], 500).await;
+    let started = std::time::Instant::now();
+    let out = run(
+        "kubectl-dr",
+        &["restore", "latest", "-i", keys.identity.to_str().unwrap(), "--store", store.url(),
+          "--to", "cluster", "--no-progress"],
+        &[("KUBECONFIG", kubeconfig(&target).path().to_str().unwrap())],
+    );
+    let restore_secs = started.elapsed().as_secs_f64();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let objects = N + 1; // the ConfigMaps and their namespace
+    let restore_calls = calls.lock().unwrap().clone();
+    let patches = restore_calls.iter().filter(|(m, _, _)| m == "PATCH").count();
+    let lists = restore_calls.iter().filter(|(m, p, _)| m == "GET" && p.contains("?limit=")).count();
+    assert_eq!(patches, objects);
+    assert!(object_gets(&calls).is_empty(), "a GET per object: {:?}", &object_gets(&calls)[..3]);
+    println!("\nKubernetes objects, {objects} (10,000 ConfigMaps and their namespace), scripted API servers on loopback");
+    println!("{:10} {:>8} {:>10} {:>14}", "", "wall s", "requests", "per object");
+    println!("{:10} {:>8.1} {:>10} {:>14.3}", "backup", backup_secs, backup_requests, backup_requests as f64 / objects as f64);
+    println!("{:10} {:>8.1} {:>10} {:>14.3}   ({patches} applies, {lists} list pages)", "restore", restore_secs, restore_calls.len(), restore_calls.len() as f64 / objects as f64);
 }

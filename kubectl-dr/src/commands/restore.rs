@@ -233,6 +233,11 @@ pub struct RestoreCmd {
     )]
     pub(super) resume: bool,
 
+    /// Print where the time went when the restore ends: store read, sha256, age, zstd,
+    /// the wait on the restore tool, its run, ANALYZE and counts (see docs/PERFORMANCE.md).
+    #[arg(hide_short_help = true, long)]
+    pub(super) timings: bool,
+
     /// With --all: where the run records its chosen backups and verified steps.
     #[arg(hide_short_help = true, long, value_name = "FILE", requires = "all", help_heading = "Rebuild (--all)", default_value = super::restore_all::DEFAULT_STATE_FILE)]
     pub(super) state: std::path::PathBuf,
@@ -245,6 +250,7 @@ impl RestoreCmd {
         signers: &SignerArgs,
         progress: &dyn Progress,
     ) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let trust = signers.enforced()?;
         if self.all {
             return self.run_all(store, &trust, progress).await;
@@ -305,6 +311,9 @@ impl RestoreCmd {
             report: None,
         };
         let outcome = run.execute(prepared, 1, None, &mut counts).await;
+        if self.timings {
+            eprint!("{}", drkit::pipeline::timings::render(started.elapsed()));
+        }
         let Some(report) = counts.report else {
             // Nothing to compare (command backups: their size and sha256 were checked as
             // the stream ended; stdout may be the restored data itself), or a failed step.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::keys::Identities;
+use super::timings::{self, Stage, Timed};
 use crate::catalog::Compression;
 use crate::progress::ProgressBar;
 
@@ -140,7 +141,8 @@ fn stats(state: &Mutex<HashState>) -> CiphertextStats {
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.inner.read(buf) {
+        let inner = &mut self.inner;
+        let n = match timings::nested(Stage::StoreRead, || inner.read(buf)) {
             Ok(n) => n,
             Err(e) => {
                 self.state
@@ -151,7 +153,7 @@ impl<R: Read> Read for HashingReader<R> {
             }
         };
         let mut s = self.state.lock().expect("hash state poisoned");
-        s.hasher.update(&buf[..n]);
+        timings::nested(Stage::Sha256, || s.hasher.update(&buf[..n]));
         s.bytes += n as u64;
         if let Some(p) = &self.progress {
             p.inc(n as u64);
@@ -218,11 +220,13 @@ impl PlainReader {
             age::DecryptError::Io(e) => DecodeError::Transport(e.to_string()),
             other => DecodeError::Corrupt(other.to_string()),
         })?;
+        let decrypted = Timed::new(decrypted, Stage::Age);
         let inner: Box<dyn Read + Send> = match compression {
-            Compression::Zstd => Box::new(
+            Compression::Zstd => Box::new(Timed::new(
                 zstd::stream::read::Decoder::new(decrypted)
                     .map_err(|e| DecodeError::Corrupt(e.to_string()))?,
-            ),
+                Stage::Zstd,
+            )),
             Compression::None => Box::new(decrypted),
         };
         Ok(PlainReader {

@@ -13,6 +13,7 @@
 pub mod decode;
 pub mod encode;
 pub mod keys;
+pub mod timings;
 
 /// Length of an age file's prefix that fixes its payload key: the header (through its `---`
 /// MAC line) and the 16-byte payload nonce after it; `None` until `buf` holds all of it.

@@ -68,6 +68,16 @@ impl Resource {
             _ => format!("{}/{}/{name}", self.base(), self.plural),
         }
     }
+
+    /// The path its objects are listed at: in `namespace` when it is namespaced.
+    pub fn collection_path(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => {
+                format!("{}/namespaces/{ns}/{}", self.base(), self.plural)
+            }
+            _ => format!("{}/{}", self.base(), self.plural),
+        }
+    }
 }
 
 /// `/api/v1` for the core group version, `/apis/<gv>` for the others.

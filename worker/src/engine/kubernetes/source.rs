@@ -10,7 +10,7 @@ use crate::catalog::{PartFormat, TableCount};
 use crate::engine::{BackupRun, DumpOutcome, PartSpec, Source, SourceFailure};
 
 /// Objects per list request.
-const PAGE: u32 = 500;
+pub(super) const PAGE: u32 = 500;
 
 /// Flags of `worker backup kubernetes` (the cluster: in-cluster service account, or
 /// KUBECONFIG).

@@ -20,6 +20,7 @@ use crate::catalog::{Part, Section, TableCount};
 use crate::engine::child::{self, ChildError, StdinChild};
 use crate::engine::RestoreCtx;
 use crate::pipeline::decode::PlainReader;
+use crate::pipeline::timings::{self, Stage};
 use crate::store::StoreError;
 use crate::verify::{stream_withheld, Verified, VerifyError};
 
@@ -371,8 +372,18 @@ async fn analyze_and_count(plan: &RestorePlan) -> Result<Vec<TableCount>, Restor
         plan.target.connect(&plan.database).await?,
     );
     let (analyzed, counts) = tokio::join!(
-        analyzing.batch_execute("ANALYZE"),
-        count_tables(&counting, &plan.target)
+        async {
+            let started = std::time::Instant::now();
+            let done = analyzing.batch_execute("ANALYZE").await;
+            timings::add(Stage::Analyze, started.elapsed());
+            done
+        },
+        async {
+            let started = std::time::Instant::now();
+            let done = count_tables(&counting, &plan.target).await;
+            timings::add(Stage::Counts, started.elapsed());
+            done
+        }
     );
     analyzed.map_err(|e| plan.target.query_error("ANALYZE after restore", &e))?;
     Ok(counts?)
@@ -541,11 +552,14 @@ fn feed(
     backup: &str,
     part: &Part,
 ) -> Result<(), RestoreError> {
+    let started = std::time::Instant::now();
     let mut restore = StdinChild::spawn(cmd).map_err(RestoreError::Tool)?;
     stream_withheld(plain, backup, part, |chunk, _| {
-        restore.write_all(chunk).map_err(RestoreError::Tool)
+        timings::nested(Stage::ToolWait, || restore.write_all(chunk)).map_err(RestoreError::Tool)
     })?;
-    let warnings = restore.close().map_err(RestoreError::Tool)?;
+    let warnings = restore.close().map_err(RestoreError::Tool);
+    timings::add(Stage::Load, started.elapsed());
+    let warnings = warnings?;
     if !warnings.is_empty() {
         tracing::warn!(pg_restore = %warnings, "pg_restore warnings");
     }
