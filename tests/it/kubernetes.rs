@@ -489,15 +489,31 @@ async fn ten_thousand_objects_in_pages_benchmark() {
             p if discovery(p, false).is_some() => discovery(p, false).unwrap(),
             "/api/v1/namespaces?limit=500" => ok(list(vec![object("bench", None, json!({}))], "")),
             p if p.starts_with("/api/v1/configmaps?limit=500") => {
-                let start: usize = p.split("continue=").nth(1).map_or(0, |c| c.parse().unwrap());
+                let start: usize = p
+                    .split("continue=")
+                    .nth(1)
+                    .map_or(0, |c| c.parse().unwrap());
                 let items = (start..(start + 500).min(N))
-                    .map(|i| object(&format!("cm-{i:05}"), Some("bench"), json!({"data": {"k": format!("value {i}")}})))
+                    .map(|i| {
+                        object(
+                            &format!("cm-{i:05}"),
+                            Some("bench"),
+                            json!({"data": {"k": format!("value {i}")}}),
+                        )
+                    })
                     .collect();
-                let next = if start + 500 < N { (start + 500).to_string() } else { String::new() };
+                let next = if start + 500 < N {
+                    (start + 500).to_string()
+                } else {
+                    String::new()
+                };
                 ok(list(items, &next))
             }
             p if p.contains("?limit=500") => ok(list(vec![], "")),
-            _ => (404, br#"{"kind":"Status","code":404,"message":"not found"}"#.to_vec()),
+            _ => (
+                404,
+                br#"{"kind":"Status","code":404,"message":"not found"}"#.to_vec(),
+            ),
         }
     })
     .await;
@@ -512,20 +528,54 @@ async fn ten_thousand_objects_in_pages_benchmark() {
     let started = std::time::Instant::now();
     let out = run(
         "kubectl-dr",
-        &["restore", "latest", "-i", keys.identity.to_str().unwrap(), "--store", store.url(),
-          "--to", "cluster", "--no-progress"],
+        &[
+            "restore",
+            "latest",
+            "-i",
+            keys.identity.to_str().unwrap(),
+            "--store",
+            store.url(),
+            "--to",
+            "cluster",
+            "--no-progress",
+        ],
         &[("KUBECONFIG", kubeconfig(&target).path().to_str().unwrap())],
     );
     let restore_secs = started.elapsed().as_secs_f64();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let objects = N + 1; // the ConfigMaps and their namespace
     let restore_calls = calls.lock().unwrap().clone();
-    let patches = restore_calls.iter().filter(|(m, _, _)| m == "PATCH").count();
-    let lists = restore_calls.iter().filter(|(m, p, _)| m == "GET" && p.contains("?limit=")).count();
+    let patches = restore_calls
+        .iter()
+        .filter(|(m, _, _)| m == "PATCH")
+        .count();
+    let lists = restore_calls
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p.contains("?limit="))
+        .count();
     assert_eq!(patches, objects);
-    assert!(object_gets(&calls).is_empty(), "a GET per object: {:?}", &object_gets(&calls)[..3]);
+    assert!(
+        object_gets(&calls).is_empty(),
+        "a GET per object: {:?}",
+        &object_gets(&calls)[..3]
+    );
     println!("\nKubernetes objects, {objects} (10,000 ConfigMaps and their namespace), scripted API servers on loopback");
-    println!("{:10} {:>8} {:>10} {:>14}", "", "wall s", "requests", "per object");
-    println!("{:10} {:>8.1} {:>10} {:>14.3}", "backup", backup_secs, backup_requests, backup_requests as f64 / objects as f64);
-    println!("{:10} {:>8.1} {:>10} {:>14.3}   ({patches} applies, {lists} list pages)", "restore", restore_secs, restore_calls.len(), restore_calls.len() as f64 / objects as f64);
+    println!(
+        "{:10} {:>8} {:>10} {:>14}",
+        "", "wall s", "requests", "per object"
+    );
+    println!(
+        "{:10} {:>8.1} {:>10} {:>14.3}",
+        "backup",
+        backup_secs,
+        backup_requests,
+        backup_requests as f64 / objects as f64
+    );
+    println!(
+        "{:10} {:>8.1} {:>10} {:>14.3}   ({patches} applies, {lists} list pages)",
+        "restore",
+        restore_secs,
+        restore_calls.len(),
+        restore_calls.len() as f64 / objects as f64
+    );
 }

@@ -118,7 +118,11 @@ pub fn render(total: Duration) -> String {
     for (name, secs) in report() {
         out.push_str(&format!("  {name:32} {secs:8.2} s\n"));
     }
-    out.push_str(&format!("  {:32} {:8.2} s\n", "total (wall)", total.as_secs_f64()));
+    out.push_str(&format!(
+        "  {:32} {:8.2} s\n",
+        "total (wall)",
+        total.as_secs_f64()
+    ));
     out
 }
 
@@ -139,7 +143,11 @@ mod tests {
         };
         // zstd's own 30 ms, not the 90 ms its call took; age its 60 ms.
         assert!(delta(Stage::Zstd) >= Duration::from_millis(30));
-        assert!(delta(Stage::Zstd) < Duration::from_millis(55), "{:?}", delta(Stage::Zstd));
+        assert!(
+            delta(Stage::Zstd) < Duration::from_millis(55),
+            "{:?}",
+            delta(Stage::Zstd)
+        );
         assert!(delta(Stage::Age) >= Duration::from_millis(60));
     }
 }
