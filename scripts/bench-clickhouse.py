@@ -35,7 +35,7 @@ import json, os, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, measure  # noqa: E402
+from benchlib import ENV, bench_bucket, measure  # noqa: E402
 
 AUTH = f"{ENV['CLICKHOUSE_USER']}:{ENV['CLICKHOUSE_PASSWORD']}"
 LEGACY = "--legacy" in sys.argv
@@ -120,7 +120,7 @@ def main():
     worker = os.path.join(ROOT, "target", "release", "worker")
     key = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True).stdout
     recipient = next(l.split(": ")[1] for l in key.splitlines() if l.startswith("# public key"))
-    bucket = ENV["DR_TEST_BUCKET"]
+    bucket = bench_bucket()
     prefix = f"bench-ch-{int(time.time())}"
     results = []
     try:

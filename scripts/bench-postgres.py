@@ -36,7 +36,7 @@ import json, os, re, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, PG_BIN as BIN, WORDS_SQL, psql, query, measure  # noqa: E402
+from benchlib import ENV, PG_BIN as BIN, WORDS_SQL, bench_bucket, psql, query, measure  # noqa: E402
 
 
 def build_database(db, size_mib):
@@ -126,7 +126,7 @@ def main():
         key = os.path.join(work, "key.txt")
         subprocess.run(["age-keygen", "-o", key], check=True, capture_output=True)
         recipient = subprocess.run(["age-keygen", "-y", key], check=True, capture_output=True, text=True).stdout.strip()
-        bucket = ENV["DR_TEST_BUCKET"]
+        bucket = bench_bucket()
         prefix = f"bench-{int(time.time())}"
         dumpfile = os.path.join(work, "plain.dump")
         results = []
@@ -177,7 +177,7 @@ def main():
         counts = os.path.join(work, "counts.sql")
         with open(counts, "w") as f:
             f.writelines(f"SELECT count(*) FROM {t};\n" for t in tables(db))
-        after = "{psql} -q -c ANALYZE & {psql} -q -f " + counts + " >/dev/null; wait"
+        after = "{{ {psql} -q -c ANALYZE & {psql} -q -f " + counts + " >/dev/null; wait; }}"
         target = "postgres://$PGUSER@$PGHOST:$PGPORT/"
         restores = {}
         rows = [

@@ -20,7 +20,7 @@ import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from benchlib import ENV, measure  # noqa: E402
+from benchlib import ENV, bench_bucket, measure  # noqa: E402
 
 
 def free_port():
@@ -130,7 +130,7 @@ def main():
             subprocess.run(["age-keygen", "-o", key], check=True, capture_output=True)
             recipient = subprocess.run(["age-keygen", "-y", key], check=True, capture_output=True,
                                        text=True).stdout.strip()
-            bucket = ENV["DR_TEST_BUCKET"]
+            bucket = bench_bucket()
             prefix = f"bench-redis-{int(time.time())}"
             store = f"s3://{bucket}/{prefix}"
             rdb = os.path.join(work, "hand.rdb")
@@ -140,7 +140,7 @@ def main():
             def add(section, name, m):
                 rows[section].setdefault(name, []).append(m)
 
-            by_hand = (f"redis-cli -p {source.port} --rdb {rdb} >/dev/null && zstd -1 -q -c < {rdb} | age -r {recipient} | "
+            by_hand = (f"redis-cli -p {source.port} --rdb {rdb} >/dev/null 2>&1 && zstd -1 -q -c < {rdb} | age -r {recipient} | "
                        f"aws --endpoint-url $AWS_ENDPOINT_URL s3 cp --quiet - s3://{bucket}/{prefix}/hand.rdb.zst.age")
             worker = (f"{env} {rel}/worker backup redis --target bench --store {store} -r {recipient} "
                       "--log-format text 2>/dev/null >/dev/null")

@@ -108,3 +108,12 @@ def measure_with_cpu(cmd, **kw):
     return secs, peak_tree / 1024, peak_one / 1024, (busy1 - busy0) / max(1, total1 - total0)
 
 
+
+
+def bench_bucket():
+    """A bucket of the benchmarks' own: the tests' bucket holds thousands of objects, and
+    s3s-fs walks a bucket's directory to answer a listing, which would be timed too."""
+    name = "dr-bench"
+    subprocess.run(f"aws --endpoint-url $AWS_ENDPOINT_URL s3 mb s3://{name}", shell=True, env=ENV,
+                   capture_output=True)
+    return name
