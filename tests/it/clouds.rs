@@ -334,8 +334,10 @@ async fn a_faulty_network_never_makes_a_backup_lie(
     }
 }
 
-/// `worker copy --to` the cloud store from the services' S3: the copy verifies there and
-/// restores identical; a rerun copies nothing.
+/// `worker copy --to` the cloud store from the services' S3: a command, a PostgreSQL and a
+/// ClickHouse backup; every copy verifies there (key and signer), a rerun copies nothing,
+/// and `restore --all --store <the copy>` rebuilds PostgreSQL and ClickHouse identical once
+/// the primary's backups are gone; the command backup restores byte for byte.
 async fn copies_arrive_whole(dest: TestStore) {
     let keys = Keys::generate();
     let source = TestStore::s3();
@@ -350,7 +352,57 @@ async fn copies_arrive_whole(dest: TestStore) {
         &[],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    for expected in [1, 0] {
+    let db = unique("copypg");
+    create_database(&db).await;
+    let client = pg_connect(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) g",
+        )
+        .await
+        .unwrap();
+    backup_postgres(&source, &keys, "app", &db, &[]);
+    let server = Server::modern();
+    let chdb = unique("copych");
+    server.ch(&format!("CREATE DATABASE {chdb}")).await;
+    server
+        .ch(&format!("CREATE TABLE {chdb}.e (d Date, v UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY v"))
+        .await;
+    server
+        .ch(&format!("INSERT INTO {chdb}.e SELECT toDate('2026-10-01') + number % 60, number FROM numbers(200000)"))
+        .await;
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "clickhouse",
+            "--target",
+            "ch",
+            "--database",
+            &chdb,
+            "--store",
+            source.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &[("CLICKHOUSE_URL", &server.url)],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // The destination's own account through DR_COPY_…: the unprefixed variable points at a
+    // closed port, so a copy that read it would fail.
+    let own = match &dest {
+        TestStore::Azure { .. } => "AZURE_STORAGE_CONNECTION_STRING",
+        _ => "STORAGE_EMULATOR_HOST",
+    };
+    let closed = if own == "STORAGE_EMULATOR_HOST" {
+        "http://127.0.0.1:1".to_string()
+    } else {
+        "AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1".to_string()
+    };
+    let (prefixed, good) = (format!("DR_COPY_{own}"), svc(own));
+    let copy_env = [(own, closed.as_str()), (prefixed.as_str(), good.as_str())];
+    for expected in [3, 0] {
         let out = run(
             "worker",
             &[
@@ -362,7 +414,7 @@ async fn copies_arrive_whole(dest: TestStore) {
                 "-o",
                 "json",
             ],
-            &[],
+            &copy_env,
         );
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
@@ -371,16 +423,74 @@ async fn copies_arrive_whole(dest: TestStore) {
             expected,
             "{report}"
         );
+        if expected == 0 {
+            assert!(stderr(&out).contains("nothing to copy"), "{}", stderr(&out));
+        }
     }
     let id = keys.identity.to_str().unwrap();
+    for (engine, target) in [
+        ("command", "files"),
+        ("postgres", "app"),
+        ("clickhouse", "ch"),
+    ] {
+        let out = dr_on(
+            &dest,
+            &[
+                "verify", "latest", "-i", id, "--engine", engine, "--target", target,
+            ],
+            &[],
+        );
+        assert_eq!(code(&out), 0, "{engine}: {}", stderr(&out));
+    }
+
+    // The primary is gone: the rebuild works from the copy alone.
+    let primary = source.open().await;
+    for o in primary.list("").await.unwrap() {
+        primary.delete(&o.key).await.unwrap();
+    }
+    let pg_into = format!("{db}_fromcopy");
+    let state = keys.dir.path().join("state.json").display().to_string();
+    let ch_into = format!("{chdb}_fromcopy");
     let out = dr_on(
         &dest,
         &[
-            "verify", "latest", "-i", id, "--engine", "command", "--target", "files",
+            "restore",
+            "--all",
+            "-i",
+            id,
+            "--engine",
+            "postgres",
+            "--engine",
+            "clickhouse",
+            "--to",
+            &format!("postgres={}", pg_url(&pg_into)),
+            "--to",
+            &format!("clickhouse={}", server.url),
+            "--database-map",
+            &format!("{chdb}={ch_into}"),
+            "--yes",
+            "--state",
+            &state,
         ],
         &[],
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        pg_fingerprint(&pg_connect(&pg_into).await).await,
+        pg_fingerprint(&client).await
+    );
+    let content = |d: String| {
+        let server = server.clone();
+        async move {
+            server
+                .ch(&format!(
+                    "SELECT count(), sum(v), groupBitXor(cityHash64(d, v)) FROM {d}.e"
+                ))
+                .await
+        }
+    };
+    assert_eq!(content(ch_into.clone()).await, content(chdb.clone()).await);
+
     let restored = keys.dir.path().join("restored.bin");
     let to_file = format!("cat > {}", restored.display());
     let out = dr_on(
@@ -407,6 +517,13 @@ async fn copies_arrive_whole(dest: TestStore) {
         std::fs::read(&restored).unwrap() == payload,
         "restored bytes differ"
     );
+    drop(client);
+    for d in [&db, &pg_into] {
+        drop_database(d).await;
+    }
+    for d in [chdb, ch_into] {
+        server.ch(&format!("DROP DATABASE {d}")).await;
+    }
 }
 
 /// Azurite behind a front: its connection string names the front.

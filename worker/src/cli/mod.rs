@@ -104,7 +104,12 @@ impl StoreArgs {
             object_lock: None,
             env_prefix: None,
         };
-        Ok(store::stores_beside(&url, &opts).await?)
+        let is_engine = |name: &str| {
+            crate::catalog::Engine::KNOWN
+                .iter()
+                .any(|e| e.as_str() == name)
+        };
+        Ok(store::stores_beside(&url, &opts, &is_engine).await?)
     }
 
     async fn open_with(

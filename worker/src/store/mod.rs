@@ -578,30 +578,45 @@ pub async fn open(
 
 /// S3 stores beside `url` (under its parent prefix) that hold backups, as store URLs: what
 /// `list` suggests when the store given is empty, since a typo in an S3 prefix names an
-/// empty store rather than a missing one. At most 10; the store itself is never among
-/// them; none for a local directory (a mistyped one does not exist, which is an error).
+/// empty store rather than a missing one. A sibling holds backups when one of its
+/// directories is an engine's (`is_engine`: the store knows no engines). At most 10; the
+/// store itself is never among them; none for a local directory (a mistyped one does not
+/// exist, which is an error).
+///
+/// Bounded: one listing of the parent's directories (a page) and one of each of the first
+/// [`SIBLINGS_ASKED`] of them; a bucket of millions of objects is never walked (it once
+/// was, and `list` of an empty prefix took minutes in a big bucket).
 ///
 /// # Errors
 /// The parent's listing errors.
-pub async fn stores_beside(url: &StoreUrl, s3: &S3Options) -> Result<Vec<String>, StoreError> {
-    /// `<engine>/<target>/<id>/manifest.json` below a store's root.
-    const DEPTH: usize = 4;
+pub async fn stores_beside(
+    url: &StoreUrl,
+    s3: &S3Options,
+    is_engine: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<String>, StoreError> {
     let mut found = std::collections::BTreeSet::new();
     match url {
         StoreUrl::S3 { bucket, prefix } => {
             let parent = prefix.rsplit_once('/').map_or("", |(p, _)| p);
             let store = s3::S3Store::from_env(bucket, parent, s3).await;
-            for o in store.list("").await? {
-                let segments: Vec<&str> = o.key.split('/').collect();
-                if segments.len() > DEPTH && o.key.ends_with("/manifest.json") {
-                    let child = segments[..segments.len() - DEPTH].join("/");
-                    let full = if parent.is_empty() {
-                        child
-                    } else {
-                        format!("{parent}/{child}")
-                    };
-                    if full != *prefix {
-                        found.insert(format!("s3://{bucket}/{full}"));
+            for child in store.dirs("").await?.into_iter().take(SIBLINGS_ASKED) {
+                let full = if parent.is_empty() {
+                    child.clone()
+                } else {
+                    format!("{parent}/{child}")
+                };
+                if full == *prefix {
+                    continue;
+                }
+                if store
+                    .dirs(&format!("{child}/"))
+                    .await?
+                    .iter()
+                    .any(|d| is_engine(d))
+                {
+                    found.insert(format!("s3://{bucket}/{full}"));
+                    if found.len() == 10 {
+                        break;
                     }
                 }
             }
@@ -609,11 +624,14 @@ pub async fn stores_beside(url: &StoreUrl, s3: &S3Options) -> Result<Vec<String>
         // A mistyped directory does not exist, which is an error already; an existing empty
         // one is a new store (and /tmp holds many unrelated ones).
         StoreUrl::Local { .. } => {}
-        // Listing a whole container or bucket to guess at typos is for S3 only, for now.
+        // Guessing at typos is for S3 only, for now.
         StoreUrl::Azure { .. } | StoreUrl::Gcs { .. } => {}
     }
-    Ok(found.into_iter().take(10).collect())
+    Ok(found.into_iter().collect())
 }
+
+/// How many sibling directories [`stores_beside`] asks about.
+pub const SIBLINGS_ASKED: usize = 50;
 
 #[cfg(test)]
 mod tests {

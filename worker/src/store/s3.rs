@@ -285,6 +285,38 @@ impl S3Store {
         .map_err(|e| self.map_err(op, key, e))
     }
 
+    /// The directories directly under `prefix` (which is empty or ends in `/`): one page
+    /// of a delimited listing, at most 1,000, names without the prefix or the slash.
+    ///
+    /// # Errors
+    /// Unreachable store, denied listing.
+    pub async fn dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let full = self.bucket_key(prefix);
+        let full = if full.is_empty() || full.ends_with('/') {
+            full
+        } else {
+            format!("{full}/")
+        };
+        let page = patiently(|| {
+            self.client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .delimiter("/")
+                .send()
+        })
+        .await
+        .map_err(|e| self.map_err("list", prefix, e))?;
+        Ok(page
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix())
+            .filter_map(|p| p.strip_prefix(full.as_str()))
+            .map(|p| p.trim_end_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .collect())
+    }
+
     /// Checks that the object now stored under `key` has the size that was sent.
     async fn check_stored(&self, key: &str, sent: u64) -> Result<(), StoreError> {
         let head = self.head(key, "check").await?;
