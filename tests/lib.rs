@@ -135,6 +135,20 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Deterministic, incompressible-looking bytes (xorshift), so what a store holds is as large
+/// as what was sent.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A fresh, unique lowercase name.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{:08x}", rand::rng().random::<u32>())

@@ -169,19 +169,6 @@ async fn clickhouse_round_trip(store: TestStore) {
     }
 }
 
-/// Incompressible bytes (xorshift), so what is stored is as large as what is sent.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A command's output: restored byte for byte; a flipped byte in the stored part is named
 /// by verify (exit 1) and refused by restore, which writes nothing.
 async fn command_round_trip_and_a_damaged_part(store: TestStore) {

@@ -4,23 +4,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dr_tests::{unique, TestStore};
+use dr_tests::{noise, unique, TestStore};
 use drkit::store::{BodyChunk, DeleteStore, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Deterministic, incompressible-looking bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Sends `bytes` in 1 MiB chunks, then `End` if asked.
 fn feed(bytes: Vec<u8>, end: bool) -> mpsc::Receiver<BodyChunk> {
@@ -49,7 +36,7 @@ async fn get_all(store: &dyn DeleteStore, key: &str) -> Vec<u8> {
 async fn streams_round_trip_across_parts(t: TestStore) {
     let store = t.open().await;
     // 20 MiB + a tail: three multipart parts on S3, the last one short.
-    let body = data(20 * 1024 * 1024 + 12345, 1);
+    let body = noise(20 * 1024 * 1024 + 12345, 1);
     let n = store
         .put_stream(
             "a/big.bin",
@@ -102,7 +89,7 @@ async fn stream_without_end_leaves_nothing(t: TestStore) {
         let err = store
             .put_stream(
                 "x/partial",
-                feed(data(len, 2), false),
+                feed(noise(len, 2), false),
                 &CancellationToken::new(),
             )
             .await
@@ -123,7 +110,7 @@ async fn cancellation_aborts_the_upload(t: TestStore) {
         let (store, cancel) = (store.clone(), cancel.clone());
         tokio::spawn(async move { store.put_stream("c/obj", rx, &cancel).await })
     };
-    for chunk in data(12 * 1024 * 1024, 3).chunks(1 << 20) {
+    for chunk in noise(12 * 1024 * 1024, 3).chunks(1 << 20) {
         tx.send(BodyChunk::Data(Bytes::copy_from_slice(chunk)))
             .await
             .unwrap();

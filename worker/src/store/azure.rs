@@ -376,7 +376,7 @@ pub(crate) fn map_err(
     key: &str,
     e: object_store::Error,
 ) -> StoreError {
-    let detail = scrub(&chain(&e));
+    let detail = scrub(&super::error_chain(&e));
     match e {
         object_store::Error::NotFound { .. } => StoreError::NotFound {
             location: location.to_string(),
@@ -405,21 +405,6 @@ pub(crate) fn map_err(
             detail,
         },
     }
-}
-
-/// The error and its causes, each once.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// A message with the values of `sig=` (SAS signatures) replaced: object_store puts the
@@ -484,34 +469,14 @@ impl ReadStore for AzureStore {
             .get(&path)
             .await
             .map_err(|e| self.map_err("download", key, e))?;
-        let (location, key) = (self.location.clone(), key.to_string());
-        let stream = got.into_stream();
-        let chunks = futures::stream::unfold(Some(stream), move |state| {
-            let (location, key) = (location.clone(), key.clone());
-            async move {
-                let mut stream = state?;
-                match tokio::time::timeout(BODY_IDLE, stream.next()).await {
-                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => Some((
-                        Err(std::io::Error::other(map_err(
-                            &location, "download", &key, e,
-                        ))),
-                        None,
-                    )),
-                    Err(_) => Some((
-                        Err(std::io::Error::other(format!(
-                            "download of {key} from {location} stalled: no byte for {} s",
-                            BODY_IDLE.as_secs()
-                        ))),
-                        None,
-                    )),
-                }
-            }
-        });
-        Ok(Box::pin(super::rate::Limited::new(
-            tokio_util::io::StreamReader::new(Box::pin(chunks)),
-        )))
+        let (location, name) = (self.location.clone(), key.to_string());
+        Ok(super::idle_reader(
+            got.into_stream(),
+            BODY_IDLE,
+            self.location.clone(),
+            key.to_string(),
+            move |e| map_err(&location, "download", &name, e).to_string(),
+        ))
     }
 
     async fn pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {

@@ -32,12 +32,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::sync::{mpsc, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::error_chain as chain;
 use super::{
     BodyChunk, DeleteStore, ObjectMeta, ObjectReader, PendingUpload, ReadStore, StoreError,
     WriteStore,
@@ -613,21 +613,6 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(200u64 << attempt.min(5)).min(Duration::from_secs(4))
 }
 
-/// The error and its causes, each once.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let s = cause.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        next = cause.source();
-    }
-    out
-}
-
 #[async_trait]
 impl ReadStore for GcsStore {
     fn location(&self) -> &str {
@@ -710,35 +695,16 @@ impl ReadStore for GcsStore {
             }
             tokio::time::sleep(backoff(attempt)).await;
         };
-        let (location, key) = (self.location.clone(), key.to_string());
-        let stream = resp.bytes_stream();
-        let chunks = futures::stream::unfold(Some(stream), move |state| {
-            let (location, key) = (location.clone(), key.clone());
-            async move {
-                let mut stream = state?;
-                match tokio::time::timeout(BODY_IDLE, stream.next()).await {
-                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => Some((
-                        Err(std::io::Error::other(format!(
-                            "download of {key} from {location} was cut: {}",
-                            chain(&e)
-                        ))),
-                        None,
-                    )),
-                    Err(_) => Some((
-                        Err(std::io::Error::other(format!(
-                            "download of {key} from {location} stalled: no byte for {} s",
-                            BODY_IDLE.as_secs()
-                        ))),
-                        None,
-                    )),
-                }
-            }
-        });
-        Ok(Box::pin(super::rate::Limited::new(
-            tokio_util::io::StreamReader::new(Box::pin(chunks)),
-        )))
+        let (location, name) = (self.location.clone(), key.to_string());
+        Ok(super::idle_reader(
+            resp.bytes_stream(),
+            BODY_IDLE,
+            self.location.clone(),
+            key.to_string(),
+            move |e: reqwest::Error| {
+                format!("download of {name} from {location} was cut: {}", chain(&e))
+            },
+        ))
     }
 
     async fn pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>, StoreError> {

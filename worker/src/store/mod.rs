@@ -248,6 +248,60 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The error and its causes, each once: what a client library wraps, unwrapped.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// A download's body as a reader, under the bandwidth limit: it fails when no chunk arrives
+/// for `idle` (a stalled body must not hang a restore for ever), and a transport error
+/// becomes what `describe` says of it.
+pub(crate) fn idle_reader<S, E>(
+    stream: S,
+    idle: std::time::Duration,
+    location: String,
+    key: String,
+    describe: impl Fn(E) -> String + Send + Sync + 'static,
+) -> ObjectReader
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: Send + 'static,
+{
+    use futures::StreamExt;
+    let describe = Arc::new(describe);
+    let chunks = futures::stream::unfold(Some(stream), move |state| {
+        let (location, key, describe) = (location.clone(), key.clone(), describe.clone());
+        async move {
+            let mut stream = state?;
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(describe(e))), None)),
+                Err(_) => Some((
+                    Err(std::io::Error::other(format!(
+                        "download of {key} from {location} stalled: no byte for {} s",
+                        idle.as_secs()
+                    ))),
+                    None,
+                )),
+            }
+        }
+    });
+    Box::pin(rate::Limited::new(tokio_util::io::StreamReader::new(
+        Box::pin(chunks),
+    )))
+}
+
 /// Listing and reading: all that list, verify and restore need.
 #[async_trait]
 pub trait ReadStore: Send + Sync + fmt::Debug {
