@@ -90,7 +90,7 @@ def build_tsv(table, rows):
     return name
 
 
-def backup_one(worker, recipient, keep, everything, store=None):
+def backup_one(worker, recipient, keep, everything, store=None, extra=""):
     """Runs the worker on one table of bench_ch (the others excluded), into `store` (an
     S3 URL) or a temporary directory."""
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, ".dr-services")) as tmp:
@@ -98,7 +98,7 @@ def backup_one(worker, recipient, keep, everything, store=None):
         excludes = " ".join(f"--exclude 'bench_ch.{t}'" for t in everything if t != keep)
         result = measure(f"CLICKHOUSE_URL={URL} DR_LOG_FORMAT=json {worker} backup clickhouse --target bench "
                          f"--database bench_ch {excludes} --exclude 'bench_ch.*_building' "
-                         f"--store {target} -r {recipient} > /dev/null")
+                         f"--store {target} -r {recipient} {extra} > /dev/null")
         if store:
             listed = subprocess.run([os.path.join(os.path.dirname(worker), "kubectl-dr"), "list", "--store", store,
                                      "-o", "json"], env=ENV, capture_output=True, text=True, check=True).stdout
@@ -149,7 +149,10 @@ def main():
                 "--query ContentLength --output text", shell=True, env=ENV, capture_output=True, text=True,
                 check=True).stdout)
             agg_run = backup_one(worker, recipient, agg, everything) if agg else None
-            results.append((rows, plain, tsv, hand, hand_stored, ours, stored, agg_run))
+            # Memory per stream: the same backup with one partition at a time.
+            one_stream, _ = backup_one(worker, recipient, table, everything, f"s3://{bucket}/{prefix}/p{rows}",
+                                       "--parallel 1")
+            results.append((rows, plain, tsv, hand, hand_stored, ours, stored, agg_run, one_stream))
     finally:
         subprocess.run(f"aws --endpoint-url $AWS_ENDPOINT_URL s3 rm --quiet --recursive s3://{bucket}/{prefix}",
                        shell=True, env=ENV, check=False)
@@ -158,14 +161,15 @@ def main():
           "both into the services' S3")
     print(f"{'rows':>12}  {'curl Native':>11}  {'curl TSV':>8}  {'by hand (curl|zstd|age|aws)':>28}  "
           f"{'worker':>20}  {'ratio':>6}  {'peak RSS hand/worker':>21}  {'stored hand/worker':>20}  "
-          f"{'TSV-path worker':>15}")
-    for rows, plain, tsv, hand, hand_stored, ours, stored, agg_run in results:
+          f"{'TSV-path worker':>15}  {'worker --parallel 1 (time, peak RSS)':>36}")
+    for rows, plain, tsv, hand, hand_stored, ours, stored, agg_run, one_stream in results:
         h, w = spread(hand), spread(ours)
         agg_time = f"{agg_run[0][0]:>13.1f} s" if agg_run else f"{'-':>15}"
         print(f"{rows:>12}  {plain[0]:>9.1f} s  {tsv[0]:>6.1f} s  {h[0]:>12.1f} s ({h[1]:.1f}-{h[2]:.1f})  "
               f"{w[0]:>6.1f} s ({w[1]:.1f}-{w[2]:.1f})  {w[0] / h[0]:>5.2f}×  "
               f"{max(r[1] for r in hand):>8.0f} / {max(r[2] for r in ours):>5.0f} MiB  "
-              f"{hand_stored / 1048576:>7.1f} / {stored / 1048576:>6.1f} MiB  {agg_time}")
+              f"{hand_stored / 1048576:>7.1f} / {stored / 1048576:>6.1f} MiB  {agg_time}  "
+              f"{one_stream[0]:>20.1f} s, {one_stream[2]:>5.0f} MiB")
 
 
 TABLES = {
