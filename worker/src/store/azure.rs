@@ -508,36 +508,27 @@ impl WriteStore for AzureStore {
     ) -> Result<u64, StoreError> {
         let path = self.path(key)?;
         // Objects smaller than one block go up in a single Put Blob.
-        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE);
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => return Err(self.cancelled(key)),
-                c = body.recv() => c,
-            };
-            match chunk {
-                Some(BodyChunk::Data(bytes)) => {
-                    super::rate::upload(bytes.len()).await;
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= BASE_PART_SIZE {
-                        let first = buf.split_to(BASE_PART_SIZE).freeze();
-                        let sent = self
-                            .put_blocks(key, &path, first, buf, &mut body, cancel)
-                            .await?;
-                        self.check_stored(key, &path, sent).await?;
-                        return Ok(sent);
-                    }
-                }
-                Some(BodyChunk::End) => {
-                    let n = buf.len() as u64;
-                    self.put_bytes(key, buf.freeze()).await?;
-                    return Ok(n);
-                }
-                None => {
-                    return Err(StoreError::Incomplete {
-                        location: self.location.clone(),
-                        key: key.to_string(),
-                    })
-                }
+        let opening = super::opening(
+            &mut body,
+            cancel,
+            BASE_PART_SIZE,
+            BASE_PART_SIZE + BASE_PART_SIZE / 4,
+            &self.location,
+            key,
+        )
+        .await?;
+        match opening {
+            super::Opening::Whole(bytes) => {
+                let n = bytes.len() as u64;
+                self.put_bytes(key, bytes).await?;
+                Ok(n)
+            }
+            super::Opening::Parts { first, rest } => {
+                let sent = self
+                    .put_blocks(key, &path, first, rest, &mut body, cancel)
+                    .await?;
+                self.check_stored(key, &path, sent).await?;
+                Ok(sent)
             }
         }
     }

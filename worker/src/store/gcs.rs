@@ -741,35 +741,24 @@ impl WriteStore for GcsStore {
     ) -> Result<u64, StoreError> {
         let name = self.name(key)?;
         // Objects smaller than one chunk go up in a single request: no session.
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => return Err(StoreError::Cancelled {
-                    location: self.location.clone(), key: key.to_string() }),
-                c = body.recv() => c,
-            };
-            match chunk {
-                Some(BodyChunk::Data(bytes)) => {
-                    super::rate::upload(bytes.len()).await;
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= CHUNK {
-                        let first = buf.split_to(CHUNK).freeze();
-                        return self
-                            .put_resumable(key, &name, first, buf, &mut body, cancel)
-                            .await;
-                    }
-                }
-                Some(BodyChunk::End) => {
-                    let n = buf.len() as u64;
-                    self.put_bytes(key, buf.freeze()).await?;
-                    return Ok(n);
-                }
-                None => {
-                    return Err(StoreError::Incomplete {
-                        location: self.location.clone(),
-                        key: key.to_string(),
-                    })
-                }
+        let opening = super::opening(
+            &mut body,
+            cancel,
+            CHUNK,
+            CHUNK + CHUNK / 4,
+            &self.location,
+            key,
+        )
+        .await?;
+        match opening {
+            super::Opening::Whole(bytes) => {
+                let n = bytes.len() as u64;
+                self.put_bytes(key, bytes).await?;
+                Ok(n)
+            }
+            super::Opening::Parts { first, rest } => {
+                self.put_resumable(key, &name, first, rest, &mut body, cancel)
+                    .await
             }
         }
     }

@@ -302,6 +302,62 @@ where
     )))
 }
 
+/// How a streamed upload starts (see [`opening`]).
+pub(crate) enum Opening {
+    /// The whole object, smaller than one part: one request, no multipart state.
+    Whole(Bytes),
+    /// The first part, and what already arrived beyond it.
+    Parts {
+        /// Exactly one part's bytes.
+        first: Bytes,
+        /// The rest received so far (its capacity is kept for the next part).
+        rest: bytes::BytesMut,
+    },
+}
+
+/// Reads `body` until `part` bytes have arrived or it ends, under the bandwidth limit: what
+/// every store's `put_stream` does first, since an object smaller than one part goes up in
+/// a single request. `capacity` is the buffer's (a part plus room for the chunk that
+/// crosses its end, so the buffer never doubles).
+///
+/// # Errors
+/// [`StoreError::Cancelled`] when `cancel` fires, [`StoreError::Incomplete`] when the
+/// producer stops without [`BodyChunk::End`].
+pub(crate) async fn opening(
+    body: &mut mpsc::Receiver<BodyChunk>,
+    cancel: &CancellationToken,
+    part: usize,
+    capacity: usize,
+    location: &str,
+    key: &str,
+) -> Result<Opening, StoreError> {
+    let mut buf = bytes::BytesMut::with_capacity(capacity);
+    loop {
+        let chunk = tokio::select! {
+            () = cancel.cancelled() => return Err(StoreError::Cancelled {
+                location: location.to_string(), key: key.to_string() }),
+            c = body.recv() => c,
+        };
+        match chunk {
+            Some(BodyChunk::Data(bytes)) => {
+                rate::upload(bytes.len()).await;
+                buf.extend_from_slice(&bytes);
+                if buf.len() >= part {
+                    let first = buf.split_to(part).freeze();
+                    return Ok(Opening::Parts { first, rest: buf });
+                }
+            }
+            Some(BodyChunk::End) => return Ok(Opening::Whole(buf.freeze())),
+            None => {
+                return Err(StoreError::Incomplete {
+                    location: location.to_string(),
+                    key: key.to_string(),
+                })
+            }
+        }
+    }
+}
+
 /// Listing and reading: all that list, verify and restore need.
 #[async_trait]
 pub trait ReadStore: Send + Sync + fmt::Debug {

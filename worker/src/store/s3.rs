@@ -897,37 +897,27 @@ impl WriteStore for S3Store {
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
         // Objects smaller than one part go up in a single PUT: no multipart state to abort.
-        let mut buf = BytesMut::with_capacity(BASE_PART_SIZE + HEADROOM);
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => return Err(StoreError::Cancelled {
-                    location: self.location.clone(), key: key.to_string() }),
-                c = body.recv() => c,
-            };
-            match chunk {
-                Some(BodyChunk::Data(bytes)) => {
-                    super::rate::upload(bytes.len()).await;
-                    buf.extend_from_slice(&bytes);
-                    if buf.len() >= BASE_PART_SIZE {
-                        let first = buf.split_to(BASE_PART_SIZE).freeze();
-                        let sent = self
-                            .put_multipart(key, first, buf, &mut body, cancel)
-                            .await?;
-                        self.check_stored(key, sent).await?;
-                        return Ok(sent);
-                    }
-                }
-                Some(BodyChunk::End) => {
-                    let n = buf.len() as u64;
-                    self.put_bytes(key, buf.freeze()).await?;
-                    return Ok(n);
-                }
-                None => {
-                    return Err(StoreError::Incomplete {
-                        location: self.location.clone(),
-                        key: key.to_string(),
-                    })
-                }
+        let opening = super::opening(
+            &mut body,
+            cancel,
+            BASE_PART_SIZE,
+            BASE_PART_SIZE + HEADROOM,
+            &self.location,
+            key,
+        )
+        .await?;
+        match opening {
+            super::Opening::Whole(bytes) => {
+                let n = bytes.len() as u64;
+                self.put_bytes(key, bytes).await?;
+                Ok(n)
+            }
+            super::Opening::Parts { first, rest } => {
+                let sent = self
+                    .put_multipart(key, first, rest, &mut body, cancel)
+                    .await?;
+                self.check_stored(key, sent).await?;
+                Ok(sent)
             }
         }
     }
