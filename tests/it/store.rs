@@ -300,3 +300,32 @@ fn an_azure_store_without_an_account_says_what_to_set() {
     );
     assert!(msg.contains("az://c/p"), "{msg}");
 }
+
+/// A hostile (or broken) GCS endpoint: an error answer of 20 MB gives a one-line error, and
+/// a 20 MB listing page is refused instead of parsed.
+#[tokio::test]
+async fn a_gcs_server_sending_absurd_answers_gets_bounded_errors() {
+    let url = dr_tests::fake_http_with_headers(|_, path, _| {
+        let huge = 20 * 1024 * 1024;
+        if path.starts_with("/storage/v1/b/deny/") {
+            (403, vec![], vec![b'x'; huge])
+        } else {
+            let mut body = br#"{"items":["#.to_vec();
+            body.resize(huge, b' ');
+            (200, vec![("Content-Type", "application/json".into())], body)
+        }
+    })
+    .await;
+    let env = |name: &str| (name == "STORAGE_EMULATOR_HOST").then(|| url.clone());
+    let deny = drkit::store::gcs::GcsStore::from_vars("deny", "p", &env, None).unwrap();
+    let err = drkit::store::ReadStore::list(&deny, "").await.unwrap_err();
+    assert!(matches!(err, StoreError::Denied { .. }), "{err}");
+    assert!(
+        err.to_string().len() < 1000,
+        "{} bytes of error",
+        err.to_string().len()
+    );
+    let huge = drkit::store::gcs::GcsStore::from_vars("huge", "p", &env, None).unwrap();
+    let err = drkit::store::ReadStore::list(&huge, "").await.unwrap_err();
+    assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+}

@@ -341,10 +341,13 @@ impl AzureStore {
             let _ = upload.abort().await;
             return Err(e);
         }
-        upload
-            .complete()
-            .await
-            .map_err(|e| self.map_err("commit the block list of", key, e))?;
+        // Under SIGTERM too: a stalled commit must not hold the shutdown for its timeout.
+        tokio::select! {
+            () = cancel.cancelled() => return Err(self.cancelled(key)),
+            done = upload.complete() => {
+                done.map_err(|e| self.map_err("commit the block list of", key, e))?;
+            }
+        }
         Ok(total)
     }
 

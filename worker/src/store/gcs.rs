@@ -51,6 +51,25 @@ const ATTEMPTS: u32 = 6;
 /// A download that delivers nothing for this long is failed rather than left hanging.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+/// The most of an error answer read: its message is a line, and a hostile or broken server
+/// must not make a client hold (or print) megabytes.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// The most of a JSON answer read (a listing page of 1,000 objects is about 300 KiB).
+const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Up to `limit` bytes of an answer's body, and whether there was more.
+async fn capped(mut resp: Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
+}
 
 /// Where tokens come from.
 #[derive(Clone)]
@@ -285,7 +304,10 @@ impl GcsStore {
 
     async fn status_error(&self, op: &'static str, key: &str, resp: Response) -> StoreError {
         let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
+        let body = capped(resp, ERROR_BODY_LIMIT)
+            .await
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         // The JSON API's own message, not the whole document.
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -312,14 +334,34 @@ impl GcsStore {
         }
     }
 
+    /// A JSON answer, refused past [`JSON_BODY_LIMIT`] bytes.
+    async fn json(
+        &self,
+        op: &'static str,
+        key: &str,
+        resp: Response,
+    ) -> Result<serde_json::Value, StoreError> {
+        let failed = |detail: String| StoreError::Failed {
+            location: self.location.clone(),
+            op,
+            key: key.to_string(),
+            detail,
+        };
+        match capped(resp, JSON_BODY_LIMIT).await {
+            Ok((_, true)) => Err(failed(format!(
+                "the answer is larger than {} MiB",
+                JSON_BODY_LIMIT >> 20
+            ))),
+            Ok((body, false)) => serde_json::from_slice(&body).map_err(|e| failed(e.to_string())),
+            Err(e) => Err(failed(chain(&e))),
+        }
+    }
+
     /// The object's size from a JSON API object resource.
     async fn size_of(&self, key: &str, resp: Response) -> Result<u64, StoreError> {
-        let v: serde_json::Value = resp.json().await.map_err(|e| StoreError::Failed {
-            location: self.location.clone(),
-            op: "read the answer to the upload of",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?;
+        let v = self
+            .json("read the answer to the upload of", key, resp)
+            .await?;
         Ok(size_field(&v["size"]))
     }
 
@@ -647,12 +689,7 @@ impl ReadStore for GcsStore {
                     StoreError::NotFound { location, .. } => StoreError::Missing { location },
                     e => e,
                 })?;
-            let page: serde_json::Value = resp.json().await.map_err(|e| StoreError::Failed {
-                location: self.location.clone(),
-                op: "list",
-                key: prefix.to_string(),
-                detail: e.to_string(),
-            })?;
+            let page = self.json("list", prefix, resp).await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 let Some(name) = item["name"].as_str() else {
                     continue;
