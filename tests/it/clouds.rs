@@ -19,6 +19,20 @@ fn dr_on(store: &TestStore, args: &[&str], env: &[(&str, &str)]) -> std::process
     run("kubectl-dr", &all, env)
 }
 
+/// `kubectl-dr restore SELECTOR… -i IDENTITY --to-command sh -c 'cat > FILE'` on `store`.
+fn restore_to_file(
+    store: &TestStore,
+    selector: &[&str],
+    identity: &str,
+    file: &std::path::Path,
+) -> std::process::Output {
+    let to_file = format!("cat > {}", file.display());
+    let mut args = vec!["restore"];
+    args.extend_from_slice(selector);
+    args.extend(["-i", identity, "--to-command", "--", "sh", "-c", &to_file]);
+    dr_on(store, &args, &[])
+}
+
 fn complete_ids(store: &TestStore, engine: &str) -> Vec<String> {
     list_json(store)
         .as_array()
@@ -188,24 +202,7 @@ async fn command_round_trip_and_a_damaged_part(store: TestStore) {
     let backup = stdout(&out).trim().to_string();
     let id = keys.identity.to_str().unwrap();
     let restored = keys.dir.path().join("restored.bin");
-    let to_file = format!("cat > {}", restored.display());
-    let restore = |store: &TestStore| {
-        dr_on(
-            store,
-            &[
-                "restore",
-                &backup,
-                "-i",
-                id,
-                "--to-command",
-                "--",
-                "sh",
-                "-c",
-                &to_file,
-            ],
-            &[],
-        )
-    };
+    let restore = |store: &TestStore| restore_to_file(store, &[&backup], id, &restored);
     let out = restore(&store);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
@@ -479,25 +476,11 @@ async fn copies_arrive_whole(dest: TestStore) {
     assert_eq!(content(ch_into.clone()).await, content(chdb.clone()).await);
 
     let restored = keys.dir.path().join("restored.bin");
-    let to_file = format!("cat > {}", restored.display());
-    let out = dr_on(
+    let out = restore_to_file(
         &dest,
-        &[
-            "restore",
-            "latest",
-            "--engine",
-            "command",
-            "--target",
-            "files",
-            "-i",
-            id,
-            "--to-command",
-            "--",
-            "sh",
-            "-c",
-            &to_file,
-        ],
-        &[],
+        &["latest", "--engine", "command", "--target", "files"],
+        id,
+        &restored,
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(

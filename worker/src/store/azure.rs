@@ -145,11 +145,7 @@ impl AzureStore {
         shown: &str,
     ) -> Result<Self, StoreError> {
         let prefix = prefix.trim_matches('/').to_string();
-        let location = if prefix.is_empty() {
-            format!("az://{container}")
-        } else {
-            format!("az://{container}/{prefix}")
-        };
+        let location = super::location("az", container, &prefix);
         let s = Settings::from_vars(var);
         let Some(account) = s.account.clone() else {
             return Err(StoreError::NoCredentials {
@@ -239,11 +235,7 @@ impl AzureStore {
     }
 
     fn full(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.prefix)
-        }
+        super::under(&self.prefix, key)
     }
 
     fn map_err(&self, op: &'static str, key: &str, e: object_store::Error) -> StoreError {

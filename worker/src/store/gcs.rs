@@ -154,11 +154,7 @@ impl GcsStore {
     ) -> Result<Self, StoreError> {
         let var = |name: &str| var(name).filter(|v| !v.is_empty());
         let prefix = prefix.trim_matches('/').to_string();
-        let location = if prefix.is_empty() {
-            format!("gs://{bucket}")
-        } else {
-            format!("gs://{bucket}/{prefix}")
-        };
+        let location = super::location("gs", bucket, &prefix);
         let (base, auth) = match var("STORAGE_EMULATOR_HOST") {
             Some(host) if host.contains("://") => {
                 (host.trim_end_matches('/').to_string(), Auth::None)
@@ -205,11 +201,7 @@ impl GcsStore {
     }
 
     fn full(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.prefix)
-        }
+        super::under(&self.prefix, key)
     }
 
     fn object_url(&self, name: &str) -> String {

@@ -630,11 +630,26 @@ impl fmt::Display for StoreUrl {
             StoreUrl::Gcs { bucket, prefix } => ("gs", bucket, prefix),
             StoreUrl::Local { root } => return write!(f, "file://{}", root.display()),
         };
-        if prefix.is_empty() {
-            write!(f, "{scheme}://{name}")
-        } else {
-            write!(f, "{scheme}://{name}/{prefix}")
-        }
+        f.write_str(&location(scheme, name, prefix))
+    }
+}
+
+/// `scheme://bucket` or `scheme://bucket/prefix`: how a bucket store names itself.
+pub(crate) fn location(scheme: &str, bucket: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        format!("{scheme}://{bucket}")
+    } else {
+        format!("{scheme}://{bucket}/{prefix}")
+    }
+}
+
+/// A store key (or listing prefix) as its name in the bucket, under the store's `prefix`
+/// (empty, or without slashes at either end).
+pub(crate) fn under(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
     }
 }
 

@@ -233,11 +233,7 @@ impl S3Store {
     /// A store on `bucket` under `prefix`, with a configured client.
     pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
         let prefix = prefix.trim_matches('/').to_string();
-        let location = if prefix.is_empty() {
-            format!("s3://{bucket}")
-        } else {
-            format!("s3://{bucket}/{prefix}")
-        };
+        let location = super::location("s3", bucket, &prefix);
         S3Store {
             client,
             bucket: bucket.to_string(),
@@ -261,11 +257,7 @@ impl S3Store {
 
     /// The bucket key of a listing prefix (which may be empty or end in `/`).
     fn bucket_key(&self, prefix: &str) -> String {
-        if self.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", self.prefix)
-        }
+        super::under(&self.prefix, prefix)
     }
 
     async fn head(
