@@ -137,6 +137,50 @@ enum Command {
     ///   worker copy --store s3://backups/prod --to s3://offsite/prod --since 7d
     #[command(verbatim_doc_comment)]
     Copy(CopyArgs),
+    /// Stream a server's write-ahead log into the store, for point-in-time recovery (a
+    /// long-running process: a Deployment of one replica).
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// PostgreSQL: WAL over the replication protocol, each segment stored within --max-lag.
+    ///
+    /// pg_receivewal streams the WAL into --spool; each finished segment, and the segment
+    /// being written every half --max-lag when it grew, goes through zstd and age into
+    /// wal/postgres/<target>/<timeline>/ with a signed index entry (sha256, WAL positions,
+    /// transaction times). The replication slot kube_dr_<target> moves only past segments
+    /// that are in the store, so a restart, anywhere, resumes without a gap. SIGTERM stores
+    /// what was received and exits 0.
+    ///
+    /// Needs a role with REPLICATION (libpq environment: PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD(_FILE)) and a replication line in pg_hba.conf. Pair it with a nightly
+    /// `worker backup postgres --physical --target <same>`; restore with `kubectl dr restore
+    /// --engine postgres --target T --time TIME --to-datadir DIR`.
+    ///
+    /// Metrics (--pushgateway, every 15 s): kube_dr_wal_last_segment_timestamp_seconds (when
+    /// the store last held all WAL received), kube_dr_wal_last_commit_timestamp_seconds,
+    /// kube_dr_wal_slot_retained_bytes and kube_dr_wal_slot_limit_bytes.
+    ///
+    /// Example (the Deployment's command):
+    ///   worker archive postgres --target shop-db --max-lag 60s --spool /spool
+    #[command(verbatim_doc_comment)]
+    Postgres(Box<ArchiveRun>),
+}
+
+#[derive(Debug, clap::Args)]
+struct ArchiveRun {
+    #[command(flatten)]
+    wal: drkit::engine::postgres::wal::archive::ArchiveArgs,
+    #[command(flatten)]
+    recipients: drkit::args::RecipientArgs,
+    #[command(flatten)]
+    encoding: drkit::args::EncodingArgs,
+    #[command(flatten)]
+    signing: drkit::args::SigningArgs,
+    #[command(flatten)]
+    lock: drkit::args::LockArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -267,6 +311,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => prune(&cli.store, args, gateway.as_ref()).await,
         Command::Drill(args) => drill(&cli.store, *args, gateway.as_ref()).await,
         Command::Copy(args) => copy(&cli.store, args, cancel, gateway.as_ref()).await,
+        Command::Archive(ArchiveCommand::Postgres(args)) => {
+            archive(&cli.store, *args, cancel, gateway).await
+        }
         Command::Backup(command) => {
             let (engine, target) = command.series();
             let target = target.to_string();
@@ -306,6 +353,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn archive(
+    store: &StoreArgs,
+    args: ArchiveRun,
+    cancel: tokio_util::sync::CancellationToken,
+    gateway: Option<Pushgateway>,
+) -> anyhow::Result<()> {
+    use drkit::engine::postgres::wal::archive::{self, ArchiveStatus};
+    drkit::catalog::validate_name("target", &args.wal.target)?;
+    let mut settings = args.encoding.settings(&args.recipients)?;
+    settings.signing = args.signing.load()?;
+    let store = store.open_for_backup(args.lock.lock()).await?;
+    let status = std::sync::Arc::new(std::sync::Mutex::new(None::<ArchiveStatus>));
+    let report = {
+        let status = status.clone();
+        move |s: &ArchiveStatus| *status.lock().expect("status lock") = Some(s.clone())
+    };
+    type Shared = std::sync::Arc<std::sync::Mutex<Option<ArchiveStatus>>>;
+    async fn push_wal(gateway: Option<&Pushgateway>, target: &str, status: &Shared) {
+        let Some(g) = gateway else { return };
+        let Some(s) = status.lock().expect("status lock").clone() else {
+            return;
+        };
+        g.push_or_warn("postgres", target, &push::wal_metrics(&s))
+            .await;
+    }
+    let pusher = {
+        let (gateway, status, target) = (gateway.clone(), status.clone(), args.wal.target.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+                push_wal(gateway.as_ref(), &target, &status).await;
+            }
+        })
+    };
+    let result = archive::run(&args.wal, store.as_ref(), settings, cancel, &report).await;
+    pusher.abort();
+    push_wal(gateway.as_ref(), &args.wal.target, &status).await;
+    Ok(result?)
 }
 
 async fn backup(

@@ -3,6 +3,7 @@
 mod backup;
 mod counts;
 mod list;
+mod pitr;
 mod prune;
 mod rekey;
 mod restore;
@@ -27,6 +28,7 @@ pub enum Command {
     Rekey(Box<rekey::RekeyCmd>),
     Status(status::StatusCmd),
     Backup(backup::BackupCmd),
+    WalFetch(pitr::WalFetchCmd),
 }
 
 impl Command {
@@ -44,6 +46,7 @@ impl Command {
             Command::Rekey(cmd) => cmd.run(store, &signers.enforced()?, progress).await,
             Command::Status(cmd) => cmd.run(store, &signers.lenient()?).await,
             Command::Backup(cmd) => cmd.run().await,
+            Command::WalFetch(cmd) => cmd.run(store, signers).await,
         }
     }
 }

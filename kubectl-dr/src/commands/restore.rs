@@ -105,8 +105,8 @@ use crate::output::{self, Format};
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct RestoreCmd {
-    /// Backup id, or `latest` (with --all: not given).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    /// Backup id, or `latest` (with --all or --to-datadir: not given).
+    #[arg(required_unless_present_any = ["all", "to_datadir"], conflicts_with_all = ["all", "to_datadir"])]
     backup: Option<String>,
 
     #[command(flatten)]
@@ -124,7 +124,7 @@ pub struct RestoreCmd {
     /// (CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)), redis://host:6379, cluster[:CONTEXT],
     /// or - (stdout, command backups). With --all: ENGINE=URL or ENGINE/TARGET=URL,
     /// repeatable.
-    #[arg(long, value_name = "URL", required_unless_present_any = ["to_command", "all", "plan"])]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["to_command", "all", "plan", "to_datadir"])]
     pub(super) to: Vec<String>,
 
     /// Which database of a multi-database backup to restore (ClickHouse: restore the tables
@@ -155,6 +155,9 @@ pub struct RestoreCmd {
 
     #[command(flatten)]
     pub(super) engines: RestoreFlags,
+
+    #[command(flatten)]
+    pub(super) pitr: super::pitr::PitrArgs,
 
     /// PostgreSQL: run the restore as a Job in the cluster, next to the database.
     ///
@@ -251,6 +254,19 @@ impl RestoreCmd {
         progress: &dyn Progress,
     ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
+        if self.pitr.to_datadir.is_some() {
+            return super::pitr::restore(
+                &self.pitr,
+                self.filter.target.first().map(String::as_str),
+                self.filter.engine.first().map(String::as_str),
+                store,
+                signers,
+                &self.identity,
+                self.dry_run,
+                progress,
+            )
+            .await;
+        }
         let trust = signers.enforced()?;
         if self.all {
             return self.run_all(store, &trust, progress).await;

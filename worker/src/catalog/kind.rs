@@ -133,6 +133,9 @@ named! {
     PartFormat {
         /// `pg_dump --format=custom` of one database.
         PgDumpCustom = "pg_dump-custom",
+        /// A PostgreSQL data directory as one tar (`pg_basebackup -Ft -X none`), the base of
+        /// a point-in-time recovery.
+        PgBaseTar = "pg_basebackup-tar",
         /// Plain SQL (PostgreSQL roles and tablespaces from `pg_dumpall --globals-only`).
         Sql = "sql",
         /// A Vault/OpenBao raft snapshot (gzip'd tar).

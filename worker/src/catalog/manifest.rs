@@ -325,9 +325,12 @@ impl Manifest {
         set.into_iter().cloned().collect()
     }
 
-    /// `full` or `incremental`.
+    /// `full`, `incremental`, or `physical` (a PostgreSQL base backup for point-in-time
+    /// recovery).
     pub fn kind(&self) -> &'static str {
-        if self.base.is_some() {
+        if self.facts.get("physical") == Some("true") {
+            "physical"
+        } else if self.base.is_some() {
             "incremental"
         } else {
             "full"

@@ -168,10 +168,24 @@ impl SigningKey {
     /// # Errors
     /// [`SignatureError::Sign`] (a damaged key).
     pub fn sign(&self, manifest: &[u8], backup: &BackupRef) -> Result<String, SignatureError> {
+        self.sign_file(manifest, super::MANIFEST_FILE, &format!("backup:{backup}"))
+    }
+
+    /// The `.minisig` text for any signed file of the store (a WAL index entry): the trusted
+    /// comment names the file and what it belongs to (`about`, e.g. `wal:postgres/prod`).
+    ///
+    /// # Errors
+    /// [`SignatureError::Sign`] (a damaged key).
+    pub fn sign_file(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        about: &str,
+    ) -> Result<String, SignatureError> {
+        let manifest = bytes;
         let trusted = format!(
-            "timestamp:{}\tfile:{}\tbackup:{backup}",
+            "timestamp:{}\tfile:{file}\t{about}",
             chrono::Utc::now().timestamp(),
-            super::MANIFEST_FILE
         );
         let untrusted = format!("signature from kube-dr worker, key {}", self.id);
         let sig = minisign::sign(

@@ -51,6 +51,7 @@ pub fn content_check(format: &PartFormat) -> Option<ContentCheck> {
         PartFormat::RedisRdb => redis::check_rdb,
         PartFormat::KubernetesYaml => kubernetes::check_yaml,
         PartFormat::SqliteDb => sqlite::check_db,
+        PartFormat::PgBaseTar => postgres::wal::base::check_tar,
         // Checked when restored (pg_restore, the server) or not checkable alone.
         PartFormat::PgDumpCustom
         | PartFormat::Sql

@@ -195,6 +195,42 @@ fn label_segment(name: &str, value: &str) -> String {
     }
 }
 
+/// The WAL archiver's gauges (`worker archive postgres`), pushed every 15 s into the
+/// target's group: an archiver that stops pushing shows as a growing age of
+/// `kube_dr_wal_last_segment_timestamp_seconds` (alert KubeDrWalArchiveLagging).
+pub fn wal_metrics(s: &crate::engine::postgres::wal::archive::ArchiveStatus) -> Vec<Metric> {
+    let ts =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis() as f64 / 1000.0);
+    let mut m = Vec::new();
+    if let Some(v) = ts(s.current_at) {
+        m.push(Metric {
+            name: "kube_dr_wal_last_segment_timestamp_seconds",
+            help: "When the store last held all the WAL the archiver had received (Unix time).",
+            value: v,
+        });
+    }
+    if let Some(v) = ts(s.last_commit) {
+        m.push(Metric {
+            name: "kube_dr_wal_last_commit_timestamp_seconds",
+            help: "Time of the newest commit the WAL archive holds (Unix time).",
+            value: v,
+        });
+    }
+    if let Some(b) = s.slot_retained_bytes {
+        m.push(Metric {
+            name: "kube_dr_wal_slot_retained_bytes",
+            help: "WAL the archiver's replication slot holds back on the database server.",
+            value: b as f64,
+        });
+    }
+    m.push(Metric {
+        name: "kube_dr_wal_slot_limit_bytes",
+        help: "The archiver's --max-slot-wal-keep: retained WAL above it is an alert.",
+        value: s.slot_limit_bytes as f64,
+    });
+    m
+}
+
 /// The group's path under the gateway: `metrics/job/kube_dr/engine/E/target/T`.
 pub fn group_path(engine: &str, target: &str) -> String {
     group_path_in(JOB, engine, target)

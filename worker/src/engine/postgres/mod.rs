@@ -16,6 +16,7 @@ pub mod restore;
 pub mod scratch;
 pub mod sink;
 pub mod source;
+pub mod wal;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -38,12 +38,20 @@ pub struct BackupArgs {
     #[arg(long, short = 'j', env = "DR_PG_JOBS", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+
+    /// A base backup for point-in-time recovery instead of a dump: the whole cluster's data
+    /// directory through pg_basebackup -Ft -X none (the WAL comes from `worker archive
+    /// postgres` with the same --target). Restore with `kubectl dr restore --engine
+    /// postgres --target T --time TIME --to-datadir DIR`. Needs a role with REPLICATION.
+    #[arg(long, conflicts_with_all = ["databases", "globals", "jobs"])]
+    pub physical: bool,
 }
 
 /// A PostgreSQL server to dump, from the libpq environment.
 pub struct PgSource {
     target: PgTarget,
     opts: DumpOptions,
+    physical: bool,
 }
 
 impl BackupArgs {
@@ -58,6 +66,7 @@ impl BackupArgs {
                 bin_dir: self.pg_bin_dir,
                 jobs: usize::from(self.jobs),
             },
+            physical: self.physical,
         }))
     }
 }
@@ -69,6 +78,9 @@ impl Source for PgSource {
     }
 
     async fn dump(&self, run: &BackupRun<'_>) -> Result<DumpOutcome, SourceFailure> {
+        if self.physical {
+            return super::wal::base::dump(run, &self.target, self.opts.bin_dir.as_deref()).await;
+        }
         let server_version = dump::dump(run, &self.target, &self.opts).await?;
         Ok(DumpOutcome {
             server_version,
