@@ -19,5 +19,5 @@ DR_TEST_IMAGE=1 cargo test --workspace --locked "$@"
 # The PostgreSQL suite once more against PostgreSQL 18 and its client tools (what the image
 # ships and what users run today); the first pass ran it on Debian's 15.
 if [ "$#" -eq 0 ]; then
-  DR_TEST_PG=18 cargo test -p dr-tests --test it --locked -- postgres:: one_pass:: bad_input::
+  DR_TEST_PG=18 cargo test -p dr-tests --test it --locked -- postgres:: one_pass:: bad_input:: pitr::
 fi

@@ -179,6 +179,15 @@ impl FreshPostgres {
         FreshPostgres { port, dir }
     }
 
+    /// A server started by other means (e.g. on a restored data directory) seen through the
+    /// same helpers; dropping it stops nothing that is not its own.
+    pub fn attach(port: u16) -> FreshPostgres {
+        FreshPostgres {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     /// The server's URL, without a database and without the password (PGPASSWORD).
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}", self.port)

@@ -7,6 +7,9 @@
 //!   prune until their date, no delete marker; a killed worker's upload is aborted.
 //! - `one_pass`: the one-pass PostgreSQL restore: a part damaged early, in the middle, in
 //!   its last 64 KiB or cut at a chunk boundary, or replaced, leaves the target as it was.
+//! - `pitr`: PostgreSQL point-in-time recovery: the WAL archiver on a fresh server, base
+//!   backups, restores to a time, to the latest commit (with `--start`) and along a second
+//!   timeline; a killed archiver, a deleted and a damaged segment, unsigned WAL, metrics.
 //! - `pg_upgrade`: a PostgreSQL 15 database dumped with the 18 client, restored into 18.
 //! - `postgres`: end-to-end backup → list → verify → restore through the binaries.
 //! - `bad_input`: every failure the issue names gets a clear message and loses nothing.
@@ -69,6 +72,7 @@ mod object_lock;
 mod one_pass;
 mod pg_upgrade;
 mod pipeline;
+mod pitr;
 mod postgres;
 mod prune;
 mod rebuild;

@@ -64,6 +64,17 @@ pub struct PitrArgs {
     )]
     pub start_timeout: humantime::Duration,
 
+    /// With --start: options for the server (pg_ctl -o), e.g. "-c port=5433" when the
+    /// restored configuration's port is taken on this machine.
+    #[arg(
+        hide_short_help = true,
+        long,
+        value_name = "OPTIONS",
+        requires = "start",
+        allow_hyphen_values = true
+    )]
+    pub server_options: Option<String>,
+
     /// Where pg_ctl and postgres are, for --start (default: PATH).
     #[arg(
         hide_short_help = true,
@@ -192,6 +203,7 @@ pub async fn restore(
     let report = pitr::start(
         &dir,
         args.server_bin_dir.as_deref(),
+        args.server_options.as_deref(),
         &plan,
         *args.start_timeout,
     )

@@ -483,6 +483,7 @@ pub fn write_recovery(
 pub async fn start(
     dir: &Path,
     bin_dir: Option<&Path>,
+    options: Option<&str>,
     plan: &PitrPlan,
     timeout: Duration,
 ) -> Result<Vec<String>, PitrError> {
@@ -494,18 +495,21 @@ pub async fn start(
         c.stdin(std::process::Stdio::null());
         c
     };
-    let out = tool("pg_ctl")
+    let mut pg_ctl = tool("pg_ctl");
+    pg_ctl
         .arg("-D")
         .arg(dir)
         .arg("-l")
         .arg(&log)
-        .args(["-W", "start"])
-        .output()
-        .map_err(|e| {
-            PitrError::Start(format!(
-                "cannot run pg_ctl: {e}; install PostgreSQL's server or pass --pg-bin-dir"
-            ))
-        })?;
+        .args(["-W", "start"]);
+    if let Some(o) = options {
+        pg_ctl.args(["-o", o]);
+    }
+    let out = pg_ctl.output().map_err(|e| {
+        PitrError::Start(format!(
+            "cannot run pg_ctl: {e}; install PostgreSQL's server or pass --pg-bin-dir"
+        ))
+    })?;
     if !out.status.success() {
         return Err(PitrError::Start(format!(
             "pg_ctl start failed: {} (PostgreSQL does not run as root: run --start as the user that owns the data directory, e.g. postgres)",

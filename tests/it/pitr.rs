@@ -1,0 +1,955 @@
+//! PostgreSQL point-in-time recovery on real servers (15, and 18 with DR_TEST_PG=18):
+//! `worker archive postgres` streaming WAL from a fresh server, `worker backup postgres
+//! --physical`, `kubectl dr restore --time … --to-datadir` and a server started on the
+//! result (by the test, or by `--start`), `verify --wal`; a killed archiver, a deleted and a
+//! damaged segment, a second timeline, unsigned WAL and a wrong key.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dr_tests::*;
+
+/// The archiver's RPO in these tests.
+const MAX_LAG: &str = "2s";
+
+fn root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `cmd` as the postgres user when the tests run as root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    if root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A directory the postgres user may use, removed when dropped.
+fn pg_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if root() {
+        let ok = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+    }
+    dir
+}
+
+/// The age key where the postgres user can read it (restore_command runs as postgres).
+fn readable_identity(keys: &Keys) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("key.txt");
+    std::fs::copy(&keys.identity, &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, path)
+}
+
+/// The libpq environment of a fresh server.
+fn pg_env(pg: &FreshPostgres) -> Vec<(&'static str, String)> {
+    vec![
+        ("PGHOST", "127.0.0.1".into()),
+        ("PGPORT", pg.port.to_string()),
+        ("PGUSER", "postgres".into()),
+        ("PGDATABASE", "postgres".into()),
+    ]
+}
+
+/// A running `worker archive postgres`.
+struct Archiver {
+    watched: Watched,
+}
+
+impl Archiver {
+    fn start(
+        pg: &FreshPostgres,
+        store: &TestStore,
+        keys: &Keys,
+        target: &str,
+        extra: &[&str],
+        spool: &Path,
+    ) -> Archiver {
+        let env = pg_env(pg);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let spool = spool.to_str().unwrap();
+        let mut args = vec![
+            "archive",
+            "postgres",
+            "--target",
+            target,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+            "--max-lag",
+            MAX_LAG,
+            "--spool",
+            spool,
+        ];
+        args.extend_from_slice(extra);
+        let mut watched = Watched::spawn(command("worker", &args, &env));
+        assert!(
+            watched.until("WAL archiver started"),
+            "the archiver did not start:\n{}",
+            watched.stderr
+        );
+        Archiver { watched }
+    }
+
+    /// SIGTERM: it stores what it received and exits 0.
+    fn stop(self) -> String {
+        self.watched.signal("TERM");
+        let (status, _, stderr) = self.watched.finish();
+        assert!(status.success(), "archiver exit {status:?}:\n{stderr}");
+        assert!(stderr.contains("WAL archiver stopped"), "{stderr}");
+        stderr
+    }
+}
+
+/// Inserts row `id` in its own transaction and returns its commit's time (the time after
+/// the commit returned, and the row's clock_timestamp() before it).
+async fn insert(client: &tokio_postgres::Client, id: i32) -> (DateTime<Utc>, DateTime<Utc>) {
+    let row = client
+        .query_one("INSERT INTO t(id) VALUES ($1) RETURNING at", &[&id])
+        .await
+        .expect("insert");
+    let at: std::time::SystemTime = row.get(0);
+    (at.into(), Utc::now())
+}
+
+async fn setup(pg: &FreshPostgres) -> tokio_postgres::Client {
+    let c = pg.connect("postgres").await;
+    c.batch_execute(
+        "CREATE TABLE t(id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    )
+    .await
+    .unwrap();
+    c
+}
+
+fn base_backup(pg: &FreshPostgres, store: &TestStore, keys: &Keys, target: &str) -> String {
+    let env = pg_env(pg);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(
+        "worker",
+        &[
+            "backup",
+            "postgres",
+            "--physical",
+            "--target",
+            target,
+            "--store",
+            store.url(),
+            "-r",
+            &keys.recipient,
+        ],
+        &env,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// Waits until `verify --wal` says the newest archived commit is at least `at`.
+fn wait_archived(store: &TestStore, target: &str, at: DateTime<Utc>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(
+            "kubectl-dr",
+            &[
+                "verify",
+                "--wal",
+                "--target",
+                target,
+                "--store",
+                store.url(),
+                "-o",
+                "json",
+            ],
+            &[],
+        );
+        let w: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let to = w["to"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        if to.is_some_and(|t| t >= at - chrono::Duration::milliseconds(50)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive did not reach {at} within 30 s: {w}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A server started by the test on a restored directory, stopped when dropped.
+struct Restored {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Restored {
+    /// pg_ctl start as postgres with the store's credentials, then waits for promotion.
+    fn start(dir: &Path) -> Result<Restored, String> {
+        if root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let bin = PathBuf::from(svc("DR_PG_BIN_DIR"));
+        // -w: pg_ctl returns once the server accepts connections (read-only ones during a
+        // hot standby's recovery count) or failed to start.
+        let mut cmd = as_postgres(&bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(dir)
+            .arg("-l")
+            .arg(dir.join("test.log"))
+            .args(["-w", "-t", "120", "start", "-o"])
+            .arg(format!(
+                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+                dir.display()
+            ));
+        for (k, v) in services() {
+            if k.starts_with("AWS_") {
+                cmd.env(k, v);
+            }
+        }
+        let restored = Restored {
+            dir: dir.to_path_buf(),
+            port,
+        };
+        let log = || std::fs::read_to_string(dir.join("test.log")).unwrap_or_default();
+        if !cmd.output().unwrap().status.success() {
+            return Err(log());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = log();
+            if text.contains("database system is ready to accept connections") {
+                return Ok(restored);
+            }
+            let running = as_postgres(&bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(dir)
+                .arg("status")
+                .output()
+                .unwrap()
+                .status
+                .success();
+            if !running {
+                return Err(text);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "recovery did not finish:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    async fn ids(&self) -> Vec<i32> {
+        ids_at(self.port).await
+    }
+}
+
+async fn ids_at(port: u16) -> Vec<i32> {
+    let conn = format!(
+        "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres",
+        svc("PGPASSWORD")
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the restored server");
+    tokio::spawn(connection);
+    client
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let bin = PathBuf::from(svc("DR_PG_BIN_DIR"));
+        let _ = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn restore_args<'a>(
+    store: &'a TestStore,
+    target: &'a str,
+    time: &'a str,
+    dir: &'a str,
+    identity: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "restore",
+        "--engine",
+        "postgres",
+        "--target",
+        target,
+        "--time",
+        time,
+        "--to-datadir",
+        dir,
+        "--store",
+        store.url(),
+        "--identity",
+        identity,
+    ]
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn midpoint(a: DateTime<Utc>, b: DateTime<Utc>) -> DateTime<Utc> {
+    a + (b - a) / 2
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_to_a_time_between_two_commits_and_to_the_latest_one() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool.path());
+    insert(&client, 1).await;
+    let base = base_backup(&pg, &store, &keys, &target);
+    let mut commits = Vec::new();
+    for id in 2..=4 {
+        commits.push(insert(&client, id).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    client
+        .batch_execute("SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    for id in 5..=6 {
+        commits.push(insert(&client, id).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // An idle minute: the archive must stay current without any write.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let (_, last) = insert(&client, 7).await;
+    wait_archived(&store, &target, last);
+    let log = archiver.stop();
+    assert!(
+        log.contains(&format!("kube_dr_{}", target)),
+        "the slot is named in the log:\n{log}"
+    );
+
+    let list = list_json(&store);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == base.as_str())
+        .expect("the base is listed");
+    assert_eq!(row["kind"], "physical");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("recoverable from"),
+        "{}",
+        stdout(&out)
+    );
+
+    let (_kd, identity) = readable_identity(&keys);
+    let identity = identity.to_str().unwrap();
+    // Between row 3 and row 4: exactly rows 1–3.
+    let between = midpoint(commits[1].1, commits[2].0);
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            &rfc3339(between),
+            data.to_str().unwrap(),
+            identity,
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&base),
+        "the plan names the base: {}",
+        stderr(&out)
+    );
+    assert!(data.join("recovery.signal").exists());
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, vec![1, 2, 3]);
+    drop(restored);
+
+    // Latest, with --start: every row, the one after the idle minute too.
+    let dir2 = pg_dir();
+    let data2 = dir2.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let options = format!(
+        "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+        dir2.path().display()
+    );
+    let mut args = restore_args(&store, &target, "latest", data2.to_str().unwrap(), identity);
+    args.extend(["--start", "--server-options", &options, "--server-bin-dir"]);
+    let bin = svc("DR_PG_BIN_DIR");
+    args.push(&bin);
+    let mut cmd = as_postgres(&binary("kubectl-dr"));
+    cmd.args(&args);
+    for (k, v) in services() {
+        cmd.env(k, v);
+    }
+    cmd.env("DR_SIGNERS", &suite_signer().public)
+        .env_remove("DR_STORE");
+    let out = cmd.output().unwrap();
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("PostgreSQL is running"),
+        "{}",
+        stdout(&out)
+    );
+    let started = Restored {
+        dir: data2.clone(),
+        port,
+    };
+    assert_eq!(started.ids().await, (1..=7).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archiver_killed_mid_segment_resumes_from_its_slot_without_a_gap() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let mut archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool.path());
+    base_backup(&pg, &store, &keys, &target);
+    for id in 1..=50 {
+        insert(&client, id).await;
+    }
+    // Mid-segment, and with the partial segment possibly half stored.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    archiver.watched.kill();
+    let _ = archiver.watched.finish();
+    // Written while nothing archives: only the slot keeps it.
+    client
+        .batch_execute(
+            "INSERT INTO t(id) SELECT g FROM generate_series(51, 5000) g; SELECT pg_switch_wal();",
+        )
+        .await
+        .unwrap();
+    let (_, last) = insert(&client, 5001).await;
+    // A new spool: the pod moved to another node.
+    let spool2 = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool2.path());
+    wait_archived(&store, &target, last);
+    archiver.stop();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let (_kd, identity) = readable_identity(&keys);
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            "latest",
+            data.to_str().unwrap(),
+            identity.to_str().unwrap(),
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, (1..=5001).collect::<Vec<_>>());
+}
+
+/// The keys of one archived file (its object, entry and signature).
+fn wal_keys(store: &TestStore, target: &str, file: &str) -> Vec<String> {
+    store
+        .files()
+        .into_iter()
+        .filter(|k| {
+            k.contains(&format!("wal/postgres/{target}/"))
+                && k.contains(&format!("/{file}."))
+                && !k.contains(".current-")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool.path());
+    base_backup(&pg, &store, &keys, &target);
+    let mut commits = Vec::new();
+    let mut segments = Vec::new();
+    for id in 1..=4 {
+        commits.push(insert(&client, id).await);
+        let row = client
+            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+            .await
+            .unwrap();
+        segments.push(row.get::<_, String>(0));
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, last) = insert(&client, 5).await;
+    wait_archived(&store, &target, last);
+    archiver.stop();
+    let (_kd, identity) = readable_identity(&keys);
+    let identity = identity.to_str().unwrap();
+
+    // Row 3's segment gone.
+    let gone = &segments[2];
+    let keys_of = wal_keys(&store, &target, gone);
+    assert_eq!(
+        keys_of.len(),
+        3,
+        "object, entry, signature of {gone}: {keys_of:?}"
+    );
+    let s = store.open().await;
+    for k in &keys_of {
+        s.delete(k).await.unwrap();
+    }
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(gone.as_str()),
+        "the gap is named: {}",
+        stdout(&out)
+    );
+
+    // Before the gap, where a later commit still in the archive marks the stop: row 1.
+    // (Between row 2 and the gap no restore is offered: a commit may hide in the gap.)
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let before = midpoint(commits[0].1, commits[1].0);
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            &rfc3339(before),
+            data.to_str().unwrap(),
+            identity,
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, vec![1]);
+    drop(restored);
+
+    // After it: refused before anything is written.
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let after = midpoint(commits[2].1, commits[3].0);
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            &rfc3339(after),
+            data.to_str().unwrap(),
+            identity,
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(gone.as_str()), "{}", stderr(&out));
+    assert!(!data.exists(), "nothing was written");
+
+    // A flipped byte in row 2's segment: wal-fetch refuses it, PostgreSQL stops, exit 1.
+    let damaged = &segments[1];
+    let object = wal_keys(&store, &target, damaged)
+        .into_iter()
+        .find(|k| k.ends_with(".age"))
+        .unwrap();
+    store.damage(&object).await;
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let options = format!(
+        "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+        dir.path().display()
+    );
+    let before_text = rfc3339(before);
+    let mut args = restore_args(
+        &store,
+        &target,
+        &before_text,
+        data.to_str().unwrap(),
+        identity,
+    );
+    let bin = svc("DR_PG_BIN_DIR");
+    args.extend([
+        "--start",
+        "--server-options",
+        &options,
+        "--server-bin-dir",
+        &bin,
+    ]);
+    let mut cmd = as_postgres(&binary("kubectl-dr"));
+    cmd.args(&args);
+    for (k, v) in services() {
+        cmd.env(k, v);
+    }
+    cmd.env("DR_SIGNERS", &suite_signer().public)
+        .env_remove("DR_STORE");
+    let out = cmd.output().unwrap();
+    assert_eq!(code(&out), 1, "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains(damaged.as_str()) && stderr(&out).contains("sha256"),
+        "{}",
+        stderr(&out)
+    );
+    let running = as_postgres(&PathBuf::from(&bin).join("pg_ctl"))
+        .arg("-D")
+        .arg(&data)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!running.status.success(), "the server did not stay up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_timeline_is_archived_and_restored_along() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool.path());
+    base_backup(&pg, &store, &keys, &target);
+    let mut commits = Vec::new();
+    for id in 1..=3 {
+        commits.push(insert(&client, id).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_archived(&store, &target, commits[2].1);
+    archiver.stop();
+    let (_kd, identity) = readable_identity(&keys);
+    let identity = identity.to_str().unwrap();
+    // Restore to between 2 and 3 and promote: timeline 2.
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let t1 = midpoint(commits[1].1, commits[2].0);
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            &rfc3339(t1),
+            data.to_str().unwrap(),
+            identity,
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, vec![1, 2]);
+    // Archive the new timeline from the promoted server and write to it.
+    let promoted = FreshPostgres::attach(restored.port);
+    let spool2 = pg_dir();
+    let archiver = Archiver::start(&promoted, &store, &keys, &target, &[], spool2.path());
+    let c2 = promoted.connect("postgres").await;
+    let mut tl2 = Vec::new();
+    for id in [20, 21] {
+        tl2.push(insert(&c2, id).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_archived(&store, &target, tl2[1].1);
+    archiver.stop();
+    assert!(
+        store
+            .files()
+            .iter()
+            .any(|k| k.ends_with("/00000002/00000002.history.json")),
+        "the history file is archived"
+    );
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("timeline 2"), "{}", stdout(&out));
+    drop(restored);
+    // To a time between 20 and 21 on timeline 2: 1, 2, 20.
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let t2 = midpoint(tl2[0].1, tl2[1].0);
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            &rfc3339(t2),
+            data.to_str().unwrap(),
+            identity,
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let again = Restored::start(&data).expect("recovery along timeline 2");
+    assert_eq!(again.ids().await, vec![1, 2, 20]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_wal_and_a_wrong_key_are_refused() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    // An archiver without a signing key, on purpose.
+    let env = pg_env(&pg);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "archive",
+        "postgres",
+        "--target",
+        &target,
+        "--store",
+        store.url(),
+        "-r",
+        &keys.recipient,
+        "--max-lag",
+        MAX_LAG,
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "--unsigned",
+    ];
+    let mut cmd = command("worker", &args, &env);
+    cmd.env_remove("DR_SIGNING_KEY_FILE");
+    let mut watched = Watched::spawn(cmd);
+    assert!(watched.until("WAL archiver started"), "{}", watched.stderr);
+    base_backup(&pg, &store, &keys, &target);
+    insert(&client, 1).await;
+    client
+        .batch_execute("SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watched.signal("TERM");
+    let (status, _, err) = watched.finish();
+    assert!(status.success(), "{err}");
+
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stdout(&out).contains("no signature"), "{}", stdout(&out));
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            "latest",
+            data.to_str().unwrap(),
+            keys.identity.to_str().unwrap(),
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no signature"), "{}", stderr(&out));
+    assert!(!data.exists());
+
+    // wal-fetch with a key that is not a recipient: exit 255, PostgreSQL stops recovery.
+    let file = store
+        .files()
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .find(|f| f.len() == 24 + 5 && f.ends_with(".json"))
+        .map(|f| f.trim_end_matches(".json").to_string())
+        .expect("a whole segment archived");
+    let stranger = Keys::generate();
+    let to = tempfile::tempdir().unwrap();
+    let path = to.path().join("RECOVERYXLOG");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "wal-fetch",
+            &file,
+            path.to_str().unwrap(),
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+            "--identity",
+            stranger.identity.to_str().unwrap(),
+            "--allow-unsigned",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 255, "{}", stderr(&out));
+    assert!(!path.exists());
+    // The right key (unsigned accepted on request): delivered.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "wal-fetch",
+            &file,
+            path.to_str().unwrap(),
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+            "--identity",
+            keys.identity.to_str().unwrap(),
+            "--allow-unsigned",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
+    // Not archived: exit 1, recovery ends there.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "wal-fetch",
+            "0000000100000000000000FF",
+            path.to_str().unwrap(),
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+            "--identity",
+            keys.identity.to_str().unwrap(),
+            "--allow-unsigned",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_slot_and_the_archive_age_reach_the_pushgateway() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let gateway = svc("DR_TEST_PUSHGATEWAY");
+    let archiver = Archiver::start(
+        &pg,
+        &store,
+        &keys,
+        &target,
+        &["--pushgateway", &gateway],
+        spool.path(),
+    );
+    insert(&client, 1).await;
+    // The archiver pushes every 15 s and once more when it stops.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    archiver.stop();
+    let lines = pushed_lines("kube_dr_wal_", &target).await;
+    let value = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not pushed: {lines:?}"))
+    };
+    let now = Utc::now().timestamp() as f64;
+    assert!((now - value("kube_dr_wal_last_segment_timestamp_seconds")).abs() < 60.0);
+    assert!(value("kube_dr_wal_slot_retained_bytes") >= 0.0);
+    assert_eq!(
+        value("kube_dr_wal_slot_limit_bytes"),
+        10.0 * 1024.0 * 1024.0 * 1024.0
+    );
+}
