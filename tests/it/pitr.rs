@@ -953,3 +953,129 @@ async fn the_slot_and_the_archive_age_reach_the_pushgateway() {
         10.0 * 1024.0 * 1024.0 * 1024.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_drops_the_wal_before_the_oldest_kept_base_and_the_newest_still_restores() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool.path());
+    let first = base_backup(&pg, &store, &keys, &target);
+    for id in 1..=3 {
+        insert(&client, id).await;
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    let second = base_backup(&pg, &store, &keys, &target);
+    let start: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (_, last) = insert(&client, 4).await;
+    wait_archived(&store, &target, last);
+    archiver.stop();
+    let segments = |store: &TestStore| -> Vec<String> {
+        let mut names: Vec<String> = store
+            .files()
+            .into_iter()
+            .filter(|k| k.contains(&format!("wal/postgres/{target}/")) && k.ends_with(".json"))
+            .filter_map(|k| {
+                k.rsplit('/')
+                    .next()
+                    .map(|n| n[..24.min(n.len())].to_string())
+            })
+            .filter(|n| n.len() == 24)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let before = segments(&store);
+    let out = run(
+        "worker",
+        &[
+            "prune",
+            "--engine",
+            "postgres",
+            "--target",
+            &target,
+            "--keep-last",
+            "1",
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let after = segments(&store);
+    assert!(
+        list_json(&store)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != first.as_str()),
+        "the older base went"
+    );
+    // Exactly the segments from the kept base's start on stay.
+    let s = store.open().await;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &s.get_bytes(
+            &format!("postgres/{target}/{second}/manifest.json"),
+            1 << 20,
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let start_lsn = manifest["facts"]["start_lsn"].as_str().unwrap();
+    let (hi, lo) = start_lsn.split_once('/').unwrap();
+    let number =
+        (u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    let kept_from = format!("{:08X}{:08X}", number >> 8, number & 0xFF);
+    let expected: Vec<String> = before
+        .iter()
+        .filter(|n| n[8..] >= *kept_from)
+        .cloned()
+        .collect();
+    assert!(
+        expected.len() < before.len(),
+        "the test archived WAL before the kept base: {before:?}"
+    );
+    assert_eq!(after, expected, "kept from {kept_from}");
+    assert!(after.iter().any(|n| n == &start), "{start} stays");
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let (_kd, identity) = readable_identity(&keys);
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            "latest",
+            data.to_str().unwrap(),
+            identity.to_str().unwrap(),
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
+}

@@ -94,7 +94,9 @@ impl Drill<'_> {
         let to = self
             .destinations
             .of(&b)
-            .filter(|_| registry::drills(&manifest.engine));
+            // A physical base backup gets its integrity and content check: restoring a data
+            // directory needs a server of its own (kubectl dr restore --to-datadir).
+            .filter(|_| registry::drills(&manifest.engine) && manifest.kind() != "physical");
         let to_scratch = to.is_some();
         let outcome = match to {
             Some(url) => self.restore(manifest, url).await,

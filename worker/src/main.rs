@@ -610,6 +610,55 @@ async fn copy(
     Ok(())
 }
 
+/// The WAL archives' share of a prune: WAL before the oldest base backup that stays.
+async fn prune_wal(
+    store: &dyn drkit::store::DeleteStore,
+    target: Option<&str>,
+    items: &[prune::PlanItem],
+    trust: &drkit::catalog::Trust,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use drkit::engine::postgres::wal::{pitr, prune as wal_prune};
+    for (target, keys) in wal_prune::archives(store, target).await? {
+        let (bases, _) = pitr::bases(store, &target, trust).await?;
+        let doomed = |id: &drkit::catalog::BackupId| {
+            items.iter().any(|i| {
+                i.engine == "postgres"
+                    && i.target == target
+                    && i.decision.id == *id
+                    && !i.decision.keep
+            })
+        };
+        let oldest = bases
+            .iter()
+            .filter(|b| !doomed(&b.manifest.id))
+            .map(|b| (b.facts.start_lsn, b.facts.segment_bytes))
+            .min();
+        if oldest.is_none() {
+            tracing::warn!(target = %target, "no physical base backup of this target stays: its WAL archive is kept whole");
+        }
+        let plan = wal_prune::plan(&target, &keys, oldest);
+        tracing::info!(
+            wal = %format!("postgres/{target}"),
+            keep_from_segment = plan.keep_from.as_deref().unwrap_or("(all)"),
+            kept_segments = plan.kept_segments,
+            delete_files = plan.delete.len(),
+            dry_run,
+            "WAL retention: older than the oldest kept base backup"
+        );
+        if !dry_run {
+            let (deleted, held) = wal_prune::execute(store, &plan)
+                .await
+                .context("pruning the WAL archive stopped part-way; rerun it to finish")?;
+            for h in &held {
+                tracing::info!(wal = %format!("postgres/{target}"), held = %h, "held by object lock: kept");
+            }
+            tracing::info!(wal = %format!("postgres/{target}"), deleted_objects = deleted, held = held.len(), "WAL pruned");
+        }
+    }
+    Ok(())
+}
+
 async fn prune(
     store: &StoreArgs,
     args: PruneArgs,
@@ -677,6 +726,16 @@ async fn prune(
     }
     if let Some(note) = &outcome.uploads_note {
         tracing::warn!(note = %note, "unfinished uploads not checked");
+    }
+    if filter.engine.as_deref().is_none_or(|e| e == "postgres") {
+        prune_wal(
+            store.as_ref(),
+            filter.target.as_deref(),
+            &items,
+            &trust,
+            args.dry_run,
+        )
+        .await?;
     }
     let doomed = items.iter().filter(|i| !i.decision.keep).count();
     for item in items.iter().filter(|i| i.held.is_some()) {

@@ -209,6 +209,7 @@ impl Sink for PgSink {
     }
 
     fn first_parts<'m>(&self, manifest: &'m Manifest) -> Result<Vec<&'m Part>, SourceFailure> {
+        refuse_physical(manifest)?;
         let mut parts = vec![pick_part(manifest, self.common.database.as_deref())?];
         if self.globals {
             match globals_part(manifest) {
@@ -364,6 +365,22 @@ fn rolls_back(part: &Part) -> bool {
     part.format == PartFormat::PgDumpCustom && part.database.is_some()
 }
 
+/// A physical base backup is restored into a data directory, never through pg_restore.
+///
+/// # Errors
+/// For a physical backup, saying how to restore it.
+pub fn refuse_physical(manifest: &Manifest) -> Result<(), SourceFailure> {
+    if manifest.kind() == "physical" {
+        return Err(format!(
+            "{} is a physical base backup (point-in-time recovery): restore it with `kubectl dr restore --engine postgres --target {} --time TIME|latest --to-datadir DIR`; logical dumps (worker backup postgres without --physical) restore into a server",
+            manifest.backup_ref(),
+            manifest.target
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// How a PostgreSQL backup splits into the steps of a run: one per database (each into its
 /// namesake on the server `to`), the globals with the first.
 ///
@@ -373,6 +390,7 @@ pub fn steps<'m>(
     manifest: &'m Manifest,
     to: &str,
 ) -> Result<Vec<crate::engine::Step<'m>>, SourceFailure> {
+    refuse_physical(manifest)?;
     let dbs = manifest.databases();
     let names_db = url::Url::parse(to).is_ok_and(|u| !u.path().trim_matches('/').is_empty());
     if dbs.len() > 1 && names_db {

@@ -6,6 +6,7 @@
 //! - [`base`]: `worker backup postgres --physical`, `pg_basebackup` through the pipeline.
 //! - [`fetch`]: `kubectl dr wal-fetch %f %p`, PostgreSQL's `restore_command`.
 //! - [`pitr`]: `kubectl dr restore --time … --to-datadir DIR` and `verify --wal`.
+//! - [`prune`]: WAL no kept base backup needs.
 //! - [`records`]: what a segment holds (its valid end, its transaction end times).
 //!
 //! Layout in the store, beside the backups and outside their listing:
@@ -22,6 +23,7 @@ pub mod archive;
 pub mod base;
 pub mod fetch;
 pub mod pitr;
+pub mod prune;
 pub mod records;
 
 use std::collections::BTreeMap;
