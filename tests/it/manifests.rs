@@ -75,6 +75,13 @@ fn violations(obj: &Value) -> Vec<String> {
             .and_then(|l| l.get("app.kubernetes.io/component"))
             .and_then(Value::as_str)
             == Some("drill");
+    // The point-in-time restore Job (manifests/postgres-archive/restore-job.yaml, applied by
+    // hand after a rebuild) holds the identity from its own short-lived Secret.
+    let restore_job = kind == "Job"
+        && get(obj, "spec.template.metadata.labels")
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .and_then(Value::as_str)
+            == Some("kube-dr-restore");
     let pod = match kind {
         "CronJob" => {
             if get(obj, "spec.concurrencyPolicy").and_then(Value::as_str) != Some("Forbid") {
@@ -139,17 +146,20 @@ fn violations(obj: &Value) -> Vec<String> {
     if volumes.contains("kube-dr-drill-identity") && !drill {
         fail("only the drill's pod may mount the identity Secret kube-dr-drill-identity");
     }
-    // The signing key makes backups look genuine: only the pods that write backups hold it.
+    // The signing key makes backups look genuine: only the pods that write backups (and
+    // the WAL archiver, which signs its index entries) hold it.
     let backup = get(pod, "containers")
         .and_then(Value::as_sequence)
         .into_iter()
         .flatten()
         .any(|c| {
-            get(c, "args")
-                .and_then(Value::as_sequence)
-                .and_then(|a| a.first())
-                .and_then(Value::as_str)
-                == Some("backup")
+            matches!(
+                get(c, "args")
+                    .and_then(Value::as_sequence)
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_str),
+                Some("backup" | "archive")
+            )
         });
     if volumes.contains("secretName: kube-dr-signing") && !backup {
         fail("only backup pods may mount the signing key Secret kube-dr-signing");
@@ -234,7 +244,8 @@ fn violations(obj: &Value) -> Vec<String> {
         );
         check(
             !env.contains("DR_IDENTITY_FILE")
-                || (drill && volumes.contains("secretName: kube-dr-drill-identity")),
+                || (drill && volumes.contains("secretName: kube-dr-drill-identity"))
+                || (restore_job && volumes.contains("secretName: kube-dr-restore-identity")),
             "a backup container must not hold an age identity (only the drill's, from Secret kube-dr-drill-identity)",
         );
         // What the variables say must make sense: an overlay that patches env by position
@@ -395,6 +406,20 @@ fn secret_templates_hold_no_identity_and_keep_the_rules() {
             );
         }
     }
+}
+
+#[test]
+fn the_point_in_time_restore_job_keeps_the_rules() {
+    let path = dr_tests::repo_root().join("manifests/postgres-archive/restore-job.yaml");
+    let objects = parse(&std::fs::read_to_string(&path).unwrap());
+    assert_eq!(objects.len(), 1);
+    let bad = violations(&objects[0]);
+    assert!(bad.is_empty(), "{}: {bad:?}", path.display());
+    // The exception is for this Job's own Secret only.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("kube-dr-restore-identity", "kube-dr-s3");
+    assert!(!violations(&parse(&text)[0]).is_empty());
 }
 
 /// The rules can fail: remove what they guard from a rendered CronJob, one at a time.

@@ -1064,18 +1064,24 @@ async fn prune_drops_the_wal_before_the_oldest_kept_base_and_the_newest_still_re
     let (_kd, identity) = readable_identity(&keys);
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            "latest",
-            data.to_str().unwrap(),
-            identity.to_str().unwrap(),
-        ),
-        &[],
+    // Into the data directory, WAL included (the in-cluster Job's way): no store access
+    // during recovery.
+    let mut args = restore_args(
+        &store,
+        &target,
+        "latest",
+        data.to_str().unwrap(),
+        identity.to_str().unwrap(),
     );
+    args.push("--wal-into-datadir");
+    let out = run("kubectl-dr", &args, &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("restore_command = 'false %f %p'"), "{conf}");
+    assert!(
+        data.join("pg_wal").join(&start).exists(),
+        "{start} is in pg_wal"
+    );
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
 }

@@ -18,14 +18,17 @@ use crate::output::Format;
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Point-in-time recovery (PostgreSQL)")]
 pub struct PitrArgs {
-    /// Restore a physical base backup and the archived WAL into this empty (or new)
-    /// directory, to --time or --lsn: needs --engine postgres --target T.
+    /// Recover into this empty or new directory (with --time).
+    ///
+    /// The newest physical base backup before the time and the archived WAL after it
+    /// (`worker archive postgres`); needs --engine postgres --target T.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["all", "to", "in_cluster", "to_command"])]
     pub to_datadir: Option<PathBuf>,
 
-    /// With --to-datadir: `latest` (everything archived) or a time (RFC 3339,
-    /// 2026-12-02T14:03:00Z): the last transaction that ended at or before it is the last
-    /// one restored.
+    /// With --to-datadir: `latest` or a time such as 2026-12-02T14:03:00Z.
+    ///
+    /// `latest` restores everything archived; with a time (RFC 3339) the last transaction
+    /// that ended at or before it is the last one restored.
     #[arg(long, value_name = "TIME|latest", requires = "to_datadir", value_parser = pitr::parse_time)]
     pub time: Option<Until>,
 
@@ -48,9 +51,17 @@ pub struct PitrArgs {
     )]
     pub timeline: Option<u32>,
 
-    /// With --to-datadir: start PostgreSQL on the directory (pg_ctl, as the user that owns
-    /// it, never root) and wait until recovery reached the target and promoted the server.
-    /// A WAL file that fails its check stops recovery, and the restore exits 1 naming it.
+    /// With --to-datadir: also put every WAL file the recovery needs into DIR/pg_wal,
+    /// checked, and set no restore_command that reaches the store: for a server whose image
+    /// has no kubectl-dr (the in-cluster restore Job, manifests/postgres-archive).
+    #[arg(hide_short_help = true, long, requires = "to_datadir")]
+    pub wal_into_datadir: bool,
+
+    /// With --to-datadir: start PostgreSQL on it and wait until it recovered.
+    ///
+    /// pg_ctl, as the user that owns the directory (never root); waits until recovery
+    /// reached the target and promoted the server. A WAL file that fails its check stops
+    /// recovery, and the restore exits 1 naming it.
     #[arg(long, requires = "to_datadir")]
     pub start: bool,
 
@@ -172,13 +183,27 @@ pub async fn restore(
         Ok(())
     })
     .await??;
-    let fetch_cmd = fetch_command(
-        store_args,
-        signers,
-        identity,
-        target,
-        &plan.base.facts.system_identifier,
-    )?;
+    let fetch_cmd = if args.wal_into_datadir {
+        let bytes = pitr::fill_pg_wal(store, &identities, &dir, &plan)
+            .await
+            .map_err(exit)?;
+        eprintln!(
+            "wrote {} WAL file(s), {} bytes, into {}/pg_wal",
+            plan.files.len(),
+            bytes,
+            dir.display()
+        );
+        // Recovery finds everything in pg_wal; the archive is not asked.
+        vec!["false".to_string()]
+    } else {
+        fetch_command(
+            store_args,
+            signers,
+            identity,
+            target,
+            &plan.base.facts.system_identifier,
+        )?
+    };
     let settings = pitr::write_recovery(&dir, &plan, &fetch_cmd)?;
     eprintln!(
         "restored base backup {} into {}",

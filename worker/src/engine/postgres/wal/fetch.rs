@@ -221,14 +221,17 @@ pub(crate) async fn read_entry(
     }))
 }
 
-pub(crate) enum Download {
+/// Why [`download`] failed.
+pub enum Download {
+    /// The store failed.
     Store(StoreError),
+    /// The file fails its check.
     Bad(String),
 }
 
 /// The file's plaintext, checked against its entry: ciphertext size and sha256, then the
 /// plaintext's size and sha256.
-pub(crate) async fn download(
+pub async fn download(
     store: &dyn ReadStore,
     identities: &Identities,
     entry: &Entry,

@@ -163,6 +163,8 @@ pub struct PitrPlan {
     pub wal: (String, String, usize),
     /// The newest transaction end the recovery will replay (latest), for the check after.
     pub expect_last_xact: Option<DateTime<Utc>>,
+    /// Every file the recovery reads: the timelines' history files, then the segments.
+    pub files: Vec<super::Entry>,
     /// Lines to show.
     pub lines: Vec<String>,
 }
@@ -371,12 +373,19 @@ pub async fn plan(
             expect_last_xact.map_or("(none)".into(), |x| x.to_rfc3339_opts(SecondsFormat::Millis, true))
         ));
     }
+    let files = path
+        .iter()
+        .filter_map(|(t, _)| archive.entries.get(&(*t, format!("{t:08X}.history"))))
+        .chain(used.iter().copied())
+        .map(|l| l.entry.clone())
+        .collect();
     Ok(PitrPlan {
         base,
         timeline,
         target_setting,
         wal: (first, last, needed),
         expect_last_xact,
+        files,
         lines,
     })
 }
@@ -412,6 +421,40 @@ pub fn unpack(reader: impl std::io::Read, dir: &Path) -> std::io::Result<()> {
     archive.set_preserve_permissions(true);
     archive.set_overwrite(false);
     archive.unpack(dir)
+}
+
+/// `--wal-into-datadir`: puts every WAL file the recovery needs into `dir/pg_wal`, each
+/// checked against its entry (size and sha256 of the object, then of the plaintext), so
+/// PostgreSQL recovers without a `restore_command` that reaches the store (a database image
+/// without kubectl-dr). Returns the bytes written.
+///
+/// # Errors
+/// A file that fails its check, the store, the disk.
+pub async fn fill_pg_wal(
+    store: &dyn ReadStore,
+    identities: &crate::pipeline::keys::Identities,
+    dir: &Path,
+    plan: &PitrPlan,
+) -> Result<u64, PitrError> {
+    let pg_wal = dir.join("pg_wal");
+    std::fs::create_dir_all(&pg_wal)
+        .map_err(|e| PitrError::DataDir(format!("{}: {e}", pg_wal.display())))?;
+    let mut written = 0;
+    for entry in &plan.files {
+        let plain = super::fetch::download(store, identities, entry)
+            .await
+            .map_err(|e| match e {
+                super::fetch::Download::Store(e) => PitrError::Wal(super::WalError::Store(e)),
+                super::fetch::Download::Bad(why) => {
+                    PitrError::Unrecoverable(format!("WAL file {} is refused: {why}", entry.file))
+                }
+            })?;
+        let path = pg_wal.join(&entry.file);
+        std::fs::write(&path, &plain)
+            .map_err(|e| PitrError::DataDir(format!("{}: {e}", path.display())))?;
+        written += plain.len() as u64;
+    }
+    Ok(written)
 }
 
 /// Quotes a word for the shell PostgreSQL runs `restore_command` with.
