@@ -559,6 +559,22 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
     archiver.stop();
     let (_kd, identity) = readable_identity(&keys);
     let identity = identity.to_str().unwrap();
+    // `status` (no cluster) shows the window from the store.
+    let home = tempfile::tempdir().unwrap();
+    let home_text = home.path().display().to_string();
+    let no_cluster = [("KUBECONFIG", ""), ("HOME", home_text.as_str())];
+    let status = |store: &TestStore| {
+        run(
+            "kubectl-dr",
+            &["status", "--store", store.url(), "-o", "json"],
+            &no_cluster,
+        )
+    };
+    let out = status(&store);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["wal"][0]["target"], target.as_str(), "{report}");
+    assert!(report["wal"][0]["to"].is_string(), "{report}");
 
     // Row 3's segment gone.
     let gone = &segments[2];
@@ -590,6 +606,9 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
         "the gap is named: {}",
         stdout(&out)
     );
+    let out = status(&store);
+    assert_eq!(code(&out), 1, "status fails on the gap: {}", stderr(&out));
+    assert!(stdout(&out).contains(gone.as_str()), "{}", stdout(&out));
 
     // Before the gap, where a later commit still in the archive marks the stop: row 1.
     // (Between row 2 and the gap no restore is offered: a commit may hide in the gap.)

@@ -361,7 +361,7 @@ pub async fn verify_wal(
     let target =
         target.ok_or_else(|| anyhow::anyhow!("--wal needs --target (the archiver's target)"))?;
     let store = store.open().await?;
-    let w = pitr::window(store.as_ref(), target, trust)
+    let w = pitr::window(store.as_ref(), target, trust, true)
         .await
         .map_err(exit)?;
     match output {

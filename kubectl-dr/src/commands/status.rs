@@ -20,6 +20,9 @@ use crate::output::{self, Format};
 /// after a rebuild, or from CI), the store alone answers: the newest complete backup of
 /// every engine and target, its age, and STALE beyond --max-age.
 ///
+/// With a store, each PostgreSQL WAL archive's recoverable window follows (from its signed
+/// index; `verify --wal` also reads every file); a gap in it fails the status too.
+///
 /// Examples:
 ///   kubectl dr status                         # namespace kube-dr, current context
 ///   kubectl dr status --context prod -n backups --max-age 50h -o json
@@ -45,6 +48,38 @@ struct Report {
     max_age: String,
     ok: bool,
     cronjobs: Vec<status::Row>,
+    /// The WAL archives' recoverable windows (with a store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    wal: Vec<drkit::engine::postgres::wal::pitr::Window>,
+}
+
+/// Every WAL archive's recoverable window, from the index alone (`verify --wal` also
+/// reads every file): what `status` shows below the backups.
+async fn wal_windows(
+    store: &dyn drkit::store::ReadStore,
+    trust: &catalog::Trust,
+) -> anyhow::Result<Vec<drkit::engine::postgres::wal::pitr::Window>> {
+    use drkit::engine::postgres::wal::{pitr, prune};
+    let mut out = Vec::new();
+    for target in prune::archives(store, None).await?.into_keys() {
+        out.push(pitr::window(store, &target, trust, false).await?);
+    }
+    Ok(out)
+}
+
+/// Prints the windows under a table; a gap is a problem of the run.
+fn print_windows(windows: &[drkit::engine::postgres::wal::pitr::Window]) -> anyhow::Result<()> {
+    if windows.is_empty() {
+        return Ok(());
+    }
+    drkit::cli::print_line("\nWAL archives (point-in-time recovery):")?;
+    for w in windows {
+        drkit::cli::print_line(format!("  {}", super::pitr::window_line(w, Utc::now())))?;
+        for p in &w.problems {
+            drkit::cli::print_line(format!("    PROBLEM: {p}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The newest *complete* backup of every engine/target: manifests are read newest first
@@ -83,6 +118,9 @@ struct StoreReport {
     max_age: String,
     ok: bool,
     backups: Vec<SeriesRow>,
+    /// The WAL archives' recoverable windows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    wal: Vec<drkit::engine::postgres::wal::pitr::Window>,
 }
 
 impl StatusCmd {
@@ -101,9 +139,15 @@ impl StatusCmd {
             !cronjobs.is_empty(),
             "no kube-dr CronJobs in namespace {ns}; install them with `kubectl apply -k kustomize/overlays/…` or pass -n"
         );
-        let backups = match &store.store {
-            Some(_) => Some(newest_complete(store.open().await?.as_ref(), trust).await?),
-            None => None,
+        let (backups, wal) = match &store.store {
+            Some(_) => {
+                let opened = store.open().await?;
+                (
+                    Some(newest_complete(opened.as_ref(), trust).await?),
+                    wal_windows(opened.as_ref(), trust).await?,
+                )
+            }
+            None => (None, Vec::new()),
         };
         let now = Utc::now();
         let max_age = chrono::Duration::from_std(*self.max_age)?;
@@ -121,9 +165,13 @@ impl StatusCmd {
                 status::assess(cj, &jobs, newest, backups.is_some(), now, max_age)
             })
             .collect();
-        let ok = rows.iter().all(|r| r.problems.is_empty());
+        let ok =
+            rows.iter().all(|r| r.problems.is_empty()) && wal.iter().all(|w| w.problems.is_empty());
         match self.output {
-            Format::Table => print_table(&rows)?,
+            Format::Table => {
+                print_table(&rows)?;
+                print_windows(&wal)?;
+            }
             f => output::print_structured(
                 f,
                 &Report {
@@ -131,14 +179,20 @@ impl StatusCmd {
                     max_age: self.max_age.to_string(),
                     ok,
                     cronjobs: rows.clone(),
+                    wal: wal.clone(),
                 },
             )?,
         }
         if !ok {
-            let bad: Vec<&str> = rows
+            let bad: Vec<String> = rows
                 .iter()
                 .filter(|r| !r.problems.is_empty())
-                .map(|r| r.cronjob.as_str())
+                .map(|r| r.cronjob.clone())
+                .chain(
+                    wal.iter()
+                        .filter(|w| !w.problems.is_empty())
+                        .map(|w| format!("WAL archive postgres/{}", w.target)),
+                )
                 .collect();
             return Err(CheckFailed(format!("needs attention: {}", bad.join(", "))).into());
         }
@@ -151,6 +205,7 @@ impl StatusCmd {
     async fn store_only(&self, store: &StoreArgs, trust: &catalog::Trust) -> anyhow::Result<()> {
         let opened = store.open().await?;
         let newest = newest_complete(opened.as_ref(), trust).await?;
+        let wal = wal_windows(opened.as_ref(), trust).await?;
         let now = Utc::now();
         let max_age = chrono::Duration::from_std(*self.max_age)?;
         let rows: Vec<SeriesRow> = newest
@@ -167,7 +222,9 @@ impl StatusCmd {
                 }
             })
             .collect();
-        let ok = !rows.is_empty() && rows.iter().all(|r| !r.stale);
+        let ok = !rows.is_empty()
+            && rows.iter().all(|r| !r.stale)
+            && wal.iter().all(|w| w.problems.is_empty());
         match self.output {
             Format::Table => {
                 let cells: Vec<Vec<String>> = rows
@@ -188,6 +245,7 @@ impl StatusCmd {
                     &["ENGINE", "TARGET", "NEWEST BACKUP", "AGE", "STATUS"],
                     &cells,
                 )?;
+                print_windows(&wal)?;
             }
             f => output::print_structured(
                 f,
@@ -196,6 +254,7 @@ impl StatusCmd {
                     max_age: self.max_age.to_string(),
                     ok,
                     backups: rows.clone(),
+                    wal: wal.clone(),
                 },
             )?,
         }
@@ -212,6 +271,18 @@ impl StatusCmd {
                 .filter(|r| r.stale)
                 .map(|r| format!("{}/{}", r.engine, r.target))
                 .collect();
+            let gaps: Vec<String> = wal
+                .iter()
+                .filter(|w| !w.problems.is_empty())
+                .map(|w| format!("postgres/{}", w.target))
+                .collect();
+            if !gaps.is_empty() {
+                return Err(CheckFailed(format!(
+                    "the WAL archive of {} has problems (kubectl dr verify --wal --target … names them)",
+                    gaps.join(", ")
+                ))
+                .into());
+            }
             return Err(CheckFailed(format!(
                 "newest backup older than --max-age {}: {}",
                 self.max_age,

@@ -30,7 +30,7 @@ pub struct WalPrune {
 /// # Errors
 /// The store's listing error.
 pub async fn archives(
-    store: &dyn DeleteStore,
+    store: &dyn crate::store::ReadStore,
     target: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
     let prefix = match target {
