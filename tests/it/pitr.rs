@@ -1104,3 +1104,133 @@ async fn prune_drops_the_wal_before_the_oldest_kept_base_and_the_newest_still_re
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_all_re_encrypts_the_wal_archive_too() {
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let (store, old) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let archiver = Archiver::start(&pg, &store, &old, &target, &[], spool.path());
+    base_backup(&pg, &store, &old, &target);
+    for id in 1..=3 {
+        insert(&client, id).await;
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    let (_, last) = insert(&client, 4).await;
+    wait_archived(&store, &target, last);
+    archiver.stop();
+    let new = Keys::generate();
+    let out = run(
+        "kubectl-dr",
+        &[
+            "rekey",
+            "--all",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+            "-i",
+            old.identity.to_str().unwrap(),
+            "-r",
+            &new.recipient,
+            "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("WAL postgres/{target}")),
+        "{}",
+        stderr(&out)
+    );
+    // Every file re-encrypted and signed: verify --wal is clean, no .prev is left.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!store.files().iter().any(|k| k.ends_with(".prev")));
+    // The old key opens no segment, the new one restores everything.
+    let file = store
+        .files()
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .find(|f| f.len() == 24 + 5 && f.ends_with(".json"))
+        .map(|f| f.trim_end_matches(".json").to_string())
+        .unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let path = to.path().join("RECOVERYXLOG");
+    let fetch = |keys: &Keys| {
+        run(
+            "kubectl-dr",
+            &[
+                "wal-fetch",
+                &file,
+                path.to_str().unwrap(),
+                "--target",
+                &target,
+                "--store",
+                store.url(),
+                "--identity",
+                keys.identity.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    assert_eq!(code(&fetch(&old)), 255);
+    assert_eq!(code(&fetch(&new)), 0);
+    // A second run finds nothing to do.
+    let out = run(
+        "kubectl-dr",
+        &[
+            "rekey",
+            "--all",
+            "--target",
+            &target,
+            "--store",
+            store.url(),
+            "-i",
+            old.identity.to_str().unwrap(),
+            "-r",
+            &new.recipient,
+            "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 file(s) re-encrypted"),
+        "{}",
+        stderr(&out)
+    );
+    let (_kd, identity) = readable_identity(&new);
+    let dir = pg_dir();
+    let data = dir.path().join("data");
+    let out = run(
+        "kubectl-dr",
+        &restore_args(
+            &store,
+            &target,
+            "latest",
+            data.to_str().unwrap(),
+            identity.to_str().unwrap(),
+        ),
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = Restored::start(&data).expect("recovery");
+    assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
+}

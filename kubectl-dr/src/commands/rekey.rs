@@ -28,6 +28,10 @@ use crate::output::{self, Format};
 /// Backups whose objects are under S3 Object Lock (or a legal hold) are refused and
 /// reported with their retain-until date: their old parts could not be removed.
 ///
+/// With --all, the PostgreSQL WAL archives under --target (point-in-time recovery) are
+/// re-encrypted too, file by file, each entry re-signed (the old signature kept as .prev
+/// until the new entry is in place).
+///
 /// The signing key is the worker's (DR_SIGNING_KEY_FILE); its public key must be among
 /// --signer / DR_SIGNERS, or the rekeyed backups would be refused afterwards.
 ///
@@ -108,6 +112,19 @@ impl RekeyCmd {
         );
         let store = store.open().await?;
         let manifests = self.choose(store.as_ref(), trust).await?;
+        // With --all, the WAL archives under the filter go too (point-in-time recovery).
+        let filter = self.filter.filter()?;
+        let wal_targets: Vec<String> = if self.all
+            && filter.engine.as_deref().is_none_or(|e| e == "postgres")
+        {
+            drkit::engine::postgres::wal::prune::archives(store.as_ref(), filter.target.as_deref())
+                .await?
+                .into_keys()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let wal_settings = settings.clone();
         let shown: Vec<String> = manifests
             .iter()
             .map(|m| m.backup_ref().to_string())
@@ -119,6 +136,9 @@ impl RekeyCmd {
         );
         for s in &shown {
             eprintln!("  {s}");
+        }
+        for t in &wal_targets {
+            eprintln!("  the WAL archive of postgres/{t}");
         }
         if self.dry_run {
             eprintln!("dry run: nothing changed");
@@ -176,6 +196,29 @@ impl RekeyCmd {
                 outcome,
                 seconds,
             });
+        }
+        for t in &wal_targets {
+            let done = drkit::engine::postgres::wal::rekey::rekey(
+                store.as_ref(),
+                t,
+                &identities,
+                &wal_settings,
+                trust,
+                &rekey.cancel,
+            )
+            .await
+            .with_context(|| format!("rekeying the WAL archive of postgres/{t} failed; the files before the failing one are done, the rest still open with the old key; run the same command again"))?;
+            eprintln!(
+                "==> WAL postgres/{t}: {} file(s) re-encrypted, {} done before, {} held by Object Lock",
+                done.rekeyed,
+                done.already,
+                done.held.len()
+            );
+            anyhow::ensure!(
+                done.held.is_empty(),
+                "WAL files of postgres/{t} under Object Lock were not rekeyed: {}",
+                done.held.join(", ")
+            );
         }
         if self.output != Format::Table {
             output::print_structured(self.output, &rows)?;

@@ -199,21 +199,13 @@ pub(crate) async fn read_entry(
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(ReadEntry::Store(e)),
     };
-    let sig = match store
-        .get_bytes(
-            &format!("{key}.minisig"),
-            crate::catalog::signature::MAX_SIGNATURE_BYTES,
-        )
+    let sigs = super::read_signatures(store, key, None)
         .await
-    {
-        Ok(b) => Some(b),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(ReadEntry::Store(e)),
-    };
+        .map_err(ReadEntry::Store)?;
     let entry: Entry = serde_json::from_slice(&body)
         .map_err(|e| ReadEntry::Broken(format!("its index entry does not parse: {e}")))?;
     entry.matches_key(key, target).map_err(ReadEntry::Broken)?;
-    let signature = trust.signers.judge(&body, &[sig.as_deref()]);
+    let signature = super::judge(trust, &body, &sigs);
     Ok(Some(super::Loaded {
         refused: trust.refusal(&signature),
         entry,

@@ -7,6 +7,7 @@
 //! - [`fetch`]: `kubectl dr wal-fetch %f %p`, PostgreSQL's `restore_command`.
 //! - [`pitr`]: `kubectl dr restore --time … --to-datadir DIR` and `verify --wal`.
 //! - [`prune`]: WAL no kept base backup needs.
+//! - [`rekey`]: the archive re-encrypted to new recipients.
 //! - [`records`]: what a segment holds (its valid end, its transaction end times).
 //!
 //! Layout in the store, beside the backups and outside their listing:
@@ -25,6 +26,7 @@ pub mod fetch;
 pub mod pitr;
 pub mod prune;
 pub mod records;
+pub mod rekey;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -345,15 +347,7 @@ pub async fn load(store: &dyn ReadStore, target: &str, trust: &Trust) -> Result<
     let keys = &keys;
     let read = futures::stream::iter(entry_keys.iter().map(|key| async move {
         let body = store.get_bytes(key, MAX_ENTRY_BYTES).await;
-        let sig_key = format!("{key}.minisig");
-        let sig = if keys.contains(sig_key.as_str()) {
-            store
-                .get_bytes(&sig_key, MAX_SIGNATURE_BYTES)
-                .await
-                .map(Some)
-        } else {
-            Ok(None)
-        };
+        let sig = read_signatures(store, key, Some(keys)).await;
         (*key, body, sig)
     }))
     .buffer_unordered(CONCURRENT_READS)
@@ -370,11 +364,7 @@ pub async fn load(store: &dyn ReadStore, target: &str, trust: &Trust) -> Result<
             Err(StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        let sig = match sig {
-            Ok(s) => s,
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let sigs = sig?;
         let entry: Entry = match serde_json::from_slice(&body) {
             Ok(e) => e,
             Err(e) => {
@@ -388,7 +378,7 @@ pub async fn load(store: &dyn ReadStore, target: &str, trust: &Trust) -> Result<
             archive.broken.push((key.to_string(), reason));
             continue;
         }
-        let signature = trust.signers.judge(&body, &[sig.as_deref()]);
+        let signature = judge(trust, &body, &sigs);
         let refused = trust.refusal(&signature);
         let loaded = Loaded {
             entry,
@@ -428,6 +418,34 @@ pub async fn load(store: &dyn ReadStore, target: &str, trust: &Trust) -> Result<
         .map(|k| (*k).to_string())
         .collect();
     Ok(archive)
+}
+
+/// The signature files beside an entry: `.minisig`, and `.minisig.prev`, which a rekey
+/// keeps while it swaps the entry (the old entry's signature). With `listed`, only those
+/// the listing holds are read.
+pub(crate) async fn read_signatures(
+    store: &dyn ReadStore,
+    key: &str,
+    listed: Option<&std::collections::BTreeSet<&str>>,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    for k in [format!("{key}.minisig"), format!("{key}.minisig.prev")] {
+        if listed.is_some_and(|l| !l.contains(k.as_str())) {
+            continue;
+        }
+        match store.get_bytes(&k, MAX_SIGNATURE_BYTES).await {
+            Ok(b) => out.push(b),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What the signatures say of an entry's bytes (the first valid one wins).
+pub(crate) fn judge(trust: &Trust, body: &[u8], sigs: &[Vec<u8>]) -> Signature {
+    let files: Vec<Option<&[u8]>> = sigs.iter().map(|s| Some(s.as_slice())).collect();
+    trust.signers.judge(body, &files)
 }
 
 impl Archive {

@@ -86,13 +86,14 @@ pub fn plan(target: &str, keys: &[String], oldest_start: Option<(super::Lsn, u64
             kept.insert((seg.timeline, seg.number));
             continue;
         }
-        let stem = name
-            .split(".json")
-            .next()
-            .unwrap_or(name)
-            .trim_end_matches(".age");
+        // A whole segment's keys, or one "current" upload's (its ".current-<sha>" part).
+        let upload = if current {
+            name.get(24..45).unwrap_or_default()
+        } else {
+            ""
+        };
         files
-            .entry((seg.number, seg.timeline, stem.to_string()))
+            .entry((seg.number, seg.timeline, upload.to_string()))
             .or_default()
             .push(key.clone());
     }
