@@ -19,13 +19,13 @@ use aws_sdk_s3::types::{
 };
 use dr_tests::*;
 
-fn moto() -> String {
+pub(crate) fn moto() -> String {
     svc("DR_TEST_MOTO_URL")
 }
 
 /// A fresh bucket with Object Lock enabled (and so versioning), optionally with a default
 /// retention of one day.
-async fn locked_bucket(default_retention: bool) -> String {
+pub(crate) async fn locked_bucket(default_retention: bool) -> String {
     let bucket = unique("lock").replace('_', "-");
     let s3 = s3_client(&moto());
     s3.create_bucket()

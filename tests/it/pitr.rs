@@ -1234,3 +1234,148 @@ async fn rekey_all_re_encrypts_the_wal_archive_too() {
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn object_lock_covers_the_wal_and_prune_keeps_what_it_holds() {
+    use super::object_lock::{locked_bucket, moto};
+    let pg = FreshPostgres::start();
+    let client = setup(&pg).await;
+    let keys = Keys::generate();
+    let bucket = locked_bucket(false).await;
+    let url = format!("s3://{bucket}/pitr");
+    let target = unique("pitr");
+    let spool = pg_dir();
+    let moto_url = moto();
+    let env: Vec<(&str, String)> = pg_env(&pg)
+        .into_iter()
+        .chain([("AWS_ENDPOINT_URL", moto_url.clone())])
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let lock = ["--object-lock", "governance", "--retain", "1d"];
+    let args: Vec<&str> = [
+        "archive",
+        "postgres",
+        "--target",
+        &target,
+        "--store",
+        &url,
+        "-r",
+        &keys.recipient,
+        "--max-lag",
+        MAX_LAG,
+        "--spool",
+        spool.path().to_str().unwrap(),
+    ]
+    .into_iter()
+    .chain(lock)
+    .collect();
+    let mut archiver = Watched::spawn(command("worker", &args, &env));
+    assert!(
+        archiver.until("WAL archiver started"),
+        "{}",
+        archiver.stderr
+    );
+    let base = |env: &[(&str, &str)]| {
+        let args: Vec<&str> = [
+            "backup",
+            "postgres",
+            "--physical",
+            "--target",
+            &target,
+            "--store",
+            &url,
+            "-r",
+            &keys.recipient,
+        ]
+        .into_iter()
+        .chain(lock)
+        .collect();
+        let out = run("worker", &args, env);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    };
+    base(&env);
+    for id in 1..=3 {
+        insert(&client, id).await;
+        client
+            .batch_execute("SELECT pg_switch_wal()")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    base(&env);
+    client
+        .batch_execute("SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    archiver.signal("TERM");
+    let (status, _, err) = archiver.finish();
+    assert!(status.success(), "{err}");
+    // Every archived object is locked.
+    let s3 = s3_client(&moto_url);
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("pitr/wal/postgres/{target}/"))
+        .send()
+        .await
+        .unwrap();
+    let objects: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .filter(|k| k.ends_with(".age"))
+        .collect();
+    assert!(objects.len() >= 3, "{objects:?}");
+    for key in &objects {
+        // moto answers GetObjectRetention with the object itself; HEAD carries the lock.
+        let head = s3
+            .head_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str().to_string()),
+            Some("GOVERNANCE".to_string()),
+            "{key}"
+        );
+    }
+    // Prune keeping one base: the WAL before it is held, reported and kept.
+    let out = run(
+        "worker",
+        &[
+            "prune",
+            "--target",
+            &target,
+            "--store",
+            &url,
+            "--keep-last",
+            "1",
+            "--max-delete",
+            "100%",
+        ],
+        &env,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("held by object lock"),
+        "{}",
+        stderr(&out)
+    );
+    let after = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("pitr/wal/postgres/{target}/"))
+        .send()
+        .await
+        .unwrap();
+    let still: Vec<String> = after
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .filter(|k| k.ends_with(".age"))
+        .collect();
+    assert_eq!(still, objects, "nothing held was deleted");
+}
