@@ -515,6 +515,43 @@ async fn an_archiver_killed_mid_segment_resumes_from_its_slot_without_a_gap() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, (1..=5001).collect::<Vec<_>>());
+    drop(restored);
+    // The same through restore --all with a datadir: destination, then --resume.
+    let dir2 = pg_dir();
+    let data2 = dir2.path().join("data");
+    let dest = format!("postgres/{target}=datadir:{}@latest", data2.display());
+    let state = dir2.path().join("state.json");
+    let all = |resume: bool| {
+        let mut args = vec![
+            "restore",
+            "--all",
+            "--to",
+            &dest,
+            "--store",
+            store.url(),
+            "--identity",
+            identity.to_str().unwrap(),
+            "--yes",
+            "-o",
+            "json",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        run("kubectl-dr", &args, &[])
+    };
+    let out = all(false);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(step_statuses(&summary), vec!["restored"], "{summary}");
+    let out = all(true);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(step_statuses(&summary), vec!["done earlier"], "{summary}");
+    let restored = Restored::start(&data2).expect("recovery");
+    assert_eq!(restored.ids().await, (1..=5001).collect::<Vec<_>>());
 }
 
 /// The keys of one archived file (its object, entry and signature).

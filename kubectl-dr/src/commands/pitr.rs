@@ -51,10 +51,11 @@ pub struct PitrArgs {
     )]
     pub timeline: Option<u32>,
 
-    /// With --to-datadir: also put every WAL file the recovery needs into DIR/pg_wal,
-    /// checked, and set no restore_command that reaches the store: for a server whose image
-    /// has no kubectl-dr (the in-cluster restore Job, manifests/postgres-archive).
-    #[arg(hide_short_help = true, long, requires = "to_datadir")]
+    /// With --to-datadir (or --all's datadir: destinations): also put every WAL file the
+    /// recovery needs into DIR/pg_wal, checked, and set no restore_command that reaches
+    /// the store: for a server whose image has no kubectl-dr (the in-cluster restore Job,
+    /// manifests/postgres-archive).
+    #[arg(hide_short_help = true, long)]
     pub wal_into_datadir: bool,
 
     /// With --to-datadir: start PostgreSQL on it and wait until it recovered.
@@ -134,99 +135,56 @@ pub async fn restore(
     let target = target.ok_or_else(|| {
         anyhow::anyhow!("--to-datadir needs --target (the archiver's and base backups' target)")
     })?;
-    let dir = args.to_datadir.clone().expect("called with --to-datadir");
-    let until = args.until()?;
+    let job = DatadirJob {
+        target: target.to_string(),
+        dir: args.to_datadir.clone().expect("called with --to-datadir"),
+        until: args.until()?,
+        timeline: args.timeline,
+        wal_into_datadir: args.wal_into_datadir,
+    };
     let trust = signers.enforced()?;
     let identities = identity.require()?;
     let store = store_args.open().await?;
     let store: &dyn ReadStore = store.as_ref();
-    let plan = pitr::plan(store, target, until, args.timeline, &trust)
-        .await
-        .map_err(exit)?;
+    let plan = job.plan(store, &trust).await?;
     for line in &plan.lines {
         eprintln!("{line}");
     }
-    // Nothing has been written yet: the directory is checked before the base is read.
-    if !dry_run {
-        pitr::prepare_datadir(&dir).map_err(exit)?;
+    if job.check_dir(&plan)? == DirState::Done {
+        anyhow::bail!(
+            "--to-datadir {}: the directory is not empty (it holds an earlier restore of the same base backup); a restore writes only into an empty or new directory",
+            job.dir.display()
+        );
     }
-    let base = &plan.base.manifest;
-    let part = base
-        .part_of(&drkit::catalog::PartFormat::PgBaseTar)
-        .ok_or_else(|| anyhow::anyhow!("backup {} has no base part", base.backup_ref()))?;
-    eprintln!(
-        "checking {} ({} bytes)",
-        base.backup_ref(),
-        part.ciphertext_bytes
-    );
-    let verified = drkit::verify::check_before_restore(store, base, part, progress)
-        .await
-        .map_err(|e| exit(PitrError::Verify(e)))?;
+    let verified = job.verify_base(store, &plan, progress).await?;
     if dry_run {
         eprintln!("dry run: base backup verified, WAL checked against its index, nothing written");
         return Ok(());
     }
-    let (mut plain, _bar) = drkit::verify::open_plaintext(store, verified, &identities, progress)
-        .await
-        .map_err(|e| exit(PitrError::Verify(e)))?;
-    let into = dir.clone();
-    let backup = base.backup_ref().to_string();
-    let part_owned = part.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        pitr::unpack(plain.as_read(), &into).map_err(|e| {
-            anyhow::anyhow!(
-                "unpacking the base backup into {} failed: {e}",
-                into.display()
-            )
-        })?;
-        drkit::verify::finish_checked(plain, &backup, &part_owned)?;
-        Ok(())
-    })
-    .await??;
-    let fetch_cmd = if args.wal_into_datadir {
-        let bytes = pitr::fill_pg_wal(store, &identities, &dir, &plan)
-            .await
-            .map_err(exit)?;
-        eprintln!(
-            "wrote {} WAL file(s), {} bytes, into {}/pg_wal",
-            plan.files.len(),
-            bytes,
-            dir.display()
-        );
-        // Recovery finds everything in pg_wal; the archive is not asked.
-        vec!["false".to_string()]
-    } else {
-        fetch_command(
-            store_args,
-            signers,
-            identity,
-            target,
-            &plan.base.facts.system_identifier,
-        )?
-    };
-    let settings = pitr::write_recovery(&dir, &plan, &fetch_cmd)?;
-    eprintln!(
-        "restored base backup {} into {}",
-        base.backup_ref(),
-        dir.display()
-    );
-    for s in &settings {
-        eprintln!("  {s}");
-    }
+    let fetch = fetch_command(
+        store_args,
+        &trust,
+        identity,
+        target,
+        &plan.base.facts.system_identifier,
+    )?;
+    job.execute(store, &identities, &plan, verified, &fetch, progress)
+        .await?;
     if !args.start {
         eprintln!(
-            "next: start PostgreSQL on it as the directory's owner, with the store's credentials (AWS_*/AZURE_*/GOOGLE_*) in its environment:\n  pg_ctl -D {} -l {}/recovery.log start\nrecovery fetches the WAL through kubectl-dr wal-fetch, stops at the target and promotes",
-            dir.display(),
-            dir.display()
+            "next: start PostgreSQL on it as the directory's owner{}:\n  pg_ctl -D {} -l {}/recovery.log start\nrecovery stops at the target and promotes",
+            if job.wal_into_datadir { "" } else { ", with the store's credentials (AWS_*/AZURE_*/GOOGLE_*) in its environment (recovery fetches the WAL through kubectl-dr wal-fetch)" },
+            job.dir.display(),
+            job.dir.display()
         );
         return Ok(());
     }
     eprintln!(
         "starting PostgreSQL on {} and waiting for recovery",
-        dir.display()
+        job.dir.display()
     );
     let report = pitr::start(
-        &dir,
+        &job.dir,
         args.server_bin_dir.as_deref(),
         args.server_options.as_deref(),
         &plan,
@@ -238,17 +196,209 @@ pub async fn restore(
         eprintln!("  {line}");
     }
     drkit::cli::print_line(format!(
-        "recovered to {until}; PostgreSQL is running on {}",
-        dir.display()
+        "recovered to {}; PostgreSQL is running on {}",
+        job.until,
+        job.dir.display()
     ))?;
     Ok(())
 }
 
+/// One restore into a data directory: of `restore --to-datadir`, or a `datadir:` step of
+/// `restore --all`.
+#[derive(Debug, Clone)]
+pub struct DatadirJob {
+    /// The target.
+    pub target: String,
+    /// The directory.
+    pub dir: PathBuf,
+    /// How far.
+    pub until: Until,
+    /// The timeline to follow.
+    pub timeline: Option<u32>,
+    /// Put the WAL into pg_wal.
+    pub wal_into_datadir: bool,
+}
+
+/// What the directory of a job holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DirState {
+    /// Missing or empty: the restore may write.
+    Empty,
+    /// An earlier run restored this very base backup into it (`--all --resume`).
+    Done,
+}
+
+impl DatadirJob {
+    /// Parses `restore --all`'s `postgres/TARGET=datadir:/path[@TIME|@latest]`; `before`
+    /// is the time when none is given (`--before`), else the latest.
+    pub fn parse(
+        key: &str,
+        value: &str,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> anyhow::Result<DatadirJob> {
+        let target = key.strip_prefix("postgres/").filter(|t| !t.is_empty() && !t.contains('/')).ok_or_else(|| {
+            anyhow::anyhow!("{key}={value}: a datadir: destination is for one PostgreSQL target: postgres/TARGET=datadir:/path[@TIME]")
+        })?;
+        drkit::catalog::validate_name("target", target)?;
+        let rest = value
+            .strip_prefix("datadir:")
+            .expect("called for datadir: values");
+        let (path, until) = match rest.rsplit_once('@') {
+            Some((p, t)) => match pitr::parse_time(t) {
+                Ok(u) => (p, Some(u)),
+                Err(e) => anyhow::bail!("{key}={value}: {e}"),
+            },
+            None => (rest, None),
+        };
+        anyhow::ensure!(
+            Path::new(path).is_absolute(),
+            "{key}={value}: the data directory must be an absolute path"
+        );
+        Ok(DatadirJob {
+            target: target.to_string(),
+            dir: PathBuf::from(path),
+            until: until.unwrap_or(before.map_or(Until::Latest, Until::Time)),
+            timeline: None,
+            wal_into_datadir: false,
+        })
+    }
+
+    /// The plan: base, WAL, settings; refuses what cannot be restored.
+    ///
+    /// # Errors
+    /// The plan's refusal (exit 1 for a gap or a refused file).
+    pub async fn plan(
+        &self,
+        store: &dyn ReadStore,
+        trust: &Trust,
+    ) -> anyhow::Result<pitr::PitrPlan> {
+        pitr::plan(store, &self.target, self.until, self.timeline, trust)
+            .await
+            .map_err(exit)
+    }
+
+    /// Refuses a directory with anything in it, except an earlier restore of the same base
+    /// backup (its recovery settings name it), which counts as done.
+    ///
+    /// # Errors
+    /// A non-empty directory.
+    pub fn check_dir(&self, plan: &pitr::PitrPlan) -> anyhow::Result<DirState> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e.count(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => anyhow::bail!("--to-datadir {}: {e}", self.dir.display()),
+        };
+        if entries == 0 {
+            return Ok(DirState::Empty);
+        }
+        let conf =
+            std::fs::read_to_string(self.dir.join("postgresql.auto.conf")).unwrap_or_default();
+        if conf.contains(&pitr::recovery_marker(plan)) {
+            return Ok(DirState::Done);
+        }
+        anyhow::bail!(
+            "data directory {}: the directory is not empty; a restore writes only into an empty or new directory",
+            self.dir.display()
+        )
+    }
+
+    /// Checks every byte of the base backup before anything is written.
+    ///
+    /// # Errors
+    /// A damaged base (exit 1), the store.
+    pub async fn verify_base<'p>(
+        &self,
+        store: &dyn ReadStore,
+        plan: &'p pitr::PitrPlan,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<drkit::verify::Verified<'p>> {
+        let base = &plan.base.manifest;
+        let part = base_part(plan)?;
+        eprintln!(
+            "checking {} ({} bytes)",
+            base.backup_ref(),
+            part.ciphertext_bytes
+        );
+        drkit::verify::check_before_restore(store, base, part, progress)
+            .await
+            .map_err(|e| exit(PitrError::Verify(e)))
+    }
+
+    /// Unpacks the base into the directory, puts the WAL into pg_wal when asked (else
+    /// `fetch` is the restore_command), and writes the recovery settings.
+    ///
+    /// # Errors
+    /// A non-empty directory, a damaged base or WAL file, the store, the disk.
+    pub async fn execute(
+        &self,
+        store: &dyn ReadStore,
+        identities: &drkit::pipeline::keys::Identities,
+        plan: &pitr::PitrPlan,
+        verified: drkit::verify::Verified<'_>,
+        fetch: &[String],
+        progress: &dyn Progress,
+    ) -> anyhow::Result<()> {
+        pitr::prepare_datadir(&self.dir).map_err(exit)?;
+        let base = &plan.base.manifest;
+        let part = base_part(plan)?;
+        // Checked in full by verify_base; the stream is checked again as it is read.
+        let (mut plain, _bar) =
+            drkit::verify::open_plaintext(store, verified, identities, progress)
+                .await
+                .map_err(|e| exit(PitrError::Verify(e)))?;
+        let into = self.dir.clone();
+        let backup = base.backup_ref().to_string();
+        let part_owned = part.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            pitr::unpack(plain.as_read(), &into).map_err(|e| {
+                anyhow::anyhow!(
+                    "unpacking the base backup into {} failed: {e}",
+                    into.display()
+                )
+            })?;
+            drkit::verify::finish_checked(plain, &backup, &part_owned)?;
+            Ok(())
+        })
+        .await??;
+        let fetch = if self.wal_into_datadir {
+            let bytes = pitr::fill_pg_wal(store, identities, &self.dir, plan)
+                .await
+                .map_err(exit)?;
+            eprintln!(
+                "wrote {} WAL file(s), {} bytes, into {}/pg_wal",
+                plan.files.len(),
+                bytes,
+                self.dir.display()
+            );
+            // Recovery finds everything in pg_wal; the archive is not asked.
+            vec!["false".to_string()]
+        } else {
+            fetch.to_vec()
+        };
+        let settings = pitr::write_recovery(&self.dir, plan, &fetch)?;
+        eprintln!(
+            "restored base backup {} into {}",
+            base.backup_ref(),
+            self.dir.display()
+        );
+        for s in &settings {
+            eprintln!("  {s}");
+        }
+        Ok(())
+    }
+}
+
+fn base_part(plan: &pitr::PitrPlan) -> anyhow::Result<&drkit::catalog::Part> {
+    let base = &plan.base.manifest;
+    base.part_of(&drkit::catalog::PartFormat::PgBaseTar)
+        .ok_or_else(|| anyhow::anyhow!("backup {} has no base part", base.backup_ref()))
+}
+
 /// The `restore_command` words: this binary with the store, target, cluster and trust, so
 /// the server's environment needs only the store's credentials.
-fn fetch_command(
+pub fn fetch_command(
     store: &StoreArgs,
-    signers: &SignerArgs,
+    trust: &Trust,
     identity: &IdentityArgs,
     target: &str,
     system_identifier: &str,
@@ -264,20 +414,15 @@ fn fetch_command(
     words.extend(["wal-fetch".into(), "--target".into(), target.into()]);
     words.extend(["--system-identifier".into(), system_identifier.into()]);
     if let Some(id) = &identity.identity {
+        // Absolute: the server runs it from its data directory.
         let abs = std::path::absolute(id).unwrap_or_else(|_| id.clone());
         words.extend(["--identity".into(), abs.display().to_string()]);
     }
-    for s in &signers.signers {
-        // A key line stays as it is; a file is made absolute (the server's cwd is its data
-        // directory).
-        let s = if Path::new(s).exists() {
-            std::path::absolute(s).map_or_else(|_| s.clone(), |p| p.display().to_string())
-        } else {
-            s.clone()
-        };
-        words.extend(["--signer".into(), s]);
+    // Public keys only: what this restore trusted, wal-fetch trusts.
+    for key in trust.signers.key_lines() {
+        words.extend(["--signer".into(), key]);
     }
-    if signers.allow_unsigned {
+    if trust.allow_unsigned {
         words.push("--allow-unsigned".into());
     }
     Ok(words)

@@ -123,7 +123,9 @@ pub struct RestoreCmd {
     /// (token from VAULT_TOKEN or VAULT_TOKEN_FILE), http(s)://clickhouse:8123
     /// (CLICKHOUSE_USER, CLICKHOUSE_PASSWORD(_FILE)), redis://host:6379, cluster[:CONTEXT],
     /// or - (stdout, command backups). With --all: ENGINE=URL or ENGINE/TARGET=URL,
-    /// repeatable.
+    /// repeatable; postgres/TARGET=datadir:/path[@TIME] restores that target's base backup
+    /// and WAL into a data directory (point-in-time recovery; TIME: latest, the default,
+    /// or RFC 3339; --before sets it too).
     #[arg(long, value_name = "URL", required_unless_present_any = ["to_command", "all", "plan", "to_datadir"])]
     pub(super) to: Vec<String>,
 

@@ -21,6 +21,7 @@ use drkit::verify::MaxDiff;
 use serde::{Deserialize, Serialize};
 
 use super::counts::DatabaseCounts;
+use super::pitr::{DatadirJob, DirState};
 use super::restore::RestoreCmd;
 use crate::output::{self, Format};
 
@@ -291,17 +292,33 @@ impl RestoreCmd {
             None => PlanFile::default(),
         };
         let mut destinations = Destinations::default();
+        // `postgres/T=datadir:/path[@TIME]`: a point-in-time restore into a data directory.
+        let mut jobs: Vec<DatadirJob> = Vec::new();
+        let mut add = |k: &str, v: &str| -> anyhow::Result<()> {
+            if v.trim_start().starts_with("datadir:") {
+                let mut job = DatadirJob::parse(k.trim(), v.trim(), self.before)?;
+                job.wal_into_datadir = self.pitr.wal_into_datadir;
+                jobs.retain(|j| j.target != job.target);
+                jobs.push(job);
+                Ok(())
+            } else {
+                Ok(destinations.insert(k, v)?)
+            }
+        };
         for (k, v) in &plan_file.to {
-            destinations.insert(k, v)?;
+            add(k, v)?;
         }
         for entry in &self.to {
-            destinations.add(entry)?;
+            let (k, v) = entry
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--to {entry}: expected ENGINE[/TARGET]=URL"))?;
+            add(k, v)?;
         }
         for (engine, to) in self.engines.implied_destinations() {
             destinations.insert(engine.as_str(), to)?;
         }
         anyhow::ensure!(
-            !destinations.is_empty(),
+            !destinations.is_empty() || !jobs.is_empty(),
             "--all needs destinations: --to ENGINE=URL (repeatable, e.g. --to postgres=postgres://postgres@db:5432) or --plan FILE"
         );
         let max_diff = match (&self.max_diff, &plan_file.max_diff) {
@@ -340,9 +357,14 @@ impl RestoreCmd {
                         let b = m.backup_ref();
                         self.filter.chooses(&b) && !skip.iter().any(|k| k.matches(&b))
                     })
+                    // A target restored into a data directory is the datadir step's.
+                    .filter(|m| {
+                        !(m.engine.as_str() == "postgres"
+                            && jobs.iter().any(|j| j.target == m.target))
+                    })
                     .collect();
             anyhow::ensure!(
-                !chosen.is_empty(),
+                !chosen.is_empty() || !jobs.is_empty(),
                 "no backup in {} is chosen by --engine {:?} --target {:?} --skip {:?}; `kubectl dr list` shows what is there",
                 store.location(),
                 self.filter.engine,
@@ -392,6 +414,21 @@ impl RestoreCmd {
         // part of every backup matches its manifest and opens with the key, every engine's
         // plan accepts its destination.
         let prepared = run.prepare(to_run, total, true).await?;
+        // The datadir steps: planned, their directories checked and their base backups
+        // verified, before anything changes too.
+        let mut plans = Vec::new();
+        for job in &jobs {
+            let plan = job.plan(store, trust).await?;
+            let state_of_dir = job.check_dir(&plan)?;
+            plans.push((plan, state_of_dir));
+        }
+        let mut verified = Vec::new();
+        for (job, (plan, dir)) in jobs.iter().zip(&plans) {
+            verified.push(match dir {
+                DirState::Empty => Some(job.verify_base(store, plan, progress).await?),
+                DirState::Done => None,
+            });
+        }
 
         eprintln!(
             "plan ({} of {total} step(s) to run, max diff {max_diff}):",
@@ -409,13 +446,30 @@ impl RestoreCmd {
                 eprintln!("      {line}");
             }
         }
+        for (k, (job, (plan, dir))) in jobs.iter().zip(&plans).enumerate() {
+            eprintln!(
+                "  {}/{total} postgres/{} → datadir:{} ({}){}",
+                total + k + 1,
+                job.target,
+                job.dir.display(),
+                job.until,
+                if *dir == DirState::Done {
+                    ": done earlier"
+                } else {
+                    ""
+                }
+            );
+            for line in &plan.lines {
+                eprintln!("      {line}");
+            }
+        }
         if self.dry_run {
             eprintln!(
                 "dry run: every backup verified, every destination inspected, nothing changed"
             );
             return Ok(());
         }
-        if !self.yes && !prepared.is_empty() {
+        if !self.yes && (!prepared.is_empty() || verified.iter().any(Option::is_some)) {
             let warnings: Vec<String> = prepared
                 .iter()
                 .filter_map(|(_, p)| p.confirm.as_ref().map(|c| c.prompt.clone()))
@@ -461,6 +515,45 @@ impl RestoreCmd {
                 }
             })
             .collect();
+        // The datadir steps first: they need no running service, and a server started on
+        // one later is independent of the other steps.
+        for (k, ((job, (plan, _)), checked)) in jobs.iter().zip(&plans).zip(verified).enumerate() {
+            let started = Instant::now();
+            let status = match checked {
+                None => "done earlier",
+                Some(v) => {
+                    eprintln!(
+                        "==> {}/{total} postgres/{} → datadir:{}",
+                        total + k + 1,
+                        job.target,
+                        job.dir.display()
+                    );
+                    let fetch = super::pitr::fetch_command(
+                        store_args,
+                        trust,
+                        &self.identity,
+                        &job.target,
+                        &plan.base.facts.system_identifier,
+                    )?;
+                    job.execute(store, &identities, plan, v, &fetch, progress)
+                        .await
+                        .with_context(|| format!("restoring postgres/{} into {} failed; empty the directory, fix the cause and run the same command with --resume", job.target, job.dir.display()))?;
+                    "restored"
+                }
+            };
+            reports.push(StepReport {
+                step: total + k + 1,
+                engine: "postgres".into(),
+                target: job.target.clone(),
+                backup: plan.base.manifest.id.to_string(),
+                database: None,
+                destination: format!("datadir:{} ({})", job.dir.display(), job.until),
+                stored_bytes: plan.base.manifest.size_bytes(),
+                seconds: Some(started.elapsed().as_secs_f64()),
+                status,
+                counts: None,
+            });
+        }
         let mut printer = Printer {
             total,
             max_diff,

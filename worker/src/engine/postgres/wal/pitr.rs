@@ -470,6 +470,15 @@ fn sh_quote(word: &str) -> String {
     }
 }
 
+/// The comment `write_recovery` puts above its settings: it names the base backup, so a
+/// resumed `restore --all` knows its own earlier restore.
+pub fn recovery_marker(plan: &PitrPlan) -> String {
+    format!(
+        "# kubectl dr restore: point-in-time recovery from base backup {}",
+        plan.base.manifest.backup_ref()
+    )
+}
+
 /// Writes the recovery settings into the restored directory: `recovery.signal` and a block
 /// at the end of `postgresql.auto.conf` (read last, so it wins). `fetch` is the
 /// `kubectl-dr wal-fetch` command line without `%f %p`.
@@ -500,11 +509,7 @@ pub fn write_recovery(
         .append(true)
         .create(true)
         .open(dir.join("postgresql.auto.conf"))?;
-    writeln!(
-        conf,
-        "\n# kubectl dr restore: point-in-time recovery from base backup {}",
-        plan.base.manifest.backup_ref()
-    )?;
+    writeln!(conf, "\n{}", recovery_marker(plan))?;
     for (k, v) in &settings {
         writeln!(conf, "{k} = '{}'", v.replace('\'', "''"))?;
     }
