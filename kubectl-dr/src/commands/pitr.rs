@@ -315,9 +315,9 @@ impl DatadirJob {
         let base = &plan.base.manifest;
         let part = base_part(plan)?;
         eprintln!(
-            "checking {} ({} bytes)",
+            "checking {} ({})",
             base.backup_ref(),
-            part.ciphertext_bytes
+            crate::output::human_bytes(part.ciphertext_bytes)
         );
         drkit::verify::check_before_restore(store, base, part, progress)
             .await

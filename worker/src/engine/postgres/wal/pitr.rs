@@ -580,7 +580,7 @@ pub async fn start(
                         || l.contains("recovery stopping")
                         || l.contains("selected new timeline ID")
                 })
-                .map(|l| l.trim().to_string())
+                .map(|l| l.find("LOG:").map_or(l, |i| &l[i..]).trim().to_string())
                 .collect();
             if let Some(expect) = plan.expect_last_xact {
                 let reached = text
