@@ -286,8 +286,7 @@ pub async fn run(
             () = tokio::time::sleep(TICK) => {}
         }
         let round = CancellationToken::new();
-        archiver.round(false, &round).await;
-        if archiver.status.failed_uploads == 0 && receiver.is_some() {
+        if archiver.round(false, &round).await && receiver.is_some() {
             backoff = Duration::from_secs(1);
         }
         report(&archiver.status);
@@ -296,13 +295,20 @@ pub async fn run(
     if let Some(mut c) = receiver.take() {
         let _ = c.kill().await;
     }
+    // The uploads are cancelled past the grace (and abort themselves), never dropped
+    // half-way: an upload cut off by a drop would leave its multipart upload behind.
     let last = CancellationToken::new();
-    if tokio::time::timeout(FINAL_GRACE, archiver.round(true, &last))
-        .await
-        .is_err()
-    {
-        last.cancel();
-        tracing::warn!("the last uploads did not finish within the grace period; the slot keeps that WAL for the next start");
+    let timer = {
+        let last = last.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FINAL_GRACE).await;
+            last.cancel();
+        })
+    };
+    let stored = archiver.round(true, &last).await;
+    timer.abort();
+    if !stored {
+        tracing::warn!("the last uploads failed or did not finish within the grace period; the slot keeps that WAL on the server for the next start");
     }
     report(&archiver.status);
     tracing::info!(
@@ -411,6 +417,13 @@ async fn ensure_slot(client: &Client, pg: &PgTarget, slot: &str) -> Result<Lsn, 
     })
 }
 
+/// A time for the log: RFC 3339 with microseconds (what the benchmark's RPO reads), or "-".
+fn shown(t: Option<DateTime<Utc>>) -> String {
+    t.map_or("-".into(), |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    })
+}
+
 /// Parses a timeline history file's lines (`1\t0/3000158\tno recovery target specified`).
 pub fn parse_history(text: &str) -> Vec<(u32, Lsn)> {
     text.lines()
@@ -469,8 +482,9 @@ impl Archiver<'_> {
         Ok(Some(name))
     }
 
-    /// One round: store finished files in order, then the partial segment when due.
-    async fn round(&mut self, last: bool, cancel: &CancellationToken) {
+    /// One round: store finished files in order, then the partial segment when due. False
+    /// when an upload failed (it is retried next round).
+    async fn round(&mut self, last: bool, cancel: &CancellationToken) -> bool {
         let mut names: Vec<String> = match std::fs::read_dir(&self.spool) {
             Ok(d) => d
                 .flatten()
@@ -478,25 +492,29 @@ impl Archiver<'_> {
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the spool");
-                return;
+                return false;
             }
         };
         names.sort();
         let size = self.server.segment_bytes;
+        let mut ok = true;
         // History files first: a restore needs them to follow a timeline.
         for name in names.iter().filter(|n| super::is_history_name(n)) {
             if let Err(e) = self.store_whole(name, EntryKind::History, cancel).await {
                 self.failed(name, &e);
-                return;
+                ok = false;
             }
         }
         let mut newest_stored: Option<Segment> = None;
         for name in names.iter().filter(|n| Segment::parse(n, size).is_some()) {
+            if !ok {
+                break;
+            }
             match self.store_whole(name, EntryKind::Segment, cancel).await {
                 Ok(()) => newest_stored = Segment::parse(name, size),
                 Err(e) => {
                     self.failed(name, &e);
-                    break;
+                    ok = false;
                 }
             }
         }
@@ -507,24 +525,26 @@ impl Archiver<'_> {
             || self
                 .last_partial_look
                 .is_none_or(|t| t.elapsed() >= self.max_lag / 2);
-        if due {
+        // With a whole segment still missing, a later partial would only hide the gap: the
+        // store is current again once the segment is in.
+        if due && ok {
             let partial = names.iter().filter(|n| n.ends_with(".partial")).max();
             let looked = Utc::now();
-            match partial {
+            let stored = match partial {
                 Some(name) => match self.store_partial(name, cancel).await {
-                    Ok(()) => {
-                        self.last_partial_look = Some(Instant::now());
-                        self.status.current_at = Some(looked);
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.failed(name, &e);
+                        false
                     }
-                    Err(e) => self.failed(name, &e),
                 },
-                None => {
-                    self.last_partial_look = Some(Instant::now());
-                    if self.status.failed_uploads == 0 || newest_stored.is_some() {
-                        self.status.current_at = Some(looked);
-                    }
-                }
+                None => true,
+            };
+            if stored {
+                self.last_partial_look = Some(Instant::now());
+                self.status.current_at = Some(looked);
             }
+            ok = stored;
         }
         if self
             .last_slot_check
@@ -533,6 +553,7 @@ impl Archiver<'_> {
             self.last_slot_check = Some(Instant::now());
             self.check_slot().await;
         }
+        ok
     }
 
     fn failed(&mut self, name: &str, e: &EncodeError) {
@@ -561,7 +582,7 @@ impl Archiver<'_> {
             if let Some(c) = entry.last_commit {
                 self.status.last_commit = self.status.last_commit.max(Some(c));
             }
-            tracing::info!(file = %name, stored_bytes = entry.ciphertext_bytes, last_commit = ?entry.last_commit, "WAL stored");
+            tracing::info!(file = %name, stored_bytes = entry.ciphertext_bytes, last_commit = %shown(entry.last_commit), "WAL stored");
             self.stored.insert(name.to_string(), sha);
         }
         // The whole segment replaces its partial uploads.
@@ -612,7 +633,7 @@ impl Archiver<'_> {
         if let Some(c) = entry.last_commit {
             self.status.last_commit = self.status.last_commit.max(Some(c));
         }
-        tracing::debug!(file = %file, valid_bytes = entry.end_lsn.0 - entry.start_lsn.0, "partial segment stored");
+        tracing::info!(file = %file, valid_bytes = entry.end_lsn.0 - entry.start_lsn.0, last_commit = %shown(entry.last_commit), "WAL stored (the segment being written)");
         let end = entry.end_lsn.0 - entry.start_lsn.0;
         let previous = std::mem::replace(
             self.partials.entry(file.to_string()).or_default(),
