@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The worker image: the `worker` binary (and `kubectl-dr`, which `restore --in-cluster` runs
-# as a Job), pg_dump / pg_restore / pg_dumpall / psql of the newest PostgreSQL major (pg_dump
-# refuses servers newer than itself) and CA certificates, on distroless: no package manager,
+# as a Job), pg_dump / pg_restore / pg_dumpall / psql / pg_basebackup / pg_receivewal of the
+# newest PostgreSQL major (pg_dump refuses servers newer than itself; the last two serve
+# point-in-time recovery) and CA certificates, on distroless: no package manager,
 # no shell but the /bin/sh pg_dumpall needs (below), UID 65532, fine with a read-only root.
 #
 # Two ways to build the same image; the build arguments choose where each part comes from:
@@ -66,7 +67,7 @@ RUN apt-get update \
  && apt-get update \
  && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
  && mkdir -p /out/bin /out/root \
- && for tool in pg_dump pg_restore pg_dumpall psql; do \
+ && for tool in pg_dump pg_restore pg_dumpall psql pg_basebackup pg_receivewal; do \
       cp "/usr/lib/postgresql/${PG_MAJOR}/bin/${tool}" /out/bin/; \
     done \
  && ldd /out/bin/* | awk '/=> \// { print $3 }' | sort -u \

