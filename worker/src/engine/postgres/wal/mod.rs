@@ -274,7 +274,13 @@ impl Entry {
                 s.timeline == self.timeline && s.start(self.segment_bytes) == self.start_lsn
             }),
         };
-        if !ok || !self.segment_bytes.is_power_of_two() || self.segment_bytes < 1 << 20 {
+        // PostgreSQL's segments are 1 MiB to 1 GiB; a file is never larger than one (this
+        // also bounds what a reader holds in memory for an entry it was told to trust).
+        let sized = self.segment_bytes.is_power_of_two()
+            && (1 << 20..=1 << 30).contains(&self.segment_bytes)
+            && self.plaintext_bytes <= self.segment_bytes
+            && self.ciphertext_bytes <= self.segment_bytes + (1 << 20);
+        if !ok || !sized {
             return Err(format!("the entry for {} is not consistent", self.file));
         }
         Ok(())
