@@ -325,6 +325,109 @@ fn restore_args<'a>(
     ]
 }
 
+/// `kubectl dr verify --wal --target T`.
+fn verify_wal(store: &TestStore, target: &str) -> std::process::Output {
+    run(
+        "kubectl-dr",
+        &[
+            "verify",
+            "--wal",
+            "--target",
+            target,
+            "--store",
+            store.url(),
+        ],
+        &[],
+    )
+}
+
+/// `kubectl dr restore … --time TIME --to-datadir DATA`.
+fn restore(
+    store: &TestStore,
+    target: &str,
+    time: &str,
+    data: &Path,
+    identity: &str,
+) -> std::process::Output {
+    run(
+        "kubectl-dr",
+        &restore_args(store, target, time, data.to_str().unwrap(), identity),
+        &[],
+    )
+}
+
+/// The same with `--start` (and `extra`), run as the postgres user as an operator would,
+/// the server on a free port with its socket in `dir`: the output and the port.
+fn restore_and_start(
+    store: &TestStore,
+    target: &str,
+    time: &str,
+    dir: &Path,
+    data: &Path,
+    identity: &str,
+) -> (std::process::Output, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let options = format!(
+        "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+        dir.display()
+    );
+    let bin = svc("DR_PG_BIN_DIR");
+    let mut args = restore_args(store, target, time, data.to_str().unwrap(), identity);
+    args.extend([
+        "--start",
+        "--server-options",
+        &options,
+        "--server-bin-dir",
+        &bin,
+    ]);
+    let mut cmd = as_postgres(&binary("kubectl-dr"));
+    cmd.args(&args);
+    for (k, v) in services() {
+        cmd.env(k, v);
+    }
+    cmd.env("DR_SIGNERS", &suite_signer().public)
+        .env_remove("DR_STORE");
+    (cmd.output().unwrap(), port)
+}
+
+/// `kubectl dr wal-fetch FILE PATH` as PostgreSQL runs it, with `keys`' identity.
+fn wal_fetch(
+    store: &TestStore,
+    target: &str,
+    file: &str,
+    path: &Path,
+    keys: &Keys,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "wal-fetch",
+        file,
+        path.to_str().unwrap(),
+        "--target",
+        target,
+        "--store",
+        store.url(),
+        "--identity",
+        keys.identity.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run("kubectl-dr", &args, &[])
+}
+
+/// The name of the first whole segment the store holds.
+fn first_segment(store: &TestStore) -> String {
+    store
+        .files()
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .find(|f| f.len() == 24 + 5 && f.ends_with(".json"))
+        .map(|f| f.trim_end_matches(".json").to_string())
+        .expect("a whole segment archived")
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -374,18 +477,7 @@ async fn restores_to_a_time_between_two_commits_and_to_the_latest_one() {
         .find(|r| r["id"] == base.as_str())
         .expect("the base is listed");
     assert_eq!(row["kind"], "physical");
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stdout(&out).contains("recoverable from"),
@@ -399,17 +491,7 @@ async fn restores_to_a_time_between_two_commits_and_to_the_latest_one() {
     let between = midpoint(commits[1].1, commits[2].0);
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            &rfc3339(between),
-            data.to_str().unwrap(),
-            identity,
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, &rfc3339(between), &data, identity);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&base),
@@ -424,26 +506,7 @@ async fn restores_to_a_time_between_two_commits_and_to_the_latest_one() {
     // Latest, with --start: every row, the one after the idle minute too.
     let dir2 = pg_dir();
     let data2 = dir2.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let options = format!(
-        "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-        dir2.path().display()
-    );
-    let mut args = restore_args(&store, &target, "latest", data2.to_str().unwrap(), identity);
-    args.extend(["--start", "--server-options", &options, "--server-bin-dir"]);
-    let bin = svc("DR_PG_BIN_DIR");
-    args.push(&bin);
-    let mut cmd = as_postgres(&binary("kubectl-dr"));
-    cmd.args(&args);
-    for (k, v) in services() {
-        cmd.env(k, v);
-    }
-    cmd.env("DR_SIGNERS", &suite_signer().public)
-        .env_remove("DR_STORE");
-    let out = cmd.output().unwrap();
+    let (out, port) = restore_and_start(&store, &target, "latest", dir2.path(), &data2, identity);
     assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
     assert!(
         stdout(&out).contains("PostgreSQL is running"),
@@ -486,33 +549,12 @@ async fn an_archiver_killed_mid_segment_resumes_from_its_slot_without_a_gap() {
     let archiver = Archiver::start(&pg, &store, &keys, &target, &[], spool2.path());
     wait_archived(&store, &target, last);
     archiver.stop();
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     let (_kd, identity) = readable_identity(&keys);
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            "latest",
-            data.to_str().unwrap(),
-            identity.to_str().unwrap(),
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, "latest", &data, identity.to_str().unwrap());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, (1..=5001).collect::<Vec<_>>());
@@ -626,18 +668,7 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
     for k in &keys_of {
         s.delete(k).await.unwrap();
     }
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
         stdout(&out).contains(gone.as_str()),
@@ -653,17 +684,7 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
     let dir = pg_dir();
     let data = dir.path().join("data");
     let before = midpoint(commits[0].1, commits[1].0);
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            &rfc3339(before),
-            data.to_str().unwrap(),
-            identity,
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, &rfc3339(before), &data, identity);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1]);
@@ -673,17 +694,7 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
     let dir = pg_dir();
     let data = dir.path().join("data");
     let after = midpoint(commits[2].1, commits[3].0);
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            &rfc3339(after),
-            data.to_str().unwrap(),
-            identity,
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, &rfc3339(after), &data, identity);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains(gone.as_str()), "{}", stderr(&out));
     assert!(!data.exists(), "nothing was written");
@@ -697,45 +708,21 @@ async fn a_deleted_segment_is_a_named_gap_and_a_damaged_one_stops_recovery() {
     store.damage(&object).await;
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let options = format!(
-        "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-        dir.path().display()
-    );
-    let before_text = rfc3339(before);
-    let mut args = restore_args(
+    let (out, _) = restore_and_start(
         &store,
         &target,
-        &before_text,
-        data.to_str().unwrap(),
+        &rfc3339(before),
+        dir.path(),
+        &data,
         identity,
     );
-    let bin = svc("DR_PG_BIN_DIR");
-    args.extend([
-        "--start",
-        "--server-options",
-        &options,
-        "--server-bin-dir",
-        &bin,
-    ]);
-    let mut cmd = as_postgres(&binary("kubectl-dr"));
-    cmd.args(&args);
-    for (k, v) in services() {
-        cmd.env(k, v);
-    }
-    cmd.env("DR_SIGNERS", &suite_signer().public)
-        .env_remove("DR_STORE");
-    let out = cmd.output().unwrap();
     assert_eq!(code(&out), 1, "{}\n{}", stdout(&out), stderr(&out));
     assert!(
         stderr(&out).contains(damaged.as_str()) && stderr(&out).contains("sha256"),
         "{}",
         stderr(&out)
     );
-    let running = as_postgres(&PathBuf::from(&bin).join("pg_ctl"))
+    let running = as_postgres(&PathBuf::from(svc("DR_PG_BIN_DIR")).join("pg_ctl"))
         .arg("-D")
         .arg(&data)
         .arg("status")
@@ -766,17 +753,7 @@ async fn a_second_timeline_is_archived_and_restored_along() {
     let dir = pg_dir();
     let data = dir.path().join("data");
     let t1 = midpoint(commits[1].1, commits[2].0);
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            &rfc3339(t1),
-            data.to_str().unwrap(),
-            identity,
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, &rfc3339(t1), &data, identity);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1, 2]);
@@ -799,18 +776,7 @@ async fn a_second_timeline_is_archived_and_restored_along() {
             .any(|k| k.ends_with("/00000002/00000002.history.json")),
         "the history file is archived"
     );
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("timeline 2"), "{}", stdout(&out));
     drop(restored);
@@ -818,17 +784,7 @@ async fn a_second_timeline_is_archived_and_restored_along() {
     let dir = pg_dir();
     let data = dir.path().join("data");
     let t2 = midpoint(tl2[0].1, tl2[1].0);
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            &rfc3339(t2),
-            data.to_str().unwrap(),
-            identity,
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, &rfc3339(t2), &data, identity);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let again = Restored::start(&data).expect("recovery along timeline 2");
     assert_eq!(again.ids().await, vec![1, 2, 20]);
@@ -874,101 +830,49 @@ async fn unsigned_wal_and_a_wrong_key_are_refused() {
     let (status, _, err) = watched.finish();
     assert!(status.success(), "{err}");
 
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stdout(&out).contains("no signature"), "{}", stdout(&out));
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            "latest",
-            data.to_str().unwrap(),
-            keys.identity.to_str().unwrap(),
-        ),
-        &[],
+    let out = restore(
+        &store,
+        &target,
+        "latest",
+        &data,
+        keys.identity.to_str().unwrap(),
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("no signature"), "{}", stderr(&out));
     assert!(!data.exists());
 
     // wal-fetch with a key that is not a recipient: exit 255, PostgreSQL stops recovery.
-    let file = store
-        .files()
-        .into_iter()
-        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-        .find(|f| f.len() == 24 + 5 && f.ends_with(".json"))
-        .map(|f| f.trim_end_matches(".json").to_string())
-        .expect("a whole segment archived");
+    let file = first_segment(&store);
     let stranger = Keys::generate();
     let to = tempfile::tempdir().unwrap();
     let path = to.path().join("RECOVERYXLOG");
-    let out = run(
-        "kubectl-dr",
-        &[
-            "wal-fetch",
-            &file,
-            path.to_str().unwrap(),
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-            "--identity",
-            stranger.identity.to_str().unwrap(),
-            "--allow-unsigned",
-        ],
-        &[],
+    let out = wal_fetch(
+        &store,
+        &target,
+        &file,
+        &path,
+        &stranger,
+        &["--allow-unsigned"],
     );
     assert_eq!(code(&out), 255, "{}", stderr(&out));
     assert!(!path.exists());
     // The right key (unsigned accepted on request): delivered.
-    let out = run(
-        "kubectl-dr",
-        &[
-            "wal-fetch",
-            &file,
-            path.to_str().unwrap(),
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-            "--identity",
-            keys.identity.to_str().unwrap(),
-            "--allow-unsigned",
-        ],
-        &[],
-    );
+    let out = wal_fetch(&store, &target, &file, &path, &keys, &["--allow-unsigned"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
     // Not archived: exit 1, recovery ends there.
-    let out = run(
-        "kubectl-dr",
-        &[
-            "wal-fetch",
-            "0000000100000000000000FF",
-            path.to_str().unwrap(),
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-            "--identity",
-            keys.identity.to_str().unwrap(),
-            "--allow-unsigned",
-        ],
-        &[],
+    let out = wal_fetch(
+        &store,
+        &target,
+        "0000000100000000000000FF",
+        &path,
+        &keys,
+        &["--allow-unsigned"],
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
 }
@@ -1105,18 +1009,7 @@ async fn prune_drops_the_wal_before_the_oldest_kept_base_and_the_newest_still_re
     );
     assert_eq!(after, expected, "kept from {kept_from}");
     assert!(after.iter().any(|n| n == &start), "{start} stays");
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     let (_kd, identity) = readable_identity(&keys);
     let dir = pg_dir();
@@ -1163,23 +1056,26 @@ async fn rekey_all_re_encrypts_the_wal_archive_too() {
     wait_archived(&store, &target, last);
     archiver.stop();
     let new = Keys::generate();
-    let out = run(
-        "kubectl-dr",
-        &[
-            "rekey",
-            "--all",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-            "-i",
-            old.identity.to_str().unwrap(),
-            "-r",
-            &new.recipient,
-            "--yes",
-        ],
-        &[],
-    );
+    let rekey = || {
+        run(
+            "kubectl-dr",
+            &[
+                "rekey",
+                "--all",
+                "--target",
+                &target,
+                "--store",
+                store.url(),
+                "-i",
+                old.identity.to_str().unwrap(),
+                "-r",
+                &new.recipient,
+                "--yes",
+            ],
+            &[],
+        )
+    };
+    let out = rekey();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("WAL postgres/{target}")),
@@ -1187,67 +1083,18 @@ async fn rekey_all_re_encrypts_the_wal_archive_too() {
         stderr(&out)
     );
     // Every file re-encrypted and signed: verify --wal is clean, no .prev is left.
-    let out = run(
-        "kubectl-dr",
-        &[
-            "verify",
-            "--wal",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-        ],
-        &[],
-    );
+    let out = verify_wal(&store, &target);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert!(!store.files().iter().any(|k| k.ends_with(".prev")));
     // The old key opens no segment, the new one restores everything.
-    let file = store
-        .files()
-        .into_iter()
-        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-        .find(|f| f.len() == 24 + 5 && f.ends_with(".json"))
-        .map(|f| f.trim_end_matches(".json").to_string())
-        .unwrap();
+    let file = first_segment(&store);
     let to = tempfile::tempdir().unwrap();
     let path = to.path().join("RECOVERYXLOG");
-    let fetch = |keys: &Keys| {
-        run(
-            "kubectl-dr",
-            &[
-                "wal-fetch",
-                &file,
-                path.to_str().unwrap(),
-                "--target",
-                &target,
-                "--store",
-                store.url(),
-                "--identity",
-                keys.identity.to_str().unwrap(),
-            ],
-            &[],
-        )
-    };
+    let fetch = |keys: &Keys| wal_fetch(&store, &target, &file, &path, keys, &[]);
     assert_eq!(code(&fetch(&old)), 255);
     assert_eq!(code(&fetch(&new)), 0);
     // A second run finds nothing to do.
-    let out = run(
-        "kubectl-dr",
-        &[
-            "rekey",
-            "--all",
-            "--target",
-            &target,
-            "--store",
-            store.url(),
-            "-i",
-            old.identity.to_str().unwrap(),
-            "-r",
-            &new.recipient,
-            "--yes",
-        ],
-        &[],
-    );
+    let out = rekey();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("0 file(s) re-encrypted"),
@@ -1257,17 +1104,7 @@ async fn rekey_all_re_encrypts_the_wal_archive_too() {
     let (_kd, identity) = readable_identity(&new);
     let dir = pg_dir();
     let data = dir.path().join("data");
-    let out = run(
-        "kubectl-dr",
-        &restore_args(
-            &store,
-            &target,
-            "latest",
-            data.to_str().unwrap(),
-            identity.to_str().unwrap(),
-        ),
-        &[],
-    );
+    let out = restore(&store, &target, "latest", &data, identity.to_str().unwrap());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let restored = Restored::start(&data).expect("recovery");
     assert_eq!(restored.ids().await, vec![1, 2, 3, 4]);
@@ -1438,18 +1275,7 @@ async fn the_archive_works_on_azure_blob_and_gcs() {
         let (last, _) = insert(&client, 3).await;
         wait_archived(&store, &target, last);
         archiver.stop();
-        let out = run(
-            "kubectl-dr",
-            &[
-                "verify",
-                "--wal",
-                "--target",
-                &target,
-                "--store",
-                store.url(),
-            ],
-            &[],
-        );
+        let out = verify_wal(&store, &target);
         assert_eq!(
             code(&out),
             0,
