@@ -82,6 +82,10 @@ enum Command {
     /// complete backup, or more than --max-delete of them, is refused (exit 2) before
     /// anything is deleted. Each decision is logged with its reasons.
     ///
+    /// PostgreSQL WAL archives (`worker archive postgres`) follow their base backups: WAL
+    /// older than the oldest physical base backup that stays is deleted, never a segment a
+    /// kept one needs (with no base backup kept, the archive is kept whole).
+    ///
     /// Example (a nightly prune CronJob):
     ///   worker prune --keep-daily 7 --keep-weekly 4 --keep-monthly 6
     #[command(verbatim_doc_comment)]

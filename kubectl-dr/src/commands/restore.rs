@@ -285,6 +285,10 @@ impl RestoreCmd {
             filter.engine = engine_of_url(&self.single_to()?).map(|e| e.to_string());
         }
         let manifest = catalog::resolve(store, self.selector(), &filter, &trust).await?;
+        // A base backup for point-in-time recovery goes into a data directory: say so
+        // before any destination is contacted.
+        drkit::engine::postgres::sink::refuse_physical(&manifest)
+            .map_err(|e| anyhow::anyhow!(e))?;
         let max_diff = self.max_diff.unwrap_or_default();
         let step = Step {
             manifest: &manifest,
