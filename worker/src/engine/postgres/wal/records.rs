@@ -81,6 +81,10 @@ pub fn scan(data: &[u8], start: u64) -> Scan {
             } else {
                 SHORT_HEADER
             };
+        if off > page_end {
+            // A header cut off by the end of the data (or claiming a long one mid-segment).
+            return out;
+        }
         if need > 0 || skipping || (page == 0 && info & XLP_FIRST_IS_CONTRECORD != 0) {
             if info & XLP_FIRST_IS_CONTRECORD == 0 || (need > 0 && rem_len != need) {
                 return out;
@@ -399,6 +403,24 @@ mod tests {
         // The wrong segment start: the page address does not match.
         assert_eq!(scan(&w.data, START + (16 << 20)), Scan::default());
         assert_eq!(scan(&[0u8; 8192], START), Scan::default());
+    }
+
+    #[test]
+    fn bytes_cut_anywhere_never_panic_and_keep_what_is_whole() {
+        let mut w = Writer::new();
+        for i in 0..200 {
+            w.commit(1_764_000_000_000_000 + i, 30);
+        }
+        let full = scan(&w.data, START);
+        for cut in (0..w.data.len()).step_by(7) {
+            let s = scan(&w.data[..cut], START);
+            assert!(s.valid_bytes <= full.valid_bytes && s.records <= full.records);
+        }
+        // A later page claiming a long header, cut inside it.
+        let mut data = w.data.clone();
+        data.truncate(BLOCK + 30);
+        data[BLOCK + 2] |= XLP_LONG_HEADER as u8;
+        let _ = scan(&data, START);
     }
 
     #[test]
