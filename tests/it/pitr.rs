@@ -1301,3 +1301,46 @@ async fn the_archive_works_on_azure_blob_and_gcs() {
         assert_eq!(restored.ids().await, vec![1, 2, 3], "{}", store.url());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_an_archiver_whose_store_stalls_while_it_starts() {
+    let pg = FreshPostgres::start();
+    let (store, keys) = (TestStore::s3(), Keys::generate());
+    let target = unique("pitr");
+    // A store that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = format!("http://{}", silent.local_addr().unwrap());
+    let spool = pg_dir();
+    let env: Vec<(&str, String)> = pg_env(&pg)
+        .into_iter()
+        .chain([("AWS_ENDPOINT_URL", front)])
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "archive",
+        "postgres",
+        "--target",
+        &target,
+        "--store",
+        store.url(),
+        "-r",
+        &keys.recipient,
+        "--max-lag",
+        MAX_LAG,
+        "--spool",
+        spool.path().to_str().unwrap(),
+    ];
+    let starting = Watched::spawn(command("worker", &args, &env));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = std::time::Instant::now();
+    starting.signal("TERM");
+    let (status, _, stderr) = starting.finish();
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}:\n{stderr}",
+        sent.elapsed()
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("stopped while starting"), "{stderr}");
+    drop(silent);
+}

@@ -42,6 +42,9 @@ const FINAL_GRACE: Duration = Duration::from_secs(20);
 const TICK: Duration = Duration::from_millis(500);
 /// How often the slot's retained WAL is read.
 const SLOT_CHECK: Duration = Duration::from_secs(15);
+/// Longest a query about the slot may take: a server that stalls must not freeze a round
+/// (the connection is dropped and made again next time).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flags of `worker archive postgres`.
 #[derive(Debug, Clone, clap::Args)]
@@ -201,6 +204,92 @@ pub async fn run(
         target: args.target.clone(),
         detail: e.to_string(),
     })?;
+    // A server or store that stalls at the start must not hold SIGTERM up.
+    let mut archiver = tokio::select! {
+        started = start(args, store, settings) => started?,
+        () = cancel.cancelled() => {
+            tracing::info!("stopped while starting: nothing was received yet");
+            return Ok(());
+        }
+    };
+    let (pg, spool) = (archiver.pg.clone(), archiver.spool.clone());
+    let mut receiver: Option<tokio::process::Child> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut restart_at = Instant::now();
+    loop {
+        if receiver.is_none() && Instant::now() >= restart_at {
+            // After a restart of pg_receivewal, the spool may hold no file of the current
+            // segment (a finished one was stored and removed): seed again from the slot.
+            if let Err(e) = archiver.seed_spool() {
+                tracing::warn!(error = %e, "cannot seed the spool");
+            }
+            match spawn_receiver(args, &pg, &spool) {
+                Ok(c) => receiver = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start pg_receivewal");
+                    restart_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        let exited = async {
+            match receiver.as_mut() {
+                Some(c) => c.wait().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            status = exited => {
+                tracing::warn!(status = ?status, retry_in = ?backoff, "pg_receivewal stopped (server restart or connection lost); starting it again");
+                receiver = None;
+                restart_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            () = tokio::time::sleep(TICK) => {}
+        }
+        // SIGTERM aborts a round's uploads (a stalled store must not hold it up); the last
+        // round below gets its own grace.
+        let round = cancel.child_token();
+        if archiver.round(false, &round).await && receiver.is_some() {
+            backoff = Duration::from_secs(1);
+        }
+        report(&archiver.status);
+    }
+    // SIGTERM: stop receiving, store what was received, within the pod's grace period.
+    if let Some(mut c) = receiver.take() {
+        let _ = c.kill().await;
+    }
+    // The uploads are cancelled past the grace (and abort themselves), never dropped
+    // half-way: an upload cut off by a drop would leave its multipart upload behind.
+    let last = CancellationToken::new();
+    let timer = {
+        let last = last.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FINAL_GRACE).await;
+            last.cancel();
+        })
+    };
+    let stored = archiver.round(true, &last).await;
+    timer.abort();
+    if !stored {
+        tracing::warn!("the last uploads failed or did not finish within the grace period; the slot keeps that WAL on the server for the next start");
+    }
+    report(&archiver.status);
+    tracing::info!(
+        stored_files = archiver.status.stored_files,
+        "WAL archiver stopped"
+    );
+    Ok(())
+}
+
+/// Connects, reads the server, makes sure of the slot and the spool, and reads what the
+/// store holds already.
+async fn start<'a>(
+    args: &ArchiveArgs,
+    store: &'a dyn DeleteStore,
+    settings: EncodeSettings,
+) -> Result<Archiver<'a>, ArchiveError> {
     let pg = PgTarget::from_env()?;
     let db = pg.dbname.clone().unwrap_or_else(|| "postgres".into());
     let client = pg.connect(&db).await?;
@@ -250,72 +339,7 @@ pub async fn run(
         max_lag = %args.max_lag,
         "WAL archiver started"
     );
-    let mut receiver: Option<tokio::process::Child> = None;
-    let mut backoff = Duration::from_secs(1);
-    let mut restart_at = Instant::now();
-    loop {
-        if receiver.is_none() && Instant::now() >= restart_at {
-            // After a restart of pg_receivewal, the spool may hold no file of the current
-            // segment (a finished one was stored and removed): seed again from the slot.
-            if let Err(e) = archiver.seed_spool() {
-                tracing::warn!(error = %e, "cannot seed the spool");
-            }
-            match spawn_receiver(args, &pg, &spool) {
-                Ok(c) => receiver = Some(c),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start pg_receivewal");
-                    restart_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-        let exited = async {
-            match receiver.as_mut() {
-                Some(c) => c.wait().await.ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            status = exited => {
-                tracing::warn!(status = ?status, retry_in = ?backoff, "pg_receivewal stopped (server restart or connection lost); starting it again");
-                receiver = None;
-                restart_at = Instant::now() + backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            () = tokio::time::sleep(TICK) => {}
-        }
-        let round = CancellationToken::new();
-        if archiver.round(false, &round).await && receiver.is_some() {
-            backoff = Duration::from_secs(1);
-        }
-        report(&archiver.status);
-    }
-    // SIGTERM: stop receiving, store what was received, within the pod's grace period.
-    if let Some(mut c) = receiver.take() {
-        let _ = c.kill().await;
-    }
-    // The uploads are cancelled past the grace (and abort themselves), never dropped
-    // half-way: an upload cut off by a drop would leave its multipart upload behind.
-    let last = CancellationToken::new();
-    let timer = {
-        let last = last.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(FINAL_GRACE).await;
-            last.cancel();
-        })
-    };
-    let stored = archiver.round(true, &last).await;
-    timer.abort();
-    if !stored {
-        tracing::warn!("the last uploads failed or did not finish within the grace period; the slot keeps that WAL on the server for the next start");
-    }
-    report(&archiver.status);
-    tracing::info!(
-        stored_files = archiver.status.stored_files,
-        "WAL archiver stopped"
-    );
-    Ok(())
+    Ok(archiver)
 }
 
 fn spawn_receiver(
@@ -790,10 +814,14 @@ impl Archiver<'_> {
         };
         // The position is ours (hex digits and a slash), never user text.
         let sql = format!("SELECT pg_replication_slot_advance($1, '{to}'::pg_lsn)");
-        match client.query_one(&sql, &[&slot]).await {
-            Ok(_) => self.slot_restart = to,
-            Err(e) => {
+        match tokio::time::timeout(QUERY_TIMEOUT, client.query_one(&sql, &[&slot])).await {
+            Ok(Ok(_)) => self.slot_restart = to,
+            Ok(Err(e)) => {
                 tracing::warn!(slot = %slot, error = %e, "cannot move the replication slot; retrying")
+            }
+            Err(_) => {
+                tracing::warn!(slot = %slot, "the server did not answer within 10 s while the slot was moved; retrying");
+                self.client = None;
             }
         }
     }
@@ -804,12 +832,16 @@ impl Archiver<'_> {
         let Some(client) = self.client().await else {
             return;
         };
-        let row = client
-            .query_opt(
-                "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slot];
+        let query = client.query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &params,
+        );
+        let Ok(row) = tokio::time::timeout(QUERY_TIMEOUT, query).await else {
+            tracing::warn!(slot = %slot, "the server did not answer within 10 s while the slot was read");
+            self.client = None;
+            return;
+        };
         match row {
             Ok(Some(r)) => {
                 let retained = r.get::<_, Option<i64>>(0).map(|b| b.max(0) as u64);
