@@ -326,9 +326,6 @@ pub struct Archive {
     pub broken: Vec<(String, String)>,
     /// Keys of partial entries superseded by a whole segment or a newer partial (prune).
     pub superseded: Vec<Entry>,
-    /// Objects in the archive's directory that no entry names (an upload cut before its
-    /// entry was written); prune deletes them.
-    pub orphans: Vec<String>,
 }
 
 /// Reads every entry of `target`'s archive and judges its signature.
@@ -412,17 +409,6 @@ pub async fn load(store: &dyn ReadStore, target: &str, trust: &Trust) -> Result<
             }
         }
     }
-    let named: std::collections::BTreeSet<String> = archive
-        .entries
-        .values()
-        .map(|l| l.entry.object_key())
-        .chain(archive.superseded.iter().map(Entry::object_key))
-        .collect();
-    archive.orphans = keys
-        .iter()
-        .filter(|k| k.ends_with(".age") && !named.contains(**k))
-        .map(|k| (*k).to_string())
-        .collect();
     Ok(archive)
 }
 
@@ -528,14 +514,9 @@ impl Archive {
                     chain.gap = Some(seg.name(size));
                     chain.resumes = on_path
                         .iter()
-                        .filter_map(|l| {
-                            l.entry
-                                .segment()
-                                .filter(|s| s.number > number)
-                                .map(|s| (s, *l))
-                        })
-                        .min_by_key(|(s, _)| s.number)
-                        .map(|(s, l)| (s.name(size), l.entry.first_xact_end));
+                        .filter_map(|l| l.entry.segment().filter(|s| s.number > number))
+                        .min_by_key(|s| s.number)
+                        .map(|s| s.name(size));
                     break;
                 }
             }
@@ -552,8 +533,8 @@ pub struct Chain<'a> {
     pub segments: Vec<&'a Loaded>,
     /// The first missing segment, when the archive holds later ones.
     pub gap: Option<String>,
-    /// The next archived segment after the gap, and its first transaction end.
-    pub resumes: Option<(String, Option<DateTime<Utc>>)>,
+    /// The next archived segment after the gap.
+    pub resumes: Option<String>,
 }
 
 impl Chain<'_> {
@@ -696,10 +677,7 @@ mod tests {
         let c = a.chain(&path, Lsn(2 * SIZE), SIZE);
         assert_eq!(c.segments.len(), 2);
         assert_eq!(c.gap.as_deref(), Some("000000010000000000000004"));
-        assert_eq!(
-            c.resumes.as_ref().map(|r| r.0.as_str()),
-            Some("000000020000000000000005")
-        );
+        assert_eq!(c.resumes.as_deref(), Some("000000020000000000000005"));
         assert!(a.path_to(3).unwrap_err().contains("00000003.history"));
     }
 

@@ -159,8 +159,6 @@ pub struct PitrPlan {
     pub timeline: u32,
     /// `recovery_target_*` settings (none: replay everything archived).
     pub target_setting: Option<(String, String)>,
-    /// The WAL files the recovery reads, first and last, and how many.
-    pub wal: (String, String, usize),
     /// The newest transaction end the recovery will replay (latest), for the check after.
     pub expect_last_xact: Option<DateTime<Utc>>,
     /// Every file the recovery reads: the timelines' history files, then the segments.
@@ -212,7 +210,7 @@ pub async fn plan(
     let chain = archive.chain(&path, base.facts.start_lsn, size);
     let refuse = |why: String| Err(PitrError::Unrecoverable(why));
     let gap_note = |chain: &Chain<'_>| match (&chain.gap, &chain.resumes) {
-        (Some(gap), Some((next, _))) => {
+        (Some(gap), Some(next)) => {
             format!("WAL segment {gap} is missing from the store (the archive resumes at {next})")
         }
         (Some(gap), None) => format!("WAL segment {gap} is missing from the store"),
@@ -383,7 +381,6 @@ pub async fn plan(
         base,
         timeline,
         target_setting,
-        wal: (first, last, needed),
         expect_last_xact,
         files,
         lines,
@@ -732,9 +729,7 @@ pub async fn window(
             chain
                 .resumes
                 .as_ref()
-                .map_or(String::new(), |(n, _)| format!(
-                    " (the archive resumes at {n})"
-                ))
+                .map_or(String::new(), |n| format!(" (the archive resumes at {n})"))
         ));
     } else if chain.segments.is_empty() {
         w.problems.push(format!(
